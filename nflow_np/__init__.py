@@ -1,0 +1,8 @@
+"""nflow_np: normalizing flows in NumPy with exact, verified log-densities.
+
+``import nflow_np`` needs NumPy alone; SciPy and Numba load on first use.
+"""
+
+from . import bijectors, testing
+
+__version__ = "0.1.0"

@@ -1,0 +1,263 @@
+"""Verification tools: hold a bijector to its own promises.
+
+:func:`check_bijector` is what the test suite runs over every bijector, and
+what users run on their own ``Inline`` bijectors or subclasses.
+
+Tolerances are ``atol + rtol * |expected|`` plus, for every comparison with a
+finite difference or a round trip, the rounding noise that the comparison
+itself cannot avoid at that point (a Sigmoid at x = 30 sits one part in 1e13
+below 1, so its inverse can only recover x to about 1e-3). Points where a map
+is well conditioned are thus held to the dtype's precision, and ill-conditioned
+points are not failed for what floating point cannot represent.
+"""
+
+import numpy as np
+
+from . import _finite_diff
+from ._validation import as_float_array
+
+_DEFAULT_TOLERANCES = {
+    np.dtype(np.float64): (1e-7, 1e-9),
+    np.dtype(np.float32): (2e-3, 2e-4),
+}
+# Rounding noise is an estimate; allow this many times it.
+_NOISE_FACTOR = 16.0
+
+
+class _Checker:
+    def __init__(self, name, rtol, atol):
+        self.name = name
+        self.rtol = rtol
+        self.atol = atol
+        self.report = {}
+
+    def compare(self, prop, actual, expected, noise=0.0, *, rtol=None, atol=None):
+        actual = np.asarray(actual, dtype=np.float64)
+        expected = np.asarray(expected, dtype=np.float64)
+        if actual.shape != expected.shape:
+            raise AssertionError(f"{self.name}: {prop}: shape {actual.shape} != expected {expected.shape}")
+        rtol = self.rtol if rtol is None else rtol
+        atol = self.atol if atol is None else atol
+        if not np.all(np.isfinite(actual)):
+            idx = np.unravel_index(int(np.argmax(~np.isfinite(actual))), actual.shape) if actual.ndim else ()
+            raise AssertionError(f"{self.name}: {prop}: non-finite value {actual[idx]} at index {idx}")
+        err = np.abs(actual - expected)
+        base_tol = atol + rtol * np.abs(expected)
+        noise = _NOISE_FACTOR * np.broadcast_to(np.asarray(noise, dtype=np.float64), err.shape)
+        tol = base_tol + noise
+        # report the worst error, relative to max(1, |expected|), where the
+        # comparison is not swamped by rounding noise
+        well = noise <= base_tol
+        scaled = err / np.maximum(1.0, np.abs(expected))
+        worst = float(scaled[well].max()) if np.any(well) else 0.0
+        self.report[prop] = max(self.report.get(prop, 0.0), worst)
+        if err.size and np.any(err > tol):
+            ratio = np.where(err > tol, err / np.where(tol > 0, tol, np.finfo(np.float64).tiny), 0.0)
+            idx = np.unravel_index(int(np.argmax(ratio)), err.shape) if err.ndim else ()
+            raise AssertionError(
+                f"{self.name}: {prop} failed: worst element at index {tuple(int(i) for i in idx)}: "
+                f"got {actual[idx]!r}, expected {expected[idx]!r} (|error| {err[idx]:.3g} > tolerance {tol[idx]:.3g})"
+            )
+
+
+def _slogdet_abs(matrices):
+    sign, logabs = np.linalg.slogdet(matrices.astype(np.float64))
+    return sign, logabs
+
+
+def _event_axes(arr, event_ndims):
+    return tuple(range(arr.ndim - event_ndims, arr.ndim))
+
+
+def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True):
+    """Check a bijector at base-space points ``x``; raise ``AssertionError`` on the first failure.
+
+    Properties checked, each at every point:
+
+    - fused passes equal unfused ones (``forward_and_log_det`` vs ``forward`` and
+      ``forward_log_det_jacobian``; the same for the inverse);
+    - shapes: ``forward`` keeps the shape, log-dets have one value per event;
+    - round trips ``inverse(forward(x)) == x`` and ``forward(inverse(y)) == y``;
+    - the forward log-det equals log|det| of a finite-difference Jacobian
+      (the log-derivative for elementwise bijectors);
+    - ``inverse_log_det_jacobian(y) == -forward_log_det_jacobian(x)`` at ``y = forward(x)``;
+    - ``forward_vjp`` and ``inverse_vjp`` against finite differences, for the
+      input and for every parameter, with random upstream gradients of the
+      output and of the log-det.
+
+    Parameters
+    ----------
+    bijector : Bijector
+    x : array_like
+        Points in the forward domain, shaped ``batch + event``.
+    rtol, atol : float, optional
+        Default by dtype: (1e-7, 1e-9) for float64, (2e-3, 2e-4) for float32.
+    rng : Generator or int
+        For the random upstream gradients.
+    check_vjp : bool
+        Skip the gradient checks when False.
+
+    Returns
+    -------
+    dict
+        The largest absolute error seen for each property (``"log_det_vs_jacobian"``
+        and the rest), for reports.
+    """
+    x = as_float_array(x, bijector.dtype, "check_bijector", "x")
+    dtype = x.dtype
+    default_rtol, default_atol = _DEFAULT_TOLERANCES[dtype]
+    c = _Checker(bijector.name, default_rtol if rtol is None else rtol, default_atol if atol is None else atol)
+    eps = float(np.finfo(dtype).eps)
+    k = bijector.event_ndims
+    if x.ndim < k:
+        raise ValueError(f"check_bijector: x must have at least {k} dimension(s) for {bijector.name}")
+
+    y = bijector.forward(x)
+    if y.shape != x.shape:
+        # parameters broadcast the input up; check at the full shape
+        x = np.broadcast_to(x, y.shape).copy()
+        y = bijector.forward(x)
+    if y.dtype != dtype:
+        raise AssertionError(f"{bijector.name}: forward returned dtype {y.dtype} for {dtype} input")
+    batch = x.shape[:x.ndim - k]
+
+    # fused vs unfused, and shapes
+    y_fused, ld = bijector.forward_and_log_det(x)
+    if ld.shape != batch:
+        raise AssertionError(f"{bijector.name}: forward log-det has shape {ld.shape}; expected {batch}")
+    if ld.dtype != dtype:
+        raise AssertionError(f"{bijector.name}: forward log-det has dtype {ld.dtype} for {dtype} input")
+    tight = dict(rtol=8 * eps, atol=8 * eps)
+    c.compare("forward_and_log_det vs forward", y_fused, y, **tight)
+    c.compare("forward_and_log_det vs forward_log_det_jacobian", ld, bijector.forward_log_det_jacobian(x), **tight)
+
+    # finite-difference Jacobian of the forward map at x
+    step = _finite_diff.default_step(dtype)
+    jac, jac_noise = _finite_diff.jacobian(bijector.forward, x, k, step)
+    jac64 = jac.astype(np.float64)
+    sign, fd_ld = _slogdet_abs(jac64)
+    if np.any(sign == 0):
+        idx = np.unravel_index(int(np.argmax(sign == 0)), sign.shape) if sign.ndim else ()
+        raise AssertionError(
+            f"{bijector.name}: the finite-difference Jacobian is singular at batch index {tuple(map(int, idx))}: "
+            f"the map is flat there at {dtype} precision (choose points it can resolve)")
+    jac_inv = np.linalg.inv(jac64)
+    # |d log det| <= sum_ij |J^-1_ji| |dJ_ij|
+    ld_noise = np.einsum("...ji,...ij->...", np.abs(jac_inv), jac_noise.astype(np.float64))
+    c.compare("log_det_vs_jacobian", ld, fd_ld, ld_noise)
+
+    # round trips, allowing for the rounding of y (resp. x) carried through the inverse (resp. forward)
+    m = jac.shape[-1]
+    y_flat = np.abs(y.reshape(batch + (m,))).astype(np.float64)
+    x_flat = np.abs(x.reshape(batch + (m,))).astype(np.float64)
+    x_back = bijector.inverse(y)
+    noise_x = eps * np.einsum("...ij,...j->...i", np.abs(jac_inv), y_flat).reshape(x.shape)
+    c.compare("inverse(forward(x)) == x", x_back, x, noise_x)
+    y_again = bijector.forward(x_back)
+    noise_y = eps * np.einsum("...ij,...j->...i", np.abs(jac64), x_flat).reshape(y.shape) + eps * np.abs(y)
+    c.compare("forward(inverse(y)) == y", y_again, y, noise_y)
+
+    # inverse log-det
+    x_fused, ild = bijector.inverse_and_log_det(y)
+    c.compare("inverse_and_log_det vs inverse", x_fused, x_back, **tight)
+    c.compare("inverse_and_log_det vs inverse_log_det_jacobian", ild, bijector.inverse_log_det_jacobian(y), **tight)
+    # the inverse log-det is evaluated at the rounded y: allow its change over the noise in x
+    # ild is evaluated at the rounded y, i.e. at x moved by up to noise_x: allow the log-det's change over that
+    ld_grad, ld_grad_noise = _finite_diff.input_vjp(lambda p: bijector.forward_log_det_jacobian(p), x, k,
+                                        step * np.maximum(1.0, np.abs(x)))
+    ld_shift = (np.abs(ld_grad) * noise_x).reshape(batch + (m,)).sum(axis=-1)
+    c.compare("inverse log-det == -forward log-det", ild, -ld, ld_noise + ld_shift)
+
+    if check_vjp:
+        generator = np.random.default_rng(rng)
+        _check_forward_vjp(c, bijector, x, y, ld, k, generator, step)
+        _check_inverse_vjp(c, bijector, x, y, ild, jac64, ld_grad, ld_grad_noise, jac_noise, k, generator, step)
+    return dict(c.report)
+
+
+def _params_of(bijector):
+    return list(bijector.parameters())
+
+
+def _check_forward_vjp(c, bijector, x, y, ld, k, generator, step):
+    dtype = x.dtype
+    grad_y = generator.standard_normal(y.shape).astype(dtype)
+    grad_ld = generator.standard_normal(ld.shape).astype(dtype)
+    grad_x, grads = bijector.forward_vjp(x, grad_y, grad_ld)
+    _check_vjp_result(c, bijector, "forward_vjp", grad_x, x, grads)
+    axes = _event_axes(y, k)
+
+    def per_batch(point):
+        out, log_det = bijector.forward_and_log_det(point)
+        return (grad_y * out).sum(axis=axes) + grad_ld * log_det
+
+    fd, noise = _finite_diff.input_vjp(per_batch, x, k, step * np.maximum(1.0, np.abs(x)))
+    c.compare("forward_vjp grad_x vs finite differences", grad_x, fd, noise)
+    _check_param_grads(c, bijector, "forward_vjp", grads, lambda: per_batch(x).sum(), step)
+
+
+def _check_inverse_vjp(c, bijector, x, y, ild, jac, ld_grad, ld_grad_noise, jac_noise, k, generator, step):
+    # Finite differences in y-space break down exactly where the inverse is
+    # interesting (a Sigmoid near 1 leaves no room for a stencil), so the
+    # expected inverse gradients are built from x-space finite differences by
+    # the chain rule: with x = f^-1(y) and inverse log-det -g(x),
+    #   dL/dy = J^-T (grad_x - grad_ld * dg/dx)
+    #   dL/dp = -d/dp [sum(w * f(x; p)) + sum(grad_ld * g(x; p))] at fixed x, w = dL/dy.
+    dtype = x.dtype
+    grad_x_up = generator.standard_normal(x.shape).astype(dtype)
+    grad_ld = generator.standard_normal(ild.shape).astype(dtype)
+    grad_y, grads = bijector.inverse_vjp(y, grad_x_up, grad_ld)
+    _check_vjp_result(c, bijector, "inverse_vjp", grad_y, y, grads)
+    batch = x.shape[:x.ndim - k]
+    m = jac.shape[-1]
+    gld = grad_ld.astype(np.float64)[..., None]
+    rhs = grad_x_up.reshape(batch + (m,)).astype(np.float64) - gld * ld_grad.reshape(batch + (m,))
+    jac_t_inv = np.linalg.inv(np.swapaxes(jac, -1, -2))
+    w = np.einsum("...ij,...j->...i", jac_t_inv, rhs)
+    # noise: J's own noise carried through the solve, and that of dg/dx
+    carried = np.einsum("...ji,...j->...i", jac_noise.astype(np.float64), np.abs(w)) \
+        + np.abs(gld) * ld_grad_noise.reshape(batch + (m,))
+    w_noise = np.einsum("...ij,...j->...i", np.abs(jac_t_inv), carried)
+    c.compare("inverse_vjp grad_y vs finite differences", grad_y, w.reshape(y.shape), w_noise.reshape(y.shape))
+    w = w.reshape(y.shape).astype(dtype)
+    axes = _event_axes(y, k)
+
+    w_noise = w_noise.reshape(y.shape).astype(dtype)
+
+    def total():
+        out, log_det = bijector.forward_and_log_det(x)
+        return -((w * out).sum(axis=axes) + grad_ld * log_det).sum()
+
+    def carried_noise():
+        # how the noise in w moves the parameter gradient: ~ sum(w_noise * dy/dp)
+        return (w_noise * bijector.forward(x)).sum()
+
+    _check_param_grads(c, bijector, "inverse_vjp", grads, total, step, carried_noise)
+
+
+def _check_vjp_result(c, bijector, method, grad, like, grads):
+    if grad.shape != like.shape:
+        raise AssertionError(f"{bijector.name}: {method} input gradient has shape {grad.shape}; expected {like.shape}")
+    if grad.dtype != like.dtype:
+        raise AssertionError(f"{bijector.name}: {method} input gradient has dtype {grad.dtype}; expected {like.dtype}")
+    names = dict(_params_of(bijector))
+    if set(grads) != set(names):
+        raise AssertionError(f"{bijector.name}: {method} returned gradients for {sorted(grads)}; "
+                             f"parameters are {sorted(names)}")
+    for name, g in grads.items():
+        if np.shape(g) != names[name].shape:
+            raise AssertionError(f"{bijector.name}: {method} gradient of {name} has shape {np.shape(g)}; "
+                                 f"expected {names[name].shape}")
+
+
+def _check_param_grads(c, bijector, method, grads, total_fn, step, carried_noise_fn=None):
+    for name, array in _params_of(bijector):
+        fd = np.empty(array.shape, dtype=np.float64)
+        noise = np.empty(array.shape, dtype=np.float64)
+        for index in np.ndindex(array.shape):
+            h = step * max(1.0, abs(float(array[index])))
+            fd[index], noise[index] = _finite_diff.derivative_along_scalar(total_fn, array, index, h)
+            if carried_noise_fn is not None:
+                carried, _ = _finite_diff.derivative_along_scalar(carried_noise_fn, array, index, h)
+                noise[index] += abs(carried) / _NOISE_FACTOR * 4
+        c.compare(f"{method} grad of {name} vs finite differences", grads[name], fd, noise)
