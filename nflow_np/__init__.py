@@ -3,6 +3,9 @@
 ``import nflow_np`` needs NumPy alone; SciPy and Numba load on first use.
 """
 
-from . import bijectors, testing
+from . import bijectors, distributions, testing
+from .distributions import TransformedDistribution
 
 __version__ = "0.1.0"
+
+__all__ = ["bijectors", "distributions", "testing", "TransformedDistribution", "__version__"]

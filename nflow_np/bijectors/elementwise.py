@@ -39,6 +39,13 @@ class ElementwiseBijector(Bijector):
 
     # ---- the maps, with domain checks
     def _check(self, arr, domain, method, argname):
+        if self.params:
+            try:
+                np.broadcast_shapes(arr.shape, *(p.shape for p in self.params.values()))
+            except ValueError:
+                shapes = ", ".join(f"{k} {p.shape}" for k, p in self.params.items())
+                raise ValueError(f"{self.name}.{method}: {argname} of shape {arr.shape} does not broadcast "
+                                 f"against the parameters ({shapes})") from None
         if domain is not None:
             check_interval(arr, domain[0], domain[1], f"{self.name}.{method}", argname)
 

@@ -1,0 +1,156 @@
+"""The registry of bijectors under test: adding a bijector means adding one entry here.
+
+Each case builds a bijector with random parameters for a dtype and draws
+points in its forward domain, edge values included (sigmoid and normal-CDF
+tails, |x| ~ 30 for Softplus), limited per dtype to what that dtype can
+resolve: at float32 a Sigmoid is flat (exactly 1.0) beyond x ~ 17.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from nflow_np import bijectors as nb
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable    # (rng, dtype) -> Bijector
+    points: Callable   # (rng, dtype, n) -> forward-domain points, shape (n,) + event
+    dim: int = 0       # event size for vector bijectors, 0 for elementwise
+
+
+def _f32(dtype):
+    return np.dtype(dtype) == np.float32
+
+
+WIDTH = 3  # elementwise cases draw (n, WIDTH) arrays; their parameters have shape (WIDTH,) or ()
+
+
+def _reals(scale=2.0, edges64=(), edges32=()):
+    def points(rng, dtype, n):
+        edges = np.array(edges32 if _f32(dtype) else edges64, dtype=np.float64)
+        bulk = rng.normal(scale=scale, size=max(n * WIDTH - edges.size, 1))
+        return np.concatenate([edges, bulk])[:n * WIDTH].reshape(n, WIDTH).astype(dtype)
+    return points
+
+
+def _away_from_zero(points_fn, margin=0.05):
+    # kinks at 0 (LeakyReLU, Softsign) are not differentiable: keep stencils off them
+    def points(rng, dtype, n):
+        x = points_fn(rng, dtype, n)
+        return np.where(np.abs(x) < margin, np.copysign(margin, x) + x, x).astype(dtype)
+    return points
+
+
+def _positive(low=0.2, high=4.0):
+    def points(rng, dtype, n):
+        return rng.uniform(low, high, size=(n, WIDTH)).astype(dtype)
+    return points
+
+
+def _unit_interval(dtype_edges64=(1e-12, 1 - 1e-9), dtype_edges32=(1e-6, 1 - 1e-3)):
+    def points(rng, dtype, n):
+        edges = np.array(dtype_edges32 if _f32(dtype) else dtype_edges64)
+        bulk = rng.uniform(0.02, 0.98, size=max(n * WIDTH - edges.size, 1))
+        return np.concatenate([edges, bulk])[:n * WIDTH].reshape(n, WIDTH).astype(dtype)
+    return points
+
+
+def _vectors(dim, scale=1.5):
+    def points(rng, dtype, n):
+        return rng.normal(scale=scale, size=(n, dim)).astype(dtype)
+    return points
+
+
+def _param(rng, dtype, *shape, scale=1.0, loc=0.0):
+    return (loc + scale * rng.normal(size=shape)).astype(dtype)
+
+
+def _nonzero(rng, dtype, *shape):
+    v = rng.uniform(0.5, 2.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+    return v.astype(dtype)
+
+
+def _tril(rng, dtype, d):
+    m = np.tril(rng.normal(scale=0.5, size=(d, d)))
+    m[np.diag_indices(d)] = _nonzero(rng, np.float64, d)
+    return m.astype(dtype)
+
+
+def _seed000_shift_and_cube(a):
+    """seed 000's f3(z) = (z_a, z_b + a z_a^3), corrected: its log-det is 0, not 1."""
+    def forward(x):
+        y = x.copy()
+        y[..., 1] = y[..., 1] + a * x[..., 0] ** 3
+        return y
+
+    def inverse(y):
+        x = y.copy()
+        x[..., 1] = x[..., 1] - a * y[..., 0] ** 3
+        return x
+
+    return nb.Inline(forward, inverse, forward_log_det_jacobian_fn=lambda x: 0.0, event_ndims=1,
+                     name="ShiftAndCube")
+
+
+CASES = {
+    "Identity": Case(lambda rng, dt: nb.Identity(), _reals()),
+    "Shift": Case(lambda rng, dt: nb.Shift(_param(rng, dt, 3)), _reals()),
+    "Shift(scalar)": Case(lambda rng, dt: nb.Shift(_param(rng, dt)), _reals()),
+    "Scale": Case(lambda rng, dt: nb.Scale(_nonzero(rng, dt, 3)), _reals()),
+    "Exp": Case(lambda rng, dt: nb.Exp(), _reals(edges64=(-30.0, 30.0), edges32=(-30.0, 30.0))),
+    "Sigmoid": Case(lambda rng, dt: nb.Sigmoid(),
+                    _reals(edges64=(-30.0, -12.0, 12.0, 30.0), edges32=(-30.0, -9.0, 9.0))),
+    "Sigmoid(low,high)": Case(
+        lambda rng, dt: nb.Sigmoid(low=_param(rng, dt, 3, loc=-1.0), high=_param(rng, dt, 3, loc=1.0, scale=0.1) + 2),
+        _reals(edges64=(-30.0, 12.0, 30.0), edges32=(-9.0, 9.0))),
+    "Tanh": Case(lambda rng, dt: nb.Tanh(), _reals(edges64=(-15.0, -6.0, 6.0, 15.0), edges32=(-4.0, 4.0))),
+    "Softsign": Case(lambda rng, dt: nb.Softsign(),
+                     _away_from_zero(_reals(edges64=(-1e3, -30.0, 30.0, 1e3), edges32=(-30.0, 30.0)))),
+    "Softplus": Case(lambda rng, dt: nb.Softplus(), _reals(edges64=(-30.0, 30.0), edges32=(-30.0, 30.0))),
+    "LeakyReLU": Case(lambda rng, dt: nb.LeakyReLU(rng.uniform(0.1, 0.9, size=3).astype(dt)),
+                      _away_from_zero(_reals())),
+    "NormalCDF": Case(lambda rng, dt: nb.NormalCDF(),
+                      _reals(scale=1.5, edges64=(-30.0, -8.0, 6.0), edges32=(-12.0, 3.5))),
+    "Power": Case(lambda rng, dt: nb.Power(np.asarray(rng.uniform(0.5, 3.0), dtype=dt)), _positive()),
+    "Power(negative)": Case(lambda rng, dt: nb.Power(np.asarray(-rng.uniform(0.5, 3.0), dtype=dt)), _positive()),
+    "Invert(Exp)": Case(lambda rng, dt: nb.Invert(nb.Exp()), _positive(0.05, 20.0)),
+    "Invert(Sigmoid)": Case(lambda rng, dt: nb.Invert(nb.Sigmoid()), _unit_interval()),
+    "Invert(NormalCDF)": Case(lambda rng, dt: nb.Invert(nb.NormalCDF()), _unit_interval()),
+    "Chain(elementwise)": Case(
+        lambda rng, dt: nb.Chain([nb.Shift(_param(rng, dt, 3)), nb.Scale(_nonzero(rng, dt, 3)), nb.Tanh(),
+                                  nb.Softplus(), nb.LeakyReLU(np.asarray(0.5, dtype=dt))]),
+        _reals(scale=0.5)),
+    "Inline(elementwise)": Case(
+        lambda rng, dt: nb.Inline(np.sinh, np.arcsinh, forward_log_det_jacobian_fn=lambda x: np.log(np.cosh(x)),
+                                  is_increasing=True),
+        _reals()),
+    "Inline(shift-and-cube)": Case(lambda rng, dt: _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
+                                   _vectors(2, scale=0.7), dim=2),
+}
+
+# Vector bijectors (linear family).
+if hasattr(nb, "Affine"):
+    CASES.update({
+        "Permute": Case(lambda rng, dt: nb.Permute(rng.permutation(4)), _vectors(4), dim=4),
+        "Reverse": Case(lambda rng, dt: nb.Reverse(), _vectors(3), dim=3),
+        "Rotation": Case(lambda rng, dt: nb.Rotation(np.asarray(rng.uniform(0, 2 * np.pi), dtype=dt)),
+                         _vectors(2), dim=2),
+        "ScaleMatvecTriL": Case(lambda rng, dt: nb.ScaleMatvecTriL(_tril(rng, dt, 3)), _vectors(3), dim=3),
+        "Affine(shift,diag)": Case(lambda rng, dt: nb.Affine(shift=_param(rng, dt, 3), scale_diag=_nonzero(rng, dt, 3)),
+                                   _vectors(3), dim=3),
+        "Affine(tril,low-rank)": Case(
+            lambda rng, dt: nb.Affine(shift=_param(rng, dt, 4), scale_tril=_tril(rng, dt, 4) + 2 * np.eye(4, dtype=dt),
+                                      scale_perturb_factor=_param(rng, dt, 4, 2, scale=0.4),
+                                      scale_perturb_diag=rng.uniform(0.5, 1.5, size=2).astype(dt)),
+            _vectors(4), dim=4),
+        "Chain(seed000)": Case(
+            lambda rng, dt: nb.Chain([nb.Sigmoid(), nb.Rotation(np.asarray(rng.uniform(0, 2 * np.pi), dtype=dt)),
+                                      _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
+                                      nb.Scale(np.array([2.0, 1.5], dtype=dt)), nb.Shift(np.array([0.0, -2.0], dtype=dt))]),
+            lambda rng, dt, n: (0.2 * rng.normal(size=(n, 2))).astype(dt), dim=2),
+    })
+
+DTYPES = [np.float64, np.float32]

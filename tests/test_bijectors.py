@@ -1,0 +1,35 @@
+"""Every registered bijector through check_bijector, in float64 and float32."""
+
+import numpy as np
+import pytest
+
+from bijector_cases import CASES, DTYPES
+from nflow_np.testing import check_bijector
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_check_bijector(name, dtype):
+    case = CASES[name]
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    bijector = case.build(rng, dtype)
+    x = case.points(rng, dtype, 9)
+    report = check_bijector(bijector, x)
+    assert report["log_det_vs_jacobian"] < (1e-8 if dtype == np.float64 else 1e-2)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_batch_shapes(name):
+    """One vector, a flat batch and a 2-D batch give the same per-event results."""
+    case = CASES[name]
+    rng = np.random.default_rng(7)
+    bijector = case.build(rng, np.float64)
+    x = case.points(rng, np.float64, 6)
+    y, ld = bijector.forward_and_log_det(x)
+    y1, ld1 = bijector.forward_and_log_det(x[0])
+    np.testing.assert_allclose(y1, y[0], rtol=1e-13)
+    np.testing.assert_allclose(ld1, ld[0], rtol=1e-13, atol=1e-13)
+    x2 = x.reshape((2, 3) + x.shape[1:])
+    y2, ld2 = bijector.forward_and_log_det(x2)
+    np.testing.assert_allclose(y2.reshape(y.shape), y, rtol=1e-13)
+    np.testing.assert_allclose(ld2.reshape(ld.shape), ld, rtol=1e-13, atol=1e-13)
