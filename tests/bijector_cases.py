@@ -36,7 +36,7 @@ def _reals(scale=2.0, edges64=(), edges32=()):
     return points
 
 
-def _away_from_zero(points_fn, margin=0.05):
+def _away_from_zero(points_fn, margin=0.1):
     # kinks at 0 (LeakyReLU, Softsign) are not differentiable: keep stencils off them
     def points(rng, dtype, n):
         x = points_fn(rng, dtype, n)
@@ -122,7 +122,7 @@ CASES = {
     "Chain(elementwise)": Case(
         lambda rng, dt: nb.Chain([nb.Shift(_param(rng, dt, 3)), nb.Scale(_nonzero(rng, dt, 3)), nb.Tanh(),
                                   nb.Softplus(), nb.LeakyReLU(np.asarray(0.5, dtype=dt))]),
-        _reals(scale=0.5)),
+        _away_from_zero(_reals(scale=0.5), margin=0.1)),
     "Inline(elementwise)": Case(
         lambda rng, dt: nb.Inline(np.sinh, np.arcsinh, forward_log_det_jacobian_fn=lambda x: np.log(np.cosh(x)),
                                   is_increasing=True),
