@@ -1,0 +1,167 @@
+"""Distributions and simple flows against scipy.stats."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from nflow_np import bijectors as nb
+from nflow_np.distributions import MultivariateNormalDiag, Normal, TransformedDistribution, Uniform
+
+RNG = np.random.default_rng(12345)
+
+
+def test_normal_matches_scipy():
+    loc, scale = np.array([0.0, 1.5, -2.0]), np.array([1.0, 0.3, 4.0])
+    d = Normal(loc, scale)
+    x = RNG.normal(size=(50, 3)) * 3
+    ref = stats.norm(loc, scale)
+    np.testing.assert_allclose(d.log_prob(x), ref.logpdf(x), rtol=1e-13)
+    np.testing.assert_allclose(d.prob(x), ref.pdf(x), rtol=1e-13)
+    np.testing.assert_allclose(d.cdf(x), ref.cdf(x), rtol=1e-12)
+    np.testing.assert_allclose(d.log_cdf(x), ref.logcdf(x), rtol=1e-12)
+    np.testing.assert_allclose(d.survival_function(x), ref.sf(x), rtol=1e-12)
+    np.testing.assert_allclose(d.entropy(), ref.entropy(), rtol=1e-13)
+
+
+def test_normal_log_cdf_far_tail_is_finite():
+    d = Normal(0.0, 1.0)
+    assert np.isfinite(d.log_cdf(-30.0))
+    np.testing.assert_allclose(d.log_cdf(-30.0), stats.norm.logcdf(-30.0), rtol=1e-12)
+
+
+def test_normal_samples_follow_the_distribution():
+    d = Normal(1.0, 2.0)
+    x = d.sample(20000, rng=0)
+    assert x.shape == (20000,)
+    assert stats.kstest(x, stats.norm(1.0, 2.0).cdf).pvalue > 1e-3
+
+
+def test_multivariate_normal_diag_matches_scipy():
+    loc, scale = np.array([0.5, -1.0, 2.0]), np.array([0.5, 1.0, 2.5])
+    d = MultivariateNormalDiag(loc, scale)
+    x = RNG.normal(size=(40, 3))
+    ref = stats.multivariate_normal(loc, np.diag(scale ** 2))
+    np.testing.assert_allclose(d.log_prob(x), ref.logpdf(x), rtol=1e-12)
+    np.testing.assert_allclose(d.entropy(), ref.entropy(), rtol=1e-12)
+    assert d.event_shape == (3,) and d.batch_shape == ()
+    s = d.sample((7, 2), rng=1)
+    assert s.shape == (7, 2, 3)
+
+
+def test_uniform_matches_scipy():
+    d = Uniform(-1.0, 3.0)
+    x = np.linspace(-2, 4, 61)
+    ref = stats.uniform(-1.0, 4.0)
+    np.testing.assert_allclose(d.prob(x), ref.pdf(x), rtol=1e-14)
+    np.testing.assert_allclose(d.cdf(x), ref.cdf(x), rtol=1e-14)
+    lp = d.log_prob(x)
+    assert np.all(lp[(x < -1) | (x > 3)] == -np.inf)   # -inf outside the support, never NaN
+    assert not np.any(np.isnan(lp))
+    u = d.sample(5000, rng=3)
+    assert u.min() >= -1.0 and u.max() <= 3.0
+    assert stats.kstest(u, ref.cdf).pvalue > 1e-3
+
+
+def test_exp_of_normal_is_lognormal():
+    flow = TransformedDistribution(Normal(0.3, 0.8), nb.Exp())
+    x = np.exp(RNG.normal(size=100) * 2)
+    ref = stats.lognorm(s=0.8, scale=np.exp(0.3))
+    np.testing.assert_allclose(flow.log_prob(x), ref.logpdf(x), rtol=1e-12)
+    np.testing.assert_allclose(flow.cdf(x), ref.cdf(x), rtol=1e-12)
+    samples = flow.sample(20000, rng=5)
+    assert stats.kstest(samples, ref.cdf).pvalue > 1e-3
+
+
+def test_sigmoid_of_normal_is_logit_normal():
+    mu, sigma = 0.4, 1.3
+    flow = TransformedDistribution(Normal(mu, sigma), nb.Sigmoid())
+    x = RNG.uniform(1e-6, 1 - 1e-6, size=200)
+    logit = np.log(x) - np.log1p(-x)
+    closed_form = (-np.log(sigma * np.sqrt(2 * np.pi)) - (logit - mu) ** 2 / (2 * sigma ** 2)
+                   - np.log(x) - np.log1p(-x))
+    np.testing.assert_allclose(flow.log_prob(x), closed_form, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(flow.cdf(x), stats.norm(mu, sigma).cdf(logit), rtol=1e-11)
+
+
+def test_sigmoid_with_bounds_gives_scaled_logit_normal():
+    flow = TransformedDistribution(Normal(0.0, 1.0), nb.Sigmoid(low=-2.0, high=3.0))
+    x = RNG.uniform(-2 + 1e-6, 3 - 1e-6, size=100)
+    u = (x + 2.0) / 5.0
+    logit = np.log(u) - np.log1p(-u)
+    closed_form = stats.norm.logpdf(logit) - np.log(u) - np.log1p(-u) - np.log(5.0)
+    np.testing.assert_allclose(flow.log_prob(x), closed_form, rtol=1e-10, atol=1e-10)
+
+
+def test_affine_of_mvn_diag_is_multivariate_normal():
+    if not hasattr(nb, "Affine"):
+        pytest.skip("linear bijectors not built")
+    d = 3
+    tril = np.array([[1.5, 0.0, 0.0], [0.4, 0.8, 0.0], [-0.3, 0.2, 2.0]])
+    V = np.array([[0.3, -0.1], [0.2, 0.5], [0.0, 0.4]])
+    diag_update = np.array([0.7, 1.2])
+    shift = np.array([1.0, -2.0, 0.5])
+    affine = nb.Affine(shift=shift, scale_tril=tril, scale_perturb_factor=V, scale_perturb_diag=diag_update)
+    flow = TransformedDistribution(MultivariateNormalDiag(np.zeros(d)), affine)
+    S = tril + V @ np.diag(diag_update) @ V.T
+    ref = stats.multivariate_normal(shift, S @ S.T)
+    x = RNG.normal(size=(50, d)) * 2
+    np.testing.assert_allclose(flow.log_prob(x), ref.logpdf(x), rtol=1e-11)
+    samples = flow.sample(40000, rng=11)
+    np.testing.assert_allclose(samples.mean(0), shift, atol=0.05)
+    np.testing.assert_allclose(np.cov(samples.T), S @ S.T, rtol=0.05, atol=0.05)
+
+
+def test_scalar_normal_batch_under_vector_bijector_becomes_one_event():
+    if not hasattr(nb, "Rotation"):
+        pytest.skip("linear bijectors not built")
+    flow = TransformedDistribution(Normal(np.zeros(2), 1.0), nb.Rotation(0.7))
+    assert flow.event_shape == (2,) and flow.batch_shape == ()
+    x = RNG.normal(size=(10, 2))
+    # a rotation keeps the standard normal
+    np.testing.assert_allclose(flow.log_prob(x), stats.multivariate_normal(np.zeros(2)).logpdf(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bijector", [nb.Scale(2.5), nb.Scale(-0.7), nb.Chain([nb.Shift(1.0), nb.Scale(-2.0)]),
+                                      nb.Invert(nb.Scale(-3.0)), nb.Power(-1.5), nb.Exp()],
+                         ids=["scale", "negative-scale", "chain", "invert", "negative-power", "exp"])
+def test_cdf_of_monotone_flows(bijector):
+    """cdf is P(X <= x) whether the map increases or decreases; checked by Monte Carlo and by exact formulas."""
+    base = Normal(0.0, 1.0) if not isinstance(bijector, nb.Power) else Uniform(0.5, 2.0)
+    flow = TransformedDistribution(base, bijector)
+    samples = flow.sample(200000, rng=2)
+    points = np.quantile(samples, [0.05, 0.3, 0.5, 0.8, 0.97])
+    empirical = (samples[:, None] <= points).mean(axis=0)
+    np.testing.assert_allclose(flow.cdf(points), empirical, atol=5e-3)
+    assert np.all(np.diff(flow.cdf(np.sort(points))) > 0)
+
+
+def test_cdf_of_decreasing_scale_is_exact():
+    flow = TransformedDistribution(Normal(0.0, 1.0), nb.Scale(-2.0))
+    x = np.array([-3.0, 0.0, 1.0, 4.0])
+    np.testing.assert_allclose(flow.cdf(x), stats.norm(0.0, 2.0).cdf(x), rtol=1e-12)
+    np.testing.assert_allclose(flow.survival_function(x), stats.norm(0.0, 2.0).sf(x), rtol=1e-12)
+
+
+def test_sample_and_log_prob_matches_log_prob():
+    flow = TransformedDistribution(Normal(np.zeros(3), 1.0), nb.Chain([nb.Shift(1.0), nb.Softplus(), nb.Scale(2.0)]))
+    x, lp = flow.sample_and_log_prob(100, rng=4)
+    np.testing.assert_allclose(flow.log_prob(x), lp, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_flow_stays_float32():
+    f32 = np.float32
+    flow = TransformedDistribution(Normal(np.float32(0.0), np.float32(1.0)),
+                                   nb.Chain([nb.Shift(np.float32(1.0)), nb.Exp()]))
+    x, lp = flow.sample_and_log_prob(10, rng=0)
+    assert x.dtype == f32 and lp.dtype == f32
+    assert flow.log_prob(x).dtype == f32
+    ref = TransformedDistribution(Normal(0.0, 1.0), nb.Chain([nb.Shift(1.0), nb.Exp()]))
+    np.testing.assert_allclose(flow.log_prob(x), ref.log_prob(x.astype(np.float64)), rtol=1e-5)
+
+
+def test_log_density_integrates_to_one():
+    flow = TransformedDistribution(Normal(0.0, 1.0), nb.Chain([nb.Scale(0.5), nb.Tanh(), nb.Shift(0.3)]))
+    grid = np.linspace(-0.5 + 1e-9, 0.5 - 1e-9, 200001)
+    dens = flow.prob(grid)
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    assert abs(trapezoid(dens, grid) - 1.0) < 1e-4
