@@ -62,6 +62,9 @@ def as_float_array(x, dtype, where, name):
         if arr.dtype == object:
             raise TypeError(f"{where}: {name} must be array-like numbers (a ragged list or non-numeric values?)")
     kind = arr.dtype.kind
+    if kind == "f" and dtype is not None and not isinstance(x, (np.ndarray, np.generic)):
+        # Python numbers and lists carry no dtype of their own: they take the object's
+        arr = arr.astype(dtype)
     if kind == "f":
         if arr.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{where}: {name} has dtype {arr.dtype}; expected float32 or float64")

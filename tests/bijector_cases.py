@@ -50,7 +50,7 @@ def _positive(low=0.2, high=4.0):
     return points
 
 
-def _unit_interval(dtype_edges64=(1e-12, 1 - 1e-9), dtype_edges32=(1e-6, 1 - 1e-3)):
+def _unit_interval(dtype_edges64=(1e-12, 1 - 1e-9), dtype_edges32=(1e-5, 1 - 1e-2)):
     def points(rng, dtype, n):
         edges = np.array(dtype_edges32 if _f32(dtype) else dtype_edges64)
         bulk = rng.uniform(0.02, 0.98, size=max(n * WIDTH - edges.size, 1))

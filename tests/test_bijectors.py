@@ -1,5 +1,7 @@
 """Every registered bijector through check_bijector, in float64 and float32."""
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from nflow_np.testing import check_bijector
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_check_bijector(name, dtype):
     case = CASES[name]
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
     bijector = case.build(rng, dtype)
     x = case.points(rng, dtype, 9)
     report = check_bijector(bijector, x)

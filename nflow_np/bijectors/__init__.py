@@ -17,9 +17,12 @@ from .elementwise import (
     Tanh,
 )
 from .inline import Inline
+from .affine import Affine
+from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 
 __all__ = [
     "Bijector", "ElementwiseBijector", "Chain", "Invert", "Inline",
     "Identity", "Shift", "Scale", "Exp", "Sigmoid", "Tanh", "Softsign", "Softplus", "LeakyReLU",
     "NormalCDF", "Power",
+    "Permute", "Reverse", "Rotation", "ScaleMatvecTriL", "Affine",
 ]

@@ -1,0 +1,39 @@
+"""Print the worst errors check_bijector sees for every registered bijector.
+
+    python tests/report_verification.py
+
+Errors are relative to max(1, |expected|), taken at points where the
+comparison is not swamped by rounding noise (see nflow_np.testing).
+"""
+
+import os
+import sys
+
+import zlib
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bijector_cases import CASES  # noqa: E402
+from nflow_np.testing import check_bijector  # noqa: E402
+
+
+def main():
+    print(f"{'bijector':26s} {'log-det f64':>12s} {'log-det f32':>12s} {'worst VJP f64':>14s}")
+    for name in sorted(CASES):
+        row = []
+        vjp = 0.0
+        for dtype in (np.float64, np.float32):
+            rng = np.random.default_rng(zlib.crc32(name.encode()))
+            case = CASES[name]
+            report = check_bijector(case.build(rng, dtype), case.points(rng, dtype, 64))
+            row.append(report["log_det_vs_jacobian"])
+            if dtype == np.float64:
+                vjp = max(v for k, v in report.items() if "vjp" in k)
+        print(f"{name:26s} {row[0]:12.2e} {row[1]:12.2e} {vjp:14.2e}")
+
+
+if __name__ == "__main__":
+    main()
