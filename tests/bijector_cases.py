@@ -19,6 +19,11 @@ class Case:
     build: Callable    # (rng, dtype) -> Bijector
     points: Callable   # (rng, dtype, n) -> forward-domain points, shape (n,) + event
     dim: int = 0       # event size for vector bijectors, 0 for elementwise
+    adjust: Callable = None   # (bijector, x) -> x moved off points the bijector is not smooth at
+
+    def draw(self, bijector, rng, dtype, n):
+        x = self.points(rng, dtype, n)
+        return x if self.adjust is None else self.adjust(bijector, x)
 
 
 def _f32(dtype):
@@ -64,6 +69,13 @@ def _vectors(dim, scale=1.5):
     return points
 
 
+def _off_kink(inner, x, margin=0.15):
+    # keep the LeakyReLU's input (the inner bijector's output) away from its kink at 0
+    u = inner.forward(x)
+    u = np.where(np.abs(u) < margin, u + np.copysign(margin, u), u).astype(x.dtype)
+    return inner.inverse(u)
+
+
 def _param(rng, dtype, *shape, scale=1.0, loc=0.0):
     return (loc + scale * rng.normal(size=shape)).astype(dtype)
 
@@ -105,7 +117,8 @@ CASES = {
                     _reals(edges64=(-30.0, -12.0, 12.0, 30.0), edges32=(-30.0, -9.0, 9.0))),
     "Sigmoid(low,high)": Case(
         lambda rng, dt: nb.Sigmoid(low=_param(rng, dt, 3, loc=-1.0), high=_param(rng, dt, 3, loc=1.0, scale=0.1) + 2),
-        _reals(edges64=(-30.0, 12.0, 30.0), edges32=(-9.0, 9.0))),
+        # with low != 0 the far tails sit a rounding error away from low/high: +-15 is as far as f64 resolves
+        _reals(edges64=(-15.0, 15.0), edges32=(-9.0, 9.0))),
     "Tanh": Case(lambda rng, dt: nb.Tanh(), _reals(edges64=(-15.0, -6.0, 6.0, 15.0), edges32=(-4.0, 4.0))),
     "Softsign": Case(lambda rng, dt: nb.Softsign(),
                      _away_from_zero(_reals(edges64=(-1e3, -30.0, 30.0, 1e3), edges32=(-30.0, 30.0)))),
@@ -131,26 +144,31 @@ CASES = {
                                    _vectors(2, scale=0.7), dim=2),
 }
 
-# Vector bijectors (linear family).
-if hasattr(nb, "Affine"):
-    CASES.update({
-        "Permute": Case(lambda rng, dt: nb.Permute(rng.permutation(4)), _vectors(4), dim=4),
-        "Reverse": Case(lambda rng, dt: nb.Reverse(), _vectors(3), dim=3),
-        "Rotation": Case(lambda rng, dt: nb.Rotation(np.asarray(rng.uniform(0, 2 * np.pi), dtype=dt)),
-                         _vectors(2), dim=2),
-        "ScaleMatvecTriL": Case(lambda rng, dt: nb.ScaleMatvecTriL(_tril(rng, dt, 3)), _vectors(3), dim=3),
-        "Affine(shift,diag)": Case(lambda rng, dt: nb.Affine(shift=_param(rng, dt, 3), scale_diag=_nonzero(rng, dt, 3)),
-                                   _vectors(3), dim=3),
-        "Affine(tril,low-rank)": Case(
-            lambda rng, dt: nb.Affine(shift=_param(rng, dt, 4), scale_tril=_tril(rng, dt, 4) + 2 * np.eye(4, dtype=dt),
-                                      scale_perturb_factor=_param(rng, dt, 4, 2, scale=0.4),
-                                      scale_perturb_diag=rng.uniform(0.5, 1.5, size=2).astype(dt)),
-            _vectors(4), dim=4),
-        "Chain(seed000)": Case(
-            lambda rng, dt: nb.Chain([nb.Sigmoid(), nb.Rotation(np.asarray(rng.uniform(0, 2 * np.pi), dtype=dt)),
-                                      _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
-                                      nb.Scale(np.array([2.0, 1.5], dtype=dt)), nb.Shift(np.array([0.0, -2.0], dtype=dt))]),
-            lambda rng, dt, n: (0.2 * rng.normal(size=(n, 2))).astype(dt), dim=2),
-    })
+# Vector bijectors.
+CASES.update({
+    "Permute": Case(lambda rng, dt: nb.Permute(rng.permutation(4)), _vectors(4), dim=4),
+    "Reverse": Case(lambda rng, dt: nb.Reverse(), _vectors(3), dim=3),
+    "Rotation": Case(lambda rng, dt: nb.Rotation(np.asarray(rng.uniform(0, 2 * np.pi), dtype=dt)),
+                     _vectors(2), dim=2),
+    "ScaleMatvecTriL": Case(lambda rng, dt: nb.ScaleMatvecTriL(_tril(rng, dt, 3)), _vectors(3), dim=3),
+    "Affine(shift,diag)": Case(lambda rng, dt: nb.Affine(shift=_param(rng, dt, 3), scale_diag=_nonzero(rng, dt, 3)),
+                               _vectors(3), dim=3),
+    "Affine(tril,low-rank)": Case(
+        lambda rng, dt: nb.Affine(shift=_param(rng, dt, 4), scale_tril=_tril(rng, dt, 4) + 2 * np.eye(4, dtype=dt),
+                                  scale_perturb_factor=_param(rng, dt, 4, 2, scale=0.4),
+                                  scale_perturb_diag=rng.uniform(0.5, 1.5, size=2).astype(dt)),
+        _vectors(4), dim=4),
+    # seed 002's trained flow: tfb_chain(list(lrelu, affine)) applies the affine first
+    "Chain(seed002)": Case(
+        lambda rng, dt: nb.Chain([nb.LeakyReLU(np.asarray(rng.uniform(0.2, 0.8), dtype=dt)),
+                                  nb.Affine(shift=_param(rng, dt, 2), scale_tril=np.abs(_tril(rng, dt, 2)),
+                                            scale_perturb_factor=_param(rng, dt, 2, 2, scale=0.3))]),
+        _vectors(2), dim=2, adjust=lambda b, x: _off_kink(b.bijectors[1], x)),
+    "Chain(seed000)": Case(
+        lambda rng, dt: nb.Chain([nb.Sigmoid(), nb.Rotation(np.asarray(rng.uniform(0, 2 * np.pi), dtype=dt)),
+                                  _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
+                                  nb.Scale(np.array([2.0, 1.5], dtype=dt)), nb.Shift(np.array([0.0, -2.0], dtype=dt))]),
+        lambda rng, dt, n: (0.2 * rng.normal(size=(n, 2))).astype(dt), dim=2),
+})
 
 DTYPES = [np.float64, np.float32]

@@ -15,9 +15,12 @@ def test_check_bijector(name, dtype):
     case = CASES[name]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     bijector = case.build(rng, dtype)
-    x = case.points(rng, dtype, 9)
-    report = check_bijector(bijector, x)
-    assert report["log_det_vs_jacobian"] < (1e-8 if dtype == np.float64 else 1e-2)
+    x = case.draw(bijector, rng, dtype, 9)
+    # Edge values come first. A stencil that would leave the domain shrinks the finite-difference
+    # step of its whole batch, so the edge rows are checked apart from the bulk.
+    for part in (x[:2], x[2:]):
+        report = check_bijector(bijector, part)
+        assert report["log_det_vs_jacobian"] < (1e-8 if dtype == np.float64 else 1e-2)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -26,7 +29,7 @@ def test_batch_shapes(name):
     case = CASES[name]
     rng = np.random.default_rng(7)
     bijector = case.build(rng, np.float64)
-    x = case.points(rng, np.float64, 6)
+    x = case.draw(bijector, rng, np.float64, 6)
     y, ld = bijector.forward_and_log_det(x)
     y1, ld1 = bijector.forward_and_log_det(x[0])
     np.testing.assert_allclose(y1, y[0], rtol=1e-13)
