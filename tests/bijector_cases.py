@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 
 from nflow_np import bijectors as nb
+from nflow_np.bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive
+from nflow_np.bijectors.coupling import AdditiveCoupling, AffineCoupling
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,13 @@ def _off_kink(inner, x, margin=0.15):
     u = inner.forward(x)
     u = np.where(np.abs(u) < margin, u + np.copysign(margin, u), u).astype(x.dtype)
     return inner.inverse(u)
+
+
+def _randomized(bijector, rng, scale=0.3):
+    # trainable layers start as the identity (last layer zeroed); perturb every weight so the check bites
+    for _, array in bijector.parameters():
+        array += (scale * rng.normal(size=array.shape)).astype(array.dtype)
+    return bijector
 
 
 def _param(rng, dtype, *shape, scale=1.0, loc=0.0):
