@@ -85,6 +85,20 @@ def _randomized(bijector, rng, scale=0.3):
     return bijector
 
 
+def _batch_norm_eval(rng, dtype):
+    # check_bijector treats batch members as independent, which holds in evaluation mode only
+    b = _randomized(nb.BatchNorm(3, dtype=dtype), rng)
+    b.running_mean[...] = rng.normal(size=3)
+    b.running_var[...] = rng.uniform(0.5, 2.0, size=3)
+    return b.eval()
+
+
+def _act_norm(rng, dtype):
+    b = nb.ActNorm(3, dtype=dtype)
+    b.inverse((rng.normal(size=(50, 3)) * [1.0, 2.0, 0.5] + [0.3, -1.0, 2.0]).astype(dtype))  # data-dependent init
+    return b
+
+
 def _param(rng, dtype, *shape, scale=1.0, loc=0.0):
     return (loc + scale * rng.normal(size=shape)).astype(dtype)
 

@@ -18,11 +18,17 @@ from .elementwise import (
 )
 from .inline import Inline
 from .affine import Affine
+from .autoregressive import InverseAutoregressive, MaskedAutoregressive
+from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
+from .lu import LULinear
+from .normalization import ActNorm, BatchNorm
 
 __all__ = [
     "Bijector", "ElementwiseBijector", "Chain", "Invert", "Inline",
     "Identity", "Shift", "Scale", "Exp", "Sigmoid", "Tanh", "Softsign", "Softplus", "LeakyReLU",
     "NormalCDF", "Power",
     "Permute", "Reverse", "Rotation", "ScaleMatvecTriL", "Affine",
+    "AdditiveCoupling", "AffineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
+    "BatchNorm", "ActNorm", "LULinear",
 ]

@@ -1,0 +1,133 @@
+"""Ready-made flows: RealNVP, NICE, MAF and IAF over a standard normal base.
+
+Each constructor returns a ``TransformedDistribution`` whose bijector is a
+``Chain``; every trainable array is reachable through ``flow.parameters()``.
+"""
+
+import numpy as np
+
+from ._validation import as_generator
+from .bijectors import Chain, Permute, Reverse
+from .bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive
+from .bijectors.coupling import AdditiveCoupling, AffineCoupling, alternating_mask
+from .distributions import MultivariateNormalDiag, TransformedDistribution
+
+
+def _check_dim(dim, where, minimum=1):
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < minimum:
+        if minimum == 2 and isinstance(dim, (int, np.integer)) and dim == 1:
+            raise ValueError(f"{where}: a coupling flow needs dim >= 2 (one part conditions the other); for "
+                             f"1-D data use nflow_np.flows.MAF(1) or an elementwise Chain (Shift, Scale, Sigmoid...)")
+        raise ValueError(f"{where}: dim must be an int >= {minimum}; got {dim!r}")
+    return int(dim)
+
+
+def _standard_normal(dim, dtype):
+    return MultivariateNormalDiag(np.zeros(dim, dtype=dtype), np.ones(dim, dtype=dtype))
+
+
+def _between(layers, dim, where, *, batch_norm, act_norm, lu_linear, rng, dtype):
+    """Optional normalization / linear mixing layers, placed before a transform."""
+    extra = []
+    if batch_norm:
+        from .bijectors.normalization import BatchNorm
+        extra.append(BatchNorm(dim, dtype=dtype))
+    if act_norm:
+        from .bijectors.normalization import ActNorm
+        extra.append(ActNorm(dim, dtype=dtype))
+    if lu_linear:
+        from .bijectors.lu import LULinear
+        extra.append(LULinear(dim, rng=rng, dtype=dtype))
+    return extra
+
+
+def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
+                   permute, rng, dtype, **layer_kwargs):
+    dim = _check_dim(dim, where, minimum=2)
+    if n_layers < 1:
+        raise ValueError(f"{where}: n_layers must be at least 1; got {n_layers}")
+    rng = as_generator(rng)
+    dtype = np.dtype(dtype)
+    # Listed in sampling order (base first); Chain wants the last-applied first, so reverse at the end.
+    stages = []
+    for i in range(n_layers):
+        if i > 0:
+            stages.extend(_between(stages, dim, where, batch_norm=batch_norm, act_norm=act_norm,
+                                   lu_linear=lu_linear, rng=rng, dtype=dtype))
+            if permute == "random":
+                stages.append(Permute(rng.permutation(dim)))
+        mask = alternating_mask(dim, parity=i % 2)
+        stages.append(layer_cls(mask, hidden, activation, rng=rng, dtype=dtype, **layer_kwargs))
+    return TransformedDistribution(_standard_normal(dim, dtype), Chain(list(reversed(stages))))
+
+
+def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=False, act_norm=False,
+            lu_linear=False, permute=None, log_scale_clamp=3.0, rng=None, dtype=np.float64):
+    """RealNVP: affine couplings with alternating masks over a standard normal.
+
+    ``batch_norm`` / ``act_norm`` / ``lu_linear`` insert those layers between
+    couplings; ``permute="random"`` adds a fixed random permutation there.
+
+    References: Dinh, Sohl-Dickstein and Bengio, "Density estimation using Real NVP", ICLR 2017.
+    """
+    return _coupling_flow(AffineCoupling, dim, n_layers, hidden, activation, "RealNVP", batch_norm=batch_norm,
+                          act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
+                          log_scale_clamp=log_scale_clamp)
+
+
+def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=True,
+         lu_linear=False, permute=None, rng=None, dtype=np.float64):
+    """NICE: additive (volume-preserving) couplings; ``act_norm`` (default on) supplies the scaling
+    that NICE's final diagonal layer provides.
+
+    References: Dinh, Krueger and Bengio, "NICE: Non-linear Independent Components Estimation", 2015.
+    """
+    flow = _coupling_flow(AdditiveCoupling, dim, n_layers, hidden, activation, "NICE", batch_norm=batch_norm,
+                          act_norm=False, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype)
+    if act_norm:
+        from .bijectors.normalization import ActNorm
+        # a trainable diagonal scaling on the data side, as NICE's last layer
+        chain = Chain([ActNorm(flow.event_shape[0], dtype=dtype)] + flow.bijector.bijectors)
+        flow = TransformedDistribution(flow.distribution, chain)
+    return flow
+
+
+def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=False,
+        lu_linear=False, log_scale_clamp=3.0, rng=None, dtype=np.float64):
+    """MAF: masked autoregressive layers with the order reversed between layers.
+
+    Density evaluation takes one network call per layer; sampling ``dim`` calls per layer.
+
+    References: Papamakarios, Pavlakou and Murray, "Masked Autoregressive Flow for Density Estimation", 2017.
+    """
+    return _autoregressive_flow(MaskedAutoregressive, dim, n_layers, hidden, activation, "MAF",
+                                batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear,
+                                log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype)
+
+
+def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, rng=None, dtype=np.float64):
+    """IAF: inverse autoregressive layers; sampling takes one network call per layer (variational inference).
+
+    References: Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow", 2016.
+    """
+    return _autoregressive_flow(InverseAutoregressive, dim, n_layers, hidden, activation, "IAF",
+                                batch_norm=False, act_norm=False, lu_linear=False,
+                                log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype)
+
+
+def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
+                         log_scale_clamp, rng, dtype):
+    dim = _check_dim(dim, where)
+    if n_layers < 1:
+        raise ValueError(f"{where}: n_layers must be at least 1; got {n_layers}")
+    rng = as_generator(rng)
+    dtype = np.dtype(dtype)
+    stages = []
+    for i in range(n_layers):
+        if i > 0:
+            stages.extend(_between(stages, dim, where, batch_norm=batch_norm, act_norm=act_norm,
+                                   lu_linear=lu_linear, rng=rng, dtype=dtype))
+            if dim > 1:
+                stages.append(Reverse())
+        stages.append(layer_cls(dim, hidden, activation, log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype))
+    return TransformedDistribution(_standard_normal(dim, dtype), Chain(list(reversed(stages))))

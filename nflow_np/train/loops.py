@@ -1,0 +1,281 @@
+"""Training loops: maximum likelihood on data (``fit``) and reverse KL to a target (``fit_to_target``)."""
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._validation import as_float_array, as_generator
+from .losses import _check_flow, nll_and_grad, reverse_kl_and_grad
+from .optim import Adam, Optimizer
+
+
+@dataclass
+class History:
+    """What happened during training.
+
+    ``train_loss`` and ``val_loss`` hold one mean loss per epoch (per
+    ``log_every`` steps for ``fit_to_target``); ``rejected_steps`` counts
+    steps whose loss or gradient was not finite and that were skipped (the
+    learning rate was halved each time); ``best_epoch`` is the epoch whose
+    parameters were kept.
+    """
+
+    train_loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    steps: int = 0
+    rejected_steps: int = 0
+    best_epoch: int = -1
+    wall_time: float = 0.0
+    stopped_early: bool = False
+
+    @property
+    def epochs(self):
+        return len(self.train_loss)
+
+
+def modules(obj):
+    """Every bijector and distribution inside a flow, depth first."""
+    yield obj
+    for attr in ("distribution", "bijector"):
+        child = getattr(obj, attr, None)
+        if child is not None:
+            yield from modules(child)
+    children = getattr(obj, "_children", None)
+    if callable(children):
+        for _, child in children():
+            if child is not getattr(obj, "bijector", None):
+                yield from modules(child)
+
+
+def set_training(flow, training):
+    """Switch layers with a training mode (BatchNorm) to training or evaluation."""
+    for m in modules(flow):
+        if hasattr(m, "training"):
+            m.training = bool(training)
+
+
+def _state_arrays(flow, params):
+    """Parameters plus non-trainable state (BatchNorm's running statistics), by name."""
+    arrays = dict(params)
+    for i, m in enumerate(modules(flow)):
+        buffers = getattr(m, "buffers", None)
+        if callable(buffers):
+            for key, value in buffers():
+                arrays[f"buffer{i}.{key}"] = value
+    return arrays
+
+
+class _Snapshot:
+    """A copy of the training state, restorable in place (optimizers hold the arrays themselves)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.saved = {k: v.copy() for k, v in params.items()}
+
+    def save(self):
+        for k, v in self.params.items():
+            np.copyto(self.saved[k], v)
+
+    def restore(self):
+        for k, v in self.params.items():
+            np.copyto(v, self.saved[k])
+
+
+def _all_finite(params):
+    return all(np.isfinite(v).all() for v in params.values())
+
+
+def _guarded_step(optimizer, loss, grads, snapshot, history):
+    """Apply a step unless it is not finite; never leave NaN parameters behind."""
+    if not np.isfinite(loss) or not all(np.isfinite(g).all() for g in grads.values()):
+        history.rejected_steps += 1
+        optimizer.lr *= 0.5
+        return False
+    snapshot.save()
+    optimizer.step(grads)
+    if not _all_finite(optimizer.params):
+        snapshot.restore()
+        history.rejected_steps += 1
+        optimizer.lr *= 0.5
+        return False
+    history.steps += 1
+    return True
+
+
+def _progress_line(epoch, epochs, train, val, steps_per_s):
+    val_text = f"  val {val:.4f}" if val is not None else ""
+    return f"\repoch {epoch + 1}/{epochs}  train {train:.4f}{val_text}  {steps_per_s:.0f} steps/s"
+
+
+def _mean_nll(flow, data, batch_size):
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        chunk = data[start:start + batch_size]
+        total += -float(flow.log_prob(chunk).sum())
+    return total / len(data)
+
+
+def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, validation_data=None,
+        validation_split=0.0, patience=None, rng=None, callback=None, progress=False, clip_norm=None):
+    """Fit ``flow`` to ``data`` by maximum likelihood with mini-batches.
+
+    Parameters
+    ----------
+    flow : TransformedDistribution
+    data : array, shape (n, ...) matching the flow's event shape
+    epochs, batch_size : int
+    lr : float
+        Learning rate of the default Adam optimizer (ignored when ``optimizer`` is given).
+    optimizer : Optimizer, optional
+        Built on ``flow.parameters()``.
+    validation_data : array, optional
+        Held-out points; else ``validation_split`` of ``data`` is held out.
+    patience : int, optional
+        Stop after this many epochs without a better validation loss.
+    rng : Generator or int
+        Shuffling and the validation split.
+    callback : callable, optional
+        ``callback(epoch, history)`` after every epoch; returning True stops training.
+    progress : bool
+        Print a progress line per epoch to stderr.
+    clip_norm : float, optional
+        Clip the global gradient norm (default Adam only).
+
+    Returns
+    -------
+    History
+        At the end the parameters of the best validation epoch (or of the
+        last finite epoch without validation data) are restored. A step whose
+        loss or gradient is not finite is skipped and the learning rate halved.
+    """
+    _check_flow(flow, "fit")
+    rng = as_generator(rng)
+    data = as_float_array(data, flow.dtype, "fit", "data")
+    flow._prepare(data[:1], "fit")
+    if validation_data is None and validation_split:
+        if not 0.0 < validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must lie in (0, 1); got {validation_split}")
+        order = rng.permutation(len(data))
+        n_val = max(1, int(round(validation_split * len(data))))
+        validation_data, data = data[order[:n_val]], data[order[n_val:]]
+    elif validation_data is not None:
+        validation_data = as_float_array(validation_data, flow.dtype, "fit", "validation_data")
+    if len(data) == 0:
+        raise ValueError("fit: no training data")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
+        raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
+    params = dict(flow.parameters())
+    if optimizer is None:
+        optimizer = Adam(params.items(), lr=lr, clip_norm=clip_norm)
+    elif not isinstance(optimizer, Optimizer):
+        raise TypeError(f"fit: optimizer must be an nflow_np Optimizer; got {type(optimizer).__name__}")
+    history = History()
+    snapshot = _Snapshot(params)
+    best = _Snapshot(_state_arrays(flow, params))
+    best_loss = np.inf
+    since_best = 0
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        set_training(flow, True)
+        order = rng.permutation(len(data))
+        losses = []
+        epoch_start = time.perf_counter()
+        for i in range(0, len(data), batch_size):
+            batch = data[order[i:i + batch_size]]
+            loss, grads = nll_and_grad(flow, batch)
+            if _guarded_step(optimizer, loss, grads, snapshot, history):
+                losses.append(loss)
+        set_training(flow, False)
+        train_loss = float(np.mean(losses)) if losses else np.nan
+        history.train_loss.append(train_loss)
+        history.lr.append(optimizer.lr)
+        score = train_loss
+        if validation_data is not None:
+            score = _safe_nll(flow, validation_data, batch_size)
+            history.val_loss.append(score)
+        if np.isfinite(score) and score < best_loss:
+            best_loss, since_best = score, 0
+            history.best_epoch = epoch
+            best.save()
+        else:
+            since_best += 1
+        if progress:
+            rate = len(losses) / max(time.perf_counter() - epoch_start, 1e-9)
+            print(_progress_line(epoch, epochs, train_loss, history.val_loss[-1] if history.val_loss else None, rate),
+                  end="", file=sys.stderr, flush=True)
+        if callback is not None and callback(epoch, history):
+            history.stopped_early = True
+            break
+        if patience is not None and validation_data is not None and since_best >= patience:
+            history.stopped_early = True
+            break
+    if progress:
+        print(file=sys.stderr)
+    if history.best_epoch >= 0:
+        best.restore()
+    set_training(flow, False)
+    history.wall_time = time.perf_counter() - start
+    return history
+
+
+def _safe_nll(flow, data, batch_size):
+    try:
+        return _mean_nll(flow, data, batch_size)
+    except (ValueError, FloatingPointError):
+        # a point the current flow cannot map back (outside a bounded support): no valid score
+        return np.inf
+
+
+def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, optimizer=None, grad_fn=None,
+                  rng=None, log_every=50, callback=None, progress=False, clip_norm=None):
+    """Fit ``flow`` to an unnormalized density by minimizing the reverse KL (maximizing the ELBO).
+
+    Each step draws ``n_samples`` base points, pushes them forward, and
+    follows the gradient of ``mean(log q(x) - log_prob_fn(x))`` through the
+    reparameterized samples. ``grad_fn(x)`` is the gradient of ``log_prob_fn``
+    (finite differences when not given). Returns a ``History`` whose
+    ``train_loss`` holds the mean loss of every ``log_every`` steps; the
+    parameters with the best such mean are kept.
+    """
+    _check_flow(flow, "fit_to_target")
+    if not callable(log_prob_fn):
+        raise TypeError("fit_to_target: log_prob_fn must be callable")
+    rng = as_generator(rng)
+    params = dict(flow.parameters())
+    if optimizer is None:
+        optimizer = Adam(params.items(), lr=lr, clip_norm=clip_norm)
+    history = History()
+    snapshot = _Snapshot(params)
+    best = _Snapshot(_state_arrays(flow, params))
+    best_loss = np.inf
+    window = []
+    start = time.perf_counter()
+    set_training(flow, True)
+    for step in range(steps):
+        loss, grads = reverse_kl_and_grad(flow, log_prob_fn, n_samples, rng, target_grad=grad_fn)
+        if _guarded_step(optimizer, loss, grads, snapshot, history):
+            window.append(loss)
+        if (step + 1) % log_every == 0 or step == steps - 1:
+            mean = float(np.mean(window)) if window else np.nan
+            window = []
+            history.train_loss.append(mean)
+            history.lr.append(optimizer.lr)
+            if np.isfinite(mean) and mean < best_loss:
+                best_loss = mean
+                history.best_epoch = len(history.train_loss) - 1
+                best.save()
+            if progress:
+                print(f"\rstep {step + 1}/{steps}  loss {mean:.4f}", end="", file=sys.stderr, flush=True)
+            if callback is not None and callback(step, history):
+                history.stopped_early = True
+                break
+    if progress:
+        print(file=sys.stderr)
+    if history.best_epoch >= 0:
+        best.restore()
+    set_training(flow, False)
+    history.wall_time = time.perf_counter() - start
+    return history

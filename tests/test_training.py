@@ -1,0 +1,222 @@
+"""Optimizers, exact gradients of flows, and the training loops."""
+
+import numpy as np
+import pytest
+
+from nflow_np import bijectors as nb
+from nflow_np import flows
+from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
+from nflow_np.testing import check_gradients
+from nflow_np.train import SGD, Adam, fit, fit_to_target, value_and_grad
+from nflow_np.train import loops as fit_module
+
+
+def _perturbed(flow, seed=0, scale=0.3):
+    rng = np.random.default_rng(seed)
+    for _, array in flow.parameters():
+        array += scale * rng.normal(size=array.shape)
+    return flow
+
+
+READY_MADE = {
+    "RealNVP": lambda act: flows.RealNVP(2, n_layers=4, hidden=(8, 8), activation=act, rng=0),
+    "RealNVP(permute)": lambda act: flows.RealNVP(4, n_layers=3, hidden=(5,), activation=act, permute="random",
+                                                  rng=1),
+    "NICE": lambda act: flows.NICE(3, n_layers=3, hidden=(6,), activation=act, act_norm=False, rng=2),
+    "MAF": lambda act: flows.MAF(3, n_layers=2, hidden=(6,), activation=act, rng=3),
+    "MAF(1-D)": lambda act: flows.MAF(1, n_layers=2, hidden=(4,), activation=act, rng=4),
+    "IAF": lambda act: flows.IAF(3, n_layers=2, hidden=(5,), activation=act, rng=5),
+    "RealNVP(batch_norm)": lambda act: flows.RealNVP(2, n_layers=3, hidden=(6,), activation=act, batch_norm=True,
+                                                     rng=6),
+    "RealNVP(act_norm,lu)": lambda act: flows.RealNVP(3, n_layers=3, hidden=(6,), activation=act, act_norm=True,
+                                                      lu_linear=True, rng=7),
+    "NICE(act_norm)": lambda act: flows.NICE(2, n_layers=2, hidden=(6,), activation=act, rng=8),
+    "MAF(batch_norm)": lambda act: flows.MAF(2, n_layers=2, hidden=(6,), activation=act, batch_norm=True, rng=9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(READY_MADE))
+def test_check_gradients_ready_made(name):
+    flow = _perturbed(READY_MADE[name]("tanh"))
+    x = np.random.default_rng(1).normal(size=(16, flow.event_shape[0]))
+    report = check_gradients(flow, x)
+    assert report["nll"] < 1e-5 and report["reverse_kl"] < 1e-5
+
+
+@pytest.mark.parametrize("name", ["RealNVP", "MAF"])
+def test_check_gradients_with_relu(name):
+    # ReLU kinks make finite differences noisy near them; the check allows for that noise
+    flow = _perturbed(READY_MADE[name]("relu"), seed=3)
+    check_gradients(flow, np.random.default_rng(2).normal(size=(16, flow.event_shape[0])))
+
+
+def test_check_gradients_hand_built_chain():
+    flow = TransformedDistribution(
+        MultivariateNormalDiag(np.zeros(2)),
+        nb.Chain([nb.LeakyReLU(0.4), nb.Affine(shift=[0.1, -0.2], scale_tril=[[1.2, 0.0], [0.3, 0.8]],
+                                               scale_perturb_factor=[[0.2, 0.1], [0.0, 0.3]])]))
+    x = np.random.default_rng(0).normal(size=(32, 2)) * 2 + 0.37
+    report = check_gradients(flow, x)
+    assert report["nll"] < 1e-5
+
+
+def test_check_gradients_catches_a_wrong_gradient():
+    flow = _perturbed(flows.RealNVP(2, n_layers=2, hidden=(4,), activation="tanh", rng=0))
+    coupling = flow.bijector.bijectors[0]
+    original = coupling._inverse_backward
+
+    def broken(ctx, grad_x, grad_log_det):
+        grad, grads = original(ctx, grad_x, grad_log_det)
+        grads["net.b0"] = grads["net.b0"] * 1.01
+        return grad, grads
+
+    coupling._inverse_backward = broken
+    with pytest.raises(AssertionError, match="net.b0"):
+        check_gradients(flow, np.random.default_rng(0).normal(size=(8, 2)), reverse_kl=False)
+
+
+def test_value_and_grad_names_match_parameters():
+    flow = flows.RealNVP(3, n_layers=2, hidden=(4,), rng=0)
+    loss, grads = value_and_grad(flow, np.random.default_rng(0).normal(size=(10, 3)))
+    names = dict(flow.parameters())
+    assert set(grads) == set(names)
+    assert all(grads[k].shape == names[k].shape and grads[k].dtype == names[k].dtype for k in names)
+    assert np.isclose(loss, -flow.log_prob(np.random.default_rng(0).normal(size=(10, 3))).mean())
+
+
+def test_identity_initialization():
+    flow = flows.RealNVP(4, rng=0)
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    np.testing.assert_allclose(flow.bijector.forward(x), x, atol=0)
+    flow = flows.MAF(3, rng=0)
+    np.testing.assert_allclose(flow.log_prob(x[:, :3]), MultivariateNormalDiag(np.zeros(3)).log_prob(x[:, :3]))
+
+
+def test_coupling_needs_two_dimensions():
+    with pytest.raises(ValueError, match="MAF"):
+        flows.RealNVP(1)
+    with pytest.raises(ValueError, match="coupling needs"):
+        nb.AffineCoupling([True, True])
+
+
+def test_adam_minimizes_a_quadratic():
+    w = np.array([3.0, -2.0])
+    opt = Adam([("w", w)], lr=0.1)
+    for _ in range(500):
+        opt.step({"w": 2 * (w - 1.0)})
+    np.testing.assert_allclose(w, [1.0, 1.0], atol=1e-3)
+
+
+def test_sgd_momentum_weight_decay_and_clipping():
+    w = np.array([5.0])
+    opt = SGD([("w", w)], lr=0.05, momentum=0.9, weight_decay=0.1, clip_norm=1.0)
+    norm = opt.step({"w": np.array([100.0])})
+    assert norm == 100.0
+    np.testing.assert_allclose(w, 5.0 - 0.05 * (1.0 + 0.1 * 5.0))
+    for _ in range(300):
+        opt.step({"w": 2 * (w - 1.0)})
+    # minimum of (w - 1)^2 + 0.05 w^2
+    np.testing.assert_allclose(w, 2.0 / 2.1, atol=1e-3)
+
+
+def test_optimizer_rejects_bad_gradients():
+    w = np.zeros(3)
+    opt = Adam([("w", w)])
+    with pytest.raises(ValueError, match="shape"):
+        opt.step({"w": np.zeros(2)})
+    with pytest.raises(KeyError):
+        opt.step({"v": np.zeros(3)})
+    with pytest.raises(FloatingPointError):
+        opt.step({"w": np.array([np.nan, 0.0, 0.0])})
+    assert np.all(w == 0)
+
+
+def test_fit_learns_a_gaussian_and_restores_the_best_epoch():
+    rng = np.random.default_rng(0)
+    cov = np.array([[1.0, 0.8], [0.8, 1.0]])
+    data = rng.multivariate_normal([1.0, -1.0], cov, size=1000)
+    flow = flows.RealNVP(2, n_layers=4, hidden=(16, 16), rng=1)
+    history = fit(flow, data, epochs=30, batch_size=100, lr=5e-3, validation_split=0.2, rng=2)
+    assert history.epochs == 30 and len(history.val_loss) == 30 and history.steps > 0
+    assert history.train_loss[-1] < history.train_loss[0] - 0.3
+    best = int(np.argmin(history.val_loss))
+    assert history.best_epoch == best
+    true_entropy = 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * cov))
+    held_out = rng.multivariate_normal([1.0, -1.0], cov, size=5000)
+    assert -flow.log_prob(held_out).mean() < true_entropy + 0.1
+
+
+def test_fit_survives_nan_steps(monkeypatch):
+    calls = {"n": 0}
+    real = fit_module.nll_and_grad
+
+    def sometimes_nan(flow, batch):
+        calls["n"] += 1
+        loss, grads = real(flow, batch)
+        if calls["n"] % 3 == 0:
+            grads = {k: np.full_like(v, np.nan) for k, v in grads.items()}
+        return loss, grads
+
+    monkeypatch.setattr(fit_module, "nll_and_grad", sometimes_nan)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    data = np.random.default_rng(0).normal(size=(300, 2)) * [1.0, 3.0]
+    history = fit(flow, data, epochs=5, batch_size=50, lr=1e-2, rng=0)
+    assert history.rejected_steps == calls["n"] // 3 > 0
+    assert history.lr[-1] < 1e-2
+    assert all(np.isfinite(v).all() for _, v in flow.parameters())
+    assert np.isfinite(flow.log_prob(data)).all()
+
+
+def test_fit_never_leaves_non_finite_parameters():
+    # a learning rate so large that SGD overflows the parameters: the guard restores them
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), log_scale_clamp=None, rng=0)
+    data = np.random.default_rng(0).normal(size=(200, 2)) * 50
+    opt = SGD(flow.parameters(), lr=1e300)
+    history = fit(flow, data, epochs=2, batch_size=50, optimizer=opt, rng=0)
+    assert history.rejected_steps > 0
+    assert all(np.isfinite(v).all() for _, v in flow.parameters())
+
+
+def test_fit_patience_stops_early():
+    data = np.random.default_rng(0).normal(size=(200, 2))
+    flow = flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0)
+    history = fit(flow, data, epochs=200, batch_size=50, lr=0.05, validation_split=0.25, patience=3, rng=0)
+    assert history.stopped_early and history.epochs < 200
+
+
+def test_fit_to_target_learns_a_banana():
+    # p(x) ~ N(x0; 0, 1) N(x1; x0^2 / 2, 0.5^2)
+    def log_p(x):
+        return -0.5 * x[..., 0] ** 2 - 0.5 * ((x[..., 1] - 0.5 * x[..., 0] ** 2) / 0.5) ** 2
+
+    def grad_log_p(x):
+        r = (x[..., 1] - 0.5 * x[..., 0] ** 2) / 0.25
+        return np.stack([-x[..., 0] + r * x[..., 0], -r], axis=-1)
+
+    flow = flows.IAF(2, n_layers=3, hidden=(16, 16), activation="tanh", rng=0)
+    history = fit_to_target(flow, log_p, grad_fn=grad_log_p, steps=600, n_samples=128, lr=5e-3, rng=1)
+    assert history.train_loss[-1] < history.train_loss[0]
+    samples = flow.sample(20000, rng=2)
+    assert abs(samples[:, 0].mean()) < 0.15 and abs(samples[:, 0].std() - 1.0) < 0.2
+    assert abs(samples[:, 1].mean() - 0.5) < 0.2   # E[x0^2 / 2] = 0.5
+    # the reverse KL is the gap to the normalizer log Z = log(2 pi * 0.5)
+    log_z = np.log(2 * np.pi * 0.5)
+    assert history.train_loss[-1] + log_z < 0.15
+
+
+def test_fit_to_target_finite_difference_gradient_matches_exact():
+    from nflow_np.train.losses import reverse_kl_and_grad
+
+    flow = _perturbed(flows.RealNVP(2, n_layers=2, hidden=(4,), activation="tanh", rng=0))
+    z = flow.distribution.sample(64, rng=0)
+
+    def log_p(x):
+        return -0.5 * (x ** 2).sum(-1) - 0.1 * x[..., 0] ** 4
+
+    def grad(x):
+        return -x - np.stack([0.4 * x[..., 0] ** 3, np.zeros_like(x[..., 0])], axis=-1)
+
+    _, exact = reverse_kl_and_grad(flow, log_p, None, z=z, target_grad=grad)
+    _, numeric = reverse_kl_and_grad(flow, log_p, None, z=z)
+    for k in exact:
+        np.testing.assert_allclose(numeric[k], exact[k], rtol=1e-6, atol=1e-9)
