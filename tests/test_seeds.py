@@ -259,3 +259,74 @@ def test_seed004_composed_transform():
     closed_form = stats.norm.logpdf(z) - np.log1p(-t * t)
     np.testing.assert_allclose(flow.log_prob(grid), closed_form, rtol=1e-10)
     np.testing.assert_allclose(flow.cdf(grid), stats.norm.cdf(z), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- training seeds
+def _bimodal(n, rng):
+    """Seed 001's target: an equal mixture of N((1.5, 1.5), I) and N((-1.5, -1.5), I)."""
+    sign = np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    return rng.normal(size=(n, 2)) + 1.5 * sign[:, None]
+
+
+def _bimodal_log_prob(x):
+    a = -0.5 * ((x - 1.5) ** 2).sum(-1)
+    b = -0.5 * ((x + 1.5) ** 2).sum(-1)
+    return np.logaddexp(a, b) - np.log(2.0) - np.log(2 * np.pi)
+
+
+@pytest.mark.slow
+def test_seed001_realnvp_finds_both_modes():
+    """RealNVP, 4 couplings with 8 hidden units, Adam lr 1e-3, 100 epochs, batch 64, 2000 samples.
+
+    The post's code has two bugs, fixed here: its conditioner MLP (three Linear layers) has no
+    activations, so every coupling is affine in x_a; and its base log-density multiplies the squared
+    norm by D, -D/2 (log 2 pi + |u|^2), where the standard normal's is -D/2 log 2 pi - |u|^2 / 2.
+    nflow_np's coupling MLPs use ReLU, and its base is MultivariateNormalDiag.
+    """
+    from nflow_np import flows
+    from nflow_np.train import fit
+
+    rng = np.random.default_rng(0)
+    data = _bimodal(2000, rng)
+    flow = flows.RealNVP(2, n_layers=4, hidden=(8, 8), activation="relu", rng=1)
+    history = fit(flow, data, epochs=100, batch_size=64, lr=1e-3, rng=2)
+    assert history.rejected_steps == 0 and all(np.isfinite(v).all() for _, v in flow.parameters())
+    held_out = _bimodal(20000, np.random.default_rng(3))
+    entropy = -_bimodal_log_prob(_bimodal(400000, np.random.default_rng(4))).mean()
+    nll = -flow.log_prob(held_out).mean()
+    assert nll - entropy < 0.06, (nll, entropy)
+    # both modes: samples split evenly between the two half-planes, centred on the modes
+    samples = flow.sample(20000, rng=5)
+    upper = samples.sum(-1) > 0
+    assert 0.4 < upper.mean() < 0.6
+    np.testing.assert_allclose(samples[upper].mean(0), [1.5, 1.5], atol=0.25)
+    np.testing.assert_allclose(samples[~upper].mean(0), [-1.5, -1.5], atol=0.25)
+
+
+def test_seed001_base_log_density_is_the_standard_normal():
+    u = np.random.default_rng(0).normal(size=(5, 2))
+    post = -0.5 * 2 * (np.log(2 * np.pi) + (u ** 2).sum(1))          # the post's formula
+    correct = -np.log(2 * np.pi) - 0.5 * (u ** 2).sum(1)
+    np.testing.assert_allclose(MultivariateNormalDiag(np.zeros(2)).log_prob(u), correct, rtol=1e-14)
+    assert not np.allclose(post, correct)
+
+
+@pytest.mark.slow
+def test_seed002_leaky_relu_affine_flow_fits_a_gaussian():
+    """tfb_chain(list(lrelu, affine)) over a 2-D standard normal, trained on N((1, 1), scale 2 I).
+
+    The post builds alpha as abs(variable) + 0.01; LeakyReLU keeps alpha > 0 by training log(alpha).
+    """
+    from nflow_np.train import fit
+
+    rng = np.random.default_rng(0)
+    target = MultivariateNormalDiag([1.0, 1.0], [2.0, 2.0])
+    data = target.sample(10000, rng=rng)
+    affine = nb.Affine(shift=0.1 * rng.normal(size=2), scale_tril=np.eye(2) + np.tril(0.1 * rng.normal(size=(2, 2))),
+                       scale_perturb_factor=0.1 * rng.normal(size=(2, 2)))
+    flow = TransformedDistribution(MultivariateNormalDiag(np.zeros(2)), nb.Chain([nb.LeakyReLU(0.5), affine]))
+    fit(flow, data, epochs=40, batch_size=100, lr=1e-2, rng=1)
+    samples = flow.sample(200000, rng=2)
+    mean, cov = samples.mean(0), np.cov(samples.T)
+    assert np.linalg.norm(mean - [1.0, 1.0]) / np.sqrt(2) < 0.05
+    assert np.linalg.norm(cov - 4 * np.eye(2)) / np.linalg.norm(4 * np.eye(2)) < 0.05
