@@ -185,8 +185,11 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         epoch_start = time.perf_counter()
         for i in range(0, len(data), batch_size):
             batch = data[order[i:i + batch_size]]
-            loss, grads = nll_and_grad(flow, batch)
-            if _guarded_step(optimizer, loss, grads, snapshot, history):
+            # overflow is caught by the guard below, which rejects the step: no warning spam
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss, grads = nll_and_grad(flow, batch)
+                accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
+            if accepted:
                 losses.append(loss)
         set_training(flow, False)
         train_loss = float(np.mean(losses)) if losses else np.nan
@@ -255,8 +258,10 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
     start = time.perf_counter()
     set_training(flow, True)
     for step in range(steps):
-        loss, grads = reverse_kl_and_grad(flow, log_prob_fn, n_samples, rng, target_grad=grad_fn)
-        if _guarded_step(optimizer, loss, grads, snapshot, history):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, grads = reverse_kl_and_grad(flow, log_prob_fn, n_samples, rng, target_grad=grad_fn)
+            accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
+        if accepted:
             window.append(loss)
         if (step + 1) % log_every == 0 or step == steps - 1:
             mean = float(np.mean(window)) if window else np.nan
