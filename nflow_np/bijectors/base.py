@@ -91,17 +91,22 @@ class Bijector:
             return log_det
         return log_det.sum(axis=tuple(range(log_det.ndim - extra, log_det.ndim)))
 
-    def _expand(self, grad_log_det, native_shape, event_ndims, method):
-        """Broadcast the gradient of a reduced log-det back to the native log-det shape."""
+    def _expand(self, grad_log_det, native_shape, event_ndims, method, dtype):
+        """Broadcast the gradient of a reduced log-det back to the native log-det shape.
+
+        Every native log-det that was summed into one reduced value receives that value's gradient.
+        """
         extra = event_ndims - self.event_ndims
         expected = native_shape[:len(native_shape) - extra] if extra else native_shape
-        grad_log_det = as_float_array(grad_log_det, self.dtype, f"{self.name}.{method}", "grad_log_det")
+        grad_log_det = as_float_array(grad_log_det, dtype, f"{self.name}.{method}", "grad_log_det")
         try:
             grad_log_det = np.broadcast_to(grad_log_det, expected)
         except ValueError:
             raise ValueError(f"{self.name}.{method}: grad_log_det must have the log-det's shape {expected}; "
                              f"got {grad_log_det.shape}") from None
-        return grad_log_det.reshape(expected + (1,) * extra) if extra else grad_log_det
+        if extra:
+            grad_log_det = np.broadcast_to(grad_log_det.reshape(expected + (1,) * extra), native_shape)
+        return grad_log_det
 
     def _prepare_upstream(self, grad, like, method, argname):
         if grad is None:
@@ -160,7 +165,7 @@ class Bijector:
         y, log_det, ctx = self._forward_pass(x)
         grad_y = self._prepare_upstream(grad_y, y, "forward_vjp", "grad_y")
         grad_log_det = (np.zeros_like(log_det) if grad_log_det is None
-                        else self._expand(grad_log_det, log_det.shape, k, "forward_vjp"))
+                        else self._expand(grad_log_det, log_det.shape, k, "forward_vjp", x.dtype))
         return self._forward_backward(ctx, grad_y, grad_log_det)
 
     def inverse_vjp(self, y, grad_x=None, grad_log_det=None, event_ndims=None):
@@ -170,7 +175,7 @@ class Bijector:
         x, log_det, ctx = self._inverse_pass(y)
         grad_x = self._prepare_upstream(grad_x, x, "inverse_vjp", "grad_x")
         grad_log_det = (np.zeros_like(log_det) if grad_log_det is None
-                        else self._expand(grad_log_det, log_det.shape, k, "inverse_vjp"))
+                        else self._expand(grad_log_det, log_det.shape, k, "inverse_vjp", y.dtype))
         return self._inverse_backward(ctx, grad_x, grad_log_det)
 
     def __call__(self, value):

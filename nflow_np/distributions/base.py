@@ -55,7 +55,8 @@ class Distribution:
 
     def sample(self, sample_shape=(), rng=None):
         """Draw ``sample_shape`` independent samples; ``rng`` is a Generator or an int seed."""
-        shape = as_sample_shape(sample_shape, f"{self.name}.sample") if sample_shape != () else ()
+        shape = () if isinstance(sample_shape, tuple) and not sample_shape else \
+            as_sample_shape(sample_shape, f"{self.name}.sample")
         return self._sample(shape, as_generator(rng))
 
     def sample_and_log_prob(self, sample_shape=(), rng=None):
