@@ -187,6 +187,31 @@ CASES.update({
                                   nb.Affine(shift=_param(rng, dt, 2), scale_tril=np.abs(_tril(rng, dt, 2)),
                                             scale_perturb_factor=_param(rng, dt, 2, 2, scale=0.3))]),
         _vectors(2), dim=2, adjust=lambda b, x: _off_kink(b.bijectors[1], x)),
+    "AffineCoupling": Case(
+        lambda rng, dt: _randomized(AffineCoupling([True, False, True, False, False], (6, 5), "tanh",
+                                                   rng=rng, dtype=dt), rng),
+        _vectors(5), dim=5),
+    "AffineCoupling(unclamped)": Case(
+        lambda rng, dt: _randomized(AffineCoupling([False, True], (4,), "silu", log_scale_clamp=None,
+                                                   rng=rng, dtype=dt), rng),
+        _vectors(2), dim=2),
+    "AdditiveCoupling": Case(
+        lambda rng, dt: _randomized(AdditiveCoupling([True, True, False], (5,), "elu", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "MaskedAutoregressive": Case(
+        lambda rng, dt: _randomized(MaskedAutoregressive(4, (7, 7), "tanh", order=rng.permutation(4),
+                                                         rng=rng, dtype=dt), rng),
+        _vectors(4), dim=4),
+    "MaskedAutoregressive(1-D)": Case(
+        lambda rng, dt: _randomized(MaskedAutoregressive(1, (3,), "tanh", rng=rng, dtype=dt), rng),
+        _vectors(1), dim=1),
+    "InverseAutoregressive": Case(
+        lambda rng, dt: _randomized(InverseAutoregressive(3, (6,), "silu", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "BatchNorm(eval)": Case(lambda rng, dt: _batch_norm_eval(rng, dt), _vectors(3), dim=3),
+    "ActNorm": Case(lambda rng, dt: _act_norm(rng, dt), _vectors(3), dim=3),
+    "LULinear": Case(lambda rng, dt: _randomized(nb.LULinear(4, rng=rng, dtype=dt), rng, scale=0.2),
+                     _vectors(4), dim=4),
     "Chain(seed000)": Case(
         lambda rng, dt: nb.Chain([nb.Sigmoid(), nb.Rotation(np.asarray(rng.uniform(0, 2 * np.pi), dtype=dt)),
                                   _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),

@@ -29,10 +29,12 @@ def main():
             rng = np.random.default_rng(zlib.crc32(name.encode()))
             case = CASES[name]
             bijector = case.build(rng, dtype)
-            report = check_bijector(bijector, case.draw(bijector, rng, dtype, 64))
-            row.append(report["log_det_vs_jacobian"])
+            x = case.draw(bijector, rng, dtype, 64)
+            # edge rows apart from the bulk, as in test_bijectors
+            reports = [check_bijector(bijector, part) for part in (x[:2], x[2:])]
+            row.append(max(r["log_det_vs_jacobian"] for r in reports))
             if dtype == np.float64:
-                vjp = max(v for k, v in report.items() if "vjp" in k)
+                vjp = max(v for r in reports for k, v in r.items() if "vjp" in k)
         print(f"{name:26s} {row[0]:12.2e} {row[1]:12.2e} {vjp:14.2e}")
 
 
