@@ -258,3 +258,18 @@ def test_check_gradients_every_trainable_bijector(name):
         reverse_kl = False
     report = check_gradients(flow, x, reverse_kl=reverse_kl)
     assert report["nll"] < 1e-5
+
+
+@pytest.mark.parametrize("build", [lambda: flows.RealNVP(2, n_layers=2, hidden=(8,), dtype=np.float32, rng=0),
+                                   lambda: flows.MAF(2, n_layers=2, hidden=(8,), dtype=np.float32, rng=0)],
+                         ids=["RealNVP", "MAF"])
+def test_float32_flows_train_in_float32(build):
+    flow = build()
+    data = (np.random.default_rng(0).normal(size=(400, 2)) * [2.0, 0.5] + 1.0).astype(np.float32)
+    history = fit(flow, data, epochs=5, batch_size=50, lr=1e-2, rng=0)
+    assert all(v.dtype == np.float32 for _, v in flow.parameters())
+    assert history.train_loss[-1] < history.train_loss[0]
+    x, lp = flow.sample_and_log_prob(10, rng=1)
+    assert x.dtype == np.float32 and lp.dtype == np.float32
+    with pytest.raises(TypeError, match="float64"):
+        flow.log_prob(data.astype(np.float64))
