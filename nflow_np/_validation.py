@@ -10,8 +10,8 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def resolve_dtype(dtype, *arrays):
-    """The float dtype of an object built from ``arrays``.
+def resolve_dtype(dtype, *arrays, where=None):
+    """The float dtype of an object built from ``arrays`` (``where`` names the object in errors).
 
     An explicit ``dtype`` wins; otherwise a float32/float64 ndarray among
     ``arrays`` sets it (all float ndarrays must agree); otherwise float64.
@@ -19,18 +19,19 @@ def resolve_dtype(dtype, *arrays):
     if dtype is not None:
         dtype = np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64; got {dtype}")
+            raise TypeError(f"{where or 'dtype'}: dtype must be float32 or float64; got {dtype}")
         return dtype
     found = None
     for a in arrays:
         if isinstance(a, (np.ndarray, np.generic)) and a.dtype.kind == "f":
             if found is not None and a.dtype != found:
-                raise TypeError(f"parameters mix dtypes {found} and {a.dtype}; pass dtype= to choose one")
+                raise TypeError(f"{where or 'parameters'}: parameters mix dtypes {found} and {a.dtype}; "
+                                f"pass dtype= to choose one")
             found = a.dtype
     if found is None:
         return np.dtype(np.float64)
     if found not in FLOAT_DTYPES:
-        raise TypeError(f"parameters must be float32 or float64; got {found}")
+        raise TypeError(f"{where or 'parameters'}: parameters must be float32 or float64; got {found}")
     return found
 
 

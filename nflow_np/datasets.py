@@ -66,10 +66,7 @@ def _check_n(n, where):
 
 
 def _out_dtype(dtype, where):
-    try:
-        return resolve_dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"{where}: {exc}") from None
+    return resolve_dtype(dtype, where=where)
 
 
 def _setup(n, rng, dtype, where):

@@ -116,7 +116,7 @@ class Affine(_VectorBijector):
         given = {key: value for key, value in zip(
             self._SHAPES, (shift, scale_diag, scale_tril, scale_perturb_factor, scale_perturb_diag))
             if value is not None}
-        super().__init__(dtype=resolve_dtype(dtype, *given.values()), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, *given.values(), where=type(self).__name__), name=name)
         if not given:
             raise ValueError(f"{self.name}: give at least one of shift, scale_diag, scale_tril, "
                              f"scale_perturb_factor (they fix the dimension D)")

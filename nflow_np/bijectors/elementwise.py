@@ -154,7 +154,7 @@ class Shift(ElementwiseBijector):
     """
 
     def __init__(self, shift, *, dtype=None, name=None):
-        super().__init__(dtype=resolve_dtype(dtype, shift), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, shift, where=type(self).__name__), name=name)
         self.params["shift"] = _param(shift, self.dtype, f"{self.name}.__init__", "shift")
 
     def _fwd(self, x):
@@ -177,7 +177,7 @@ class Scale(ElementwiseBijector):
     """y = scale * x, with scale non-zero (negative scales reverse the axis). Log-det log|scale|."""
 
     def __init__(self, scale, *, dtype=None, name=None):
-        super().__init__(dtype=resolve_dtype(dtype, scale), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, scale, where=type(self).__name__), name=name)
         scale = _param(scale, self.dtype, f"{self.name}.__init__", "scale")
         if np.any(scale == 0):
             raise ValueError(f"{self.name}: scale must be non-zero; got {scale}")
@@ -242,7 +242,8 @@ class Sigmoid(ElementwiseBijector):
     def __init__(self, low=None, high=None, *, dtype=None, name=None):
         if (low is None) != (high is None):
             raise ValueError("Sigmoid: give both low and high, or neither")
-        super().__init__(dtype=None if low is None and dtype is None else resolve_dtype(dtype, low, high),
+        given = low is not None or dtype is not None
+        super().__init__(dtype=resolve_dtype(dtype, low, high, where=type(self).__name__) if given else None,
                          name=name)
         if low is not None:
             where = f"{self.name}.__init__"
@@ -370,7 +371,7 @@ class LeakyReLU(ElementwiseBijector):
     """
 
     def __init__(self, alpha=0.2, *, dtype=None, name=None):
-        super().__init__(dtype=resolve_dtype(dtype, alpha), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, alpha, where=type(self).__name__), name=name)
         alpha = _param(alpha, self.dtype, f"{self.name}.__init__", "alpha")
         if not np.all(alpha > 0):
             raise ValueError(f"{self.name}: alpha must be positive; got {alpha}")
@@ -435,7 +436,7 @@ class Power(ElementwiseBijector):
     inverse_domain = (0.0, np.inf)
 
     def __init__(self, power, *, dtype=None, name=None):
-        super().__init__(dtype=resolve_dtype(dtype, power), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, power, where=type(self).__name__), name=name)
         power = _param(power, self.dtype, f"{self.name}.__init__", "power")
         if np.any(power == 0):
             raise ValueError(f"{self.name}: power must be non-zero; got {power}")

@@ -178,7 +178,7 @@ class Rotation(_VolumePreserving):
     event_size = 2
 
     def __init__(self, theta, *, dtype=None, name=None):
-        super().__init__(dtype=resolve_dtype(dtype, theta), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, theta, where=type(self).__name__), name=name)
         theta = _param(theta, self.dtype, f"{self.name}.__init__", "theta")
         if theta.ndim != 0:
             raise ValueError(f"{self.name}: theta must be a scalar angle; got shape {theta.shape}")
@@ -241,7 +241,7 @@ class ScaleMatvecTriL(_VectorBijector):
     """
 
     def __init__(self, scale_tril, *, dtype=None, name=None):
-        super().__init__(dtype=resolve_dtype(dtype, scale_tril), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, scale_tril, where=type(self).__name__), name=name)
         scale_tril = _param(scale_tril, self.dtype, f"{self.name}.__init__", "scale_tril")
         if scale_tril.ndim != 2 or scale_tril.shape[0] != scale_tril.shape[1] or scale_tril.shape[0] == 0:
             raise ValueError(f"{self.name}: scale_tril must be a square (d, d) matrix with d >= 1; "

@@ -86,7 +86,7 @@ class LULinear(Bijector):
     event_ndims = 1
 
     def __init__(self, features, *, rng=None, sign=None, dtype=np.float64, name=None):
-        super().__init__(dtype=resolve_dtype(dtype), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, where=type(self).__name__), name=name)
         where = f"{self.name}.__init__"
         if isinstance(features, (bool, np.bool_)) or not isinstance(features, (int, np.integer)):
             raise TypeError(f"{where}: features must be a positive int; got {features!r}")

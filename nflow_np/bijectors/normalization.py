@@ -29,7 +29,7 @@ class _FeatureBijector(Bijector):
     event_ndims = 1
 
     def __init__(self, features, *, dtype, name):
-        super().__init__(dtype=resolve_dtype(dtype), name=name)
+        super().__init__(dtype=resolve_dtype(dtype, where=type(self).__name__), name=name)
         self.features = _check_features(features, self.name)
 
     def _check_input_shape(self, arr, where, argname):

@@ -23,7 +23,7 @@ class Normal(Distribution):
     """
 
     def __init__(self, loc=0.0, scale=1.0, *, dtype=None):
-        self.dtype = resolve_dtype(dtype, loc, scale)
+        self.dtype = resolve_dtype(dtype, loc, scale, where=type(self).__name__)
         self.loc = np.array(as_float_array(loc, self.dtype, "Normal", "loc"), dtype=self.dtype)
         self.scale = _positive(scale, self.dtype, "Normal", "scale")
         self.batch_shape = np.broadcast_shapes(self.loc.shape, self.scale.shape)
@@ -71,7 +71,7 @@ class MultivariateNormalDiag(Distribution):
     def __init__(self, loc=None, scale_diag=None, *, dtype=None):
         if loc is None and scale_diag is None:
             raise ValueError("MultivariateNormalDiag: give loc, scale_diag or both (they fix the dimension)")
-        self.dtype = resolve_dtype(dtype, loc, scale_diag)
+        self.dtype = resolve_dtype(dtype, loc, scale_diag, where=type(self).__name__)
         if loc is None:
             loc = np.zeros(np.shape(scale_diag)[-1:], dtype=self.dtype)
         if scale_diag is None:

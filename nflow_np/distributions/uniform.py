@@ -10,7 +10,7 @@ class Uniform(Distribution):
     """Uniform on [low, high], elementwise (scalar events). log_prob is -inf outside the support."""
 
     def __init__(self, low=0.0, high=1.0, *, dtype=None):
-        self.dtype = resolve_dtype(dtype, low, high)
+        self.dtype = resolve_dtype(dtype, low, high, where=type(self).__name__)
         self.low = np.array(as_float_array(low, self.dtype, "Uniform", "low"), dtype=self.dtype)
         self.high = np.array(as_float_array(high, self.dtype, "Uniform", "high"), dtype=self.dtype)
         if not np.all(self.high > self.low):

@@ -297,7 +297,7 @@ class MLP(_DenseNet):
             raise ValueError(f"{where}: needs at least one input (in_features + context_features >= 1)")
         self.hidden = _check_hidden(hidden, where)
         self.activation = _check_activation(activation, where)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, where=type(self).__name__)
         rng = as_generator(rng)
         widths = (self.in_features + self.context_features,) + self.hidden + (self.out_features,)
         self.params = {}
@@ -396,7 +396,7 @@ class MaskedMLP(_DenseNet):
         self.out_features = self.out_per_feature * self.features
         self.hidden = _check_hidden(hidden, where)
         self.activation = _check_activation(activation, where)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, where=type(self).__name__)
         self.order = self._check_order(order, where)
         self.degrees = made_degrees(self.order, self.hidden)
         self._context_to_output = bool(self.context_features and self.hidden)
