@@ -192,20 +192,6 @@ class Affine(_VectorBijector):
         op = self._operator("inverse_log_det_jacobian")
         return self._constant_log_det(0.0 if op is None else -op.log_det, y)
 
-    def _forward(self, x):
-        return self._forward_pass(x)[0]
-
-    def _inverse(self, y):
-        return self._inverse_pass(y)[0]
-
-    def _forward_and_log_det(self, x):
-        y, log_det, _ = self._forward_pass(x)
-        return y, log_det
-
-    def _inverse_and_log_det(self, y):
-        x, log_det, _ = self._inverse_pass(y)
-        return x, log_det
-
     def _forward_pass(self, x):
         self._check(x, "forward", "x")
         op = self._operator("forward")

@@ -216,3 +216,25 @@ class Bijector:
         """Whether this scalar bijector increases (bool or bool array); only monotone scalar maps define it."""
         raise ValueError(f"{self.name} is not a monotone scalar bijector, so the CDF of a distribution "
                          f"transformed by it is not defined")
+
+
+class PassBijector(Bijector):
+    """A bijector whose maps and log-dets all come from its two passes.
+
+    For layers whose cheapest way to a map is the full pass anyway (couplings,
+    linear maps): subclasses define ``_forward_pass``/``_inverse_pass`` and
+    their backward passes, and nothing else.
+    """
+
+    def _forward(self, x):
+        return self._forward_pass(x)[0]
+
+    def _inverse(self, y):
+        return self._inverse_pass(y)[0]
+
+    def _forward_and_log_det(self, x):
+        return self._forward_pass(x)[:2]
+
+    def _inverse_and_log_det(self, y):
+        return self._inverse_pass(y)[:2]
+

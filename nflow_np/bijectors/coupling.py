@@ -10,7 +10,7 @@ import numpy as np
 
 from .._validation import check_event_shape
 from ..nn.mlp import MLP
-from .base import Bijector
+from .base import PassBijector
 
 
 def _split_mask(mask, where):
@@ -31,7 +31,7 @@ def alternating_mask(dim, parity=0):
     return (np.arange(dim) % 2) == parity
 
 
-class _Coupling(Bijector):
+class _Coupling(PassBijector):
     event_ndims = 1
     _outputs_per_dim = 1
 
@@ -58,18 +58,6 @@ class _Coupling(Bijector):
         out[..., self._a] = passthrough
         out[..., self._b] = transformed
         return out
-
-    def _forward(self, x):
-        return self._forward_pass(x)[0]
-
-    def _inverse(self, y):
-        return self._inverse_pass(y)[0]
-
-    def _forward_and_log_det(self, x):
-        return self._forward_pass(x)[:2]
-
-    def _inverse_and_log_det(self, y):
-        return self._inverse_pass(y)[:2]
 
     def _wrap_grads(self, grads):
         return {f"net.{k}": v for k, v in grads.items()}

@@ -9,7 +9,7 @@ so every bijector here has both VJPs from one set of formulas.
 import numpy as np
 
 from .._special import log_sigmoid, ndtr, ndtri, sigmoid, softplus
-from .._validation import as_float_array, check_finite, check_interval, resolve_dtype, sum_to_shape
+from .._validation import as_float_array, check_interval, resolve_dtype, sum_to_shape
 from .base import Bijector
 
 # Python floats, so that float32 arrays stay float32 (NumPy scalars would promote them).

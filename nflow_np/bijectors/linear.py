@@ -9,7 +9,7 @@ the input (shape ``(..., d)``), so ``S x`` is computed as ``x @ S.T``.
 import numpy as np
 
 from .._validation import as_float_array, check_event_shape, check_finite, resolve_dtype
-from .base import Bijector
+from .base import PassBijector
 
 
 def _param(value, dtype, where, name):
@@ -38,7 +38,7 @@ def _solve_tril(tril, b, *, transpose=False):
     return rows.T.reshape(b.shape)
 
 
-class _VectorBijector(Bijector):
+class _VectorBijector(PassBijector):
     """Base of the bijectors of this module: ``event_ndims = 1``, with an optional fixed size."""
 
     event_ndims = 1
@@ -279,14 +279,6 @@ class ScaleMatvecTriL(_VectorBijector):
     def _inverse_log_det(self, y):
         self._check(y, "inverse_log_det_jacobian", "y")
         return self._constant_log_det(-self._log_det(self._matrix("inverse_log_det_jacobian")), y)
-
-    def _forward_and_log_det(self, x):
-        y, log_det, _ = self._forward_pass(x)
-        return y, log_det
-
-    def _inverse_and_log_det(self, y):
-        x, log_det, _ = self._inverse_pass(y)
-        return x, log_det
 
     def _forward_pass(self, x):
         self._check(x, "forward", "x")

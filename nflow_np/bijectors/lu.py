@@ -8,7 +8,7 @@ instead of a determinant and a dense solve.
 import numpy as np
 
 from .._validation import as_float_array, as_generator, check_event_shape, check_finite, resolve_dtype
-from .base import Bijector
+from .base import PassBijector
 
 
 def _solve_triangular(matrix, b, *, lower, unit_diagonal=False):
@@ -32,7 +32,7 @@ def _solve_triangular(matrix, b, *, lower, unit_diagonal=False):
     return rows.T.reshape(b.shape)
 
 
-class LULinear(Bijector):
+class LULinear(PassBijector):
     """``y = W x + bias`` with ``W = L U`` learned through its LU factors.
 
     ``L`` is unit lower triangular: its strictly lower part is the parameter
@@ -165,13 +165,6 @@ class LULinear(Bijector):
         y = x @ weight.T + self.params["bias"]
         return y, self._constant_log_det(self._log_det(), y), (x, lower, upper, weight)
 
-    def _forward(self, x):
-        return self._forward_pass(x)[0]
-
-    def _forward_and_log_det(self, x):
-        y, log_det, _ = self._forward_pass(x)
-        return y, log_det
-
     def _forward_log_det(self, x):
         self._check(x, "forward_log_det_jacobian", "x")
         self._factors("forward_log_det_jacobian")
@@ -192,13 +185,6 @@ class LULinear(Bijector):
         u = _solve_triangular(lower, y - self.params["bias"], lower=True, unit_diagonal=True)
         x = _solve_triangular(upper, u, lower=False)
         return x, self._constant_log_det(-self._log_det(), x), (x, lower, upper)
-
-    def _inverse(self, y):
-        return self._inverse_pass(y)[0]
-
-    def _inverse_and_log_det(self, y):
-        x, log_det, _ = self._inverse_pass(y)
-        return x, log_det
 
     def _inverse_log_det(self, y):
         self._check(y, "inverse_log_det_jacobian", "y")

@@ -9,7 +9,7 @@ which a flow normalizes its data while training by maximum likelihood.
 import numpy as np
 
 from .._validation import check_event_shape, check_finite, resolve_dtype
-from .base import Bijector
+from .base import PassBijector
 
 # ActNorm's guard against a zero standard deviation, as in Glow (added to std, not to the variance).
 _STD_GUARD = 1e-6
@@ -23,7 +23,7 @@ def _check_features(features, where):
     return int(features)
 
 
-class _FeatureBijector(Bijector):
+class _FeatureBijector(PassBijector):
     """A per-feature map of vectors of a fixed size ``features``."""
 
     event_ndims = 1
@@ -188,13 +188,6 @@ class BatchNorm(_FeatureBijector):
         x = np.exp(self.params["log_gamma"]) * normalized + self.params["beta"]
         return x, self._constant_log_det(self._log_det(var), x), (normalized, std, from_batch)
 
-    def _inverse(self, y):
-        return self._inverse_pass(y)[0]
-
-    def _inverse_and_log_det(self, y):
-        x, log_det, _ = self._inverse_pass(y)
-        return x, log_det
-
     def _inverse_log_det(self, y):
         self._check(y, "inverse_log_det_jacobian", "y")
         _, var, _ = self._statistics(y, update=False)
@@ -227,13 +220,6 @@ class BatchNorm(_FeatureBijector):
         centered = (x - self.params["beta"]) * gain
         y = centered + mu
         return y, self._constant_log_det(-self._log_det(self.running_var), y), (centered, gain)
-
-    def _forward(self, x):
-        return self._forward_pass(x)[0]
-
-    def _forward_and_log_det(self, x):
-        y, log_det, _ = self._forward_pass(x)
-        return y, log_det
 
     def _forward_log_det(self, x):
         self._check(x, "forward_log_det_jacobian", "x")
@@ -324,13 +310,6 @@ class ActNorm(_FeatureBijector):
         y = x * np.exp(log_scale) + self.params["shift"]
         return y, self._constant_log_det(log_scale.sum(), y), x
 
-    def _forward(self, x):
-        return self._forward_pass(x)[0]
-
-    def _forward_and_log_det(self, x):
-        y, log_det, _ = self._forward_pass(x)
-        return y, log_det
-
     def _forward_log_det(self, x):
         self._check(x, "forward_log_det_jacobian", "x")
         return self._constant_log_det(self.params["log_scale"].sum(), x)
@@ -340,13 +319,6 @@ class ActNorm(_FeatureBijector):
         log_scale = self.params["log_scale"]
         x = (y - self.params["shift"]) * np.exp(-log_scale)
         return x, self._constant_log_det(-log_scale.sum(), x), x
-
-    def _inverse(self, y):
-        return self._inverse_pass(y)[0]
-
-    def _inverse_and_log_det(self, y):
-        x, log_det, _ = self._inverse_pass(y)
-        return x, log_det
 
     def _inverse_log_det(self, y):
         self._maybe_initialize(y, "inverse_log_det_jacobian")
