@@ -1,0 +1,29 @@
+"""``import nflow_np`` needs NumPy alone: SciPy and Numba load on first use."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _loaded_after(code):
+    out = subprocess.run(
+        [sys.executable, "-c", code + "; import sys; print(' '.join(m for m in ('numba', 'scipy', 'llvmlite', "
+                               "'matplotlib') if m in sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_import_needs_numpy_alone():
+    assert _loaded_after("import nflow_np") == []
+
+
+def test_building_and_training_a_flow_needs_no_scipy():
+    code = ("import numpy as np, nflow_np; from nflow_np import flows; from nflow_np.train import fit; "
+            "f = flows.RealNVP(2, rng=0); fit(f, np.random.default_rng(0).normal(size=(64, 2)), epochs=1, rng=0)")
+    assert "scipy" not in _loaded_after(code)
+
+
+def test_normal_cdf_loads_scipy_on_first_use():
+    assert "scipy" in _loaded_after("import nflow_np; nflow_np.bijectors.NormalCDF().forward(0.5)")
