@@ -97,6 +97,14 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True):
     check_vjp : bool
         Skip the gradient checks when False.
 
+    Notes
+    -----
+    Batch members must be independent (a ``BatchNorm`` in training mode
+    couples them: check it in evaluation mode). When a finite-difference
+    stencil would leave the bijector's domain, the step shrinks for the whole
+    batch, so points near a domain bound are best checked in a call of their
+    own, apart from the bulk.
+
     Returns
     -------
     dict
