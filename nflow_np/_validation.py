@@ -121,7 +121,8 @@ def _num(v):
 def check_event_shape(arr, event_ndims, size, where, name):
     """Check ``arr`` has at least ``event_ndims`` axes and the trailing size ``size``."""
     if arr.ndim < event_ndims:
-        raise ValueError(f"{where}: {name} must have at least {event_ndims} dimension(s) (..., {size}); "
+        shown = "d" if size is None else size
+        raise ValueError(f"{where}: {name} must have at least {event_ndims} dimension(s) (..., {shown}); "
                          f"got shape {arr.shape}")
     if size is not None and event_ndims >= 1 and arr.shape[-1] != size:
         raise ValueError(f"{where}: {name} must have shape (..., {size}); got {arr.shape}")

@@ -642,3 +642,14 @@ def test_cdf_of_a_vector_flow_is_refused(method):
     # a batch of scalar flows has a CDF
     batch = TransformedDistribution(Normal(np.zeros(2), 1.0), Exp())
     np.testing.assert_allclose(batch.cdf(np.ones(2)), [0.5, 0.5], rtol=1e-14)
+
+
+@pytest.mark.parametrize("make", [lambda: Shift([1.0, 2.0]), lambda: Scale(2.0), lambda: LeakyReLU(0.3),
+                                  lambda: Sigmoid(low=0.0, high=2.0), lambda: Power(1.5)],
+                         ids=["Shift", "Scale", "LeakyReLU", "Sigmoid", "Power"])
+def test_a_parameter_made_nan_after_construction_is_refused(make):
+    b = make()
+    name, array = next(iter(b.parameters()))
+    array[...] = np.nan   # what a diverging optimizer would leave behind
+    with pytest.raises(ValueError, match=rf"{b.name}\.forward: parameter {name} must be finite"):
+        b.forward(np.array([0.5, 1.5]))

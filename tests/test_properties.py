@@ -150,7 +150,7 @@ def _woodbury_noise(twin, vec, dtype, *, transpose=False):
     ``S^-T r`` with ``A^-T``): its error grows with the conditioning of ``A`` and ``C``, not of
     ``S`` (which is what the generic noise estimates assume):
     ``eps (|A^-1| |r| + |U| |C^-1| |d| |V|^T |A^-1| |r|)``. The stronger promise, a solve as accurate
-    as S's conditioning allows, is test_affine_inverse_accuracy_does_not_depend_on_a (a strict xfail).
+    as S's conditioning allows (the solve refines once), is test_affine_inverse_accuracy_does_not_depend_on_a.
     """
     p = {key: value.astype(np.float64) for key, value in twin.params.items()}
     size = p["scale_perturb_factor"].shape[0]
@@ -433,10 +433,6 @@ def test_vjp_duality(name, seed, batch, dtype):
 
 
 @pytest.mark.skipif(not hasattr(nb, "Affine"), reason="Affine not available yet")
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Affine solves with S = A + V diag(d) V^T through the Woodbury identity "
-                          "(_LowRankUpdate.solve / solve_transposed in affine.py), whose error grows with "
-                          "cond(A), not cond(S): here S is the identity to 1e-8 but the inverse is off by 2e-8")
 def test_affine_inverse_accuracy_does_not_depend_on_a():
     """A well-conditioned S inverts to rounding accuracy, however ill-conditioned its part A is."""
     # A = diag(1, 1e-8), V = e_2, d = 1: S = diag(1, 1 + 1e-8), condition number 1

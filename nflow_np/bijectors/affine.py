@@ -50,16 +50,30 @@ class _LowRankUpdate:
             out += ((g @ self.V) * self.d) @ self.V.T
         return out
 
-    def solve(self, y):
+    def _woodbury(self, y):
         w = self.a_solve(y)
         if self.V is not None:
             w -= (((w @ self.V) * self.d) @ self.C_inv.T) @ self.U.T
         return w
 
-    def solve_transposed(self, g):
+    def _woodbury_transposed(self, g):
         if self.V is not None:
             g = g - (((g @ self.U) @ self.C_inv) * self.d) @ self.V.T
         return self.a_solve(g, transpose=True)
+
+    # Woodbury's error grows with the conditioning of A, not of S; one step of
+    # iterative refinement brings the solve back to what S's conditioning allows.
+    def solve(self, y):
+        if self.V is None:
+            return self._woodbury(y)
+        w = self._woodbury(y)
+        return w + self._woodbury(y - self.matvec(w))
+
+    def solve_transposed(self, g):
+        if self.V is None:
+            return self._woodbury_transposed(g)
+        w = self._woodbury_transposed(g)
+        return w + self._woodbury_transposed(g - self.rmatvec(w))
 
 
 class Affine(_VectorBijector):

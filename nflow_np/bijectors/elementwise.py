@@ -9,7 +9,7 @@ so every bijector here has both VJPs from one set of formulas.
 import numpy as np
 
 from .._special import log_sigmoid, ndtr, ndtri, sigmoid, softplus
-from .._validation import as_float_array, check_interval, resolve_dtype, sum_to_shape
+from .._validation import as_float_array, check_finite, check_interval, resolve_dtype, sum_to_shape
 from .base import Bijector
 
 # Python floats, so that float32 arrays stay float32 (NumPy scalars would promote them).
@@ -40,6 +40,9 @@ class ElementwiseBijector(Bijector):
     # ---- the maps, with domain checks
     def _check(self, arr, domain, method, argname):
         if self.params:
+            # an optimizer may have written NaN into a parameter: refuse to compute with it
+            for key, value in self.params.items():
+                check_finite(value, f"{self.name}.{method}", f"parameter {key}")
             try:
                 np.broadcast_shapes(arr.shape, *(p.shape for p in self.params.values()))
             except ValueError:
