@@ -26,7 +26,7 @@ def _standard_normal(dim, dtype):
     return MultivariateNormalDiag(np.zeros(dim, dtype=dtype), np.ones(dim, dtype=dtype))
 
 
-def _between(layers, dim, where, *, batch_norm, act_norm, lu_linear, rng, dtype):
+def _between(dim, *, batch_norm, act_norm, lu_linear, rng, dtype):
     """Optional normalization / linear mixing layers, placed before a transform."""
     extra = []
     if batch_norm:
@@ -52,8 +52,8 @@ def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch
     stages = []
     for i in range(n_layers):
         if i > 0:
-            stages.extend(_between(stages, dim, where, batch_norm=batch_norm, act_norm=act_norm,
-                                   lu_linear=lu_linear, rng=rng, dtype=dtype))
+            stages.extend(_between(dim, batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear,
+                                   rng=rng, dtype=dtype))
             if permute == "random":
                 stages.append(Permute(rng.permutation(dim)))
         mask = alternating_mask(dim, parity=i % 2)
@@ -125,8 +125,8 @@ def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *,
     stages = []
     for i in range(n_layers):
         if i > 0:
-            stages.extend(_between(stages, dim, where, batch_norm=batch_norm, act_norm=act_norm,
-                                   lu_linear=lu_linear, rng=rng, dtype=dtype))
+            stages.extend(_between(dim, batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear,
+                                   rng=rng, dtype=dtype))
             if dim > 1:
                 stages.append(Reverse())
         stages.append(layer_cls(dim, hidden, activation, log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype))
