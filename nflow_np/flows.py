@@ -41,9 +41,9 @@ def _between(dim, *, batch_norm, act_norm, lu_linear, rng, dtype):
     return extra
 
 
-def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
-                   permute, rng, dtype, **layer_kwargs):
-    dim = _check_dim(dim, where, minimum=2)
+def _stack(dim, n_layers, where, make_layer, mixer, *, batch_norm, act_norm, lu_linear, rng, dtype, min_dim=1):
+    """Stack ``make_layer(i, rng, dtype)`` n_layers times, with optional layers and ``mixer()`` between them."""
+    dim = _check_dim(dim, where, minimum=min_dim)
     if n_layers < 1:
         raise ValueError(f"{where}: n_layers must be at least 1; got {n_layers}")
     rng = as_generator(rng)
@@ -54,11 +54,24 @@ def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch
         if i > 0:
             stages.extend(_between(dim, batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear,
                                    rng=rng, dtype=dtype))
-            if permute == "random":
-                stages.append(Permute(rng.permutation(dim)))
-        mask = alternating_mask(dim, parity=i % 2)
-        stages.append(layer_cls(mask, hidden, activation, rng=rng, dtype=dtype, **layer_kwargs))
+            mixing = mixer(dim, rng)
+            if mixing is not None:
+                stages.append(mixing)
+        stages.append(make_layer(i, rng, dtype))
     return TransformedDistribution(_standard_normal(dim, dtype), Chain(list(reversed(stages))))
+
+
+def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
+                   permute, rng, dtype, **layer_kwargs):
+    def make_layer(i, rng, dtype):
+        return layer_cls(alternating_mask(dim, parity=i % 2), hidden, activation, rng=rng, dtype=dtype,
+                         **layer_kwargs)
+
+    def mixer(d, rng):
+        return Permute(rng.permutation(d)) if permute == "random" else None
+
+    return _stack(dim, n_layers, where, make_layer, mixer, batch_norm=batch_norm, act_norm=act_norm,
+                  lu_linear=lu_linear, rng=rng, dtype=dtype, min_dim=2)
 
 
 def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=False, act_norm=False,
@@ -117,17 +130,12 @@ def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=
 
 def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
                          log_scale_clamp, rng, dtype):
-    dim = _check_dim(dim, where)
-    if n_layers < 1:
-        raise ValueError(f"{where}: n_layers must be at least 1; got {n_layers}")
-    rng = as_generator(rng)
-    dtype = np.dtype(dtype)
-    stages = []
-    for i in range(n_layers):
-        if i > 0:
-            stages.extend(_between(dim, batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear,
-                                   rng=rng, dtype=dtype))
-            if dim > 1:
-                stages.append(Reverse())
-        stages.append(layer_cls(dim, hidden, activation, log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype))
-    return TransformedDistribution(_standard_normal(dim, dtype), Chain(list(reversed(stages))))
+    def make_layer(i, rng, dtype):
+        return layer_cls(dim, hidden, activation, log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype)
+
+    def mixer(d, rng):
+        # reverse the autoregressive order between layers
+        return Reverse() if d > 1 else None
+
+    return _stack(dim, n_layers, where, make_layer, mixer, batch_norm=batch_norm, act_norm=act_norm,
+                  lu_linear=lu_linear, rng=rng, dtype=dtype)
