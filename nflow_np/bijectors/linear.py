@@ -17,25 +17,32 @@ def _param(value, dtype, where, name):
     return np.array(as_float_array(value, dtype, where, name), dtype=dtype, copy=True)
 
 
-def _solve_tril(tril, b, *, transpose=False):
-    """Solve ``L z = b`` (or ``L^T z = b``) for ``z`` along the last axis of ``b``.
+def _solve_triangular(matrix, b, *, lower, unit_diagonal=False):
+    """Solve ``matrix @ z = b`` for ``z`` along the last axis of ``b`` by substitution.
 
-    ``L`` is lower triangular and its upper part is never read. Substitution
-    rather than a general solve: it is backward stable, costs O(D^2) per
-    right-hand side and needs no SciPy.
+    Only the triangle named by ``lower`` is read (and not the diagonal when
+    ``unit_diagonal``). Substitution is backward stable, costs O(d^2) per
+    right-hand side and needs no SciPy; the loop runs over coordinates, each
+    step updating one contiguous row for the whole batch.
     """
-    d = tril.shape[0]
-    # one row per coordinate, so that each step updates a contiguous row for the whole batch
+    d = matrix.shape[0]
     rows = b.reshape(-1, d).T.copy()
-    if transpose:
-        for i in range(d - 1, -1, -1):
-            rows[i] -= tril[i + 1:, i] @ rows[i + 1:]
-            rows[i] /= tril[i, i]
-    else:
-        for i in range(d):
-            rows[i] -= tril[i, :i] @ rows[:i]
-            rows[i] /= tril[i, i]
+    order = range(d) if lower else range(d - 1, -1, -1)
+    for i in order:
+        if lower:
+            rows[i] -= matrix[i, :i] @ rows[:i]
+        else:
+            rows[i] -= matrix[i, i + 1:] @ rows[i + 1:]
+        if not unit_diagonal:
+            rows[i] /= matrix[i, i]
     return rows.T.reshape(b.shape)
+
+
+def _solve_tril(tril, b, *, transpose=False):
+    """Solve ``L z = b`` (or ``L^T z = b``) with ``L`` lower triangular; its upper part is never read."""
+    if transpose:
+        return _solve_triangular(tril.T, b, lower=False)
+    return _solve_triangular(tril, b, lower=True)
 
 
 class _VectorBijector(PassBijector):

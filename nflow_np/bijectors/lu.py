@@ -9,27 +9,7 @@ import numpy as np
 
 from .._validation import as_float_array, as_generator, check_event_shape, check_finite, resolve_dtype
 from .base import PassBijector
-
-
-def _solve_triangular(matrix, b, *, lower, unit_diagonal=False):
-    """Solve ``matrix @ z = b`` for ``z`` along the last axis of ``b`` by substitution.
-
-    Only the triangle named by ``lower`` is read (and not the diagonal when
-    ``unit_diagonal``). Substitution is backward stable, costs O(d^2) per
-    right-hand side and needs no SciPy; the loop runs over coordinates, each
-    step updating one contiguous row for the whole batch.
-    """
-    d = matrix.shape[0]
-    rows = b.reshape(-1, d).T.copy()
-    order = range(d) if lower else range(d - 1, -1, -1)
-    for i in order:
-        if lower:
-            rows[i] -= matrix[i, :i] @ rows[:i]
-        else:
-            rows[i] -= matrix[i, i + 1:] @ rows[i + 1:]
-        if not unit_diagonal:
-            rows[i] /= matrix[i, i]
-    return rows.T.reshape(b.shape)
+from .linear import _solve_triangular
 
 
 class LULinear(PassBijector):

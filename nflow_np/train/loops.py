@@ -110,6 +110,27 @@ def _progress_line(epoch, epochs, train, val, steps_per_s):
     return f"\repoch {epoch + 1}/{epochs}  train {train:.4f}{val_text}  {steps_per_s:.0f} steps/s"
 
 
+def _begin(flow, optimizer, lr, clip_norm, where):
+    """The optimizer, an empty History, the per-step snapshot and the best-state snapshot."""
+    params = dict(flow.parameters())
+    if optimizer is None:
+        optimizer = Adam(params.items(), lr=lr, clip_norm=clip_norm)
+    elif not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{where}: optimizer must be an nflow_np Optimizer; got {type(optimizer).__name__}")
+    return optimizer, History(), _Snapshot(params), _Snapshot(_state_arrays(flow, params))
+
+
+def _finish(flow, history, best, start, progress):
+    """Keep the best state, leave the flow in evaluation mode, record the wall time."""
+    if progress:
+        print(file=sys.stderr)
+    if history.best_epoch >= 0:
+        best.restore()
+    set_training(flow, False)
+    history.wall_time = time.perf_counter() - start
+    return history
+
+
 def _mean_nll(flow, data, batch_size):
     total = 0.0
     for start in range(0, len(data), batch_size):
@@ -167,14 +188,7 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         raise ValueError("fit: no training data")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
-    params = dict(flow.parameters())
-    if optimizer is None:
-        optimizer = Adam(params.items(), lr=lr, clip_norm=clip_norm)
-    elif not isinstance(optimizer, Optimizer):
-        raise TypeError(f"fit: optimizer must be an nflow_np Optimizer; got {type(optimizer).__name__}")
-    history = History()
-    snapshot = _Snapshot(params)
-    best = _Snapshot(_state_arrays(flow, params))
+    optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
     best_loss = np.inf
     since_best = 0
     start = time.perf_counter()
@@ -215,13 +229,7 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         if patience is not None and validation_data is not None and since_best >= patience:
             history.stopped_early = True
             break
-    if progress:
-        print(file=sys.stderr)
-    if history.best_epoch >= 0:
-        best.restore()
-    set_training(flow, False)
-    history.wall_time = time.perf_counter() - start
-    return history
+    return _finish(flow, history, best, start, progress)
 
 
 def _safe_nll(flow, data, batch_size):
@@ -247,12 +255,7 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
     if not callable(log_prob_fn):
         raise TypeError("fit_to_target: log_prob_fn must be callable")
     rng = as_generator(rng)
-    params = dict(flow.parameters())
-    if optimizer is None:
-        optimizer = Adam(params.items(), lr=lr, clip_norm=clip_norm)
-    history = History()
-    snapshot = _Snapshot(params)
-    best = _Snapshot(_state_arrays(flow, params))
+    optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit_to_target")
     best_loss = np.inf
     window = []
     start = time.perf_counter()
@@ -277,10 +280,4 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
             if callback is not None and callback(step, history):
                 history.stopped_early = True
                 break
-    if progress:
-        print(file=sys.stderr)
-    if history.best_epoch >= 0:
-        best.restore()
-    set_training(flow, False)
-    history.wall_time = time.perf_counter() - start
-    return history
+    return _finish(flow, history, best, start, progress)
