@@ -5,7 +5,9 @@
 
 from . import bijectors, distributions, testing
 from .distributions import TransformedDistribution
+from .kernels import backend, get_backend, set_backend
 
 __version__ = "0.1.0"
 
-__all__ = ["bijectors", "distributions", "testing", "TransformedDistribution", "__version__"]
+__all__ = ["bijectors", "distributions", "testing", "TransformedDistribution", "__version__", "backend", "get_backend",
+           "set_backend"]

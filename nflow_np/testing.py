@@ -274,7 +274,7 @@ def _check_param_grads(c, bijector, method, grads, total_fn, step, carried_noise
         c.compare(f"{method} grad of {name} vs finite differences", grads[name], fd, noise)
 
 
-def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=None):
+def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=None, backend=None):
     """Check the exact gradients of a flow's losses against central finite differences.
 
     For the mean negative log-likelihood of ``x`` (and, with ``reverse_kl``, for
@@ -285,7 +285,9 @@ def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=N
     finite difference's own noise. Check in float64.
 
     ``max_entries`` limits the entries checked per parameter array (a random
-    subset drawn from ``rng``) for large networks.
+    subset drawn from ``rng``) for large networks. ``backend`` (``"numpy"``
+    or ``"numba"``, default :func:`nflow_np.get_backend`) picks which
+    implementation of the NLL and its gradient is checked.
 
     Returns a dict ``{loss: worst relative error}``; raises ``AssertionError``
     naming the parameter and entry on failure.
@@ -295,8 +297,8 @@ def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=N
 
     generator = np.random.default_rng(rng)
     x = as_float_array(x, flow.dtype, "check_gradients", "x")
-    nll_and_grad(flow, x)   # data-dependent initializations (ActNorm) happen on the first pass
-    losses = {"nll": lambda: nll_and_grad(flow, x)}
+    nll_and_grad(flow, x, backend)   # data-dependent initializations (ActNorm) happen on the first pass
+    losses = {"nll": lambda: nll_and_grad(flow, x, backend)}
     if reverse_kl:
         z = flow.distribution.sample(x.shape[0], generator)
         k = flow.event_ndims

@@ -19,10 +19,17 @@ def test_import_needs_numpy_alone():
     assert _loaded_after("import nflow_np") == []
 
 
-def test_building_and_training_a_flow_needs_no_scipy():
-    code = ("import numpy as np, nflow_np; from nflow_np import flows; from nflow_np.train import fit; "
-            "f = flows.RealNVP(2, rng=0); fit(f, np.random.default_rng(0).normal(size=(64, 2)), epochs=1, rng=0)")
-    assert "scipy" not in _loaded_after(code)
+TRAIN = ("import numpy as np, nflow_np; from nflow_np import flows; from nflow_np.train import fit; "
+         "f = flows.RealNVP(2, rng=0); fit(f, np.random.default_rng(0).normal(size=(64, 2)), epochs=1, rng=0{})")
+
+
+def test_building_and_training_a_flow_on_the_numpy_backend_needs_numpy_alone():
+    assert _loaded_after(TRAIN.format(", backend='numpy'")) == []
+
+
+def test_the_default_backend_loads_numba_on_the_first_compiled_call():
+    assert "numba" in _loaded_after(TRAIN.format(""))
+    assert "numba" not in _loaded_after("import nflow_np; nflow_np.set_backend('numba')")
 
 
 def test_normal_cdf_loads_scipy_on_first_use():

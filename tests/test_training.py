@@ -35,11 +35,12 @@ READY_MADE = {
 }
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("name", sorted(READY_MADE))
-def test_check_gradients_ready_made(name):
+def test_check_gradients_ready_made(name, backend):
     flow = _perturbed(READY_MADE[name]("tanh"))
     x = np.random.default_rng(1).normal(size=(16, flow.event_shape[0]))
-    report = check_gradients(flow, x)
+    report = check_gradients(flow, x, backend=backend)
     assert report["nll"] < 1e-5 and report["reverse_kl"] < 1e-5
 
 
@@ -72,7 +73,7 @@ def test_check_gradients_catches_a_wrong_gradient():
 
     coupling._inverse_backward = broken
     with pytest.raises(AssertionError, match="net.b0"):
-        check_gradients(flow, np.random.default_rng(0).normal(size=(8, 2)), reverse_kl=False)
+        check_gradients(flow, np.random.default_rng(0).normal(size=(8, 2)), reverse_kl=False, backend="numpy")
 
 
 def test_value_and_grad_names_match_parameters():
@@ -160,7 +161,7 @@ def test_fit_survives_nan_steps(monkeypatch):
     monkeypatch.setattr(fit_module, "nll_and_grad", sometimes_nan)
     flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
     data = np.random.default_rng(0).normal(size=(300, 2)) * [1.0, 3.0]
-    history = fit(flow, data, epochs=5, batch_size=50, lr=1e-2, rng=0)
+    history = fit(flow, data, epochs=5, batch_size=50, lr=1e-2, rng=0, backend="numpy")
     assert history.rejected_steps == calls["n"] // 3 > 0
     assert history.lr[-1] < 1e-2
     assert all(np.isfinite(v).all() for _, v in flow.parameters())

@@ -2,7 +2,9 @@
 
 import numpy as np
 
+from .._validation import as_generator, as_sample_shape
 from ..bijectors.base import Bijector
+from ..kernels.backend import resolve_backend
 from .base import Distribution
 
 
@@ -17,6 +19,12 @@ class TransformedDistribution(Distribution):
     The event rank is the larger of the base's and the bijector's: a scalar
     ``Normal`` with batch shape ``(d,)`` under a vector bijector becomes one
     d-dimensional event, its log-densities summed over the last axis.
+
+    ``log_prob``, ``sample`` and ``sample_and_log_prob`` take ``backend=``
+    (``"numpy"`` or ``"numba"``; default :func:`nflow_np.get_backend`). With
+    ``"numba"``, a flow whose layers the compiled program covers (see
+    :func:`nflow_np.kernels.plan.supports`) runs as one compiled call; other
+    flows run the bijectors' NumPy passes whatever the backend.
     """
 
     def __init__(self, distribution, bijector):
@@ -62,18 +70,56 @@ class TransformedDistribution(Distribution):
         self.bijector._check_input_shape(x, f"{self.name}.{method}", "x")
         return x
 
+    # ---------------------------------------------------------------- compiled path
+    def _compiled(self, backend, method):
+        """The compiled program to use for this call, or None for the NumPy passes."""
+        if resolve_backend(backend, f"{self.name}.{method}") != "numba":
+            return None
+        from ..kernels.plan import program_for
+        program = program_for(self)
+        if program is None or not all(b.initialized for b in program.actnorms):
+            return None     # ActNorm initializes on its first data batch, in the NumPy pass
+        return program
+
+    def log_prob(self, x, backend=None):
+        """Log-density at ``x``, one value per event; ``backend`` picks NumPy or the compiled program."""
+        x = self._prepare(x, "log_prob")
+        program = self._compiled(backend, "log_prob")
+        if program is None:
+            return self._log_prob(x)
+        d = self.event_shape[0]
+        return program.log_prob(x.reshape(-1, d), "numba").reshape(x.shape[:-1])
+
+    def sample(self, sample_shape=(), rng=None, backend=None):
+        """Draw ``sample_shape`` samples (``rng``: Generator or seed); ``backend`` as in :meth:`log_prob`."""
+        program = self._compiled(backend, "sample")
+        if program is None:
+            return super().sample(sample_shape, rng)
+        return self._sample_compiled(program, sample_shape, rng)[0]
+
+    def sample_and_log_prob(self, sample_shape=(), rng=None, backend=None):
+        """Samples and their log-densities from one forward pass (no inverse needed)."""
+        program = self._compiled(backend, "sample_and_log_prob")
+        if program is not None:
+            return self._sample_compiled(program, sample_shape, rng)
+        z = self.distribution.sample(sample_shape, rng)
+        x, log_det = self.bijector._forward_and_log_det(z)
+        return x, self._base_log_prob(z) - self.bijector._reduce(log_det, self.event_ndims)
+
+    def _sample_compiled(self, program, sample_shape, rng):
+        shape = () if isinstance(sample_shape, tuple) and not sample_shape else \
+            as_sample_shape(sample_shape, f"{self.name}.sample")
+        # the same base draws as the NumPy path, so both backends give the same samples for a seed
+        z = self.distribution._sample(shape, as_generator(rng))
+        x, log_prob = program.sample(z.reshape(-1, self.event_shape[0]), "numba")
+        return x.reshape(z.shape), log_prob.reshape(z.shape[:-1])
+
     def _log_prob(self, x):
         z, log_det = self.bijector._inverse_and_log_det(x)
         return self._base_log_prob(z) + self.bijector._reduce(log_det, self.event_ndims)
 
     def _sample(self, shape, rng):
         return self.bijector._forward(self.distribution._sample(shape, rng))
-
-    def sample_and_log_prob(self, sample_shape=(), rng=None):
-        """Samples and their log-densities from one forward pass (no inverse needed)."""
-        z = self.distribution.sample(sample_shape, rng)
-        x, log_det = self.bijector._forward_and_log_det(z)
-        return x, self._base_log_prob(z) - self.bijector._reduce(log_det, self.event_ndims)
 
     def _scalar_check(self, method):
         if self.event_shape != ():

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import as_float_array, as_generator
+from ..kernels.backend import backend as use_backend
+from ..kernels.backend import resolve_backend
 from .losses import _check_flow, nll_and_grad, reverse_kl_and_grad
 from .optim import Adam, Optimizer
 
@@ -140,7 +142,7 @@ def _mean_nll(flow, data, batch_size):
 
 
 def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, validation_data=None,
-        validation_split=0.0, patience=None, rng=None, callback=None, progress=False, clip_norm=None):
+        validation_split=0.0, patience=None, rng=None, callback=None, progress=False, clip_norm=None, backend=None):
     """Fit ``flow`` to ``data`` by maximum likelihood with mini-batches.
 
     Parameters
@@ -164,6 +166,11 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         Print a progress line per epoch to stderr.
     clip_norm : float, optional
         Clip the global gradient norm (default Adam only).
+    backend : {"numpy", "numba"}, optional
+        Default :func:`nflow_np.get_backend`. With ``"numba"`` and a flow the
+        compiled program covers, each epoch of Adam steps is one compiled call
+        on buffers allocated once (another optimizer gets compiled gradients
+        and steps in Python); validation uses the same backend.
 
     Returns
     -------
@@ -173,6 +180,24 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         loss or gradient is not finite is skipped and the learning rate halved.
     """
     _check_flow(flow, "fit")
+    with use_backend(resolve_backend(backend, "fit")):
+        return _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
+                    callback, progress, clip_norm)
+
+
+def _compiled_trainer(flow, optimizer, batch_size):
+    """A compiled whole-epoch trainer when the backend, the flow and the optimizer allow one."""
+    if resolve_backend(None) != "numba" or type(optimizer) is not Adam:
+        return None
+    from ..kernels.plan import Trainer, program_for
+    program = program_for(flow)
+    if program is None:
+        return None
+    return Trainer(program, optimizer, {id(arr): name for name, arr in flow.parameters()}, batch_size, "numba")
+
+
+def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,
+         progress, clip_norm):
     rng = as_generator(rng)
     data = as_float_array(data, flow.dtype, "fit", "data")
     flow._prepare(data[:1], "fit")
@@ -189,22 +214,20 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
+    trainer = _compiled_trainer(flow, optimizer, batch_size)
+    if trainer is not None:
+        data = np.ascontiguousarray(data.reshape(len(data), -1))
     best_loss = np.inf
     since_best = 0
     start = time.perf_counter()
     for epoch in range(epochs):
         set_training(flow, True)
         order = rng.permutation(len(data))
-        losses = []
         epoch_start = time.perf_counter()
-        for i in range(0, len(data), batch_size):
-            batch = data[order[i:i + batch_size]]
-            # overflow is caught by the guard below, which rejects the step: no warning spam
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                loss, grads = nll_and_grad(flow, batch)
-                accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
-            if accepted:
-                losses.append(loss)
+        if trainer is not None:
+            losses = _compiled_epoch(flow, trainer, data, order, batch_size, history)
+        else:
+            losses = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history)
         set_training(flow, False)
         train_loss = float(np.mean(losses)) if losses else np.nan
         history.train_loss.append(train_loss)
@@ -230,6 +253,33 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
             history.stopped_early = True
             break
     return _finish(flow, history, best, start, progress)
+
+
+def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history):
+    losses = []
+    for i in range(0, len(data), batch_size):
+        batch = data[order[i:i + batch_size]]
+        # overflow is caught by the guard below, which rejects the step: no warning spam
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, grads = nll_and_grad(flow, batch)
+            accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
+        if accepted:
+            losses.append(loss)
+    return losses
+
+
+def _compiled_epoch(flow, trainer, data, order, batch_size, history):
+    for actnorm in trainer.program.actnorms:
+        if not actnorm.initialized:
+            # as on the NumPy path: ActNorm takes its statistics from the first batch it sees
+            flow.bijector._inverse_and_log_det(data[order[:batch_size]])
+            break
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        step_losses = trainer.epoch(data, order)
+    accepted = np.isfinite(step_losses)
+    history.steps += int(accepted.sum())
+    history.rejected_steps += int((~accepted).sum())
+    return step_losses[accepted].tolist()
 
 
 def _safe_nll(flow, data, batch_size):

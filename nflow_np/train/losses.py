@@ -4,6 +4,7 @@ import numpy as np
 
 from .._validation import as_float_array, as_generator, check_finite
 from ..distributions.transformed import TransformedDistribution
+from ..kernels.backend import resolve_backend
 
 
 def _check_flow(flow, where):
@@ -22,14 +23,19 @@ def _base_grads(flow, z, grad_lp):
     return _expand_to(grad_lp, score.shape) * score
 
 
-def nll_and_grad(flow, x):
+def nll_and_grad(flow, x, backend=None):
     """Mean negative log-likelihood of ``x`` and its gradient for every parameter of ``flow``.
 
     One inverse (density) pass through the bijector and one backward pass:
-    ``loss = -mean(log p(x))``.
+    ``loss = -mean(log p(x))``. With ``backend="numba"`` a flow the compiled
+    program covers takes both passes in one compiled call.
     """
     where = "value_and_grad"
     x = flow._prepare(x, where)
+    program = flow._compiled(backend, where)
+    if program is not None and x.ndim >= 1 and x.size:
+        loss, gtheta = program.nll_and_grad(x.reshape(-1, flow.event_shape[0]), "numba")
+        return loss, program.gradients(gtheta, {id(arr): name for name, arr in flow.parameters()})
     bijector = flow.bijector
     z, log_det, ctx = bijector._inverse_pass(x)
     log_prob = flow._base_log_prob(z) + bijector._reduce(log_det, flow.event_ndims)
@@ -86,18 +92,21 @@ def _finite_difference_grad(fn, x, event_ndims):
     return grad
 
 
-def value_and_grad(flow, x=None, loss="nll", **kwargs):
+def value_and_grad(flow, x=None, loss="nll", backend=None, **kwargs):
     """The mean loss and a dict of gradients keyed by the names of ``flow.parameters()``.
 
     ``loss="nll"``: mean negative log-likelihood of data ``x``.
     ``loss="reverse_kl"``: see :func:`reverse_kl_and_grad` (pass ``target_log_prob``,
     ``n_samples``, ``rng`` and optionally ``target_grad`` or fixed base samples ``z``).
+    ``backend`` (``"numpy"`` or ``"numba"``) applies to the NLL; the reverse KL
+    runs the bijectors' NumPy passes.
     """
     _check_flow(flow, "value_and_grad")
     if loss == "nll":
         if x is None:
             raise ValueError("value_and_grad: loss='nll' needs data x")
-        return nll_and_grad(flow, x)
+        return nll_and_grad(flow, x, backend)
+    resolve_backend(backend, "value_and_grad")
     if loss == "reverse_kl":
         return reverse_kl_and_grad(flow, **kwargs)
     raise ValueError(f"value_and_grad: loss must be 'nll' or 'reverse_kl'; got {loss!r}")

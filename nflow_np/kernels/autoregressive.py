@@ -1,0 +1,222 @@
+"""MAF layers: the one-pass density direction, its backward, and the sequential sampling loop.
+
+``theta`` here holds the MADE weights already multiplied by their masks (the
+caller's ``theta * mask`` once per pass), so the network is a plain MLP with
+widths ``(d, h1, ..., 2 d)``: outputs ``[:d]`` are the shifts, ``[d:]`` the raw
+log-scales, both in feature order. ``y`` is data, ``x`` base.
+
+Sampling must fill ``y`` one feature at a time. The reference does it the
+textbook way, ``d`` full network passes. The compiled twin computes every
+hidden unit exactly once: MADE gives a unit of degree ``k`` inputs of order
+``< k`` only, so once the features of orders ``0..k-1`` are known, the units
+of degree ``k`` are final. Step ``k`` therefore adds feature ``k-1``'s
+contribution to the first layer's pre-activations (a rank-1 update), finishes
+the units of degree ``k`` in each layer, and reads the two outputs of the
+order-``k`` feature: the whole loop costs about one network pass instead of
+``d``. ``groups`` lists, per hidden layer, its units sorted by degree with
+CSR-style offsets (see :func:`degree_groups`).
+"""
+
+import numpy as np
+
+from .backend import numba_twin
+from .mlp import mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_forward_numpy
+
+
+def maf_forward_scratch_size(widths):
+    """Entries of ``scratch`` that :func:`maf_forward_numba` needs: transposed weights and one pre-activation row."""
+    return int(sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)) + (widths[1] if len(widths) > 2 else 0))
+
+
+def degree_groups(degrees, d):
+    """Flat int64 array: for each hidden layer, ``d + 1`` offsets then its units sorted by degree.
+
+    Offsets ``o[k]..o[k+1]`` (relative to the start of the unit list) select
+    the units of degree ``k`` (``k = 1..d-1``; degree 0 and ``d`` are empty).
+    """
+    parts = []
+    for deg in degrees[1:]:
+        order = np.argsort(deg, kind="stable")
+        counts = np.bincount(deg, minlength=d + 1)[:d + 1]
+        offsets = np.concatenate([[0], np.cumsum(counts)])[:d + 1]
+        parts.append(offsets)
+        parts.append(order)
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------- NumPy reference
+
+def _log_scale_numpy(raw, clamp):
+    return clamp * np.tanh(raw / clamp) if clamp > 0 else raw
+
+
+def maf_inverse_numpy(theta, off, widths, act, clamp, y, x, ld, hid, net):
+    """``x = (y - t(y)) * exp(-s(y))``, ``ld += -sum(s)``; ``net[:, d:]`` keeps ``s``."""
+    d = y.shape[1]
+    mlp_forward_numpy(theta, off, widths, act, y, hid, net)
+    s = _log_scale_numpy(net[:, d:], clamp)
+    net[:, d:] = s
+    x[...] = (y - net[:, :d]) * np.exp(-s)
+    ld -= s.sum(axis=1)
+    return None
+
+
+def maf_inverse_backward_numpy(theta, off, widths, act, clamp, y, x, gx, gld, hid, net, gy, gtheta, gnet, d1, d2):
+    d = y.shape[1]
+    s = net[:, d:]
+    inv_scale = np.exp(-s)
+    direct = gx * inv_scale
+    gnet[:, :d] = -direct
+    squash = 1.0 - (s / clamp) ** 2 if clamp > 0 else 1.0
+    gnet[:, d:] = (-gx * x - gld[:, None]) * squash
+    mlp_backward_numpy(theta, off, widths, act, y, hid, gnet, gy, gtheta, d1, d2)
+    gy += direct
+    return None
+
+
+def maf_forward_numpy(theta, off, widths, act, clamp, generation, groups, x, y, ld, hid, net, scratch):
+    """Sampling: ``y_i = x_i * exp(s_i(y)) + t_i(y)`` in generation order, ``ld += sum(s)``.
+
+    ``hid`` needs ``n * sum(hidden)`` entries, ``scratch`` :func:`maf_forward_scratch_size`;
+    ``net`` is overwritten.
+    """
+    d = x.shape[1]
+    y[...] = 0.0
+    for i in generation:
+        mlp_forward_numpy(theta, off, widths, act, y, hid, net)
+        s = _log_scale_numpy(net[:, d + i], clamp)
+        y[:, i] = x[:, i] * np.exp(s) + net[:, i]
+    # one more pass gives every feature's final log-scale
+    mlp_forward_numpy(theta, off, widths, act, y, hid, net)
+    ld += _log_scale_numpy(net[:, d:], clamp).sum(axis=1)
+    return None
+
+
+# ---------------------------------------------------------------- Numba twin
+
+@numba_twin
+def _log_scale_numba(raw, clamp):
+    return clamp * np.tanh(raw / clamp) if clamp > 0.0 else raw
+
+
+@numba_twin
+def maf_inverse_numba(theta, off, widths, act, clamp, y, x, ld, hid, net):
+    d = y.shape[1]
+    mlp_forward_numba(theta, off, widths, act, y, hid, net)
+    for i in range(y.shape[0]):
+        total = 0.0
+        for j in range(d):
+            s = _log_scale_numba(net[i, d + j], clamp)
+            net[i, d + j] = s
+            x[i, j] = (y[i, j] - net[i, j]) * np.exp(-s)
+            total += s
+        ld[i] -= total
+
+
+@numba_twin
+def maf_inverse_backward_numba(theta, off, widths, act, clamp, y, x, gx, gld, hid, net, gy, gtheta, gnet, d1, d2):
+    d = y.shape[1]
+    for i in range(y.shape[0]):
+        for j in range(d):
+            s = net[i, d + j]
+            direct = gx[i, j] * np.exp(-s)
+            gnet[i, j] = -direct
+            g = -gx[i, j] * x[i, j] - gld[i]
+            if clamp > 0.0:
+                q = s / clamp
+                g *= 1.0 - q * q
+            gnet[i, d + j] = g
+    mlp_backward_numba(theta, off, widths, act, y, hid, gnet, gy, gtheta, d1, d2)
+    for i in range(y.shape[0]):
+        for j in range(d):
+            gy[i, j] += gx[i, j] * np.exp(-net[i, d + j])
+
+
+@numba_twin
+def _activate_numba(v, act):
+    if act == 0:
+        return max(v, 0.0)
+    if act == 1:
+        return np.tanh(v)
+    return v if v > 0.0 else np.expm1(v)
+
+
+@numba_twin
+def maf_forward_numba(theta, off, widths, act, clamp, generation, groups, x, y, ld, hid, net, scratch):
+    n, d = x.shape
+    n_hidden = widths.size - 2
+    # transposed weights (one row per unit) so each unit's dot product reads contiguous memory;
+    # parameter offsets of each layer
+    woff = np.empty(widths.size - 1, np.int64)
+    toff = np.empty(widths.size - 1, np.int64)
+    p = off
+    t = 0
+    for layer in range(widths.size - 1):
+        fi = widths[layer]
+        fo = widths[layer + 1]
+        woff[layer] = p
+        toff[layer] = t
+        for u in range(fi):
+            for v in range(fo):
+                scratch[t + v * fi + u] = theta[p + u * fo + v]
+        p += fi * fo + fo
+        t += fi * fo
+    # hidden activations per row: a row's units of all layers side by side in hid
+    hoff = np.empty(n_hidden + 1, np.int64)
+    hoff[0] = 0
+    for layer in range(n_hidden):
+        hoff[layer + 1] = hoff[layer] + widths[layer + 1]
+    width = hoff[n_hidden]
+    goff = np.empty(n_hidden, np.int64)
+    g = 0
+    for layer in range(n_hidden):
+        goff[layer] = g
+        g += d + 1 + widths[layer + 1]
+    h0 = widths[1] if n_hidden else 0
+    last = widths.size - 2
+    fi_last = widths[last]
+    for r in range(n):
+        row = hid[r * width:(r + 1) * width]
+        for j in range(width):
+            row[j] = 0.0
+        for j in range(d):
+            y[r, j] = 0.0
+        # first-layer pre-activations start at the bias; features are added as they are generated
+        pre = scratch[t:t + h0]
+        for j in range(h0):
+            pre[j] = theta[woff[0] + widths[0] * h0 + j]
+        total = 0.0
+        for k in range(d):
+            if k > 0 and n_hidden:
+                prev = generation[k - 1]
+                yv = y[r, prev]
+                for j in range(h0):
+                    pre[j] += yv * theta[woff[0] + prev * h0 + j]
+            for layer in range(n_hidden):
+                base = goff[layer]
+                units = groups[base + d + 1 + groups[base + k]:base + d + 1 + groups[base + k + 1]]
+                for u in units:
+                    if layer == 0:
+                        v = pre[u]
+                    else:
+                        fi = widths[layer]
+                        fo = widths[layer + 1]
+                        v = theta[woff[layer] + fi * fo + u]
+                        src = hoff[layer - 1]
+                        wt = toff[layer] + u * fi
+                        for q in range(fi):
+                            v += row[src + q] * scratch[wt + q]
+                    row[hoff[layer] + u] = _activate_numba(v, act)
+            i = generation[k]
+            bias = woff[last] + fi_last * 2 * d
+            shift = theta[bias + i]
+            raw = theta[bias + d + i]
+            src = hoff[n_hidden - 1] if n_hidden else 0
+            for q in range(fi_last):
+                hv = row[src + q] if n_hidden else y[r, q]
+                shift += hv * scratch[toff[last] + i * fi_last + q]
+                raw += hv * scratch[toff[last] + (d + i) * fi_last + q]
+            s = _log_scale_numba(raw, clamp)
+            y[r, i] = x[r, i] * np.exp(s) + shift
+            total += s
+        ld[r] += total

@@ -1,0 +1,255 @@
+"""Dense networks on a flat parameter vector: forward and hand-written backward.
+
+Layout shared by every kernel: a network with widths ``(w0, w1, ..., wL)``
+keeps, from offset ``off`` of ``theta``, ``W0`` (``w0 x w1``, row-major), ``b0``,
+``W1``, ``b1``, ... ``b_{L-1}``: exactly the order and shapes of
+:class:`nflow_np.nn.MLP`'s ``params`` (``"w0"``, ``"b0"``, ...). A MADE
+network is the same network on masked weights (the caller multiplies theta by
+the mask vector once per pass and masks the weight gradients after).
+
+Buffers are passed in, never allocated: ``hid`` is one flat buffer holding
+the hidden activations of a batch of ``n`` rows, layer ``l`` as a contiguous
+``(n, w_{l+1})`` block at offset ``n * (w1 + ... + w_l)``; ``d1``/``d2`` are two
+scratch buffers of at least ``n * max(hidden)`` entries for the backward
+deltas. Activations are codes: 0 relu, 1 tanh, 2 elu (the derivative of each
+is a function of its output, so only outputs are kept).
+
+Each kernel comes as ``*_numpy`` (the reference) and ``*_numba`` (its
+compiled twin, same signature).
+"""
+
+import numpy as np
+
+from .backend import numba_twin
+
+ACTIVATION_CODES = {"relu": 0, "tanh": 1, "elu": 2}
+
+# Products with at most this many weights loop in registers; larger ones call BLAS.
+SMALL_PRODUCT = 1024
+
+
+def hidden_size(widths):
+    """Entries per row of the ``hid`` buffer."""
+    return int(sum(widths[1:-1]))
+
+
+def param_count(widths):
+    return int(sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1)))
+
+
+# ---------------------------------------------------------------- NumPy reference
+
+def _act_numpy(code, z):
+    if code == 0:
+        return np.maximum(z, 0.0)
+    if code == 1:
+        return np.tanh(z)
+    return np.where(z > 0.0, z, np.expm1(np.minimum(z, 0.0)))
+
+
+def _act_grad_numpy(code, h):
+    if code == 0:
+        return (h > 0.0).astype(h.dtype)
+    if code == 1:
+        return 1.0 - h * h
+    return np.minimum(h, 0.0) + 1.0
+
+
+def _layers_numpy(theta, off, widths):
+    layers, p = [], off
+    for fi, fo in zip(widths[:-1], widths[1:]):
+        w = theta[p:p + fi * fo].reshape(fi, fo)
+        p += fi * fo
+        layers.append((w, theta[p:p + fo]))
+        p += fo
+    return layers
+
+
+def _hidden_blocks_numpy(hid, widths, n):
+    blocks, p = [], 0
+    for w in widths[1:-1]:
+        blocks.append(hid[p:p + n * w].reshape(n, w))
+        p += n * w
+    return blocks
+
+
+def mlp_forward_numpy(theta, off, widths, act, inp, hid, out):
+    """``out = net(inp)``; hidden activations into ``hid``."""
+    n = inp.shape[0]
+    layers = _layers_numpy(theta, off, widths)
+    blocks = _hidden_blocks_numpy(hid, widths, n)
+    h = inp
+    for (w, b), block in zip(layers[:-1], blocks):
+        block[...] = _act_numpy(act, h @ w + b)
+        h = block
+    w, b = layers[-1]
+    out[...] = h @ w + b
+
+
+def mlp_backward_numpy(theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2):
+    """Given ``gout = dL/dout``: write ``gin = dL/dinp`` and the weight gradients into ``gtheta`` (same offsets)."""
+    n = inp.shape[0]
+    layers = _layers_numpy(theta, off, widths)
+    grads = _layers_numpy(gtheta, off, widths)
+    blocks = _hidden_blocks_numpy(hid, widths, n)
+    inputs = [inp] + blocks
+    delta = gout
+    for layer in range(len(layers) - 1, -1, -1):
+        gw, gb = grads[layer]
+        gw[...] = inputs[layer].T @ delta
+        gb[...] = delta.sum(axis=0)
+        back = delta @ layers[layer][0].T
+        if layer:
+            delta = back * _act_grad_numpy(act, blocks[layer - 1])
+        else:
+            gin[...] = back
+
+
+# ---------------------------------------------------------------- Numba twin
+
+@numba_twin
+def _mm_numba(a, b, out):
+    """out = a @ b."""
+    n, k = a.shape
+    m = b.shape[1]
+    if k * m > SMALL_PRODUCT:
+        np.dot(a, b, out)
+        return
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = 0.0
+        for p in range(k):
+            aip = a[i, p]
+            for j in range(m):
+                out[i, j] += aip * b[p, j]
+
+
+@numba_twin
+def _mm_nt_numba(a, b, out):
+    """out = a @ b.T."""
+    n, k = a.shape
+    m = b.shape[0]
+    if k * m > SMALL_PRODUCT:
+        np.dot(a, b.T, out)
+        return
+    for i in range(n):
+        for j in range(m):
+            acc = a[i, 0] * 0.0
+            for p in range(k):
+                acc += a[i, p] * b[j, p]
+            out[i, j] = acc
+
+
+@numba_twin
+def _mm_tn_numba(a, b, out):
+    """out = a.T @ b."""
+    n, k = a.shape
+    m = b.shape[1]
+    if k * m > SMALL_PRODUCT:
+        np.dot(a.T, b, out)
+        return
+    for p in range(k):
+        for j in range(m):
+            out[p, j] = 0.0
+    for i in range(n):
+        for p in range(k):
+            aip = a[i, p]
+            for j in range(m):
+                out[p, j] += aip * b[i, j]
+
+
+@numba_twin
+def _bias_act_numba(z, b, act):
+    """z = act(z + b) in place; act -1 means linear."""
+    n, m = z.shape
+    for i in range(n):
+        for j in range(m):
+            v = z[i, j] + b[j]
+            if act == 0:
+                v = max(v, 0.0)
+            elif act == 1:
+                v = np.tanh(v)
+            elif act == 2 and v <= 0.0:
+                v = np.expm1(v)
+            z[i, j] = v
+
+
+@numba_twin
+def _act_grad_numba(delta, h, act):
+    """delta *= act'(.) written through the activation's output h."""
+    n, m = delta.shape
+    for i in range(n):
+        for j in range(m):
+            v = h[i, j]
+            if act == 0:
+                if v <= 0.0:
+                    delta[i, j] = 0.0
+            elif act == 1:
+                delta[i, j] *= 1.0 - v * v
+            elif v < 0.0:
+                delta[i, j] *= v + 1.0
+
+
+@numba_twin
+def mlp_forward_numba(theta, off, widths, act, inp, hid, out):
+    n = inp.shape[0]
+    n_layers = widths.size - 1
+    p = off
+    hp = 0
+    h = inp
+    for layer in range(n_layers):
+        fi = widths[layer]
+        fo = widths[layer + 1]
+        w = theta[p:p + fi * fo].reshape((fi, fo))
+        b = theta[p + fi * fo:p + fi * fo + fo]
+        p += fi * fo + fo
+        if layer == n_layers - 1:
+            _mm_numba(h, w, out)
+            _bias_act_numba(out, b, -1)
+        else:
+            block = hid[hp:hp + n * fo].reshape((n, fo))
+            hp += n * fo
+            _mm_numba(h, w, block)
+            _bias_act_numba(block, b, act)
+            h = block
+
+
+@numba_twin
+def mlp_backward_numba(theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2):
+    n = inp.shape[0]
+    n_layers = widths.size - 1
+    # parameter and hidden-block offsets of the last layer, walked backwards below
+    p = off
+    hp = 0
+    for layer in range(n_layers - 1):
+        p += widths[layer] * widths[layer + 1] + widths[layer + 1]
+        hp += n * widths[layer + 1]
+    delta = gout
+    use_d1 = True
+    for layer in range(n_layers - 1, -1, -1):
+        fi = widths[layer]
+        fo = widths[layer + 1]
+        w = theta[p:p + fi * fo].reshape((fi, fo))
+        gw = gtheta[p:p + fi * fo].reshape((fi, fo))
+        gb = gtheta[p + fi * fo:p + fi * fo + fo]
+        if layer > 0:
+            hp -= n * fi
+            h_in = hid[hp:hp + n * fi].reshape((n, fi))
+        else:
+            h_in = inp
+        _mm_tn_numba(h_in, delta, gw)
+        for j in range(fo):
+            gb[j] = 0.0
+        for i in range(n):
+            for j in range(fo):
+                gb[j] += delta[i, j]
+        if layer > 0:
+            buf = d1 if use_d1 else d2
+            use_d1 = not use_d1
+            back = buf[:n * fi].reshape((n, fi))
+            _mm_nt_numba(delta, w, back)
+            _act_grad_numba(back, h_in, act)
+            delta = back
+            p -= widths[layer - 1] * fi + fi
+        else:
+            _mm_nt_numba(delta, w, gin)

@@ -1,0 +1,85 @@
+"""Adam on a flat parameter vector, guarded like :func:`nflow_np.train.loops.fit`'s NumPy path.
+
+``hyper`` is float64 ``[lr, beta1, beta2, eps, weight_decay, clip_norm, largest]``
+(``clip_norm <= 0``: no clipping; ``largest`` the parameters' dtype's largest
+finite value, so an update that would overflow on the cast counts as not finite); ``state`` is int64 ``[steps, rejected]``.
+A step whose gradient is not finite is rejected (nothing changes, the
+learning rate halves); a step that would leave a parameter non-finite updates
+the moments and the step count (as the NumPy path does) but not the
+parameters, and halves the learning rate. Returns the gradient's global norm.
+"""
+
+import numpy as np
+
+from .backend import numba_twin
+
+ACCEPTED, REJECTED_GRADIENT, REJECTED_OVERFLOW = 0, 1, 2
+
+
+def adam_step_numpy(theta, grad, m, v, hyper, state, status):
+    norm = float(np.sqrt(np.sum(grad.astype(np.float64) ** 2)))
+    if not np.isfinite(norm):
+        state[1] += 1
+        hyper[0] *= 0.5
+        status[0] = REJECTED_GRADIENT
+        return norm
+    lr, b1, b2, eps, decay, clip, largest = hyper
+    g = grad * (clip / norm) if 0 < clip < norm else grad
+    state[0] += 1
+    m[...] = b1 * m + (1.0 - b1) * g
+    v[...] = b2 * v + (1.0 - b2) * g * g
+    corr1 = 1.0 - b1 ** state[0]
+    corr2 = 1.0 - b2 ** state[0]
+    new = theta - theta * (lr * decay) - (lr / corr1) * m / (np.sqrt(v / corr2) + eps)
+    if not (np.abs(new) <= largest).all():
+        state[1] += 1
+        hyper[0] *= 0.5
+        status[0] = REJECTED_OVERFLOW
+        return norm
+    theta[...] = new
+    status[0] = ACCEPTED
+    return norm
+
+
+@numba_twin
+def adam_step_numba(theta, grad, m, v, hyper, state, status):
+    p = theta.size
+    acc = 0.0
+    for i in range(p):
+        acc += float(grad[i]) * float(grad[i])
+    norm = np.sqrt(acc)
+    if not np.isfinite(norm):
+        state[1] += 1
+        hyper[0] *= 0.5
+        status[0] = REJECTED_GRADIENT
+        return norm
+    lr = hyper[0]
+    b1 = hyper[1]
+    b2 = hyper[2]
+    eps = hyper[3]
+    decay = hyper[4]
+    clip = hyper[5]
+    largest = hyper[6]
+    scale = clip / norm if 0.0 < clip < norm else 1.0
+    state[0] += 1
+    corr1 = 1.0 - b1 ** state[0]
+    corr2 = 1.0 - b2 ** state[0]
+    step = lr / corr1
+    finite = True
+    # first pass: moments, and whether every new parameter is finite
+    for i in range(p):
+        g = grad[i] * scale
+        m[i] = b1 * m[i] + (1.0 - b1) * g
+        v[i] = b2 * v[i] + (1.0 - b2) * g * g
+        new = theta[i] - theta[i] * (lr * decay) - step * m[i] / (np.sqrt(v[i] / corr2) + eps)
+        if not abs(new) <= largest:
+            finite = False
+    if not finite:
+        state[1] += 1
+        hyper[0] *= 0.5
+        status[0] = REJECTED_OVERFLOW
+        return norm
+    for i in range(p):
+        theta[i] = theta[i] - theta[i] * (lr * decay) - step * m[i] / (np.sqrt(v[i] / corr2) + eps)
+    status[0] = ACCEPTED
+    return norm
