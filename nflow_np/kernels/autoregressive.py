@@ -9,11 +9,11 @@ Sampling must fill ``y`` one feature at a time. The reference does it the
 textbook way, ``d`` full network passes. The compiled twin computes every
 hidden unit exactly once: MADE gives a unit of degree ``k`` inputs of order
 ``< k`` only, so once the features of orders ``0..k-1`` are known, the units
-of degree ``k`` are final. Step ``k`` therefore adds feature ``k-1``'s
-contribution to the first layer's pre-activations (a rank-1 update), finishes
-the units of degree ``k`` in each layer, and reads the two outputs of the
-order-``k`` feature: the whole loop costs about one network pass instead of
-``d``. ``groups`` lists, per hidden layer, its units sorted by degree with
+of degree ``k`` are final. Step ``k`` therefore finishes the units of
+degree ``k`` in each layer and reads the two outputs of the order-``k``
+feature: the whole loop costs one network pass instead of ``d`` (less, as it
+skips the masked weights), with activations kept transposed so the inner
+loops run over a chunk's rows. ``groups`` lists, per hidden layer, its units sorted by degree with
 CSR-style offsets (see :func:`degree_groups`).
 """
 
@@ -24,8 +24,8 @@ from .mlp import mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_
 
 
 def maf_forward_scratch_size(widths):
-    """Entries of ``scratch`` that :func:`maf_forward_numba` needs: transposed weights and one pre-activation row."""
-    return int(sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)) + (widths[1] if len(widths) > 2 else 0))
+    """Entries of ``scratch`` that :func:`maf_forward_numba` needs: the transposed weights."""
+    return int(sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)))
 
 
 def degree_groups(degrees, d):
@@ -145,8 +145,8 @@ def _activate_numba(v, act):
 def maf_forward_numba(theta, off, widths, act, clamp, generation, groups, x, y, ld, hid, net, scratch):
     n, d = x.shape
     n_hidden = widths.size - 2
-    # transposed weights (one row per unit) so each unit's dot product reads contiguous memory;
-    # parameter offsets of each layer
+    last = widths.size - 2
+    # transposed weights (one row per unit) and the parameter offsets of each layer
     woff = np.empty(widths.size - 1, np.int64)
     toff = np.empty(widths.size - 1, np.int64)
     p = off
@@ -161,62 +161,54 @@ def maf_forward_numba(theta, off, widths, act, clamp, generation, groups, x, y, 
                 scratch[t + v * fi + u] = theta[p + u * fo + v]
         p += fi * fo + fo
         t += fi * fo
-    # hidden activations per row: a row's units of all layers side by side in hid
-    hoff = np.empty(n_hidden + 1, np.int64)
-    hoff[0] = 0
+    # activations are kept transposed, one contiguous row of n values per unit (y too, in net), so the
+    # inner loops run over the rows of the chunk and vectorize
+    y_t = net.reshape(net.size)[:d * n].reshape((d, n))
+    y_t[:, :] = 0.0
+    hoff = np.zeros(n_hidden + 1, np.int64)
     for layer in range(n_hidden):
         hoff[layer + 1] = hoff[layer] + widths[layer + 1]
-    width = hoff[n_hidden]
-    goff = np.empty(n_hidden, np.int64)
-    g = 0
+    hid[:n * hoff[n_hidden]] = 0.0
+    goff = np.zeros(n_hidden + 1, np.int64)
     for layer in range(n_hidden):
-        goff[layer] = g
-        g += d + 1 + widths[layer + 1]
-    h0 = widths[1] if n_hidden else 0
-    last = widths.size - 2
-    fi_last = widths[last]
-    for r in range(n):
-        row = hid[r * width:(r + 1) * width]
-        for j in range(width):
-            row[j] = 0.0
-        for j in range(d):
-            y[r, j] = 0.0
-        # first-layer pre-activations start at the bias; features are added as they are generated
-        pre = scratch[t:t + h0]
-        for j in range(h0):
-            pre[j] = theta[woff[0] + widths[0] * h0 + j]
-        total = 0.0
-        for k in range(d):
-            if k > 0 and n_hidden:
-                prev = generation[k - 1]
-                yv = y[r, prev]
-                for j in range(h0):
-                    pre[j] += yv * theta[woff[0] + prev * h0 + j]
-            for layer in range(n_hidden):
-                base = goff[layer]
-                units = groups[base + d + 1 + groups[base + k]:base + d + 1 + groups[base + k + 1]]
-                for u in units:
-                    if layer == 0:
-                        v = pre[u]
-                    else:
-                        fi = widths[layer]
-                        fo = widths[layer + 1]
-                        v = theta[woff[layer] + fi * fo + u]
-                        src = hoff[layer - 1]
-                        wt = toff[layer] + u * fi
-                        for q in range(fi):
-                            v += row[src + q] * scratch[wt + q]
-                    row[hoff[layer] + u] = _activate_numba(v, act)
-            i = generation[k]
-            bias = woff[last] + fi_last * 2 * d
-            shift = theta[bias + i]
-            raw = theta[bias + d + i]
-            src = hoff[n_hidden - 1] if n_hidden else 0
-            for q in range(fi_last):
-                hv = row[src + q] if n_hidden else y[r, q]
-                shift += hv * scratch[toff[last] + i * fi_last + q]
-                raw += hv * scratch[toff[last] + (d + i) * fi_last + q]
-            s = _log_scale_numba(raw, clamp)
-            y[r, i] = x[r, i] * np.exp(s) + shift
-            total += s
-        ld[r] += total
+        goff[layer + 1] = goff[layer] + d + 1 + widths[layer + 1]
+    out = np.empty((2, n), dtype=x.dtype)
+    for k in range(d):
+        # the hidden units of degree k see only features of order < k, all final by now
+        for layer in range(n_hidden):
+            fi = widths[layer]
+            fo = widths[layer + 1]
+            prev = y_t if layer == 0 else hid[n * hoff[layer - 1]:n * hoff[layer]].reshape((fi, n))
+            cur = hid[n * hoff[layer]:n * hoff[layer + 1]].reshape((fo, n))
+            g = goff[layer]
+            for at in range(groups[g + k], groups[g + k + 1]):
+                u = groups[g + d + 1 + at]
+                row = cur[u]
+                row[:] = theta[woff[layer] + fi * fo + u]
+                for q in range(fi):
+                    wv = scratch[toff[layer] + u * fi + q]
+                    if wv != 0.0:    # masked connections are exact zeros: skip them
+                        src = prev[q]
+                        for r in range(n):
+                            row[r] += wv * src[r]
+                for r in range(n):
+                    row[r] = _activate_numba(row[r], act)
+        i = generation[k]
+        fi = widths[last]
+        feats = y_t if n_hidden == 0 else hid[n * hoff[n_hidden - 1]:n * hoff[n_hidden]].reshape((fi, n))
+        for half in range(2):
+            unit = i + half * d
+            acc = out[half]
+            acc[:] = theta[woff[last] + fi * 2 * d + unit]
+            for q in range(fi):
+                wv = scratch[toff[last] + unit * fi + q]
+                if wv != 0.0:
+                    src = feats[q]
+                    for r in range(n):
+                        acc[r] += wv * src[r]
+        for r in range(n):
+            s = _log_scale_numba(out[1, r], clamp)
+            value = x[r, i] * np.exp(s) + out[0, r]
+            y_t[i, r] = value
+            y[r, i] = value
+            ld[r] += s

@@ -24,8 +24,9 @@ from .backend import numba_twin
 
 ACTIVATION_CODES = {"relu": 0, "tanh": 1, "elu": 2}
 
-# Products with at most this many weights loop in registers; larger ones call BLAS.
-SMALL_PRODUCT = 1024
+# Matrix products of at most this many multiply-adds loop in compiled code; larger ones call BLAS,
+# whose per-call overhead (about a microsecond) they amortize.
+SMALL_PRODUCT = 8192
 
 
 def hidden_size(widths):
@@ -112,16 +113,16 @@ def _mm_numba(a, b, out):
     """out = a @ b."""
     n, k = a.shape
     m = b.shape[1]
-    if k * m > SMALL_PRODUCT:
+    if n * k * m > SMALL_PRODUCT:
         np.dot(a, b, out)
         return
+    # a scalar accumulator per output stays in a register (stores to out might alias a or b)
     for i in range(n):
         for j in range(m):
-            out[i, j] = 0.0
-        for p in range(k):
-            aip = a[i, p]
-            for j in range(m):
-                out[i, j] += aip * b[p, j]
+            acc = a[i, 0] * b[0, j]
+            for p in range(1, k):
+                acc += a[i, p] * b[p, j]
+            out[i, j] = acc
 
 
 @numba_twin
@@ -129,13 +130,13 @@ def _mm_nt_numba(a, b, out):
     """out = a @ b.T."""
     n, k = a.shape
     m = b.shape[0]
-    if k * m > SMALL_PRODUCT:
+    if n * k * m > SMALL_PRODUCT:
         np.dot(a, b.T, out)
         return
     for i in range(n):
         for j in range(m):
-            acc = a[i, 0] * 0.0
-            for p in range(k):
+            acc = a[i, 0] * b[j, 0]
+            for p in range(1, k):
                 acc += a[i, p] * b[j, p]
             out[i, j] = acc
 
@@ -145,17 +146,15 @@ def _mm_tn_numba(a, b, out):
     """out = a.T @ b."""
     n, k = a.shape
     m = b.shape[1]
-    if k * m > SMALL_PRODUCT:
+    if n * k * m > SMALL_PRODUCT:
         np.dot(a.T, b, out)
         return
     for p in range(k):
         for j in range(m):
-            out[p, j] = 0.0
-    for i in range(n):
-        for p in range(k):
-            aip = a[i, p]
-            for j in range(m):
-                out[p, j] += aip * b[i, j]
+            acc = a[0, p] * b[0, j]
+            for i in range(1, n):
+                acc += a[i, p] * b[i, j]
+            out[p, j] = acc
 
 
 @numba_twin

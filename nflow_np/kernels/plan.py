@@ -12,12 +12,16 @@ import numpy as np
 from . import program as prog
 from .autoregressive import degree_groups, maf_forward_scratch_size
 from .backend import load_numba
-from .mlp import ACTIVATION_CODES, SMALL_PRODUCT, hidden_size
+from .mlp import ACTIVATION_CODES, hidden_size
 
 __all__ = ["Program", "compile_flow", "program_for", "supports"]
 
-# rows per chunk: large enough to amortize the per-chunk loop, small enough for the caches to stay in L2
+# rows per chunk when BLAS does the products: large enough to amortize the calls, small enough for
+# the caches to stay in L2
 CHUNK = 256
+# Up to this many multiply-adds per product, OpenBLAS runs a product on the calling thread, so
+# chunks can run on all threads at once; above it BLAS spreads each product over its own threads.
+BLAS_SINGLE_THREAD = 65536
 
 
 def _flatten(bijector):
@@ -51,7 +55,7 @@ class Program:
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
         cache = [0]            # per-row cache floats so far
-        widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "blas": False}
+        widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "weights": 1}
 
         def ints(values):
             off = len(idata)
@@ -78,7 +82,7 @@ class Program:
             off = add_params(net, keys, masks)
             widest["hidden"] = max([widest["hidden"]] + list(net.hidden))
             widest["net"] = max(widest["net"], net.out_features)
-            widest["blas"] |= any(widths[i] * widths[i + 1] > SMALL_PRODUCT for i in range(len(widths) - 1))
+            widest["weights"] = max([widest["weights"]] + [widths[i] * widths[i + 1] for i in range(len(widths) - 1)])
             return off, widths
 
         for b in self.layers:
@@ -143,7 +147,7 @@ class Program:
         self.fields[:, prog.F_CACHE] += caches_at
         layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"]]
         self.layout = np.array(layout, dtype=np.int64)
-        self.uses_blas = widest["blas"]
+        self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
         self.actnorms = [b for b in self.layers if isinstance(b, ActNorm)]
 
     @staticmethod
@@ -184,11 +188,13 @@ class Program:
             load_numba()
         return getattr(prog, f"{name}_{backend}")
 
-    def _parts(self, n, backend):
-        if backend != "numba" or self.uses_blas or n < 4 * CHUNK:
-            return 1    # BLAS threads on its own; small batches are not worth splitting
+    def _geometry(self, n, backend):
+        """``(parts, chunk)``: how many threads share ``n`` rows, and the rows per chunk."""
+        chunk = min(CHUNK, n)
+        if backend != "numba" or not self.parallel_chunks or n < 8 * CHUNK:
+            return 1, chunk
         import numba
-        return max(1, min(numba.get_num_threads(), n // CHUNK))
+        return max(1, min(numba.get_num_threads(), n // (4 * CHUNK))), chunk
 
     def _effective(self):
         theta = self.theta()
@@ -201,9 +207,9 @@ class Program:
         n = x.shape[0]
         out = np.empty(n, dtype=self.dtype)
         if n:
-            parts = self._parts(n, backend)
+            parts, chunk = self._geometry(n, backend)
             self._kernel("flow_log_prob", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(x), out,
-                                                   self.workspace(min(CHUNK, n), parts), CHUNK)
+                                                   self.workspace(chunk, parts), chunk)
         return out
 
     def sample(self, z, backend):
@@ -212,9 +218,9 @@ class Program:
         x = np.empty_like(z)
         log_prob = np.empty(n, dtype=self.dtype)
         if n:
-            parts = self._parts(n, backend)
+            parts, chunk = self._geometry(n, backend)
             self._kernel("flow_sample", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(z), x,
-                                                 log_prob, self.workspace(min(CHUNK, n), parts), CHUNK)
+                                                 log_prob, self.workspace(chunk, parts), chunk)
         return x, log_prob
 
     def nll_and_grad(self, x, backend):
