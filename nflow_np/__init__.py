@@ -6,8 +6,10 @@
 from . import bijectors, distributions, testing
 from .distributions import TransformedDistribution
 from .kernels import backend, get_backend, set_backend
+from .estimator import FlowDensity
+from .io import load, save
 
 __version__ = "0.1.0"
 
 __all__ = ["bijectors", "distributions", "testing", "TransformedDistribution", "__version__", "backend", "get_backend",
-           "set_backend"]
+           "set_backend", "FlowDensity", "save", "load"]

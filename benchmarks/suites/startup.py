@@ -1,0 +1,82 @@
+"""Start-up costs, each in a fresh Python process (asv ``timeraw_``): import time and the first compiled call.
+
+``import nflow_np`` promises to load NumPy only, so its import time is
+compared with ``import numpy`` itself. The first ``log_prob`` on the numba
+backend pays for importing Numba and compiling (cold: an empty
+``NUMBA_CACHE_DIR``) or for loading the compiled kernels from disk (warm: a
+cache directory primed once in ``setup``); the numpy backend's first call is
+the baseline with no compilation at all.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from ._common import workloads as wl
+
+# The child process finds the working tree's nflow_np the way the rest of the suite does.
+_PATH = f"import sys; sys.path.insert(0, {wl.ROOT!r})"
+
+_FIRST_CALL = """
+flow = flows.RealNVP(2, n_layers=4, hidden=(8, 8), rng=0, dtype=np.float32)
+flow.log_prob(x, backend={backend!r})
+"""
+
+_FIRST_CALL_SETUP = """
+import os
+{path}
+{cache_line}
+import numpy as np
+import nflow_np
+from nflow_np import flows
+x = np.random.default_rng(0).standard_normal((1000, 2)).astype(np.float32)
+"""
+
+_WARM_CACHE = os.path.join(tempfile.gettempdir(), "nflow_np_asv_numba_cache")
+
+
+# cold: a fresh empty cache per timed process (removed when it exits), so nothing is loaded from disk
+_COLD = "import tempfile; _cache = tempfile.TemporaryDirectory(); os.environ['NUMBA_CACHE_DIR'] = _cache.name"
+
+
+def _first_call(backend, cache_dir=None):
+    cache_line = _COLD if cache_dir is None else f"os.environ['NUMBA_CACHE_DIR'] = {cache_dir!r}"
+    setup = _FIRST_CALL_SETUP.format(path=_PATH, cache_line=cache_line)
+    return _FIRST_CALL.format(backend=backend), setup
+
+
+def timeraw_import_numpy():
+    return "import numpy"
+
+
+def timeraw_import_nflow_np():
+    """Everything ``import nflow_np`` costs, NumPy included."""
+    return "import nflow_np", _PATH
+
+
+def timeraw_import_nflow_np_after_numpy():
+    """What nflow_np adds on top of an already imported NumPy."""
+    return "import nflow_np", _PATH + "\nimport numpy"
+
+
+class FirstLogProb:
+    """Build seed 001's flow and evaluate 1000 points once, in a fresh process."""
+
+    params = (["numba-cold", "numba-warm", "numpy"],)
+    param_names = ["case"]
+    repeat = (1, 5, 120.0)
+    timeout = 600
+
+    def setup(self, case):
+        backend = case.split("-")[0]
+        # asv runs setup in its own process; the timed child is a fresh one, so this only checks early
+        wl.require_backend(backend)
+        if case == "numba-warm":
+            os.makedirs(_WARM_CACHE, exist_ok=True)
+            stmt, setup = _first_call("numba", _WARM_CACHE)
+            # prime (or re-validate, when the sources changed) the on-disk cache
+            subprocess.run([sys.executable, "-c", setup + stmt], check=True)
+
+    def timeraw_first_log_prob(self, case):
+        return _first_call(case.split("-")[0], _WARM_CACHE if case == "numba-warm" else None)

@@ -1,0 +1,73 @@
+"""Training cost: seed 001's whole job (W1) and single Adam steps (W2, W3, W4's MAF), float32.
+
+Every class is parametrized over the backend. ``setup`` builds the flow, the
+data and runs one warm-up call, so Numba's compile time never lands in a
+timing (it has its own benchmark in ``startup.py``). A timed ``fit`` call
+makes ``workloads.STEPS_PER_CALL`` (20) steps: divide a ``time_steps`` result
+by 20 for the time of one step.
+"""
+
+from ._common import workloads as wl
+
+
+class W1Seed001Job:
+    """Seed 001 end to end: 2-D RealNVP (4 couplings, hidden (8, 8)), 100 epochs, batch 64, 2000 points."""
+
+    params = list(wl.BACKENDS)
+    param_names = ["backend"]
+    # One call is 3200 steps (seconds on the numpy backend): a few samples are plenty.
+    number = 1
+    repeat = (1, 5, 60.0)
+    warmup_time = 0.0
+    timeout = 600
+
+    def setup(self, backend):
+        wl.require_backend(backend)
+        self.train, _ = wl.w1_data()
+        # compile and warm caches on a throwaway flow, one epoch
+        wl.w1_job(wl.w1_flow(), self.train, backend, epochs=1)
+
+    def time_job(self, backend):
+        wl.w1_job(wl.w1_flow(), self.train, backend)
+
+
+class _Steps:
+    """Adam steps of one workload through ``fit``; subclasses name the workload."""
+
+    workload = None
+    params = list(wl.BACKENDS)
+    param_names = ["backend"]
+    warmup_time = 0.0
+    timeout = 600
+
+    def setup(self, backend):
+        wl.require_backend(backend)
+        self.batch = wl.SPECS[self.workload]["batch"]
+        self.flow = wl.build_flow(self.workload)
+        self.data = wl.step_data(self.workload)
+        wl.fit_call(self.flow, self.data, self.batch, backend)
+
+    def time_steps(self, backend):
+        """20 Adam steps (one per batch), as one ``fit(..., epochs=1)`` call."""
+        wl.fit_call(self.flow, self.data, self.batch, backend)
+
+    def peakmem_steps(self, backend):
+        wl.fit_call(self.flow, self.data, self.batch, backend)
+
+
+class W2RealNVP8D(_Steps):
+    """D=8 RealNVP, 8 couplings, hidden (64, 64), batch 256."""
+
+    workload = "W2"
+
+
+class W3RealNVP64D(_Steps):
+    """D=64 RealNVP, 5 couplings, hidden (256, 256), batch 1024 (BLAS-bound)."""
+
+    workload = "W3"
+
+
+class W4MAFTrain(_Steps):
+    """D=8 MAF, 5 layers, hidden (64, 64), batch 256."""
+
+    workload = "W4"

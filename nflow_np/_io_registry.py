@@ -1,0 +1,293 @@
+"""The registry behind :mod:`nflow_np.io`: how each built-in type is written to and rebuilt from a model file.
+
+Each entry is ``name -> (to_spec, from_spec)``: ``to_spec`` records exactly the
+constructor arguments that rebuild an object (masks, hidden widths,
+activation, order, clamp, dtype, name...) and the arrays it holds;
+``from_spec`` calls the constructor and copies the stored arrays in, refusing
+any array whose name, shape or dtype the rebuilt object does not have.
+"""
+
+import numpy as np
+
+from .bijectors import (
+    ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Chain, Exp, Identity, InverseAutoregressive,
+    Invert, LeakyReLU, LULinear, MaskedAutoregressive, NormalCDF, Permute, Power, Reverse, Rotation, Scale,
+    ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, Tanh,
+)
+from .distributions import MultivariateNormalDiag, Normal, TransformedDistribution, Uniform
+
+REGISTRY = {}
+"""Type name -> ``(to_spec, from_spec)``; see :func:`register`."""
+
+_NAMES = {}   # class -> registered name (exact types only: a subclass may add state we do not know)
+
+
+def register(name, cls, to_spec, from_spec):
+    """Make a bijector or distribution type savable.
+
+    Parameters
+    ----------
+    name : str
+        The type's name in model files; unique.
+    cls : type
+        The class; only objects of exactly this type use the entry.
+    to_spec : callable
+        ``to_spec(obj, encode) -> (config, arrays)``: a JSON-serializable dict
+        of constructor arguments and a dict of float arrays to store.
+        ``encode(child, local_name)`` returns the spec of a contained object.
+    from_spec : callable
+        ``from_spec(config, arrays, decode) -> obj``: rebuild the object;
+        ``decode(child_spec, local_name)`` rebuilds a contained one. Arrays
+        arrive checked against the spec (shape, dtype, finite).
+
+    Returns
+    -------
+    None
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register: name must be a non-empty str; got {name!r}")
+    REGISTRY[name] = (to_spec, from_spec)
+    _NAMES[cls] = name
+
+
+# ---------------------------------------------------------------------------- helpers for entries
+
+def _dtype_name(dtype):
+    return None if dtype is None else np.dtype(dtype).name
+
+
+def _live_arrays(obj):
+    """The arrays a built object holds (parameters and buffers), by local name; the load target."""
+    arrays = dict(obj.parameters())
+    buffers = getattr(obj, "buffers", None)
+    if callable(buffers):
+        for key, value in buffers():
+            arrays[key] = value
+    return arrays
+
+
+def _restore(obj, arrays):
+    """Copy stored arrays into a freshly built object, refusing any mismatch with its architecture."""
+    live = _live_arrays(obj)
+    missing = sorted(set(live) - set(arrays))
+    extra = sorted(set(arrays) - set(live))
+    if missing or extra:
+        raise ValueError(f"the spec lists arrays {sorted(arrays)} but this architecture holds {sorted(live)}"
+                         + (f" (missing {missing})" if missing else "") + (f" (unexpected {extra})" if extra else ""))
+    for key, target in live.items():
+        value = arrays[key]
+        if value.shape != target.shape:
+            raise ValueError(f"array {key!r} has shape {value.shape} but the architecture in the spec needs "
+                             f"{target.shape}")
+        if value.dtype != target.dtype:
+            raise ValueError(f"array {key!r} has dtype {value.dtype} but the layer computes in {target.dtype}")
+        # in place, so that objects sharing the array (none today, optimizers later) see the values
+        np.copyto(target, value)
+    return obj
+
+
+def _leaf(build, config_of):
+    """An entry for a leaf (no children): ``config_of(obj)`` -> config, ``build(config, arrays)`` -> obj."""
+    def to_spec(obj, encode):
+        return config_of(obj), _live_arrays(obj)
+
+    def from_spec(config, arrays, decode):
+        return _restore(build(config, arrays), arrays)
+    return to_spec, from_spec
+
+
+def _named(obj):
+    return {"name": obj.name, "dtype": _dtype_name(obj.dtype)}
+
+
+def _plain(cls):
+    """Parameter-free elementwise bijectors."""
+    return _leaf(lambda c, a: cls(dtype=c["dtype"], name=c["name"]), _named)
+
+
+def _with_params(cls, *keys):
+    """Elementwise and linear bijectors whose constructor takes their parameter arrays by name."""
+    return _leaf(lambda c, a: cls(*(a[k] for k in keys), dtype=c["dtype"], name=c["name"]), _named)
+
+
+def _sigmoid_build(config, arrays):
+    if config["bounded"]:
+        return Sigmoid(arrays["low"], arrays["high"], dtype=config["dtype"], name=config["name"])
+    return Sigmoid(dtype=config["dtype"], name=config["name"])
+
+
+def _leaky_build(config, arrays):
+    # alpha goes in as log(alpha) would come back with a rounding error: build with ones, copy log_alpha in
+    shape = arrays["log_alpha"].shape
+    return LeakyReLU(np.ones(shape, dtype=config["dtype"]), dtype=config["dtype"], name=config["name"])
+
+
+def _affine_build(config, arrays):
+    return Affine(**arrays, dtype=config["dtype"], name=config["name"])
+
+
+def _clamp(value):
+    return None if value is None else float(value)
+
+
+def _coupling_config(obj):
+    config = _named(obj)
+    config.update(mask=obj.mask.tolist(), hidden=list(obj.net.hidden), activation=obj.net.activation)
+    if isinstance(obj, AffineCoupling):
+        config["log_scale_clamp"] = obj.log_scale_clamp
+    return config
+
+
+def _agree(arrays, key, axis, value, what):
+    """Refuse a size in the spec that the stored arrays contradict, before a constructor allocates it
+    (a hand-edited width of 10**9 must fail here, not exhaust memory)."""
+    shape = arrays[key].shape
+    if not isinstance(value, int) or isinstance(value, bool) or len(shape) <= axis or shape[axis] != value:
+        raise ValueError(f"the spec's {what} {value!r} does not match array {key!r} of shape {shape}")
+
+
+def _check_net(arrays, prefix, hidden, n_inputs):
+    _agree(arrays, f"{prefix}w0", 0, n_inputs, "network input size")
+    for i, width in enumerate(hidden):
+        _agree(arrays, f"{prefix}w{i}", 1, width, f"hidden width {i}")
+
+
+def _coupling_build(cls):
+    def build(c, a):
+        _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])))
+        extra = {"log_scale_clamp": _clamp(c["log_scale_clamp"])} if cls is AffineCoupling else {}
+        # rng=0: the initial weights are overwritten, a fixed seed just skips drawing OS entropy
+        return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], rng=0,
+                   dtype=c["dtype"], name=c["name"], **extra)
+    return build
+
+
+def _made_config(obj):
+    made = obj if isinstance(obj, MaskedAutoregressive) else obj.bijector
+    config = _named(obj)
+    config.update(features=made.features, hidden=list(made.net.hidden), activation=made.net.activation,
+                  order=made.net.order.tolist(), log_scale_clamp=made.log_scale_clamp)
+    return config
+
+
+def _made_build(cls):
+    def build(c, a):
+        _check_net(a, "net." if cls is MaskedAutoregressive else "bijector.net.", c["hidden"], c["features"])
+        return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
+                   log_scale_clamp=_clamp(c["log_scale_clamp"]), rng=0, dtype=c["dtype"], name=c["name"])
+    return build
+
+
+def _batch_norm_config(obj):
+    config = _named(obj)
+    config.update(features=obj.features, momentum=obj.momentum, eps=obj.eps, training=obj.training)
+    return config
+
+
+def _batch_norm_build(c, a):
+    _agree(a, "log_gamma", 0, c["features"], "features")
+    b = BatchNorm(int(c["features"]), momentum=float(c["momentum"]), eps=float(c["eps"]), dtype=c["dtype"],
+                  name=c["name"])
+    return b.train(bool(c["training"]))
+
+
+def _act_norm_config(obj):
+    config = _named(obj)
+    config.update(features=obj.features, initialized=bool(obj.initialized))
+    return config
+
+
+def _act_norm_build(c, a):
+    _agree(a, "log_scale", 0, c["features"], "features")
+    b = ActNorm(int(c["features"]), dtype=c["dtype"], name=c["name"])
+    b.initialized = bool(c["initialized"])
+    return b
+
+
+def _lu_config(obj):
+    config = _named(obj)
+    config.update(features=obj.features, sign=obj.sign.tolist())
+    return config
+
+
+def _lu_build(c, a):
+    _agree(a, "log_diag", 0, c["features"], "features")
+    return LULinear(int(c["features"]), sign=np.array(c["sign"], dtype=np.float64), dtype=c["dtype"],
+                    name=c["name"])
+
+
+def _permute_entry():
+    def to_spec(obj, encode):
+        return {"name": obj.name, "permutation": obj.permutation.tolist()}, {}
+
+    def from_spec(c, a, decode):
+        return Permute(np.array(c["permutation"], dtype=np.int64), name=c["name"])
+    return to_spec, from_spec
+
+
+def _chain_entry():
+    def to_spec(obj, encode):
+        return {"name": obj.name, "bijectors": [encode(b, str(i)) for i, b in enumerate(obj.bijectors)]}, {}
+
+    def from_spec(c, a, decode):
+        if not isinstance(c["bijectors"], list):
+            raise TypeError(f"'bijectors' must be a list of bijector specs; got {type(c['bijectors']).__name__}")
+        return Chain([decode(node, str(i)) for i, node in enumerate(c["bijectors"])], name=c["name"])
+    return to_spec, from_spec
+
+
+def _invert_entry():
+    def to_spec(obj, encode):
+        return {"name": obj.name, "bijector": encode(obj.bijector, "bijector")}, {}
+
+    def from_spec(c, a, decode):
+        return Invert(decode(c["bijector"], "bijector"), name=c["name"])
+    return to_spec, from_spec
+
+
+def _distribution_entry(cls, *keys):
+    def to_spec(obj, encode):
+        return {"dtype": _dtype_name(obj.dtype)}, {k: getattr(obj, k) for k in keys}
+
+    def from_spec(c, a, decode):
+        # the constructors copy the arrays as given, so the rebuilt distribution is bit-identical
+        return cls(*(a[k] for k in keys), dtype=c["dtype"])
+    return to_spec, from_spec
+
+
+def _transformed_entry():
+    def to_spec(obj, encode):
+        return {"distribution": encode(obj.distribution, "distribution"),
+                "bijector": encode(obj.bijector, "bijector")}, {}
+
+    def from_spec(c, a, decode):
+        return TransformedDistribution(decode(c["distribution"], "distribution"), decode(c["bijector"], "bijector"))
+    return to_spec, from_spec
+
+
+for _cls in (Identity, Exp, Tanh, Softsign, Softplus, NormalCDF):
+    register(_cls.__name__, _cls, *_plain(_cls))
+register("Shift", Shift, *_with_params(Shift, "shift"))
+register("Scale", Scale, *_with_params(Scale, "scale"))
+register("Power", Power, *_with_params(Power, "power"))
+register("Rotation", Rotation, *_with_params(Rotation, "theta"))
+register("ScaleMatvecTriL", ScaleMatvecTriL, *_with_params(ScaleMatvecTriL, "scale_tril"))
+register("Sigmoid", Sigmoid, *_leaf(_sigmoid_build, lambda b: {**_named(b), "bounded": "low" in b.params}))
+register("LeakyReLU", LeakyReLU, *_leaf(_leaky_build, _named))
+register("Affine", Affine, *_leaf(_affine_build, _named))
+register("Permute", Permute, *_permute_entry())
+register("Reverse", Reverse, *_leaf(lambda c, a: Reverse(name=c["name"]), lambda b: {"name": b.name}))
+register("Chain", Chain, *_chain_entry())
+register("Invert", Invert, *_invert_entry())
+register("AdditiveCoupling", AdditiveCoupling, *_leaf(_coupling_build(AdditiveCoupling), _coupling_config))
+register("AffineCoupling", AffineCoupling, *_leaf(_coupling_build(AffineCoupling), _coupling_config))
+register("MaskedAutoregressive", MaskedAutoregressive, *_leaf(_made_build(MaskedAutoregressive), _made_config))
+register("InverseAutoregressive", InverseAutoregressive, *_leaf(_made_build(InverseAutoregressive), _made_config))
+register("BatchNorm", BatchNorm, *_leaf(_batch_norm_build, _batch_norm_config))
+register("ActNorm", ActNorm, *_leaf(_act_norm_build, _act_norm_config))
+register("LULinear", LULinear, *_leaf(_lu_build, _lu_config))
+register("Normal", Normal, *_distribution_entry(Normal, "loc", "scale"))
+register("MultivariateNormalDiag", MultivariateNormalDiag,
+         *_distribution_entry(MultivariateNormalDiag, "loc", "scale_diag"))
+register("Uniform", Uniform, *_distribution_entry(Uniform, "low", "high"))
+register("TransformedDistribution", TransformedDistribution, *_transformed_entry())

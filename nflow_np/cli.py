@@ -1,0 +1,455 @@
+"""The ``nflow-np`` command: train, sample, score and inspect flows from the shell.
+
+Subcommands: ``demo``, ``fit``, ``sample``, ``logprob``, ``info``; run
+``nflow-np <command> --help`` for each. Bad input (a missing file, a ragged or
+non-numeric CSV, NaN rows, a column count the model does not take, a damaged
+model file) ends with one line on stderr, ``nflow-np: error: ...``, and exit
+status 2, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import io as model_io
+from ._tables import check_file, read_data, write_table
+
+__all__ = ["main"]
+
+PROG = "nflow-np"
+_FLOW_CHOICES = ("realnvp", "nice", "maf", "iaf")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+class _Interrupted(Exception):
+    """Ctrl-C with nothing to keep: printed as one line, exit status 130."""
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split())
+
+
+# ---------------------------------------------------------------------------- models
+
+def _load_model(path):
+    check_file(path)
+    try:
+        return model_io.load(path)
+    except ValueError as exc:
+        raise CLIError(_one_line(exc)) from None
+
+
+def _as_sampler_and_scorer(model, path):
+    """``(n_features, sample(n, seed), log_density(X))`` for an estimator or a flow."""
+    from .distributions import Distribution
+    from .estimator import FlowDensity
+    if isinstance(model, FlowDensity):
+        return model.n_features_in_, (lambda n, seed: model.sample(n, random_state=seed)), model.score_samples
+    if isinstance(model, Distribution) and len(model.event_shape) <= 1:
+        d = model.event_shape[0] if model.event_shape else 1
+
+        def sample(n, seed):
+            return model.sample(n, rng=seed).reshape(n, d)
+
+        def score(X):
+            points = X.astype(model.dtype)
+            return model.log_prob(points if model.event_shape else points[:, 0])
+        return d, sample, score
+    raise CLIError(f"{path}: holds a {type(model).__name__}, not a flow over vectors or a FlowDensity")
+
+
+def _check_columns(X, n_features, data_path, model_path):
+    if X.shape[1] != n_features:
+        raise CLIError(f"{data_path} has {X.shape[1]} column(s), but the model in {model_path} takes "
+                       f"{n_features} feature(s)")
+
+
+def _offset(scale):
+    """What standardization adds to a per-point NLL measured on standardized data."""
+    return float(np.log(scale).sum())
+
+
+# ---------------------------------------------------------------------------- progress
+
+def report_epoch(stream, line):
+    """Write one progress line; a function of its own, so that tests can simulate Ctrl-C here.
+
+    Parameters
+    ----------
+    stream : text stream
+    line : str
+
+    Returns
+    -------
+    None
+    """
+    stream.write(line)
+    stream.flush()
+
+
+class _Progress:
+    """Per-epoch progress: one log line per epoch, or an updating bar (``bar=True``)."""
+
+    def __init__(self, epochs, offset, *, bar=False, stream=None, quiet=False):
+        self.epochs, self.offset, self.bar, self.quiet = epochs, offset, bar, quiet
+        self.stream = sys.stderr if stream is None else stream
+        self.last_time, self.last_steps = time.perf_counter(), 0
+
+    def __call__(self, epoch, history):
+        now = time.perf_counter()
+        rate = (history.steps - self.last_steps) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_steps = now, history.steps
+        if self.quiet:
+            return None
+        train = history.train_loss[-1] + self.offset
+        val = f"  val NLL {history.val_loss[-1] + self.offset:.4f}" if history.val_loss else ""
+        text = f"epoch {epoch + 1}/{self.epochs}  train NLL {train:.4f}{val}  {rate:.0f} steps/s"
+        if self.bar:
+            width = 24
+            filled = int(round(width * (epoch + 1) / self.epochs))
+            report_epoch(self.stream, f"\r[{'#' * filled}{'.' * (width - filled)}] {text}")
+        else:
+            report_epoch(self.stream, text + "\n")
+        return None
+
+    def close(self):
+        if self.bar and not self.quiet:
+            self.stream.write("\n")
+
+
+def _train(estimator, X, progress, *, resume=False):
+    try:
+        interrupted = estimator._fit(X, callback=progress, resume=resume, catch_interrupt=True)
+    except KeyboardInterrupt:
+        progress.close()
+        raise _Interrupted("interrupted before the first epoch finished; nothing saved") from None
+    progress.close()
+    if interrupted:
+        history = estimator.history_
+        best = f"epoch {history.best_epoch + 1}" if history is not None and history.best_epoch >= 0 else "the model"
+        print(f"interrupted: keeping the best model so far ({best})", file=sys.stderr)
+    return interrupted
+
+
+def _save(model, path):
+    try:
+        model_io.save(model, path)
+    except OSError as exc:
+        raise CLIError(f"{path}: cannot write the model ({exc.strerror or exc})") from None
+
+
+def _summary(estimator):
+    history = estimator.history_
+    if history is None or history.best_epoch < 0:
+        return "no finite epoch"
+    offset = _offset(estimator.scale_)
+    losses = history.val_loss if history.val_loss else history.train_loss
+    which = "validation" if history.val_loss else "train"
+    return (f"best epoch {history.best_epoch + 1} of {history.epochs}, {which} NLL "
+            f"{losses[history.best_epoch] + offset:.4f}")
+
+
+# ---------------------------------------------------------------------------- commands
+
+def _parse_hidden(text):
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints like 64,64; got {text!r}") from None
+    if not widths or any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints like 64,64; got {text!r}")
+    return widths
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int; got {text!r}")
+    return value
+
+
+def _cmd_fit(args):
+    from .estimator import FlowDensity
+    X = read_data(args.data)
+    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "random_state": args.seed,
+                "validation_fraction": args.validation_fraction, "patience": args.patience}
+    if args.resume:
+        estimator = _load_model(args.out)
+        if not isinstance(estimator, FlowDensity):
+            raise CLIError(f"{args.out}: --resume needs a model written by 'nflow-np fit'; this file holds a "
+                           f"{type(estimator).__name__}")
+        _check_columns(X, estimator.n_features_in_, args.data, args.out)
+        estimator.set_params(**settings)
+        offset = _offset(estimator.scale_)
+    else:
+        estimator = FlowDensity(flow=args.flow, n_layers=args.layers, hidden=args.hidden, dtype=args.dtype,
+                                **settings)
+        estimator._validated_params()
+        if X.shape[0] < 2:
+            raise CLIError(f"{args.data}: needs at least 2 rows to fit; got {X.shape[0]}")
+        offset = _offset(FlowDensity._standardization(X)[1])
+    progress = _Progress(args.epochs, offset, quiet=args.quiet)
+    interrupted = _train(estimator, X, progress, resume=args.resume)
+    _save(estimator, args.out)
+    print(f"saved {args.out}: {estimator.flow}, {estimator.n_layers} layers, {estimator.n_features_in_} "
+          f"feature(s); {_summary(estimator)}")
+    # the model is saved either way; the status still tells a script that training was cut short
+    return 130 if interrupted else 0
+
+
+def _cmd_sample(args):
+    model = _load_model(args.model)
+    if args.n < 0:
+        raise CLIError(f"-n must be non-negative; got {args.n}")
+    _, sample, _ = _as_sampler_and_scorer(model, args.model)
+    write_table(sample(args.n, args.seed), args.out)
+    return 0
+
+
+def _cmd_logprob(args):
+    model = _load_model(args.model)
+    n_features, _, score = _as_sampler_and_scorer(model, args.model)
+    X = read_data(args.data)
+    _check_columns(X, n_features, args.data, args.model)
+    try:
+        values = score(X)
+    except ValueError as exc:
+        raise CLIError(f"{args.data}: {_one_line(exc)}") from None
+    write_table(np.asarray(values)[:, None], args.out)
+    return 0
+
+
+def _describe(node, indent, lines):
+    config = node.get("config", {})
+    shown = []
+    for key, value in config.items():
+        if isinstance(value, dict) and "type" in value or key == "bijectors":
+            continue
+        if key == "name" and value == node["type"] or value is None and key == "dtype":
+            continue
+        if isinstance(value, list) and len(value) > 12:
+            value = f"[{len(value)} values]"
+        shown.append(f"{key}={value}")
+    n_params = sum(int(np.prod(r["shape"])) for r in node.get("arrays", {}).values())
+    count = f"  ({n_params} values)" if n_params else ""
+    lines.append(f"{'  ' * indent}{node['type']}({', '.join(shown)}){count}")
+    for key, value in config.items():
+        if isinstance(value, dict) and "type" in value:
+            _describe(value, indent + 1, lines)
+        elif key == "bijectors":
+            for child in value:
+                _describe(child, indent + 1, lines)
+
+
+def _cmd_info(args):
+    from .distributions import Distribution
+    from .estimator import FlowDensity
+    model = _load_model(args.model)
+    spec = model_io.read_spec(args.model)
+    flow = model.flow_ if isinstance(model, FlowDensity) else model
+    n_params = sum(a.size for _, a in flow.parameters())
+    print(f"{args.model}: {type(model).__name__} (model format {spec['format_version']}, written by nflow_np "
+          f"{spec.get('nflow_np_version', '?')})")
+    if isinstance(model, FlowDensity):
+        print(f"flow: {model.flow}, {model.n_layers} layers, hidden {tuple(model.hidden)}")
+        print(f"features: {model.n_features_in_}")
+    elif isinstance(model, Distribution):
+        print(f"event shape: {model.event_shape}")
+    print(f"dtype: {getattr(flow, 'dtype', None)}")
+    print(f"parameters: {n_params}")
+    lines = []
+    _describe(spec["root"], 1, lines)
+    print("architecture:")
+    print("\n".join(lines))
+    if isinstance(model, FlowDensity):
+        history = model.history_
+        if history is not None:
+            offset = _offset(model.scale_)
+            parts = [f"{history.epochs} epochs", f"{history.steps} steps"]
+            if history.best_epoch >= 0:
+                parts.append(f"best epoch {history.best_epoch + 1}")
+                parts.append(f"train NLL {history.train_loss[history.best_epoch] + offset:.4f}")
+                if history.val_loss:
+                    parts.append(f"validation NLL {history.val_loss[history.best_epoch] + offset:.4f}")
+            parts.append(f"{history.wall_time:.1f} s")
+            if history.rejected_steps:
+                parts.append(f"{history.rejected_steps} rejected steps")
+            if history.stopped_early:
+                parts.append("stopped early")
+            print("training: " + ", ".join(parts))
+        print(f"standardization: mean {np.array2string(model.mean_, precision=4)}, "
+              f"scale {np.array2string(model.scale_, precision=4)}")
+    return 0
+
+
+def _figure(estimator, data, path, dataset):
+    """Data, samples and the learned density side by side; returns a note when the figure is skipped."""
+    try:
+        import matplotlib  # noqa: F401  (only to learn whether it is there)
+    except ImportError:
+        return "figure skipped: matplotlib is not installed (pip install nflow_np[plot])"
+    from matplotlib.figure import Figure
+    try:
+        from .plot import plot_density, plot_samples
+    except ImportError as exc:
+        return f"figure skipped: nflow_np.plot could not be imported ({_one_line(exc)})"
+    # a bare Figure draws without pyplot, so no GUI backend is needed
+    fig = Figure(figsize=(14.0, 4.2))
+    axes = fig.subplots(1, 3)
+    samples = estimator.sample(len(data), random_state=1)
+    plot_samples(data, samples, ax=axes[:2])
+    low, high = np.quantile(data, [0.001, 0.999], axis=0)
+    pad = 0.15 * (high - low)
+    bounds = ((low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1]))
+    plot_density(estimator.score_samples, bounds, ax=axes[2], grid=150)
+    axes[2].set_title("learned density")
+    for ax in axes:
+        # one window for all three panels, so that they compare at a glance
+        ax.set_xlim(*bounds[0])
+        ax.set_ylim(*bounds[1])
+    fig.suptitle(f"{dataset}: RealNVP fitted with nflow_np")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return None
+
+
+def _cmd_demo(args):
+    from . import datasets
+    from .estimator import FlowDensity
+    try:
+        name = datasets._canonical(args.dataset, "demo")
+    except ValueError as exc:
+        raise CLIError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(sorted(datasets.DATASETS))}") \
+            from exc
+    rng = np.random.default_rng(args.seed)
+    train = datasets.load(name, args.n, rng=rng)
+    test = datasets.load(name, 2000, rng=rng)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{args.out}: cannot create the output directory ({exc.strerror or exc})") from None
+    estimator = FlowDensity(flow="realnvp", n_layers=8, hidden=(32, 32), epochs=args.epochs, batch_size=128,
+                            lr=2e-3, random_state=args.seed)
+    print(f"training RealNVP (8 affine couplings) on {args.n} points of {name}", file=sys.stderr)
+    progress = _Progress(args.epochs, _offset(FlowDensity._standardization(train)[1]), bar=True)
+    interrupted = _train(estimator, train, progress)
+    nll = -estimator.score(test) / len(test)
+    print(f"held-out NLL: {nll:.4f} nats per point ({len(test)} fresh points of {name})")
+    model_path = os.path.join(args.out, "model.npz")
+    _save(estimator, model_path)
+    print(f"saved {model_path}")
+    figure_path = os.path.join(args.out, f"{name}.png")
+    note = _figure(estimator, train, figure_path, name)
+    print(note if note else f"saved {figure_path}")
+    return 130 if interrupted else 0
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, except the uninformative None and False."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            text += f" (default: {shown})"
+        return text
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description="Normalizing flows in plain NumPy.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help_text, handler):
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=_HelpFormatter)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("demo", "train RealNVP on a toy 2-D data set; save the model and a figure", _cmd_demo)
+    p.add_argument("--dataset", default="two-moons", help="two-moons, 8gaussians, checkerboard, two-spirals, rings, "
+                                                          "pinwheel or bimodal")
+    p.add_argument("--out", default="nflow-demo-out", help="output directory")
+    p.add_argument("--epochs", type=_positive_int, default=100, help="training epochs")
+    p.add_argument("--n", type=_positive_int, default=4000, help="training points")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+
+    p = command("fit", "fit a flow to a CSV or .npy file of points", _cmd_fit)
+    p.add_argument("data", help="DATA.csv (one point per line, commas or spaces) or DATA.npy")
+    p.add_argument("--flow", choices=_FLOW_CHOICES, default="realnvp", help="which flow")
+    p.add_argument("--layers", type=_positive_int, default=4, help="coupling or autoregressive layers")
+    p.add_argument("--hidden", type=_parse_hidden, default=(64, 64), help="hidden widths, comma-separated")
+    p.add_argument("--epochs", type=_positive_int, default=100, help="training epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="points per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--validation-fraction", type=float, default=0.1, help="held out to pick the best epoch")
+    p.add_argument("--patience", type=_positive_int, default=None,
+                   help="stop after this many epochs without a better validation NLL")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="computation dtype")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+    p.add_argument("--out", default="model.npz", help="model file to write")
+    p.add_argument("--resume", action="store_true", help="load --out and continue training it (its architecture "
+                   "and standardization are kept: --flow, --layers, --hidden and --dtype are ignored)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+
+    p = command("sample", "draw points from a model, as CSV", _cmd_sample)
+    p.add_argument("model", help="model file (.npz)")
+    p.add_argument("-n", type=int, default=1000, help="number of points")
+    p.add_argument("--out", default="-", help="CSV file to write; - for stdout")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+
+    p = command("logprob", "log-density of each row of a data file, as CSV", _cmd_logprob)
+    p.add_argument("model", help="model file (.npz)")
+    p.add_argument("data", help="DATA.csv or DATA.npy")
+    p.add_argument("--out", default="-", help="CSV file to write; - for stdout")
+
+    p = command("info", "describe a model file: architecture, sizes, dtype, training summary", _cmd_info)
+    p.add_argument("model", help="model file (.npz)")
+    return parser
+
+
+def main(argv=None):
+    """Run the ``nflow-np`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 on bad input or usage (after one
+        ``nflow-np: error: ...`` line on stderr), 130 when interrupted
+        (``fit`` still saves the best model so far when an epoch finished).
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:   # argparse reports usage errors (status 2) and --help (status 0) this way
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except (CLIError, ValueError, TypeError, OSError) as exc:
+        if os.environ.get("NFLOW_NP_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except _Interrupted as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

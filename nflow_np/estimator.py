@@ -1,0 +1,480 @@
+"""``FlowDensity``: a normalizing-flow density estimator with scikit-learn's interface.
+
+It follows scikit-learn's estimator contract (``get_params``/``set_params``,
+``fit``/``score_samples``/``score``/``sample``, fitted attributes ending in
+``_``, ``n_features_in_``) without importing scikit-learn: the parameter
+introspection is done here, as ``sklearn.base.BaseEstimator`` does it, so
+``clone``, ``GridSearchCV`` and ``check_estimator`` work when scikit-learn is
+installed, and nothing needs it when it is not.
+"""
+
+import copy
+import inspect
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["FlowDensity", "NotFittedError"]
+
+_FLOWS = ("realnvp", "nice", "maf", "iaf")
+_COUPLING_FLOWS = ("realnvp", "nice")
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a method that needs a fitted estimator is called before ``fit``.
+
+    A ``ValueError`` and an ``AttributeError``, like scikit-learn's own
+    ``NotFittedError``, so that code catching either works.
+    """
+
+
+def _as_generator(random_state, where):
+    """A NumPy ``Generator`` from None, an int seed, a Generator or a legacy ``RandomState``."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_)):
+        if random_state < 0:
+            raise ValueError(f"{where}: random_state must be a non-negative int; got {random_state}")
+        return np.random.default_rng(int(random_state))
+    if isinstance(random_state, np.random.RandomState):
+        # draw a seed from it, so that repeated calls advance it as scikit-learn's do
+        return np.random.default_rng(random_state.randint(0, 2 ** 31 - 1))
+    raise TypeError(f"{where}: random_state must be None, an int, a numpy Generator or RandomState; "
+                    f"got {type(random_state).__name__}")
+
+
+def _is_sparse(X):
+    # scipy.sparse matrices and arrays, recognized without importing SciPy
+    return type(X).__module__.startswith("scipy.sparse") or (hasattr(X, "tocsr") and hasattr(X, "nnz"))
+
+
+def _check_int(value, name, minimum, allow_none=False):
+    if allow_none and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"FlowDensity: {name} must be {expected}; got {value!r}")
+    return int(value)
+
+
+class FlowDensity:
+    """Density estimation with a normalizing flow, in scikit-learn's style (like ``KernelDensity``).
+
+    ``fit`` standardizes each column of ``X`` (mean 0, standard deviation 1),
+    fits a flow to the standardized data by maximum likelihood, and accounts
+    for the standardization in every density: ``log p(x) = log q((x - mean_) /
+    scale_) - sum(log scale_)``.
+
+    Parameters
+    ----------
+    flow : {"realnvp", "nice", "maf", "iaf"}, default "realnvp"
+        Which of :mod:`nflow_np.flows` to fit. The coupling flows ("realnvp",
+        "nice") need at least 2 features; "maf" and "iaf" also fit 1-D data.
+        "iaf" evaluates densities with one network call per feature, so it is
+        slow to train on data.
+    n_layers : int, default 4
+        Number of coupling or autoregressive layers.
+    hidden : tuple of int, default (64, 64)
+        Hidden widths of each layer's network.
+    epochs : int, default 100
+        Training epochs (passes over the training part of ``X``).
+    batch_size : int, default 256
+    lr : float, default 1e-3
+        Learning rate of Adam.
+    validation_fraction : float, default 0.1
+        Fraction of ``X`` held out to pick the best epoch (and for early
+        stopping); 0 trains on everything and keeps the last finite epoch.
+    patience : int or None, default None
+        Stop after this many epochs without a better validation loss.
+    dtype : {"float64", "float32"}, default "float64"
+        Computation dtype of the flow.
+    random_state : int, numpy Generator, RandomState or None, default None
+        Seeds the initial weights, the validation split and the shuffling.
+
+    Attributes
+    ----------
+    flow_ : TransformedDistribution
+        The fitted flow, on standardized data.
+    mean_, scale_ : ndarray of shape (n_features,)
+        The standardization (a zero standard deviation is replaced by 1).
+    history_ : nflow_np.train.History
+        Training and validation losses (on standardized data) per epoch.
+    n_features_in_ : int
+        Number of features (columns) seen by ``fit``; later calls must match it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nflow_np.estimator import FlowDensity
+    >>> X = np.random.default_rng(0).normal(size=(500, 2))
+    >>> est = FlowDensity(n_layers=2, hidden=(16,), epochs=5, random_state=0).fit(X)
+    >>> est.score_samples(X[:3]).shape
+    (3,)
+    """
+
+    def __init__(self, flow="realnvp", n_layers=4, hidden=(64, 64), epochs=100, batch_size=256, lr=1e-3,
+                 validation_fraction=0.1, patience=None, dtype="float64", random_state=None):
+        # scikit-learn's contract: store the parameters untouched; fit validates them
+        self.flow = flow
+        self.n_layers = n_layers
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.dtype = dtype
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ parameters (BaseEstimator's protocol)
+    @classmethod
+    def _get_param_names(cls):
+        signature = inspect.signature(cls.__init__)
+        return sorted(p.name for p in signature.parameters.values()
+                      if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+    def get_params(self, deep=True):
+        """The constructor parameters.
+
+        Parameters
+        ----------
+        deep : bool, default True
+            Ignored: no parameter is itself an estimator.
+
+        Returns
+        -------
+        dict
+            Parameter name -> value, exactly the objects stored.
+        """
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params):
+        """Set constructor parameters; they are validated by the next ``fit``.
+
+        Parameters
+        ----------
+        **params
+            Parameter name -> new value.
+
+        Returns
+        -------
+        FlowDensity
+            ``self``.
+        """
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"FlowDensity.set_params: invalid parameter {name!r}; valid parameters are "
+                                 f"{', '.join(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+                    if p.name != "self"}
+        changed = []
+        for name in defaults:
+            value = getattr(self, name, None)
+            default = defaults[name]
+            same = value is default or (type(value) is type(default) and _equal(value, default))
+            if not same:
+                changed.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __sklearn_tags__(self):
+        # Called by scikit-learn only, so scikit-learn is importable here; the package never imports it otherwise.
+        from sklearn.utils import InputTags, Tags, TargetTags
+        return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False),
+                    input_tags=InputTags(two_d_array=True, sparse=False, allow_nan=False))
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "flow_")
+
+    def _validated_params(self):
+        """The parameters checked and normalized, or ``ValueError`` naming the bad one."""
+        flow = self.flow
+        if not isinstance(flow, str) or flow.lower() not in _FLOWS:
+            raise ValueError(f"FlowDensity: flow must be one of {', '.join(map(repr, _FLOWS))}; got {flow!r}")
+        hidden = self.hidden
+        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
+            hidden = (hidden,)
+        try:
+            hidden = tuple(hidden)
+        except TypeError:
+            raise ValueError(f"FlowDensity: hidden must be a tuple of positive ints; got {self.hidden!r}") from None
+        if not all(isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)) and h >= 1
+                   for h in hidden):
+            raise ValueError(f"FlowDensity: hidden must be a tuple of positive ints; got {self.hidden!r}")
+        lr = self.lr
+        if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"FlowDensity: lr must be a positive finite number; got {lr!r}")
+        fraction = self.validation_fraction
+        if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, numbers.Real) or \
+                not 0.0 <= fraction < 1.0:
+            raise ValueError(f"FlowDensity: validation_fraction must lie in [0, 1); got {fraction!r}")
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"FlowDensity: dtype must be 'float64' or 'float32'; got {self.dtype!r}")
+        return {"flow": flow.lower(), "n_layers": _check_int(self.n_layers, "n_layers", 1),
+                "hidden": tuple(int(h) for h in hidden), "epochs": _check_int(self.epochs, "epochs", 1),
+                "batch_size": _check_int(self.batch_size, "batch_size", 1), "lr": float(lr),
+                "validation_fraction": float(fraction),
+                "patience": _check_int(self.patience, "patience", 1, allow_none=True), "dtype": dtype}
+
+    # ------------------------------------------------------------------ input validation
+    def _check_X(self, X, method, reset):
+        """``X`` as a finite 2-D float64 array (scikit-learn's ``validate_data`` conventions)."""
+        where = f"FlowDensity.{method}"
+        if _is_sparse(X):
+            raise TypeError(f"{where}: sparse input is not supported (a flow needs dense data); "
+                            f"convert it with X.toarray()")
+        arr = np.asarray(X)
+        if arr.dtype.kind == "c":
+            raise ValueError(f"{where}: Complex data not supported; got {arr.dtype}")
+        if arr.dtype.kind not in "fiub":
+            # strings or objects: float() explains what cannot be converted
+            arr = arr.astype(np.float64)
+        arr = np.asarray(arr, dtype=np.float64)
+        if arr.ndim != 2:
+            raise ValueError(f"{where}: Expected 2D array, got {arr.ndim}D array instead (shape {arr.shape}). "
+                             f"Reshape your data either using X.reshape(-1, 1) if your data has a single feature "
+                             f"or X.reshape(1, -1) if it contains a single sample.")
+        n, d = arr.shape
+        if d == 0:
+            raise ValueError(f"{where}: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
+        if n == 0:
+            raise ValueError(f"{where}: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            row, col = np.argwhere(~finite)[0]
+            raise ValueError(f"{where}: Input X contains NaN or infinity ({arr[row, col]} at row {row}, column "
+                             f"{col}); a density is defined only at finite points")
+        if not reset and d != self.n_features_in_:
+            raise ValueError(f"X has {d} features, but FlowDensity is expecting {self.n_features_in_} features "
+                             f"as input.")
+        return arr
+
+    def _check_fitted(self, method):
+        if not hasattr(self, "flow_"):
+            raise NotFittedError(f"This FlowDensity instance is not fitted yet; call 'fit' with appropriate "
+                                 f"arguments before using '{method}'.")
+
+    # ------------------------------------------------------------------ fitting
+    def _build_flow(self, params, n_features, rng):
+        from . import flows
+        kind = params["flow"]
+        if kind in _COUPLING_FLOWS and n_features < 2:
+            raise ValueError(f"FlowDensity: flow={kind!r} is a coupling flow (one half of the features "
+                             f"conditions the other) and needs at least 2 features; got {n_features} feature(s) "
+                             f"(n_features = {n_features}). Use flow='maf' for 1-D data.")
+        builder = {"realnvp": flows.RealNVP, "nice": flows.NICE, "maf": flows.MAF, "iaf": flows.IAF}[kind]
+        return builder(n_features, n_layers=params["n_layers"], hidden=params["hidden"], rng=rng,
+                       dtype=params["dtype"])
+
+    def fit(self, X, y=None):
+        """Fit the flow to ``X`` by maximum likelihood.
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_features)
+            Finite real data; at least 2 samples.
+        y : None
+            Ignored; present for scikit-learn's API.
+
+        Returns
+        -------
+        FlowDensity
+            ``self``, fitted.
+        """
+        self._fit(X)
+        return self
+
+    def _fit(self, X, *, callback=None, resume=False, catch_interrupt=False):
+        """``fit`` with the command line's extras.
+
+        ``callback(epoch, history)`` runs after every epoch (as in
+        :func:`nflow_np.train.fit`). ``resume`` continues training the fitted
+        flow with the stored standardization (a fresh Adam; its moments are
+        not saved). ``catch_interrupt`` turns a ``KeyboardInterrupt`` into a
+        clean stop that keeps the best epoch so far. Returns True when training
+        was interrupted.
+        """
+        from .train import fit as train_fit
+        params = self._validated_params()
+        rng = _as_generator(self.random_state, "FlowDensity.fit")
+        if resume:
+            self._check_fitted("fit(resume=True)")
+            X = self._check_X(X, "fit", reset=False)
+            mean, scale, flow = self.mean_, self.scale_, self.flow_
+            if flow.dtype != params["dtype"]:
+                raise ValueError(f"FlowDensity.fit: cannot resume a {flow.dtype} flow with dtype={self.dtype!r}")
+            previous = getattr(self, "history_", None)
+        else:
+            X = self._check_X(X, "fit", reset=True)
+            if X.shape[0] < 2:
+                raise ValueError(f"FlowDensity.fit: found {X.shape[0]} sample(s) (n_samples = 1) while a minimum "
+                                 f"of 2 is required (standardization needs a spread)")
+            mean, scale = self._standardization(X)
+            flow = self._build_flow(params, X.shape[1], rng)
+            previous = None
+        Z = ((X - mean) / scale).astype(params["dtype"])
+        fraction = params["validation_fraction"] if len(Z) >= 2 else 0.0
+        # on resume, the flow as loaded is the fallback should Ctrl-C come before the first epoch ends
+        state = {"history": None, "best": copy.deepcopy(flow) if resume and catch_interrupt else None}
+
+        def on_epoch(epoch, history):
+            state["history"] = history
+            if catch_interrupt and history.best_epoch == epoch:
+                # a copy of the best flow so far, so that Ctrl-C mid-epoch still leaves it
+                state["best"] = copy.deepcopy(flow)
+            return callback(epoch, history) if callback is not None else None
+
+        interrupted = False
+        try:
+            history = train_fit(flow, Z, epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                                validation_split=fraction, patience=params["patience"], rng=rng,
+                                callback=on_epoch)
+        except KeyboardInterrupt:
+            if not catch_interrupt:
+                raise
+            interrupted = True
+            history = state["history"]
+            if state["best"] is None:
+                raise   # interrupted before the first epoch ended: nothing to keep
+            flow = state["best"]
+            from .train import set_training
+            set_training(flow, False)
+            if history is not None:
+                history.stopped_early = True
+        history = _merge_histories(previous, history)
+        self._set_fitted(flow, mean, scale, history)
+        return interrupted
+
+    @staticmethod
+    def _standardization(X):
+        """Per-column mean and standard deviation of a checked 2-D float64 ``X``."""
+        mean = X.mean(axis=0)
+        scale = X.std(axis=0)
+        # a constant column gets scale 1 (as StandardScaler does) instead of a division by zero
+        scale[scale == 0.0] = 1.0
+        return mean, scale
+
+    def _set_fitted(self, flow, mean, scale, history):
+        self.flow_ = flow
+        self.mean_ = np.asarray(mean, dtype=np.float64)
+        self.scale_ = np.asarray(scale, dtype=np.float64)
+        self.n_features_in_ = int(self.mean_.shape[0])
+        self.history_ = history
+        # the log-Jacobian of the standardization, the same for every point
+        self._log_scale_sum = float(np.log(self.scale_).sum())
+
+    # ------------------------------------------------------------------ densities and samples
+    def score_samples(self, X):
+        """Log-density of each row of ``X``, in the units of the data ``fit`` saw.
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_features)
+            With as many features as ``fit`` saw (``n_features_in_``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), float64
+        """
+        self._check_fitted("score_samples")
+        X = self._check_X(X, "score_samples", reset=False)
+        Z = ((X - self.mean_) / self.scale_).astype(self.flow_.dtype)
+        return self.flow_.log_prob(Z).astype(np.float64) - self._log_scale_sum
+
+    def score(self, X, y=None):
+        """Total log-likelihood of ``X`` (the sum of :meth:`score_samples`).
+
+        Parameters
+        ----------
+        X : array_like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        float
+        """
+        return float(np.sum(self.score_samples(X)))
+
+    def sample(self, n_samples=1, random_state=None):
+        """Draw points from the fitted density, in the units of the data.
+
+        Parameters
+        ----------
+        n_samples : int, default 1
+        random_state : int, numpy Generator, RandomState or None
+            None draws fresh entropy (never NumPy's global state).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features), float64
+        """
+        self._check_fitted("sample")
+        n = _check_int(n_samples, "n_samples", 0)
+        rng = _as_generator(random_state, "FlowDensity.sample")
+        Z = self.flow_.sample(n, rng=rng)
+        return Z.astype(np.float64) * self.scale_ + self.mean_
+
+    # ------------------------------------------------------------------ model files
+    @staticmethod
+    def _json_params(params):
+        """Constructor parameters as JSON values (a Generator seed cannot be stored: it becomes None)."""
+        out = dict(params)
+        out["hidden"] = list(out["hidden"]) if isinstance(out["hidden"], (tuple, list)) else out["hidden"]
+        try:
+            out["dtype"] = np.dtype(out["dtype"]).name
+        except TypeError:
+            pass
+        rs = out["random_state"]
+        out["random_state"] = int(rs) if isinstance(rs, numbers.Integral) and not isinstance(rs, bool) else None
+        for key in ("n_layers", "epochs", "batch_size", "patience"):
+            if isinstance(out[key], numbers.Integral):
+                out[key] = int(out[key])
+        for key in ("lr", "validation_fraction"):
+            if isinstance(out[key], numbers.Real):
+                out[key] = float(out[key])
+        return out
+
+    @classmethod
+    def _params_from_json(cls, params):
+        if not isinstance(params, dict):
+            raise TypeError(f"estimator params must be an object; got {type(params).__name__}")
+        unknown = sorted(set(params) - set(cls._get_param_names()))
+        if unknown:
+            raise ValueError(f"unknown FlowDensity parameters {unknown}")
+        out = dict(params)
+        if isinstance(out.get("hidden"), list):
+            out["hidden"] = tuple(out["hidden"])
+        return out
+
+
+def _equal(a, b):
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _merge_histories(previous, current):
+    """One History for a resumed fit: the earlier epochs followed by the new ones."""
+    if previous is None or current is None:
+        return current if current is not None else previous
+    offset = previous.epochs
+    merged = copy.copy(current)
+    merged.train_loss = list(previous.train_loss) + list(current.train_loss)
+    merged.val_loss = list(previous.val_loss) + list(current.val_loss)
+    merged.lr = list(previous.lr) + list(current.lr)
+    merged.steps = previous.steps + current.steps
+    merged.rejected_steps = previous.rejected_steps + current.rejected_steps
+    merged.best_epoch = current.best_epoch + offset if current.best_epoch >= 0 else previous.best_epoch
+    merged.wall_time = previous.wall_time + current.wall_time
+    return merged

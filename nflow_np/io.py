@@ -1,0 +1,374 @@
+"""Saving and loading flows, bijectors, distributions and ``FlowDensity`` estimators.
+
+A model file is one ``.npz`` archive holding
+
+``__spec__``
+    a uint8 array of UTF-8 JSON: the architecture (every constructor argument
+    that rebuilds each object: masks, hidden widths, activation, order, clamp,
+    dtype, names...) with a ``format_version``, and, for every array, its key,
+    shape and dtype;
+one array per parameter and buffer
+    keyed like ``flow.parameters()`` (``"bijector.0.net.w0"``), buffers next
+    to them (``"bijector.2.running_mean"``).
+
+:func:`load` reads it with ``np.load(path, allow_pickle=False)`` and rebuilds
+each object from its constructor arguments before copying the stored arrays
+in: no code from the file runs. Every way a file can be wrong (truncated,
+corrupted, another format version, hand-edited) raises ``ValueError`` naming
+what is wrong and where.
+
+The registry :data:`REGISTRY` (built in :mod:`nflow_np._io_registry`) maps a
+type name to ``(to_spec, from_spec)``; :func:`register` adds a type of your own.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import zipfile
+import zlib
+
+import numpy as np
+
+from ._io_registry import _NAMES, REGISTRY, register
+from .bijectors import Inline
+from .distributions import TransformedDistribution
+
+__all__ = ["FORMAT_VERSION", "REGISTRY", "register", "save", "load", "read_spec"]
+
+FORMAT_NAME = "nflow_np"
+FORMAT_VERSION = 1
+"""Version of the file layout; :func:`load` refuses any other."""
+
+_SPEC_KEY = "__spec__"
+_FLOAT_NAMES = ("float32", "float64")
+
+
+# ---------------------------------------------------------------------------- encoding
+
+def _join(path, name):
+    return f"{path}.{name}" if path else name
+
+
+class _Encoder:
+    def __init__(self):
+        self.arrays = {}
+
+    def encode(self, obj, path):
+        if isinstance(obj, Inline):
+            raise ValueError(f"save: the Inline bijector {obj.name!r} at {path or 'the root'} holds user code "
+                             f"(Python functions), which a model file cannot store; rebuild it in code, or replace "
+                             f"it with built-in bijectors before saving")
+        name = _NAMES.get(type(obj))
+        if name is None:
+            raise ValueError(f"save: cannot store a {type(obj).__name__} (at {path or 'the root'}); savable types "
+                             f"are {', '.join(sorted(REGISTRY))}. Add yours with nflow_np.io.register")
+        to_spec, _ = REGISTRY[name]
+        config, arrays = to_spec(obj, lambda child, local: self.encode(child, _join(path, local)))
+        records = {}
+        for local, value in arrays.items():
+            records[local] = self.add(_join(path, local), value, f"{name} at {path or 'the root'}")
+        return {"type": name, "config": config, "arrays": records}
+
+    def add(self, key, value, where):
+        value = np.asarray(value)
+        if value.dtype.name not in _FLOAT_NAMES:
+            raise TypeError(f"save: array {key!r} of {where} has dtype {value.dtype}; expected float32 or float64")
+        if not np.isfinite(value).all():
+            raise ValueError(f"save: array {key!r} of {where} holds NaN or infinity; a model with non-finite "
+                             f"weights cannot be stored (did training diverge?)")
+        if key in self.arrays or key == _SPEC_KEY:
+            raise ValueError(f"save: two arrays share the key {key!r}")
+        self.arrays[key] = value
+        return {"key": key, "shape": list(value.shape), "dtype": value.dtype.name}
+
+
+def _json_float(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _history_to_json(history):
+    out = {}
+    for f in dataclasses.fields(history):
+        value = getattr(history, f.name)
+        if isinstance(value, list):
+            out[f.name] = [_json_float(v) for v in value]
+        elif isinstance(value, (bool, np.bool_)):
+            out[f.name] = bool(value)
+        elif isinstance(value, (int, np.integer)):
+            out[f.name] = int(value)
+        elif isinstance(value, (float, np.floating)):
+            out[f.name] = _json_float(value)
+    return out
+
+
+def _estimator_spec(estimator, encoder):
+    from .estimator import FlowDensity
+    params = FlowDensity._json_params(estimator.get_params())
+    if not hasattr(estimator, "flow_"):
+        raise ValueError("save: this FlowDensity is not fitted; fit it before saving")
+    spec = {"class": "FlowDensity", "params": params, "n_features_in": int(estimator.n_features_in_),
+            "history": None if getattr(estimator, "history_", None) is None else _history_to_json(estimator.history_),
+            "arrays": {"mean": encoder.add("estimator.mean", np.asarray(estimator.mean_, np.float64), "FlowDensity"),
+                       "scale": encoder.add("estimator.scale", np.asarray(estimator.scale_, np.float64),
+                                            "FlowDensity")}}
+    return spec, encoder.encode(estimator.flow_, "flow")
+
+
+def save(flow_or_estimator, path):
+    """Write a flow, bijector, distribution or fitted ``FlowDensity`` to a ``.npz`` model file.
+
+    Parameters
+    ----------
+    flow_or_estimator : TransformedDistribution, Bijector, Distribution or FlowDensity
+        Every object inside must be of a registered type (all built-in
+        bijectors and distributions except ``Inline``, whose functions are
+        code). A ``FlowDensity`` must be fitted; its constructor parameters,
+        standardization and training history are stored with its flow.
+    path : str or os.PathLike
+        Written as given (no suffix added), atomically: an interrupted save
+        leaves any previous file in place.
+
+    Returns
+    -------
+    None
+    """
+    from .estimator import FlowDensity
+    encoder = _Encoder()
+    if isinstance(flow_or_estimator, FlowDensity):
+        estimator, root = _estimator_spec(flow_or_estimator, encoder)
+        kind = "estimator"
+    else:
+        estimator, root = None, encoder.encode(flow_or_estimator, "")
+        kind = "flow" if isinstance(flow_or_estimator, TransformedDistribution) else "object"
+    from . import __version__
+    spec = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "nflow_np_version": __version__,
+            "kind": kind, "root": root, "estimator": estimator}
+    text = json.dumps(spec, allow_nan=False, separators=(",", ":"))
+    arrays = dict(encoder.arrays)
+    arrays[_SPEC_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".nflow-np-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            # a file object, so that NumPy does not append ".npz" to the name
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------- decoding
+
+class _Decoder:
+    def __init__(self, arrays, where):
+        self.arrays = arrays
+        self.used = set()
+        self.where = where
+
+    def fail(self, path, message):
+        return ValueError(f"{self.where}: {message} (at {path or 'the root'})")
+
+    def take(self, record, path, local):
+        if not isinstance(record, dict) or not {"key", "shape", "dtype"} <= set(record):
+            raise self.fail(path, f"the spec's record of array {local!r} is malformed: {record!r}")
+        key = record["key"]
+        if key not in self.arrays:
+            raise self.fail(path, f"missing array {key!r}, listed in the spec but absent from the file")
+        value = self.arrays[key]
+        if record["dtype"] not in _FLOAT_NAMES:
+            raise self.fail(path, f"array {key!r} is declared {record['dtype']!r}; expected float32 or float64")
+        if value.dtype.name != record["dtype"]:
+            raise self.fail(path, f"array {key!r} has dtype {value.dtype} in the file but {record['dtype']} "
+                                  f"in the spec")
+        if list(value.shape) != list(record["shape"]):
+            raise self.fail(path, f"array {key!r} has shape {value.shape} in the file but "
+                                  f"{tuple(record['shape'])} in the spec")
+        if not np.isfinite(value).all():
+            raise self.fail(path, f"array {key!r} holds NaN or infinity")
+        self.used.add(key)
+        return value
+
+    def decode(self, node, path):
+        if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+            raise self.fail(path, f"expected an object spec with a 'type'; got {str(node)[:80]!r}")
+        name = node["type"]
+        if name not in REGISTRY:
+            raise self.fail(path, f"unknown type {name!r}; this nflow_np knows {', '.join(sorted(REGISTRY))}")
+        config, records = node.get("config", {}), node.get("arrays", {})
+        if not isinstance(config, dict) or not isinstance(records, dict):
+            raise self.fail(path, f"the spec of {name} needs dicts 'config' and 'arrays'")
+        arrays = {local: self.take(record, path, local) for local, record in records.items()}
+        _, from_spec = REGISTRY[name]
+        try:
+            return from_spec(config, arrays, lambda child, local: self.decode(child, _join(path, local)))
+        except ValueError as exc:
+            if str(exc).startswith(self.where):
+                raise   # a child's error, already located
+            raise self.fail(path, f"cannot rebuild {name}: {exc}") from None
+        except KeyError as exc:
+            raise self.fail(path, f"cannot rebuild {name}: the spec lacks {exc}") from None
+        except (TypeError, IndexError, AttributeError, OverflowError) as exc:
+            raise self.fail(path, f"cannot rebuild {name}: {exc}") from None
+
+
+def _read(path):
+    """The arrays of a model file, every low-level failure turned into one ``ValueError``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load: no such file: {path!r}")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+    # name the common mistakes before NumPy does (it would talk about pickles)
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{path}: holds a single array (a .npy file), not an nflow_np model (.npz)")
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"{path}: not an nflow_np model file (a model is a .npz zip archive; this file "
+                         f"{'is empty' if not magic else 'starts with ' + repr(magic)})")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise ValueError(f"{path}: not an nflow_np model file, or a damaged one ({exc})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single array (a .npy file), not an nflow_np model (.npz)")
+    try:
+        with npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ValueError(f"{path}: holds a pickled object array; model files never do, and loading one could "
+                             f"run code, so it is refused") from None
+        raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
+    except (OSError, EOFError, KeyError, RuntimeError, NotImplementedError, zlib.error,
+            zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
+
+
+def _parse_spec(arrays, where):
+    raw = arrays.pop(_SPEC_KEY, None)
+    if raw is None:
+        raise ValueError(f"{where}: no {_SPEC_KEY} array; this .npz was not written by nflow_np.io.save")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(f"{where}: {_SPEC_KEY} must be a 1-D uint8 array of JSON; got {raw.dtype} {raw.shape}")
+    try:
+        spec = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{where}: the architecture spec is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT_NAME:
+        raise ValueError(f"{where}: the spec does not describe an nflow_np model (format "
+                         f"{spec.get('format') if isinstance(spec, dict) else None!r})")
+    version = spec.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{where}: written with model format version {version!r}; this nflow_np reads version "
+                         f"{FORMAT_VERSION}" + (" (upgrade nflow_np)" if isinstance(version, int)
+                                                and version > FORMAT_VERSION else ""))
+    if "root" not in spec:
+        raise ValueError(f"{where}: the spec has no 'root' object")
+    return spec
+
+
+def read_spec(path):
+    """The architecture spec of a model file, checked for format and version, without rebuilding anything.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict
+        The parsed JSON: ``format_version``, ``kind``, ``root`` (nested
+        ``{"type", "config", "arrays"}`` objects) and ``estimator``.
+    """
+    return _parse_spec(_read(path), os.fspath(path))
+
+
+def _history_from_json(data, where):
+    from .train.loops import History
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: the stored training history must be an object; got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(History)}
+    kwargs = {}
+    for key, value in data.items():
+        if key in known:
+            kwargs[key] = [np.nan if v is None else float(v) for v in value] if isinstance(value, list) else \
+                (np.nan if value is None else value)
+    try:
+        return History(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: the stored training history is malformed ({exc})") from None
+
+
+def _build_estimator(spec, flow, decoder, where):
+    from .estimator import FlowDensity
+    if not isinstance(spec, dict) or spec.get("class") != "FlowDensity":
+        raise ValueError(f"{where}: unknown estimator spec {str(spec)[:80]!r}")
+    try:
+        estimator = FlowDensity(**FlowDensity._params_from_json(spec["params"]))
+        estimator._validated_params()
+        n_features = int(spec["n_features_in"])
+        mean = decoder.take(spec["arrays"]["mean"], "estimator", "mean")
+        scale = decoder.take(spec["arrays"]["scale"], "estimator", "scale")
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: the estimator spec is malformed ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{where}: the estimator spec is invalid ({exc})") from None
+    if not isinstance(flow, TransformedDistribution) or flow.event_shape != (n_features,):
+        raise ValueError(f"{where}: the estimator expects {n_features} features but its flow has event shape "
+                         f"{getattr(flow, 'event_shape', None)}")
+    if mean.shape != (n_features,) or scale.shape != (n_features,) or not np.all(scale > 0):
+        raise ValueError(f"{where}: the standardization must be {n_features} means and positive scales; got "
+                         f"shapes {mean.shape}, {scale.shape}")
+    estimator._set_fitted(flow, mean.astype(np.float64), scale.astype(np.float64),
+                          _history_from_json(spec.get("history"), where))
+    return estimator
+
+
+def load(path):
+    """Read a model file written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    TransformedDistribution, Bijector, Distribution or FlowDensity
+        Whatever was saved, rebuilt from its constructor arguments and
+        stored arrays: ``log_prob`` and seeded ``sample`` match the saved
+        object bit for bit.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        The file is not a readable model: truncated or corrupted bytes, a
+        different ``format_version``, an unknown type, arrays missing, extra,
+        non-finite, or of a shape or dtype that does not match the spec.
+    """
+    where = os.fspath(path)
+    arrays = _read(path)
+    spec = _parse_spec(arrays, where)
+    decoder = _Decoder(arrays, where)
+    try:
+        root = decoder.decode(spec["root"], "flow" if spec.get("estimator") else "")
+        result = root
+        if spec.get("estimator") is not None:
+            result = _build_estimator(spec["estimator"], root, decoder, where)
+    except RecursionError:
+        raise ValueError(f"{where}: the spec nests objects too deeply") from None
+    unused = sorted(set(arrays) - decoder.used)
+    if unused:
+        raise ValueError(f"{where}: arrays {unused} are in the file but not in the spec (a hand-edited file?)")
+    return result

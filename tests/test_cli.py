@@ -1,0 +1,218 @@
+"""The ``nflow-np`` command line, called in-process through ``main`` (plus one real subprocess)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nflow_np
+from nflow_np import cli, datasets, io
+from nflow_np.estimator import FlowDensity
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    # The compiled backend spends seconds in Numba's JIT on its first call per flow and dtype; these tests are
+    # about the command line, not kernels (test_kernels holds the compiled twins to the NumPy reference).
+    with nflow_np.backend("numpy"):
+        yield
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--epochs", "2", "--layers", "2", "--hidden", "8", "--batch-size", "64", "--seed", "0"]
+
+
+def run(capsys, *argv):
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_clean_error(status, err, *fragments):
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nflow-np: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def data_csv(tmp_path):
+    path = tmp_path / "data.csv"
+    np.savetxt(path, datasets.load("two-moons", 300, rng=0), delimiter=",", header="x,y", comments="")
+    return path
+
+
+@pytest.fixture
+def model(tmp_path, data_csv, capsys):
+    path = tmp_path / "model.npz"
+    status, _, _ = run(capsys, "fit", data_csv, *TINY, "--out", path)
+    assert status == 0
+    return path
+
+
+def test_fit_writes_a_model_and_reports_each_epoch(tmp_path, data_csv, capsys):
+    out_path = tmp_path / "m.npz"
+    status, out, err = run(capsys, "fit", data_csv, *TINY, "--out", out_path)
+    assert status == 0 and out_path.exists()
+    lines = [line for line in err.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and "epoch 2/2" in lines[1]
+    assert all("train NLL" in line and "val NLL" in line and "steps/s" in line for line in lines)
+    assert f"saved {out_path}" in out and "best epoch" in out
+    est = io.load(out_path)
+    assert isinstance(est, FlowDensity) and est.n_layers == 2 and est.hidden == (8,)
+
+
+def test_fit_reads_npy_and_resumes(tmp_path, capsys):
+    data = tmp_path / "data.npy"
+    np.save(data, datasets.load("8gaussians", 200, rng=1))
+    out_path = tmp_path / "m.npz"
+    assert run(capsys, "fit", data, *TINY, "--flow", "maf", "--out", out_path)[0] == 0
+    status, out, _ = run(capsys, "fit", data, "--epochs", "3", "--out", out_path, "--resume", "--quiet")
+    assert status == 0
+    est = io.load(out_path)
+    assert est.flow == "maf" and est.history_.epochs == 5 and "of 5" in out
+
+
+def test_ctrl_c_keeps_the_best_model(tmp_path, data_csv, capsys, monkeypatch):
+    calls = []
+
+    def interrupt_at_third(stream, line):
+        calls.append(line)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "report_epoch", interrupt_at_third)
+    out_path = tmp_path / "m.npz"
+    status, out, err = run(capsys, "fit", data_csv, "--epochs", "50", "--layers", "2", "--hidden", "8",
+                           "--seed", "0", "--out", out_path)
+    assert status == 130 and "interrupted: keeping the best model so far" in err
+    est = io.load(out_path)
+    assert est.history_.epochs == 3 and est.history_.stopped_early
+    assert 0 <= est.history_.best_epoch < 3 and "saved" in out
+    assert np.all(np.isfinite(est.score_samples(datasets.load("two-moons", 10, rng=3))))
+
+
+def test_sample_logprob_and_info(tmp_path, model, data_csv, capsys):
+    samples = tmp_path / "s.csv"
+    assert run(capsys, "sample", model, "-n", "50", "--out", samples, "--seed", "3")[0] == 0
+    drawn = np.loadtxt(samples, delimiter=",")
+    est = io.load(model)
+    assert drawn.shape == (50, 2) and np.array_equal(drawn, est.sample(50, random_state=3))
+
+    status, out, _ = run(capsys, "sample", model, "-n", "5", "--seed", "3")
+    assert status == 0 and np.array_equal(np.loadtxt(out.splitlines(), delimiter=","), drawn[:5])
+
+    scores = tmp_path / "scores.csv"
+    assert run(capsys, "logprob", model, data_csv, "--out", scores)[0] == 0
+    data = np.loadtxt(data_csv, delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(np.loadtxt(scores), est.score_samples(data))
+
+    status, out, _ = run(capsys, "info", model)
+    assert status == 0
+    for fragment in ("FlowDensity", "flow: realnvp, 2 layers", "features: 2", "dtype: float64", "parameters: ",
+                     "AffineCoupling", "training: 2 epochs", "standardization"):
+        assert fragment in out
+
+
+def test_info_and_sample_on_a_bare_flow(tmp_path, capsys):
+    from nflow_np import flows
+    path = tmp_path / "flow.npz"
+    io.save(flows.MAF(3, n_layers=1, hidden=(4,), rng=0), path)
+    status, out, _ = run(capsys, "info", path)
+    assert status == 0 and "TransformedDistribution" in out and "event shape: (3,)" in out
+    status, out, _ = run(capsys, "sample", path, "-n", "4", "--seed", "0")
+    assert status == 0 and np.loadtxt(out.splitlines(), delimiter=",").shape == (4, 3)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("content, fragments", [
+    ("1,2\n3,4,5\n", ["line 2: 3 values, but line 1 has 2"]),
+    ("x,y\n1,2\n3,abc\n", ["line 3, column 2: 'abc' is not a number"]),
+    ("1,2\n,4\n", ["line 2, column 1: an empty field is not a number"]),
+    ("1,2\nnan,4\n5,6\n", ["line 2: nan in column 1", "NaN or infinity"]),
+    ("1,2\n3,inf\n", ["line 2: inf in column 2"]),
+    ("# only a comment\n\n", ["no data rows"]),
+], ids=["ragged", "non-numeric", "empty-field", "nan-row", "inf", "empty"])
+def test_bad_csv(tmp_path, capsys, content, fragments):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    status, _, err = run(capsys, "fit", path, *TINY, "--out", tmp_path / "m.npz")
+    assert_clean_error(status, err, *fragments)
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_missing_files(tmp_path, model, data_csv, capsys):
+    assert_clean_error(*run(capsys, "fit", tmp_path / "absent.csv")[::2], "absent.csv: no such file")
+    assert_clean_error(*run(capsys, "info", tmp_path / "absent.npz")[::2], "absent.npz: no such file")
+    assert_clean_error(*run(capsys, "logprob", model, tmp_path / "absent.csv")[::2], "no such file")
+    assert_clean_error(*run(capsys, "fit", data_csv, "--resume", "--out", tmp_path / "none.npz")[::2],
+                       "none.npz: no such file")
+    assert_clean_error(*run(capsys, "fit", model)[::2], "not a text file")
+
+
+def test_column_count_mismatch(tmp_path, model, capsys):
+    three = tmp_path / "three.csv"
+    three.write_text("1,2,3\n4,5,6\n")
+    assert_clean_error(*run(capsys, "logprob", model, three)[::2], "3 column(s)", "takes 2 feature(s)")
+    assert_clean_error(*run(capsys, "fit", three, "--resume", "--out", model)[::2], "takes 2 feature(s)")
+
+
+def test_corrupt_model(tmp_path, model, data_csv, capsys):
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(model.read_bytes()[:500])
+    for argv in (["info", broken], ["sample", broken, "-n", "3"], ["logprob", broken, data_csv]):
+        assert_clean_error(*run(capsys, *argv)[::2], "broken.npz")
+    assert_clean_error(*run(capsys, "info", data_csv)[::2], "not an nflow_np model file")
+
+
+def test_one_column_data_needs_maf(tmp_path, capsys):
+    path = tmp_path / "one.csv"
+    np.savetxt(path, np.random.default_rng(0).normal(size=(100, 1)))
+    assert_clean_error(*run(capsys, "fit", path, *TINY, "--out", tmp_path / "m.npz")[::2], "at least 2 features")
+    assert run(capsys, "fit", path, *TINY, "--flow", "maf", "--out", tmp_path / "m.npz")[0] == 0
+
+
+def test_usage_errors(tmp_path, data_csv, capsys):
+    status, _, err = run(capsys, "fit", data_csv, "--hidden", "64,x")
+    assert status == 2 and "nflow-np fit: error: argument --hidden" in err
+    assert run(capsys)[0] == 2
+    assert run(capsys, "--help")[0] == 0
+    assert_clean_error(*run(capsys, "fit", data_csv, "--lr", "-1", "--out", tmp_path / "m.npz")[::2], "lr must be")
+    assert_clean_error(*run(capsys, "demo", "--dataset", "nope", "--out", tmp_path)[::2], "unknown dataset 'nope'")
+
+
+# ---------------------------------------------------------------------------- demo and entry point
+
+def test_demo(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    status, out, err = run(capsys, "demo", "--epochs", "2", "--n", "300", "--out", out_dir)
+    assert status == 0 and "held-out NLL:" in out and "epoch 2/2" in err
+    assert isinstance(io.load(out_dir / "model.npz"), FlowDensity)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "figure skipped: matplotlib is not installed" in out
+    else:
+        assert (out_dir / "two-moons.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_without_matplotlib(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # makes `import matplotlib` raise ImportError
+    status, out, _ = run(capsys, "demo", "--epochs", "1", "--n", "200", "--dataset", "8gaussians",
+                         "--out", tmp_path)
+    assert status == 0 and (tmp_path / "model.npz").exists()
+    assert "figure skipped: matplotlib is not installed (pip install nflow_np[plot])" in out
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_python_dash_m_entry_point(model):
+    ok = subprocess.run([sys.executable, "-m", "nflow_np", "info", str(model)], cwd=ROOT, capture_output=True,
+                        text=True)
+    assert ok.returncode == 0 and "FlowDensity" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "nflow_np", "info", str(model) + ".missing"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("nflow-np: error:") and "Traceback" not in bad.stderr

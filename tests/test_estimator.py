@@ -1,0 +1,204 @@
+"""``FlowDensity``: scikit-learn's estimator contract, exact densities in data units, reproducibility, model files."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nflow_np
+from nflow_np import io
+from nflow_np.estimator import FlowDensity, NotFittedError
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    # The compiled backend spends seconds in Numba's JIT on its first call per flow and dtype; these tests are
+    # about the estimator's contract, not kernels (test_kernels holds the compiled twins to the NumPy reference).
+    with nflow_np.backend("numpy"):
+        yield
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = dict(n_layers=2, hidden=(8,), epochs=3, batch_size=64)
+
+
+def _moons(n=300, seed=0):
+    from nflow_np import datasets
+    return datasets.load("two-moons", n, rng=seed)
+
+
+@pytest.mark.filterwarnings("ignore:Estimator FlowDensity does not inherit")
+@pytest.mark.filterwarnings("ignore:Skipping check check_array_api_input")
+@pytest.mark.parametrize("flow", ["realnvp", "maf"])
+def test_check_estimator(flow):
+    estimator_checks = pytest.importorskip("sklearn.utils.estimator_checks")
+    estimator_checks.check_estimator(FlowDensity(flow=flow, n_layers=2, hidden=(4,), epochs=2, batch_size=64))
+
+
+@pytest.mark.filterwarnings("ignore:Estimator FlowDensity does not inherit")
+def test_grid_search_over_n_layers():
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    search = model_selection.GridSearchCV(FlowDensity(hidden=(8,), epochs=2, batch_size=64, random_state=0),
+                                          {"n_layers": [1, 2]}, cv=2)
+    search.fit(_moons(200))
+    assert search.best_params_["n_layers"] in (1, 2)
+    assert np.isfinite(search.best_score_)
+    assert search.best_estimator_.n_layers == search.best_params_["n_layers"]
+    assert search.best_estimator_.score_samples(_moons(5, seed=1)).shape == (5,)
+
+
+def test_clone_and_params_round_trip():
+    base = pytest.importorskip("sklearn.base")
+    est = FlowDensity(flow="maf", hidden=(3, 3), random_state=4)
+    twin = base.clone(est)
+    assert twin.get_params() == est.get_params() and twin is not est
+    assert repr(est) == "FlowDensity(flow='maf', hidden=(3, 3), random_state=4)"
+    assert est.set_params(n_layers=7) is est and est.n_layers == 7
+    with pytest.raises(ValueError, match="invalid parameter 'layers'"):
+        est.set_params(layers=2)
+
+
+def test_density_integrates_to_one_in_1d():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-2.0, 0.5, 300), rng.normal(3.0, 1.0, 300)])[:, None] * 10.0 + 50.0
+    est = FlowDensity(flow="maf", n_layers=3, hidden=(16,), epochs=30, batch_size=64, lr=5e-3, random_state=0).fit(X)
+    grid = np.linspace(X.min() - 150.0, X.max() + 150.0, 40001)
+    mass = np.trapezoid(np.exp(est.score_samples(grid[:, None])), grid)
+    assert abs(mass - 1.0) < 1e-3
+
+
+def test_density_integrates_to_one_in_2d():
+    X = _moons(400) * [3.0, 0.5] + [10.0, -4.0]
+    est = FlowDensity(n_layers=4, hidden=(16,), epochs=10, batch_size=64, lr=5e-3, random_state=0).fit(X)
+    lo, hi = X.min(axis=0) - 8.0 * X.std(axis=0), X.max(axis=0) + 8.0 * X.std(axis=0)
+    gx, gy = np.linspace(lo[0], hi[0], 601), np.linspace(lo[1], hi[1], 601)
+    pts = np.stack(np.meshgrid(gx, gy, indexing="ij"), axis=-1).reshape(-1, 2)
+    density = np.exp(est.score_samples(pts)).reshape(len(gx), len(gy))
+    mass = np.trapezoid(np.trapezoid(density, gy, axis=1), gx)
+    assert abs(mass - 1.0) < 2e-2
+
+
+def test_standardization_is_accounted_for():
+    X = _moons(300)
+    scale, shift = np.array([4.0, 0.25]), np.array([-3.0, 7.0])
+    a = FlowDensity(**FAST, random_state=1).fit(X)
+    b = FlowDensity(**FAST, random_state=1).fit(X * scale + shift)
+    np.testing.assert_allclose(b.mean_, a.mean_ * scale + shift, rtol=1e-12)
+    np.testing.assert_allclose(b.scale_, a.scale_ * scale, rtol=1e-12)
+    # the same flow on the same standardized data: densities differ by the Jacobian of x -> scale x + shift
+    np.testing.assert_allclose(b.score_samples(X * scale + shift), a.score_samples(X) - np.log(scale).sum(),
+                               rtol=1e-8, atol=1e-8)
+    assert b.score(X * scale + shift) == pytest.approx(a.score(X) - len(X) * np.log(scale).sum(), rel=1e-8)
+    np.testing.assert_allclose(b.sample(50, random_state=2), a.sample(50, random_state=2) * scale + shift,
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_reproducible_with_random_state():
+    X = _moons(200)
+    first = FlowDensity(**FAST, random_state=5).fit(X)
+    again = FlowDensity(**FAST, random_state=5).fit(X)
+    other = FlowDensity(**FAST, random_state=6).fit(X)
+    assert np.array_equal(first.score_samples(X), again.score_samples(X))
+    assert not np.array_equal(first.score_samples(X), other.score_samples(X))
+    assert np.array_equal(first.sample(20, random_state=3), again.sample(20, random_state=3))
+    assert not np.array_equal(first.sample(20, random_state=3), first.sample(20, random_state=4))
+    rs = np.random.RandomState(0)
+    assert not np.array_equal(first.sample(5, random_state=rs), first.sample(5, random_state=rs))
+
+
+def test_fitted_attributes_and_float32():
+    X = _moons(200)
+    est = FlowDensity(**FAST, dtype="float32", random_state=0).fit(X)
+    assert est.n_features_in_ == 2 and est.flow_.dtype == np.float32
+    assert est.history_.epochs == 3 and len(est.history_.val_loss) == 3
+    scores = est.score_samples(X)
+    assert scores.dtype == np.float64 and np.all(np.isfinite(scores))
+    assert est.sample(4, random_state=0).shape == (4, 2)
+
+
+def test_one_feature_needs_an_autoregressive_flow():
+    X = np.random.default_rng(0).normal(size=(100, 1))
+    with pytest.raises(ValueError, match=r"needs at least 2 features; got 1 feature\(s\).*flow='maf'"):
+        FlowDensity(flow="realnvp", **FAST).fit(X)
+    est = FlowDensity(flow="maf", **FAST, random_state=0).fit(X)
+    assert est.score_samples(X).shape == (100,) and est.sample(3, random_state=0).shape == (3, 1)
+
+
+def test_unfitted_use():
+    est = FlowDensity()
+    for call in (lambda: est.score_samples(np.zeros((2, 2))), lambda: est.sample(2), lambda: est.score([[0.0]])):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            call()
+    assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
+
+
+def test_input_validation():
+    est = FlowDensity(**FAST, random_state=0).fit(_moons(100))
+    with pytest.raises(ValueError, match="X has 3 features, but FlowDensity is expecting 2 features"):
+        est.score_samples(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="NaN or infinity.*row 1, column 0"):
+        est.score_samples([[0.0, 1.0], [np.nan, 2.0]])
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        est.score_samples(np.zeros(2))
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        FlowDensity(**FAST).fit(np.ones((5, 2), dtype=complex))
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        FlowDensity(**FAST).fit(sparse.csr_matrix(np.ones((5, 2))))
+    with pytest.raises(ValueError, match="minimum of 2 is required"):
+        FlowDensity(**FAST).fit(np.ones((1, 2)))
+
+
+@pytest.mark.parametrize("param, value, message", [
+    ("flow", "glow", "flow must be one of"), ("n_layers", 0, "n_layers must be an int >= 1"),
+    ("hidden", (8, -1), "hidden must be a tuple of positive ints"), ("lr", -1.0, "lr must be a positive"),
+    ("validation_fraction", 1.0, r"validation_fraction must lie in \[0, 1\)"), ("dtype", "int8", "dtype must be"),
+    ("patience", 0, "patience must be an int >= 1 or None"), ("epochs", 2.5, "epochs must be an int"),
+])
+def test_parameters_are_validated_in_fit(param, value, message):
+    est = FlowDensity(**{param: value})   # __init__ stores anything
+    with pytest.raises(ValueError, match=message):
+        est.fit(_moons(50))
+
+
+def test_pickle_and_model_file_round_trip(tmp_path):
+    X = _moons(200)
+    est = FlowDensity(flow="nice", **FAST, random_state=2).fit(X)
+    for twin in (pickle.loads(pickle.dumps(est)), io.load(_saved(est, tmp_path))):
+        assert isinstance(twin, FlowDensity) and twin.get_params() == est.get_params()
+        assert np.array_equal(twin.score_samples(X), est.score_samples(X))
+        assert np.array_equal(twin.sample(9, random_state=1), est.sample(9, random_state=1))
+        assert twin.history_.train_loss == est.history_.train_loss
+        assert twin.history_.best_epoch == est.history_.best_epoch
+
+
+def _saved(est, tmp_path):
+    path = tmp_path / "est.npz"
+    io.save(est, path)
+    return path
+
+
+def test_resume_continues_from_the_fitted_flow():
+    X = _moons(200)
+    est = FlowDensity(**FAST, random_state=0).fit(X)
+    mean = est.mean_.copy()
+    est.set_params(epochs=2)
+    assert est._fit(X * 2.0, resume=True) is False
+    assert est.history_.epochs == 5 and np.array_equal(est.mean_, mean)   # the standardization is kept
+    with pytest.raises(ValueError, match="X has 1 features"):
+        est._fit(X[:, :1], resume=True)
+
+
+def test_unfitted_estimator_is_not_saved(tmp_path):
+    with pytest.raises(ValueError, match="not fitted"):
+        io.save(FlowDensity(), tmp_path / "x.npz")
+
+
+def test_importing_the_estimator_needs_no_sklearn():
+    code = ("import nflow_np.estimator, nflow_np.io, nflow_np.cli, sys; "
+            "print(' '.join(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []

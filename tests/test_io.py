@@ -1,0 +1,392 @@
+"""Model files: bit-exact round trips of every flow and bijector, and a clear ValueError for every damaged file."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import nflow_np
+from nflow_np import bijectors as nb
+from nflow_np import flows, io
+from nflow_np.distributions import MultivariateNormalDiag, Normal, TransformedDistribution, Uniform
+from nflow_np.train import set_training
+
+from bijector_cases import CASES, DTYPES
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    # The compiled backend spends seconds in Numba's JIT on its first call per flow and dtype; these tests are
+    # about model files, not kernels (test_kernels holds the compiled twins to the NumPy reference).
+    with nflow_np.backend("numpy"):
+        yield
+
+
+FLOWS = {
+    "RealNVP(all extras)": lambda dt: flows.RealNVP(3, n_layers=3, hidden=(5, 4), activation="tanh", batch_norm=True,
+                                                    act_norm=True, lu_linear=True, permute="random", rng=0,
+                                                    dtype=dt),
+    "RealNVP(unclamped)": lambda dt: flows.RealNVP(2, n_layers=2, hidden=(4,), log_scale_clamp=None, rng=1, dtype=dt),
+    "NICE": lambda dt: flows.NICE(4, n_layers=3, hidden=(6,), activation="elu", rng=2, dtype=dt),
+    "MAF": lambda dt: flows.MAF(3, n_layers=2, hidden=(6, 6), activation="silu", batch_norm=True, rng=3, dtype=dt),
+    "MAF(1-D)": lambda dt: flows.MAF(1, n_layers=2, hidden=(4,), rng=4, dtype=dt),
+    "IAF": lambda dt: flows.IAF(2, n_layers=2, hidden=(5,), rng=5, dtype=dt),
+}
+
+
+def _trained_like(flow, seed=0):
+    """Perturb every weight (fresh flows start near the identity) and run the data-dependent layers once."""
+    rng = np.random.default_rng(seed)
+    for _, array in flow.parameters():
+        array += (0.2 * rng.normal(size=array.shape)).astype(array.dtype)
+    x = rng.normal(size=(64,) + flow.event_shape).astype(flow.dtype)
+    set_training(flow, True)
+    flow.log_prob(x)   # initializes ActNorm, moves BatchNorm's running statistics
+    set_training(flow, False)
+    return flow, x
+
+
+def _round_trip(obj, tmp_path, name="model.npz"):
+    path = tmp_path / name
+    io.save(obj, path)
+    return io.load(path), path
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", sorted(FLOWS))
+def test_flow_round_trip_is_bit_exact(kind, dtype, tmp_path):
+    flow, x = _trained_like(FLOWS[kind](dtype))
+    loaded, _ = _round_trip(flow, tmp_path)
+    assert loaded.dtype == flow.dtype and loaded.event_shape == flow.event_shape
+    assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+    assert np.array_equal(loaded.sample(7, rng=11), flow.sample(7, rng=11))
+    names = [k for k, _ in flow.parameters()]
+    assert [k for k, _ in loaded.parameters()] == names
+    for (_, a), (_, b) in zip(flow.parameters(), loaded.parameters()):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["RealNVP(all extras)", "MAF"])
+def test_round_trip_under_the_compiled_backend(kind, tmp_path):
+    pytest.importorskip("numba")
+    flow, x = _trained_like(FLOWS[kind](np.float64))
+    with nflow_np.backend("numba"):
+        loaded, _ = _round_trip(flow, tmp_path)
+        assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+        assert np.array_equal(loaded.sample(7, rng=11), flow.sample(7, rng=11))
+
+
+SAVABLE_CASES = sorted(name for name in CASES if not name.startswith("Inline") and name != "Chain(seed000)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("name", SAVABLE_CASES)
+def test_bijector_round_trip_is_bit_exact(name, dtype, tmp_path):
+    rng = np.random.default_rng(3)
+    case = CASES[name]
+    bijector = case.build(rng, dtype)
+    x = case.draw(bijector, rng, dtype, 6)
+    loaded, _ = _round_trip(bijector, tmp_path)
+    assert type(loaded) is type(bijector) and loaded.name == bijector.name and loaded.dtype == bijector.dtype
+    y, ld = bijector.forward_and_log_det(x)
+    y2, ld2 = loaded.forward_and_log_det(x)
+    assert np.array_equal(y, y2) and np.array_equal(ld, ld2)
+    assert np.array_equal(bijector.inverse_and_log_det(y)[1], loaded.inverse_and_log_det(y)[1])
+
+
+def test_every_public_bijector_and_distribution_is_registered():
+    skip = {"Bijector", "ElementwiseBijector", "Inline"}
+    assert {name for name in nb.__all__ if name not in skip} <= set(io.REGISTRY)
+    assert {"Normal", "MultivariateNormalDiag", "Uniform", "TransformedDistribution"} <= set(io.REGISTRY)
+
+
+def test_state_and_names_survive(tmp_path):
+    bn = nb.BatchNorm(2, momentum=0.3, eps=1e-3, name="bn")
+    bn.running_mean[...] = [0.5, -1.0]
+    lu = nb.LULinear(2, sign=[1.0, -1.0], rng=0, name="mix")
+    chain = nb.Chain([nb.ActNorm(2, name="an"), lu, bn, nb.Invert(nb.Sigmoid(low=[-1.0, 0.0], high=[2.0, 3.0]))],
+                     name="stack")
+    loaded, _ = _round_trip(chain, tmp_path)
+    lbn, llu = loaded.bijectors[2], loaded.bijectors[1]
+    assert loaded.name == "stack" and [b.name for b in loaded.bijectors] == [b.name for b in chain.bijectors]
+    assert (lbn.momentum, lbn.eps, lbn.training) == (0.3, 1e-3, True)
+    assert np.array_equal(lbn.running_mean, bn.running_mean)
+    assert np.array_equal(llu.sign, [1.0, -1.0]) and loaded.bijectors[0].initialized is False
+    chain.bijectors[0].initialize(np.random.default_rng(0).normal(size=(10, 2)))
+    assert _round_trip(chain, tmp_path, "b.npz")[0].bijectors[0].initialized is True
+
+
+@pytest.mark.parametrize("base", [Normal(np.array([0.5, -1.0]), np.array([1.0, 2.0])),
+                                  Uniform(np.zeros(2, np.float32), np.ones(2, np.float32)),
+                                  MultivariateNormalDiag(np.ones(3), np.full(3, 0.5))],
+                         ids=["Normal", "Uniform(float32)", "MultivariateNormalDiag"])
+def test_distributions_round_trip(base, tmp_path):
+    loaded, _ = _round_trip(base, tmp_path)
+    assert type(loaded) is type(base) and loaded.dtype == base.dtype
+    assert np.array_equal(loaded.sample(5, rng=2), base.sample(5, rng=2))
+
+
+def test_scalar_flow_round_trip(tmp_path):
+    flow = TransformedDistribution(Normal(0.0, 1.0), nb.Chain([nb.Shift(1.0), nb.Power(2.0), nb.NormalCDF(),
+                                                               nb.Invert(nb.Softplus())]))
+    # Softplus^-1 maps (0, inf) -> R, NormalCDF R -> (0, 1), Power keeps (0, 1), Shift moves it
+    loaded, _ = _round_trip(flow, tmp_path)
+    x = np.linspace(1.1, 1.9, 9)
+    assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+
+
+def test_file_holds_json_spec_and_plain_arrays(tmp_path):
+    flow, _ = _trained_like(FLOWS["MAF"](np.float64))
+    path = tmp_path / "m.npz"
+    io.save(flow, path)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    spec = json.loads(arrays.pop("__spec__").tobytes().decode("utf-8"))
+    assert spec["format_version"] == io.FORMAT_VERSION and spec["kind"] == "flow"
+    assert set(dict(flow.parameters())) <= set(arrays)
+    assert all(a.dtype.kind == "f" for a in arrays.values())
+    assert io.read_spec(path)["root"]["type"] == "TransformedDistribution"
+
+
+def test_save_writes_the_given_name_and_replaces_atomically(tmp_path):
+    path = tmp_path / "model.bin"
+    flow = FLOWS["IAF"](np.float64)
+    io.save(flow, path)
+    io.save(flow, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+def test_inline_is_refused():
+    inline = nb.Inline(np.sinh, np.arcsinh, forward_log_det_jacobian_fn=lambda x: np.log(np.cosh(x)))
+    flow = TransformedDistribution(Normal(0.0, 1.0), nb.Chain([nb.Shift(1.0), inline]))
+    with pytest.raises(ValueError, match=r"Inline.*bijector\.1.*user code"):
+        io.save(flow, "never-written.npz")
+
+
+def test_unregistered_type_is_refused(tmp_path):
+    class MyShift(nb.Shift):
+        pass
+    with pytest.raises(ValueError, match="cannot store a MyShift.*register"):
+        io.save(MyShift(1.0), tmp_path / "x.npz")
+
+
+def test_non_finite_weights_are_refused_at_save(tmp_path):
+    flow = FLOWS["MAF"](np.float64)
+    dict(flow.parameters())["bijector.0.net.w0"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"bijector\.0\.net\.w0.*NaN"):
+        io.save(flow, tmp_path / "x.npz")
+
+
+# ---------------------------------------------------------------------------- damaged files
+
+@pytest.fixture
+def saved(tmp_path):
+    flow, x = _trained_like(FLOWS["RealNVP(all extras)"](np.float64))
+    path = tmp_path / "good.npz"
+    io.save(flow, path)
+    return path, flow
+
+
+def _contents(path):
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return json.loads(arrays.pop("__spec__").tobytes().decode("utf-8")), arrays
+
+
+def _write(path, spec, arrays):
+    arrays = dict(arrays)
+    if spec is not None:
+        arrays["__spec__"] = np.frombuffer(json.dumps(spec).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
+
+
+def _first_coupling(spec):
+    return next(n for n in spec["root"]["config"]["bijector"]["config"]["bijectors"] if n["type"] == "AffineCoupling")
+
+
+def test_truncated_file(saved):
+    path, _ = saved
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 100):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="damaged|not an nflow_np model"):
+            io.load(path)
+
+
+def test_corrupted_array_bytes(saved):
+    path, flow = saved
+    data = bytearray(path.read_bytes())
+    weights = dict(flow.parameters())["bijector.0.net.w0"]
+    at = bytes(data).find(weights.tobytes())
+    assert at > 0
+    data[at + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        io.load(path)
+
+
+def test_corrupted_spec_bytes(saved):
+    path, _ = saved
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(b'"format_version"')
+    data[at + 2] ^= 0x20
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        io.load(path)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", None])
+def test_wrong_format_version(saved, version):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    spec["format_version"] = version
+    with pytest.raises(ValueError, match=f"format version {version!r}; this nflow_np reads version 1"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_unknown_bijector_name(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    _first_coupling(spec)["type"] = "FancyCoupling"
+    with pytest.raises(ValueError, match=r"unknown type 'FancyCoupling'.*at bijector\.\d"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_array_shape_differs_from_spec(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays["bijector.0.net.w0"] = arrays["bijector.0.net.w0"][:, :-1]
+    with pytest.raises(ValueError, match=r"'bijector\.0\.net\.w0' has shape \(\d, 4\) in the file but \(\d, 5\)"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_spec_architecture_differs_from_arrays(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    _first_coupling(spec)["config"]["hidden"] = [7, 4]
+    with pytest.raises(ValueError, match=r"cannot rebuild AffineCoupling: the spec's hidden width 0 7 does not match"):
+        io.load(_write(path, spec, arrays))
+
+
+@pytest.mark.parametrize("field, value", [("hidden", [10 ** 9, 4]), ("mask", [True] * 3 + [False] * 5)])
+def test_sizes_are_checked_before_anything_is_allocated(saved, field, value):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    _first_coupling(spec)["config"][field] = value
+    with pytest.raises(ValueError, match=r"cannot rebuild AffineCoupling: the spec's .* does not match array"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_output_size_differs_from_arrays(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    _first_coupling(spec)["config"]["mask"].append(False)   # one more transformed feature: a wider last layer
+    with pytest.raises(ValueError, match=r"cannot rebuild AffineCoupling: array 'net\.w2' has shape .* needs"):
+        io.load(_write(path, spec, arrays))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights(saved, value):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays["bijector.0.net.b0"][1] = value
+    with pytest.raises(ValueError, match=r"'bijector\.0\.net\.b0' holds NaN or infinity"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_missing_array(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    del arrays["bijector.0.net.b1"]
+    with pytest.raises(ValueError, match=r"missing array 'bijector\.0\.net\.b1'"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_extra_array(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays["smuggled"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"\['smuggled'\] are in the file but not in the spec"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_dtype_differs_from_spec(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays["bijector.0.net.w0"] = arrays["bijector.0.net.w0"].astype(np.float32)
+    with pytest.raises(ValueError, match="dtype float32 in the file but float64 in the spec"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_dtype_differs_from_layer(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays["bijector.0.net.w0"] = arrays["bijector.0.net.w0"].astype(np.float32)
+    _first_coupling(spec)["arrays"]["net.w0"]["dtype"] = "float32"
+    with pytest.raises(ValueError, match="dtype float32 but the layer computes in float64"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_malformed_config_is_located(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    _first_coupling(spec)["config"]["activation"] = "sine"
+    with pytest.raises(ValueError, match=r"cannot rebuild AffineCoupling: .*unknown activation 'sine'.*at bijector"):
+        io.load(_write(path, spec, arrays))
+
+
+def test_no_spec(saved):
+    path, _ = saved
+    _, arrays = _contents(path)
+    with pytest.raises(ValueError, match="no __spec__ array"):
+        io.load(_write(path, None, arrays))
+
+
+def test_spec_is_not_json(saved):
+    path, _ = saved
+    _, arrays = _contents(path)
+    arrays["__spec__"] = np.frombuffer(b"{not json", dtype=np.uint8)
+    with pytest.raises(ValueError, match="not valid UTF-8 JSON"):
+        io.load(_write(path, None, arrays))
+
+
+def test_pickled_object_array_is_not_loaded(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays["bijector.0.net.w0"] = np.array([{"x": 1}], dtype=object)
+    with open(path, "wb") as fh:
+        np.savez(fh, __spec__=np.frombuffer(json.dumps(spec).encode(), dtype=np.uint8), **arrays)
+    with pytest.raises(ValueError, match="pickled object array.*refused"):
+        io.load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"x,y\n1,2\n", b"PK\x03\x04garbage"], ids=["empty", "csv", "bad-zip"])
+def test_not_a_model_file(tmp_path, content):
+    path = tmp_path / "m.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not an nflow_np model|damaged"):
+        io.load(path)
+
+
+def test_npy_file(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(ValueError, match=r"a \.npy file"):
+        io.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        io.load(tmp_path / "absent.npz")
+
+
+def test_zip_without_npy_members(tmp_path):
+    path = tmp_path / "m.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(ValueError):
+        io.load(path)
