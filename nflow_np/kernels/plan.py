@@ -131,7 +131,8 @@ class Program:
 
         self.ops = np.array(ops, dtype=np.int64)
         self.fields = np.array(fields, dtype=np.int64).reshape(len(ops), 8)
-        self.clamps = np.array(clamps, dtype=np.float64)
+        # in the parameters' dtype, so float32 programs evaluate tanh and exp in single precision
+        self.clamps = np.array(clamps, dtype=self.dtype)
         self.idata = np.array(idata, dtype=np.int64)
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)

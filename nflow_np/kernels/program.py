@@ -6,7 +6,7 @@ walks with one loop over layers:
 
 ``ops``      int64 ``(L,)``: the op of each layer, in density order (data -> base);
 ``fields``   int64 ``(L, 8)``: per-layer offsets and flags (``F_*`` below);
-``clamps``   float64 ``(L,)``: log-scale clamps (0: none);
+``clamps``   ``(L,)`` in the parameters' dtype: log-scale clamps (0: none);
 ``idata``    int64: index arrays and network widths, each stored as ``[count, values...]``;
 ``theta``    the parameters, flat, in ``flow.parameters()``'s shapes; ``pmask``
              multiplies them (MADE masks; ones elsewhere) into ``theta_eff``;
