@@ -1,15 +1,35 @@
 """nflow_np: normalizing flows in NumPy with exact, verified log-densities.
 
 ``import nflow_np`` needs NumPy alone; SciPy and Numba load on first use.
+The estimator, the model files and the checkers load on first access
+(``nflow_np.FlowDensity``, ``nflow_np.save``/``load``, ``nflow_np.testing``),
+which keeps the import itself close to NumPy's.
 """
 
-from . import bijectors, distributions, testing
+import importlib
+
+from . import bijectors, distributions
 from .distributions import TransformedDistribution
 from .kernels import backend, get_backend, set_backend
-from .estimator import FlowDensity
-from .io import load, save
 
 __version__ = "0.1.0"
 
 __all__ = ["bijectors", "distributions", "testing", "TransformedDistribution", "__version__", "backend", "get_backend",
            "set_backend", "FlowDensity", "save", "load"]
+
+_LAZY = {"FlowDensity": ("estimator", "FlowDensity"), "save": ("io", "save"), "load": ("io", "load"),
+         "testing": ("testing", None)}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nflow_np' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

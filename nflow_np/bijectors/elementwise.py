@@ -321,7 +321,7 @@ class Tanh(ElementwiseBijector):
 
 
 class Softsign(ElementwiseBijector):
-    """y = x / (1 + |x|), onto (-1, 1). Log-det ``-2 log(1 + |x|)``."""
+    """``y = x / (1 + |x|)``, onto (-1, 1). Log-det ``-2 log(1 + |x|)``."""
 
     inverse_domain = (-1.0, 1.0)
 
