@@ -292,24 +292,24 @@ def _cmd_info(args):
 
 
 def _figure(estimator, data, path, dataset):
-    """Data, samples and the learned density side by side; returns a note when the figure is skipped."""
-    try:
-        import matplotlib  # noqa: F401  (only to learn whether it is there)
-    except ImportError:
-        return "figure skipped: matplotlib is not installed (pip install nflow_np[plot])"
-    from matplotlib.figure import Figure
-    try:
-        from .plot import plot_density, plot_samples
-    except ImportError as exc:
-        return f"figure skipped: nflow_np.plot could not be imported ({_one_line(exc)})"
-    # a bare Figure draws without pyplot, so no GUI backend is needed
-    fig = Figure(figsize=(14.0, 4.2))
-    axes = fig.subplots(1, 3)
+    """Data, samples and the learned density side by side; returns a note when matplotlib is missing."""
     samples = estimator.sample(len(data), random_state=1)
-    plot_samples(data, samples, ax=axes[:2])
     low, high = np.quantile(data, [0.001, 0.999], axis=0)
     pad = 0.15 * (high - low)
     bounds = ((low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1]))
+    try:
+        import matplotlib  # noqa: F401  (only to learn whether it is there)
+        from .plot import plot_density, plot_samples
+    except ImportError:
+        from ._png import panels_png
+        panels_png(path, data, samples, estimator.score_samples, bounds)
+        return (f"saved {path} (data | samples | density, drawn without matplotlib; "
+                f"pip install nflow_np[plot] for the full figure)")
+    from matplotlib.figure import Figure
+    # a bare Figure draws without pyplot, so no GUI backend is needed
+    fig = Figure(figsize=(14.0, 4.2))
+    axes = fig.subplots(1, 3)
+    plot_samples(data, samples, ax=axes[:2])
     plot_density(estimator.score_samples, bounds, ax=axes[2], grid=150)
     axes[2].set_title("learned density")
     for ax in axes:

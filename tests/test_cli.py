@@ -1,6 +1,7 @@
 """The ``nflow-np`` command line, called in-process through ``main`` (plus one real subprocess)."""
 
 import os
+import struct
 import subprocess
 import sys
 
@@ -205,8 +206,13 @@ def test_demo_without_matplotlib(tmp_path, capsys, monkeypatch):
     status, out, _ = run(capsys, "demo", "--epochs", "1", "--n", "200", "--dataset", "8gaussians",
                          "--out", tmp_path)
     assert status == 0 and (tmp_path / "model.npz").exists()
-    assert "figure skipped: matplotlib is not installed (pip install nflow_np[plot])" in out
-    assert not list(tmp_path.glob("*.png"))
+    assert "drawn without matplotlib; pip install nflow_np[plot] for the full figure" in out
+    png = (tmp_path / "8gaussians.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    # the plain figure decodes: three panels of 320 pixels and their margins
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (3 * 320 + 4 * 12, 320 + 2 * 12)
+    assert "matplotlib" not in sys.modules or sys.modules["matplotlib"] is None
 
 
 def test_python_dash_m_entry_point(model):
