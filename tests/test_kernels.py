@@ -319,14 +319,22 @@ FLOWS = {
     "nice": lambda dt: flows.NICE(3, hidden=(6,), activation="tanh", rng=0, dtype=dt),
     "maf": lambda dt: flows.MAF(5, n_layers=3, hidden=(9, 11), rng=0, dtype=dt),
     "maf-1d": lambda dt: flows.MAF(1, n_layers=2, hidden=(4,), act_norm=True, rng=0, dtype=dt),
+    "realnvp-bn": lambda dt: flows.RealNVP(3, n_layers=3, hidden=(6,), batch_norm=True, rng=0, dtype=dt),
+    "maf-bn": lambda dt: flows.MAF(4, n_layers=2, hidden=(5,), batch_norm=True, rng=0, dtype=dt),
 }
 
 
 def initialized(flow, x):
-    from nflow_np.bijectors.normalization import ActNorm
+    """ActNorm initialized from ``x``; BatchNorm in eval mode with running statistics away from (0, 1)."""
+    from nflow_np.bijectors.normalization import ActNorm, BatchNorm
+    rng = np.random.default_rng(9)
     for b in plan._flatten(flow.bijector):
         if isinstance(b, ActNorm):
             b.initialize(x)
+        if isinstance(b, BatchNorm):
+            b.eval()
+            b.running_mean[...] = rng.standard_normal(b.features)
+            b.running_var[...] = rng.uniform(0.5, 2.0, b.features)
     return flow
 
 
@@ -373,7 +381,7 @@ def test_compiled_reference_program_matches_the_twin(kind):
         assert np.isclose(loss, -flow.log_prob(x[:50], backend="numpy").mean(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice"])
+@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn"])
 def test_fit_takes_the_same_steps_on_both_backends(kind):
     data = np.random.default_rng(4).standard_normal((300, FLOWS[kind](np.float64).event_shape[0])) * [1.0] + 0.5
     runs = {}
@@ -381,7 +389,11 @@ def test_fit_takes_the_same_steps_on_both_backends(kind):
         flow = FLOWS[kind](np.float64)
         history = fit(flow, data, epochs=3, batch_size=64, lr=3e-3, validation_split=0.2, rng=0, backend=backend)
         runs[backend] = (history, np.concatenate([p.ravel() for _, p in flow.parameters()]))
-    (h_ref, p_ref), (h_got, p_got) = runs["numpy"], runs["numba"]
+        runs[backend] += (np.concatenate([np.concatenate([m.running_mean, m.running_var])
+                                          for m in plan._flatten(flow.bijector) if hasattr(m, "running_var")]
+                                         + [np.zeros(0)]),)
+    (h_ref, p_ref, b_ref), (h_got, p_got, b_got) = runs["numpy"], runs["numba"]
+    np.testing.assert_allclose(b_got, b_ref, rtol=1e-9, atol=1e-12)
     assert h_got.steps == h_ref.steps and h_got.rejected_steps == h_ref.rejected_steps == 0
     np.testing.assert_allclose(h_got.train_loss, h_ref.train_loss, rtol=1e-9)
     np.testing.assert_allclose(h_got.val_loss, h_ref.val_loss, rtol=1e-9)
@@ -439,9 +451,9 @@ def test_uncovered_flows_fall_back_to_numpy():
     from nflow_np.bijectors import Chain, Inline, Shift
     from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
 
-    bn = flows.RealNVP(2, batch_norm=True, rng=0)
-    ok, reason = plan.supports(bn)
-    assert not ok and "BatchNorm" in reason
+    lu = flows.RealNVP(2, lu_linear=True, rng=0)
+    ok, reason = plan.supports(lu)
+    assert not ok and "LULinear" in reason
     silu = flows.RealNVP(2, activation="silu", rng=0)
     assert "silu" in plan.supports(silu)[1]
     shifted = TransformedDistribution(MultivariateNormalDiag(np.ones(2)), Chain([Shift(np.ones(2))]))
@@ -451,7 +463,7 @@ def test_uncovered_flows_fall_back_to_numpy():
                                                                                  event_ndims=1))
     assert not plan.supports(inline)[0]
     x = np.random.default_rng(0).standard_normal((5, 2))
-    for flow in (bn, silu, shifted):
+    for flow in (lu, silu, shifted):
         np.testing.assert_allclose(flow.log_prob(x, backend="numba"), flow.log_prob(x, backend="numpy"))
 
 
@@ -473,3 +485,37 @@ def test_workspace_regions_do_not_overlap():
     layout = program.layout
     starts = list(layout[:prog.W_ROW]) + [int(program.fields[0, prog.F_CACHE])]
     assert starts == sorted(starts) and layout[prog.W_ROW] >= starts[-1]
+
+
+def test_batchnorm_in_training_mode_runs_log_prob_on_the_whole_batch():
+    """Training-mode batch statistics couple the rows: log_prob must not split them into chunks."""
+    x = np.random.default_rng(0).standard_normal((2000, 3)) * 3 + 1
+    flows_ = [perturbed(flows.RealNVP(3, n_layers=2, hidden=(6,), batch_norm=True, rng=0)) for _ in range(2)]
+    values = [flow.log_prob(x, backend=b) for flow, b in zip(flows_, ("numpy", "numba"))]
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-12)
+    bns = [[m for m in plan._flatten(f.bijector) if hasattr(m, "running_var")][0] for f in flows_]
+    np.testing.assert_allclose(bns[1].running_var, bns[0].running_var, rtol=1e-12)
+    assert not np.allclose(bns[0].running_var, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,batch", [(1, 1, False), (7, 3, True), (7, 3, False), (2, 5, True)])
+def test_batchnorm_twins(dtype, n, d, batch):
+    from nflow_np.kernels import normalization
+
+    rng = np.random.default_rng(n * 10 + d)
+    y = (rng.standard_normal((n, d)) * 2 + 1).astype(dtype)
+    log_gamma, beta = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
+    stats = np.concatenate([rng.standard_normal(d), rng.uniform(0.5, 2, d), [0.1]]).astype(dtype)
+    assert_same(run_both(normalization, "batchnorm_inverse",
+                         [("lg", log_gamma), ("b", beta), ("stats", None), ("eps", 1e-5), ("batch", batch),
+                          ("y", y), ("x", None), ("ld", None)],
+                         {"stats": stats, "x": np.zeros((n, d), dtype), "ld": np.ones(n, dtype)}), dtype)
+    assert_same(run_both(normalization, "batchnorm_forward",
+                         [("lg", log_gamma), ("b", beta), ("stats", stats), ("eps", 1e-5), ("x", y), ("y", None),
+                          ("ld", None)], {"y": np.zeros((n, d), dtype), "ld": np.ones(n, dtype)}), dtype)
+    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    assert_same(run_both(normalization, "batchnorm_inverse_backward",
+                         [("lg", log_gamma), ("stats", stats), ("eps", 1e-5), ("batch", batch), ("y", y), ("gx", gx),
+                          ("gld", gld), ("gy", None), ("glg", None), ("gb", None)],
+                         {"gy": np.zeros((n, d), dtype), "glg": np.zeros(d, dtype), "gb": np.zeros(d, dtype)}), dtype)

@@ -79,6 +79,8 @@ class TransformedDistribution(Distribution):
         program = program_for(self)
         if program is None or not all(b.initialized for b in program.actnorms):
             return None     # ActNorm initializes on its first data batch, in the NumPy pass
+        if method == "log_prob" and program.batch_statistics():
+            return None     # a training-mode BatchNorm normalizes by the whole batch: not split into chunks
         return program
 
     def log_prob(self, x, backend=None):

@@ -42,7 +42,7 @@ class Program:
         from ..bijectors.autoregressive import MaskedAutoregressive
         from ..bijectors.coupling import AdditiveCoupling, AffineCoupling
         from ..bijectors.linear import Permute, Reverse
-        from ..bijectors.normalization import ActNorm
+        from ..bijectors.normalization import ActNorm, BatchNorm
         from ..distributions.normal import MultivariateNormalDiag
 
         base = flow.distribution
@@ -54,6 +54,8 @@ class Program:
         self.layers = _flatten(flow.bijector)
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
+        buffers = []           # BatchNorm running statistics, placed after the parameters
+        self.batchnorms = []   # (layer index, bijector)
         cache = [0]            # per-row cache floats so far
         widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "weights": 1}
 
@@ -123,6 +125,14 @@ class Program:
             elif isinstance(b, ActNorm):
                 f[prog.F_THETA] = add_params(b, ["log_scale", "shift"])
                 op = prog.OP_ACTNORM
+            elif isinstance(b, BatchNorm):
+                if b.features != d:
+                    raise prog.Unsupported(f"{b.name} acts on {b.features} features, the flow on {d}")
+                f[prog.F_THETA] = add_params(b, ["log_gamma", "beta"])
+                buffers.append((len(ops), b))
+                self.batchnorms.append((len(ops), b))
+                clamp = b.eps
+                op = prog.OP_BATCHNORM
             else:
                 raise prog.Unsupported(f"{b.name} ({type(b).__name__}) is not compiled")
             ops.append(op)
@@ -134,6 +144,17 @@ class Program:
         # in the parameters' dtype, so float32 programs evaluate tanh and exp in single precision
         self.clamps = np.array(clamps, dtype=self.dtype)
         self.idata = np.array(idata, dtype=np.int64)
+        self.ops = np.array(ops, dtype=np.int64)
+        self.fields = np.array(fields, dtype=np.int64).reshape(len(ops), 8)
+        self.n_params = len(pmask)
+        # running statistics and momentum of each BatchNorm: [mean (d), var (d), momentum]
+        self.buffer_slots, self.constants = [], []
+        for layer, b in buffers:
+            start = len(pmask)
+            self.fields[layer, prog.F_B] = start
+            self.buffer_slots += [(b.__dict__, "running_mean", start, d), (b.__dict__, "running_var", start + d, d)]
+            self.constants.append((start + 2 * d, b.momentum))
+            pmask.extend([1.0] * (2 * d + 1))
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)
         n_layers = len(ops)
@@ -146,7 +167,7 @@ class Program:
         caches_at = row
         row += cache[0]
         self.fields[:, prog.F_CACHE] += caches_at
-        layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"]]
+        layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"], self.n_params]
         self.layout = np.array(layout, dtype=np.int64)
         self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
         self.actnorms = [b for b in self.layers if isinstance(b, ActNorm)]
@@ -157,19 +178,25 @@ class Program:
 
     # ------------------------------------------------------------------ parameters
     def theta(self):
-        """The flow's current parameters, flat."""
+        """The flow's current parameters, then its running statistics, flat."""
         theta = np.empty(self.size, dtype=self.dtype)
-        for params, key, off, size in self.slots:
+        for params, key, off, size in self.slots + self.buffer_slots:
             arr = params[key]
             if arr.size != size:
                 raise ValueError(f"parameter {key!r} changed size from {size} to {arr.size}; rebuild the flow")
             theta[off:off + size] = arr.reshape(-1)
+        for off, value in self.constants:
+            theta[off] = value
         return theta
 
-    def write_back(self, theta):
-        """Copy a flat vector into the flow's parameter arrays, in place."""
-        for params, key, off, size in self.slots:
-            params[key][...] = theta[off:off + size].reshape(params[key].shape)
+    def write_back(self, theta, params=True):
+        """Copy a flat vector into the flow's running statistics and (with ``params``) parameters, in place."""
+        for owner, key, off, size in (self.slots if params else []) + self.buffer_slots:
+            owner[key][...] = theta[off:off + size].reshape(owner[key].shape)
+
+    def batch_statistics(self):
+        """Whether a BatchNorm layer is in training mode (its density pass couples the rows of a batch)."""
+        return any(b.training for _, b in self.batchnorms)
 
     def gradients(self, gtheta, names):
         """A flat gradient as a dict keyed like ``flow.parameters()`` (``names`` maps array id to name)."""
@@ -182,6 +209,8 @@ class Program:
                         dtype=self.dtype)
 
     def _arrays(self):
+        for layer, b in self.batchnorms:
+            self.fields[layer, prog.F_FLAG] = int(b.training)
         return self.ops, self.fields, self.clamps, self.idata, self.layout
 
     def _kernel(self, name, backend):
@@ -227,8 +256,10 @@ class Program:
     def nll_and_grad(self, x, backend):
         """Mean NLL of rows ``x`` and the flat gradient with respect to ``theta``."""
         gtheta = np.zeros(self.size, dtype=self.dtype)
-        loss = self._kernel("flow_nll_grad", backend)(*self._arrays(), self._effective(), self.pmask,
-                                                      np.ascontiguousarray(x), self.workspace(x.shape[0]), gtheta)
+        theta = self._effective()
+        loss = self._kernel("flow_nll_grad", backend)(*self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
+                                                      self.workspace(x.shape[0]), gtheta)
+        self.write_back(theta, params=False)   # BatchNorm's running statistics moved
         return float(loss), gtheta
 
 
@@ -277,8 +308,8 @@ class Trainer:
         size = program.size
         self.theta_eff = np.empty(size, dtype=program.dtype)
         self.gtheta = np.zeros(size, dtype=program.dtype)
-        self.m = np.empty(size, dtype=program.dtype)
-        self.v = np.empty(size, dtype=program.dtype)
+        self.m = np.zeros(size, dtype=program.dtype)
+        self.v = np.zeros(size, dtype=program.dtype)
         self.ws = program.workspace(batch_size)
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)

@@ -13,7 +13,7 @@ walks with one loop over layers:
 ``layout``   int64: per-row offsets of the workspace regions (``W_*`` below).
 
 Supported layers: AffineCoupling, AdditiveCoupling, MaskedAutoregressive,
-Permute, Reverse, ActNorm, and Chains of them, with relu/tanh/elu networks
+Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks
 and no context. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
 
@@ -26,7 +26,7 @@ each layer's caches; gradients ping-pong between two ``n x d`` blocks.
 
 import numpy as np
 
-from . import autoregressive, coupling, elementwise, mlp, optim
+from . import autoregressive, coupling, elementwise, mlp, normalization, optim
 from .autoregressive import maf_forward_numba, maf_forward_numpy, maf_inverse_backward_numba, \
     maf_inverse_backward_numpy, maf_inverse_numba, maf_inverse_numpy
 from .backend import numba_twin
@@ -36,6 +36,8 @@ from .elementwise import actnorm_forward_numba, actnorm_forward_numpy, actnorm_i
     actnorm_inverse_backward_numpy, actnorm_inverse_numba, actnorm_inverse_numpy, normal_log_prob_numba, \
     normal_log_prob_numpy, permute_backward_numba, permute_backward_numpy, permute_numba, permute_numpy, \
     HALF_LOG_2PI
+from .normalization import batchnorm_forward_numba, batchnorm_forward_numpy, batchnorm_inverse_backward_numba, \
+    batchnorm_inverse_backward_numpy, batchnorm_inverse_numba, batchnorm_inverse_numpy
 from .optim import ACCEPTED, adam_step_numba, adam_step_numpy
 
 # load_numba replaces this with numba.prange before the first compiled call; until then (NumPy
@@ -45,13 +47,14 @@ prange = range
 __all__ = ["Unsupported", "flow_log_prob_numpy", "flow_log_prob_numba", "flow_sample_numpy", "flow_sample_numba",
            "flow_nll_grad_numpy", "flow_nll_grad_numba", "train_epoch_numpy", "train_epoch_numba"]
 
-OP_COUPLING, OP_MAF, OP_PERMUTE, OP_ACTNORM = 0, 1, 2, 3
+OP_COUPLING, OP_MAF, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM = 0, 1, 2, 3, 4
 # fields columns: parameter offset, widths, activation, index arrays a / b, cache offset, affine flag, MADE groups
 F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS = range(8)
-# layout entries (per-row offsets) and the two totals
-W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST = range(11)
+# layout entries (per-row offsets), the two totals, and the number of trainable entries of theta (the
+# rest holds BatchNorm's running statistics, which the optimizer leaves alone)
+W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST, W_PARAMS = range(12)
 
-_kernel_modules = (autoregressive, coupling, elementwise, mlp, optim)  # load_numba swaps twins in all of them
+_kernel_modules = (autoregressive, coupling, elementwise, mlp, normalization, optim)  # load_numba swaps twins in all of them
 
 
 class Unsupported(ValueError):
@@ -90,6 +93,14 @@ def _layer_numpy(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z
             actnorm_inverse_numpy(theta[o:o + d], theta[o + d:o + 2 * d], zin, zout, ld)
         else:
             actnorm_forward_numpy(theta[o:o + d], theta[o + d:o + 2 * d], zin, zout, ld)
+    elif op == OP_BATCHNORM:
+        o, st = f[F_THETA], f[F_B]
+        if direction < 0:
+            batchnorm_inverse_numpy(theta[o:o + d], theta[o + d:o + 2 * d], theta[st:st + 2 * d + 1], clamps[layer],
+                                    f[F_FLAG] == 1 and n >= 2, zin, zout, ld)
+        else:
+            batchnorm_forward_numpy(theta[o:o + d], theta[o + d:o + 2 * d], theta[st:st + 2 * d + 1], clamps[layer],
+                                    zin, zout, ld)
     else:
         widths, cond, hid, net = _caches_numpy(f, idata, w, n)
         if op == OP_COUPLING:
@@ -174,6 +185,11 @@ def _nll_grad_numpy(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
             o = f[F_THETA]
             actnorm_inverse_backward_numpy(theta[o:o + d], zout, gout, gld, gin, gtheta[o:o + d],
                                            gtheta[o + d:o + 2 * d])
+        elif op == OP_BATCHNORM:
+            o, st = f[F_THETA], f[F_B]
+            batchnorm_inverse_backward_numpy(theta[o:o + d], theta[st:st + 2 * d + 1], clamps[layer],
+                                             f[F_FLAG] == 1 and n >= 2, zin, gout, gld, gin, gtheta[o:o + d],
+                                             gtheta[o + d:o + 2 * d])
         else:
             widths, cond, hid, net = _caches_numpy(f, idata, w, n)
             gnet = _block_numpy(w, n, layout[W_GNET], widths[-1])
@@ -214,12 +230,14 @@ def train_epoch_numpy(ops, fields, clamps, idata, layout, theta, theta_eff, pmas
         np.multiply(theta, pmask, out=theta_eff)
         loss = _nll_grad_numpy(ops, fields, clamps, idata, layout, theta_eff, w, n, d, gtheta)
         gtheta *= pmask
+        p = layout[W_PARAMS]
+        theta[p:] = theta_eff[p:]     # running statistics updated by the pass
         losses[k] = np.nan
         if not np.isfinite(loss):
             state[1] += 1
             hyper[0] *= 0.5
             continue
-        adam_step_numpy(theta, gtheta, m, v, hyper, state, status)
+        adam_step_numpy(theta[:p], gtheta[:p], m[:p], v[:p], hyper, state, status)
         if status[0] == ACCEPTED:
             losses[k] = loss
     return None
@@ -263,6 +281,15 @@ def _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z
             actnorm_inverse_numba(theta[o:o + d], theta[o + d:o + 2 * d], zin, zout, ld)
         else:
             actnorm_forward_numba(theta[o:o + d], theta[o + d:o + 2 * d], zin, zout, ld)
+    elif op == OP_BATCHNORM:
+        o = f[F_THETA]
+        st = f[F_B]
+        if direction < 0:
+            batchnorm_inverse_numba(theta[o:o + d], theta[o + d:o + 2 * d], theta[st:st + 2 * d + 1], clamps[layer],
+                                    f[F_FLAG] == 1 and n >= 2, zin, zout, ld)
+        else:
+            batchnorm_forward_numba(theta[o:o + d], theta[o + d:o + 2 * d], theta[st:st + 2 * d + 1], clamps[layer],
+                                    zin, zout, ld)
     else:
         widths, cond, hid, net = _caches_numba(f, idata, w, n)
         if op == OP_COUPLING:
@@ -370,6 +397,12 @@ def _nll_grad_numba(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
             o = f[F_THETA]
             actnorm_inverse_backward_numba(theta[o:o + d], zout, gout, gld, gin, gtheta[o:o + d],
                                            gtheta[o + d:o + 2 * d])
+        elif op == OP_BATCHNORM:
+            o = f[F_THETA]
+            st = f[F_B]
+            batchnorm_inverse_backward_numba(theta[o:o + d], theta[st:st + 2 * d + 1], clamps[layer],
+                                             f[F_FLAG] == 1 and n >= 2, zin, gout, gld, gin, gtheta[o:o + d],
+                                             gtheta[o + d:o + 2 * d])
         else:
             widths, cond, hid, net = _caches_numba(f, idata, w, n)
             gnet = _block_numba(w, n, layout[W_GNET], widths[widths.size - 1])
@@ -420,9 +453,12 @@ def train_epoch_numba(ops, fields, clamps, idata, layout, theta, theta_eff, pmas
         loss = _nll_grad_numba(ops, fields, clamps, idata, layout, theta_eff, w, n, d, gtheta)
         for q in range(gtheta.size):
             gtheta[q] *= pmask[q]
+        p = layout[W_PARAMS]
+        for q in range(p, theta.size):
+            theta[q] = theta_eff[q]
         losses[k] = np.nan
         if np.isfinite(loss):
-            adam_step_numba(theta, gtheta, m, v, hyper, state, status)
+            adam_step_numba(theta[:p], gtheta[:p], m[:p], v[:p], hyper, state, status)
             if status[0] == ACCEPTED:
                 losses[k] = loss
         else:
