@@ -247,6 +247,7 @@ def _read(path):
             raise ValueError(f"{path}: holds a pickled object array; model files never do, and loading one could "
                              f"run code, so it is refused") from None
         raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
+    # zipfile raises NotImplementedError for a compression method it does not know (damaged header bytes)
     except (OSError, EOFError, KeyError, RuntimeError, NotImplementedError, zlib.error,
             zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None

@@ -9,7 +9,7 @@ from ._common import workloads as wl
 
 
 class W4MAFSample:
-    """Draw 10,000 points from a D=8 MAF (5 layers, hidden (64, 64)): 8 network passes per layer."""
+    """Draw 10,000 points from a D=8 MAF (5 layers, hidden (64, 64)): sequential in the 8 features."""
 
     params = list(wl.BACKENDS)
     param_names = ["backend"]

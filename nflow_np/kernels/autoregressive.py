@@ -20,6 +20,7 @@ CSR-style offsets (see :func:`degree_groups`).
 import numpy as np
 
 from .backend import numba_twin
+from .coupling import _log_scale_numba, _log_scale_numpy
 from .mlp import mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_forward_numpy
 
 
@@ -45,10 +46,6 @@ def degree_groups(degrees, d):
 
 
 # ---------------------------------------------------------------- NumPy reference
-
-def _log_scale_numpy(raw, clamp):
-    return clamp * np.tanh(raw / clamp) if clamp > 0 else raw
-
 
 def maf_inverse_numpy(theta, off, widths, act, clamp, y, x, ld, hid, net):
     """``x = (y - t(y)) * exp(-s(y))``, ``ld += -sum(s)``; ``net[:, d:]`` keeps ``s``."""
@@ -93,11 +90,6 @@ def maf_forward_numpy(theta, off, widths, act, clamp, generation, groups, x, y, 
 
 
 # ---------------------------------------------------------------- Numba twin
-
-@numba_twin
-def _log_scale_numba(raw, clamp):
-    return clamp * np.tanh(raw / clamp) if clamp > 0.0 else raw
-
 
 @numba_twin
 def maf_inverse_numba(theta, off, widths, act, clamp, y, x, ld, hid, net):

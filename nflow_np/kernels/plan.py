@@ -54,8 +54,7 @@ class Program:
         self.layers = _flatten(flow.bijector)
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
-        buffers = []           # BatchNorm running statistics, placed after the parameters
-        self.batchnorms = []   # (layer index, bijector)
+        self.batchnorms = []   # (layer index, bijector); their running statistics follow the parameters
         cache = [0]            # per-row cache floats so far
         widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "weights": 1}
 
@@ -129,7 +128,6 @@ class Program:
                 if b.features != d:
                     raise prog.Unsupported(f"{b.name} acts on {b.features} features, the flow on {d}")
                 f[prog.F_THETA] = add_params(b, ["log_gamma", "beta"])
-                buffers.append((len(ops), b))
                 self.batchnorms.append((len(ops), b))
                 clamp = b.eps
                 op = prog.OP_BATCHNORM
@@ -149,7 +147,7 @@ class Program:
         self.n_params = len(pmask)
         # running statistics and momentum of each BatchNorm: [mean (d), var (d), momentum]
         self.buffer_slots, self.constants = [], []
-        for layer, b in buffers:
+        for layer, b in self.batchnorms:
             start = len(pmask)
             self.fields[layer, prog.F_B] = start
             self.buffer_slots += [(b.__dict__, "running_mean", start, d), (b.__dict__, "running_var", start + d, d)]
@@ -171,6 +169,9 @@ class Program:
         self.layout = np.array(layout, dtype=np.int64)
         self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
         self.actnorms = [b for b in self.layers if isinstance(b, ActNorm)]
+        # each slot's name in flow.parameters(), so gradients come back keyed like the optimizer's arrays
+        by_id = {id(arr): name for name, arr in flow.parameters()}
+        self.names = [by_id[id(params[key])] for params, key, _, _ in self.slots]
 
     @staticmethod
     def _signature(flow):
@@ -198,10 +199,10 @@ class Program:
         """Whether a BatchNorm layer is in training mode (its density pass couples the rows of a batch)."""
         return any(b.training for _, b in self.batchnorms)
 
-    def gradients(self, gtheta, names):
-        """A flat gradient as a dict keyed like ``flow.parameters()`` (``names`` maps array id to name)."""
-        return {names[id(params[key])]: gtheta[off:off + size].reshape(params[key].shape).copy()
-                for params, key, off, size in self.slots}
+    def gradients(self, gtheta):
+        """A flat gradient as a dict keyed like ``flow.parameters()``."""
+        return {name: gtheta[off:off + size].reshape(params[key].shape).copy()
+                for name, (params, key, off, size) in zip(self.names, self.slots)}
 
     # ------------------------------------------------------------------ buffers
     def workspace(self, rows, parts=1):
@@ -300,11 +301,11 @@ class Trainer:
     learning rate) sees and may change the usual arrays.
     """
 
-    def __init__(self, program, optimizer, names, batch_size, backend):
+    def __init__(self, program, optimizer, batch_size, backend):
         self.program = program
         self.optimizer = optimizer
         self.backend = backend
-        self.keys = [names[id(params[key])] for params, key, _, _ in program.slots]
+        self.keys = program.names
         size = program.size
         self.theta_eff = np.empty(size, dtype=program.dtype)
         self.gtheta = np.zeros(size, dtype=program.dtype)

@@ -26,7 +26,6 @@ each layer's caches; gradients ping-pong between two ``n x d`` blocks.
 
 import numpy as np
 
-from . import autoregressive, coupling, elementwise, mlp, normalization, optim
 from .autoregressive import maf_forward_numba, maf_forward_numpy, maf_inverse_backward_numba, \
     maf_inverse_backward_numpy, maf_inverse_numba, maf_inverse_numpy
 from .backend import numba_twin
@@ -53,8 +52,6 @@ F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS = range(8)
 # layout entries (per-row offsets), the two totals, and the number of trainable entries of theta (the
 # rest holds BatchNorm's running statistics, which the optimizer leaves alone)
 W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST, W_PARAMS = range(12)
-
-_kernel_modules = (autoregressive, coupling, elementwise, mlp, normalization, optim)  # load_numba swaps twins in all of them
 
 
 class Unsupported(ValueError):

@@ -193,7 +193,7 @@ def _compiled_trainer(flow, optimizer, batch_size):
     program = program_for(flow)
     if program is None:
         return None
-    return Trainer(program, optimizer, {id(arr): name for name, arr in flow.parameters()}, batch_size, "numba")
+    return Trainer(program, optimizer, batch_size, "numba")
 
 
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,

@@ -35,7 +35,7 @@ def nll_and_grad(flow, x, backend=None):
     program = flow._compiled(backend, where)
     if program is not None and x.ndim >= 1 and x.size:
         loss, gtheta = program.nll_and_grad(x.reshape(-1, flow.event_shape[0]), "numba")
-        return loss, program.gradients(gtheta, {id(arr): name for name, arr in flow.parameters()})
+        return loss, program.gradients(gtheta)
     bijector = flow.bijector
     z, log_det, ctx = bijector._inverse_pass(x)
     log_prob = flow._base_log_prob(z) + bijector._reduce(log_det, flow.event_ndims)
