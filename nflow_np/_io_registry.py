@@ -11,10 +11,12 @@ import numpy as np
 
 from .bijectors import (
     ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Chain, Exp, Identity, InverseAutoregressive,
-    Invert, LeakyReLU, LULinear, MaskedAutoregressive, NormalCDF, Permute, Power, Reverse, Rotation, Scale,
-    ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, Tanh,
+    Invert, LeakyReLU, LULinear, MaskedAutoregressive, NormalCDF, Permute, Power, RationalQuadraticSpline, Reverse,
+    Rotation, Scale, ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, SplineAutoregressive, SplineCoupling, Tanh,
 )
-from .distributions import MultivariateNormalDiag, Normal, TransformedDistribution, Uniform
+from .distributions import (
+    GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
+)
 
 REGISTRY = {}
 """Type name -> ``(to_spec, from_spec)``; see :func:`register`."""
@@ -130,11 +132,26 @@ def _clamp(value):
     return None if value is None else float(value)
 
 
+def _layer_spline_config(layer):
+    """A spline layer's bins, bound and minima (``SplineSettings``), as constructor keywords."""
+    sp = layer.spline
+    return dict(bins=sp.bins, bound=sp.bound, min_bin_width=sp.min_bin_width, min_bin_height=sp.min_bin_height,
+                min_derivative=sp.min_derivative)
+
+
+def _layer_spline_kwargs(c):
+    return dict(bins=int(c["bins"]), bound=float(c["bound"]), min_bin_width=float(c["min_bin_width"]),
+                min_bin_height=float(c["min_bin_height"]), min_derivative=float(c["min_derivative"]))
+
+
 def _coupling_config(obj):
     config = _named(obj)
-    config.update(mask=obj.mask.tolist(), hidden=list(obj.net.hidden), activation=obj.net.activation)
+    config.update(mask=obj.mask.tolist(), hidden=list(obj.net.hidden), activation=obj.net.activation,
+                  context=obj.context_size)
     if isinstance(obj, AffineCoupling):
         config["log_scale_clamp"] = obj.log_scale_clamp
+    if isinstance(obj, SplineCoupling):
+        config.update(_layer_spline_config(obj))
     return config
 
 
@@ -152,29 +169,43 @@ def _check_net(arrays, prefix, hidden, n_inputs):
         _agree(arrays, f"{prefix}w{i}", 1, width, f"hidden width {i}")
 
 
+def _context(c):
+    # files written before conditional layers existed have no "context": those layers were unconditional
+    return int(c.get("context", 0))
+
+
 def _coupling_build(cls):
     def build(c, a):
-        _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])))
+        _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
         extra = {"log_scale_clamp": _clamp(c["log_scale_clamp"])} if cls is AffineCoupling else {}
+        if cls is SplineCoupling:
+            extra = _layer_spline_kwargs(c)
         # rng=0: the initial weights are overwritten, a fixed seed just skips drawing OS entropy
-        return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], rng=0,
+        return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], context=_context(c), rng=0,
                    dtype=c["dtype"], name=c["name"], **extra)
     return build
 
 
 def _made_config(obj):
-    made = obj if isinstance(obj, MaskedAutoregressive) else obj.bijector
+    made = obj if isinstance(obj, (MaskedAutoregressive, SplineAutoregressive)) else obj.bijector
     config = _named(obj)
     config.update(features=made.features, hidden=list(made.net.hidden), activation=made.net.activation,
-                  order=made.net.order.tolist(), log_scale_clamp=made.log_scale_clamp)
+                  order=made.net.order.tolist(), context=made.context_size)
+    if isinstance(made, SplineAutoregressive):
+        config.update(_layer_spline_config(made))
+    else:
+        config["log_scale_clamp"] = made.log_scale_clamp
     return config
 
 
 def _made_build(cls):
     def build(c, a):
-        _check_net(a, "net." if cls is MaskedAutoregressive else "bijector.net.", c["hidden"], c["features"])
+        prefix = "bijector.net." if cls is InverseAutoregressive else "net."
+        _check_net(a, prefix, c["hidden"], c["features"] + _context(c))
+        extra = _layer_spline_kwargs(c) if cls is SplineAutoregressive else \
+            {"log_scale_clamp": _clamp(c["log_scale_clamp"])}
         return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
-                   log_scale_clamp=_clamp(c["log_scale_clamp"]), rng=0, dtype=c["dtype"], name=c["name"])
+                   context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], **extra)
     return build
 
 
@@ -216,6 +247,21 @@ def _lu_build(c, a):
                     name=c["name"])
 
 
+_SPLINE_SETTINGS = ("bound", "min_bin_width", "min_bin_height", "min_derivative")
+
+
+def _spline_config(obj):
+    config = _named(obj)
+    config.update({key: getattr(obj, key) for key in _SPLINE_SETTINGS})
+    return config
+
+
+def _spline_build(c, a):
+    # the parameters go in as given: the constructor copies them bit for bit
+    return RationalQuadraticSpline(a["unnormalized_widths"], a["unnormalized_heights"], a["unnormalized_derivatives"],
+                                   dtype=c["dtype"], name=c["name"], **{key: c[key] for key in _SPLINE_SETTINGS})
+
+
 def _permute_entry():
     def to_spec(obj, encode):
         return {"name": obj.name, "permutation": obj.permutation.tolist()}, {}
@@ -255,6 +301,26 @@ def _distribution_entry(cls, *keys):
     return to_spec, from_spec
 
 
+def _mixture_build(c, a):
+    # placeholder values of the stored shapes; _restore then copies the unconstrained parameters in, bit-exact
+    shape = a["locs"].shape
+    if len(shape) != 2 or 0 in shape:
+        raise ValueError(f"array 'locs' must have shape (k, d); got {shape}")
+    k, d = shape
+    dtype = np.dtype(c["dtype"])
+    return GaussianMixture(np.full(k, 1.0 / k, dtype=dtype), np.zeros((k, d), dtype=dtype),
+                           np.ones((k, d), dtype=dtype), dtype=dtype)
+
+
+def _student_t_build(c, a):
+    shape = a["loc"].shape
+    if len(shape) != 1 or 0 in shape:
+        raise ValueError(f"array 'loc' must have shape (d,); got {shape}")
+    dtype = np.dtype(c["dtype"])
+    return StudentT(np.ones(shape, dtype=dtype), np.zeros(shape, dtype=dtype), np.ones(shape, dtype=dtype),
+                    dtype=dtype)
+
+
 def _transformed_entry():
     def to_spec(obj, encode):
         return {"distribution": encode(obj.distribution, "distribution"),
@@ -281,13 +347,19 @@ register("Chain", Chain, *_chain_entry())
 register("Invert", Invert, *_invert_entry())
 register("AdditiveCoupling", AdditiveCoupling, *_leaf(_coupling_build(AdditiveCoupling), _coupling_config))
 register("AffineCoupling", AffineCoupling, *_leaf(_coupling_build(AffineCoupling), _coupling_config))
+register("SplineCoupling", SplineCoupling, *_leaf(_coupling_build(SplineCoupling), _coupling_config))
 register("MaskedAutoregressive", MaskedAutoregressive, *_leaf(_made_build(MaskedAutoregressive), _made_config))
 register("InverseAutoregressive", InverseAutoregressive, *_leaf(_made_build(InverseAutoregressive), _made_config))
+register("SplineAutoregressive", SplineAutoregressive, *_leaf(_made_build(SplineAutoregressive), _made_config))
 register("BatchNorm", BatchNorm, *_leaf(_batch_norm_build, _batch_norm_config))
 register("ActNorm", ActNorm, *_leaf(_act_norm_build, _act_norm_config))
 register("LULinear", LULinear, *_leaf(_lu_build, _lu_config))
+register("RationalQuadraticSpline", RationalQuadraticSpline, *_leaf(_spline_build, _spline_config))
 register("Normal", Normal, *_distribution_entry(Normal, "loc", "scale"))
 register("MultivariateNormalDiag", MultivariateNormalDiag,
          *_distribution_entry(MultivariateNormalDiag, "loc", "scale_diag"))
 register("Uniform", Uniform, *_distribution_entry(Uniform, "low", "high"))
+register("GaussianMixture", GaussianMixture,
+         *_leaf(_mixture_build, lambda obj: {"dtype": _dtype_name(obj.dtype)}))
+register("StudentT", StudentT, *_leaf(_student_t_build, lambda obj: {"dtype": _dtype_name(obj.dtype)}))
 register("TransformedDistribution", TransformedDistribution, *_transformed_entry())

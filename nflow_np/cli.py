@@ -20,7 +20,7 @@ from ._tables import check_file, read_data, write_table
 __all__ = ["main"]
 
 PROG = "nflow-np"
-_FLOW_CHOICES = ("realnvp", "nice", "maf", "iaf")
+_FLOW_CHOICES = ("realnvp", "nice", "maf", "iaf", "nsf")
 
 
 class CLIError(Exception):

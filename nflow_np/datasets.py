@@ -114,7 +114,7 @@ def _gaussian_mixture_log_prob(x, centers, std):
 # samplers
 
 
-def two_moons(n, rng=None, *, dtype=np.float64, noise=0.1):
+def two_moons(n, rng=None, *, dtype=np.float64, noise=0.1, return_labels=False):
     """Two interleaving half circles, like scikit-learn's ``make_moons``.
 
     The upper moon is (cos t, sin t), the lower one (1 - cos t, 1/2 - sin t), with
@@ -134,10 +134,15 @@ def two_moons(n, rng=None, *, dtype=np.float64, noise=0.1):
         Output dtype.
     noise : float
         Standard deviation of the Gaussian noise before scaling, non-negative.
+    return_labels : bool
+        Also return each point's moon, as scikit-learn's ``make_moons`` does:
+        0 for the upper moon, 1 for the lower one (the conditioning label of
+        a conditional flow p(x | moon)).
 
     Returns
     -------
     ndarray of shape (n, 2)
+        With ``return_labels``, ``(points, labels)``, labels an int64 array of shape (n,).
     """
     n, rng, dtype = _setup(n, rng, dtype, "two_moons")
     noise = _scalar(noise, "two_moons", "noise", strict=False)
@@ -151,7 +156,8 @@ def two_moons(n, rng=None, *, dtype=np.float64, noise=0.1):
     var_x = 0.75
     var_y = 0.5 - 4.0 / np.pi**2 + (2.0 / np.pi - 0.25) ** 2
     scale = np.sqrt(0.5 * (var_x + var_y))
-    return ((pts - np.array([0.5, 0.25])) / scale).astype(dtype)
+    points = ((pts - np.array([0.5, 0.25])) / scale).astype(dtype)
+    return (points, lower.astype(np.int64)) if return_labels else points
 
 
 def eight_gaussians(n, rng=None, *, dtype=np.float64, scale=2.0, std=0.2):

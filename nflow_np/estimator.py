@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["FlowDensity", "NotFittedError"]
 
-_FLOWS = ("realnvp", "nice", "maf", "iaf")
+_FLOWS = ("realnvp", "nice", "maf", "iaf", "nsf")
 _COUPLING_FLOWS = ("realnvp", "nice")
 
 
@@ -68,9 +68,12 @@ class FlowDensity:
 
     Parameters
     ----------
-    flow : {"realnvp", "nice", "maf", "iaf"}, default "realnvp"
+    flow : {"realnvp", "nice", "maf", "iaf", "nsf"}, default "realnvp"
         Which of :mod:`nflow_np.flows` to fit. The coupling flows ("realnvp",
         "nice") need at least 2 features; "maf" and "iaf" also fit 1-D data.
+        "nsf" is a neural spline flow (8 bins on [-5, 5] of the standardized
+        data): spline couplings, or one autoregressive spline layer stack
+        for 1-D data.
         "iaf" evaluates densities with one network call per feature, so it is
         slow to train on data.
     n_layers : int, default 4
@@ -271,9 +274,11 @@ class FlowDensity:
             raise ValueError(f"FlowDensity: flow={kind!r} is a coupling flow (one half of the features "
                              f"conditions the other) and needs at least 2 features; got {n_features} feature(s) "
                              f"(n_features = {n_features}). Use flow='maf' for 1-D data.")
-        builder = {"realnvp": flows.RealNVP, "nice": flows.NICE, "maf": flows.MAF, "iaf": flows.IAF}[kind]
+        builder = {"realnvp": flows.RealNVP, "nice": flows.NICE, "maf": flows.MAF, "iaf": flows.IAF,
+                   "nsf": flows.NSF}[kind]
+        extra = {"autoregressive": n_features < 2} if kind == "nsf" else {}
         return builder(n_features, n_layers=params["n_layers"], hidden=params["hidden"], rng=rng,
-                       dtype=params["dtype"])
+                       dtype=params["dtype"], **extra)
 
     def fit(self, X, y=None):
         """Fit the flow to ``X`` by maximum likelihood.

@@ -1,7 +1,11 @@
-"""Ready-made flows: RealNVP, NICE, MAF and IAF over a standard normal base.
+"""Ready-made flows: RealNVP, NICE, MAF, IAF and NSF over a standard normal base.
 
 Each constructor returns a ``TransformedDistribution`` whose bijector is a
 ``Chain``; every trainable array is reachable through ``flow.parameters()``.
+``context=c`` makes every coupling or autoregressive layer conditional on a
+``c``-wide input: the flow is then a conditional density p(x | context),
+``flow.log_prob(x, context=y)``, ``flow.sample(n, context=y)``,
+``fit(flow, x, context=y)``.
 """
 
 import numpy as np
@@ -9,7 +13,8 @@ import numpy as np
 from ._validation import as_generator
 from .bijectors import Chain, Permute, Reverse
 from .bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive
-from .bijectors.coupling import AdditiveCoupling, AffineCoupling, alternating_mask
+from .bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling, alternating_mask
+from .bijectors.autoregressive import SplineAutoregressive
 from .distributions import MultivariateNormalDiag, TransformedDistribution
 
 
@@ -75,28 +80,30 @@ def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch
 
 
 def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=False, act_norm=False,
-            lu_linear=False, permute=None, log_scale_clamp=3.0, rng=None, dtype=np.float64):
+            lu_linear=False, permute=None, log_scale_clamp=3.0, context=0, rng=None, dtype=np.float64):
     """RealNVP: affine couplings with alternating masks over a standard normal.
 
     ``batch_norm`` / ``act_norm`` / ``lu_linear`` insert those layers between
     couplings; ``permute="random"`` adds a fixed random permutation there.
+    ``context=c``: a conditional flow (see the module docstring).
 
     References: Dinh, Sohl-Dickstein and Bengio, "Density estimation using Real NVP", ICLR 2017.
     """
     return _coupling_flow(AffineCoupling, dim, n_layers, hidden, activation, "RealNVP", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
-                          log_scale_clamp=log_scale_clamp)
+                          log_scale_clamp=log_scale_clamp, context=context)
 
 
 def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=True,
-         lu_linear=False, permute=None, rng=None, dtype=np.float64):
+         lu_linear=False, permute=None, context=0, rng=None, dtype=np.float64):
     """NICE: additive (volume-preserving) couplings; ``act_norm`` (default on) supplies the scaling
     that NICE's final diagonal layer provides.
 
     References: Dinh, Krueger and Bengio, "NICE: Non-linear Independent Components Estimation", 2015.
     """
     flow = _coupling_flow(AdditiveCoupling, dim, n_layers, hidden, activation, "NICE", batch_norm=batch_norm,
-                          act_norm=False, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype)
+                          act_norm=False, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
+                          context=context)
     if act_norm:
         from .bijectors.normalization import ActNorm
         # a trainable diagonal scaling on the data side, as NICE's last layer
@@ -106,7 +113,7 @@ def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=Fals
 
 
 def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=False,
-        lu_linear=False, log_scale_clamp=3.0, rng=None, dtype=np.float64):
+        lu_linear=False, log_scale_clamp=3.0, context=0, rng=None, dtype=np.float64):
     """MAF: masked autoregressive layers with the order reversed between layers.
 
     Density evaluation takes one network call per layer; sampling ``dim`` calls per layer.
@@ -114,24 +121,48 @@ def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False
     References: Papamakarios, Pavlakou and Murray, "Masked Autoregressive Flow for Density Estimation", 2017.
     """
     return _autoregressive_flow(MaskedAutoregressive, dim, n_layers, hidden, activation, "MAF",
-                                batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear,
-                                log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype)
+                                batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype,
+                                log_scale_clamp=log_scale_clamp, context=context)
 
 
-def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, rng=None, dtype=np.float64):
+def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, rng=None,
+        dtype=np.float64):
     """IAF: inverse autoregressive layers; sampling takes one network call per layer (variational inference).
 
     References: Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow", 2016.
     """
     return _autoregressive_flow(InverseAutoregressive, dim, n_layers, hidden, activation, "IAF",
-                                batch_norm=False, act_norm=False, lu_linear=False,
-                                log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype)
+                                batch_norm=False, act_norm=False, lu_linear=False, rng=rng, dtype=dtype,
+                                log_scale_clamp=log_scale_clamp, context=context)
+
+
+def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", *, autoregressive=False,
+        batch_norm=False, act_norm=False, lu_linear=False, permute=None, context=0, rng=None, dtype=np.float64):
+    """Neural spline flow: rational-quadratic spline layers over a standard normal.
+
+    Each layer transforms half of the coordinates (``autoregressive=False``:
+    :class:`~nflow_np.bijectors.SplineCoupling`, alternating masks, ``dim >= 2``)
+    or every coordinate given the earlier ones (``autoregressive=True``:
+    :class:`~nflow_np.bijectors.SplineAutoregressive`, order reversed between
+    layers) with a monotone spline of ``bins`` bins on ``[-bound, bound]``,
+    the identity outside. Data should be standardized so that it lies mostly
+    inside the bound. ``context=c``: a conditional flow.
+
+    References: Durkan, Bekasov, Murray and Papamakarios, "Neural Spline Flows", NeurIPS 2019.
+    """
+    if autoregressive:
+        return _autoregressive_flow(SplineAutoregressive, dim, n_layers, hidden, activation, "NSF",
+                                    batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng,
+                                    dtype=dtype, bins=bins, bound=bound, context=context)
+    return _coupling_flow(SplineCoupling, dim, n_layers, hidden, activation, "NSF", batch_norm=batch_norm,
+                          act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
+                          bins=bins, bound=bound, context=context)
 
 
 def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
-                         log_scale_clamp, rng, dtype):
+                         rng, dtype, **layer_kwargs):
     def make_layer(i, rng, dtype):
-        return layer_cls(dim, hidden, activation, log_scale_clamp=log_scale_clamp, rng=rng, dtype=dtype)
+        return layer_cls(dim, hidden, activation, rng=rng, dtype=dtype, **layer_kwargs)
 
     def mixer(d, rng):
         # reverse the autoregressive order between layers

@@ -69,7 +69,52 @@ def _event_axes(arr, event_ndims):
     return tuple(range(arr.ndim - event_ndims, arr.ndim))
 
 
-def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True):
+class _WithContext:
+    """A conditional bijector with its context bound, seen through the unconditional API.
+
+    The vector-Jacobian products keep the context's gradient aside (``last_grad_context``)
+    so that the checks written for unconditional bijectors run unchanged.
+    """
+
+    def __init__(self, bijector, context):
+        self.bijector = bijector
+        self.context = context
+        self.name, self.dtype, self.event_ndims = bijector.name, bijector.dtype, bijector.event_ndims
+        self.last_grad_context = None
+
+    def parameters(self):
+        return self.bijector.parameters()
+
+    def __getattr__(self, method):
+        bound = getattr(self.bijector, method)
+        if method.endswith("_vjp"):
+            def vjp(*args, **kwargs):
+                grad, grads, self.last_grad_context = bound(*args, context=self.context, **kwargs)
+                return grad, grads
+            return vjp
+        return lambda *args, **kwargs: bound(*args, context=self.context, **kwargs)
+
+
+def _check_context_grads(c, bound, x, y, k, generator, step):
+    """Context gradients of both VJPs against finite differences in the context, the input held fixed."""
+    b, context = bound.bijector, bound.context
+    dtype = x.dtype
+    for method, point, run in (("forward_vjp", x, b.forward_and_log_det), ("inverse_vjp", y, b.inverse_and_log_det)):
+        out, log_det = run(point, context=context)
+        grad_out = generator.standard_normal(out.shape).astype(dtype)
+        grad_ld = generator.standard_normal(log_det.shape).astype(dtype)
+        _, _, grad_context = getattr(b, method)(point, grad_out, grad_ld, context=context)
+        axes = _event_axes(out, k)
+
+        def per_batch(ctx, point=point, run=run, grad_out=grad_out, grad_ld=grad_ld, axes=axes):
+            moved, moved_ld = run(point, context=ctx)
+            return (grad_out * moved).sum(axis=axes) + grad_ld * moved_ld
+
+        fd, noise = _finite_diff.input_vjp(per_batch, context, 1, step * np.maximum(1.0, np.abs(context)))
+        c.compare(f"{method} grad of the context vs finite differences", grad_context, fd, noise)
+
+
+def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, context=None):
     """Check a bijector at base-space points ``x``; raise ``AssertionError`` on the first failure.
 
     Properties checked, each at every point:
@@ -96,6 +141,10 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True):
         For the random upstream gradients.
     check_vjp : bool
         Skip the gradient checks when False.
+    context : array_like, optional
+        For a conditional bijector: its context, shape ``batch + (context_size,)``
+        (one row per point). Every property is checked at that context, and
+        the context gradients of both VJPs against finite differences in it.
 
     Notes
     -----
@@ -113,6 +162,9 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True):
         noise does not dominate the comparison: a number for reports.
     """
     x = as_float_array(x, bijector.dtype, "check_bijector", "x")
+    if bijector.context_size or context is not None:
+        context = bijector._prepare_context(context, x, "check_bijector").copy()
+        bijector = _WithContext(bijector, context)
     dtype = x.dtype
     default_rtol, default_atol = _DEFAULT_TOLERANCES[dtype]
     c = _Checker(bijector.name, default_rtol if rtol is None else rtol, default_atol if atol is None else atol)
@@ -180,6 +232,8 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True):
         generator = np.random.default_rng(rng)
         _check_forward_vjp(c, bijector, x, y, ld, k, generator, step)
         _check_inverse_vjp(c, bijector, x, y, ild, jac64, ld_grad, ld_grad_noise, jac_noise, k, generator, step)
+        if isinstance(bijector, _WithContext):
+            _check_context_grads(c, bijector, x, y, k, generator, step)
     return dict(c.report)
 
 
@@ -274,7 +328,7 @@ def _check_param_grads(c, bijector, method, grads, total_fn, step, carried_noise
         c.compare(f"{method} grad of {name} vs finite differences", grads[name], fd, noise)
 
 
-def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=None, backend=None):
+def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=None, backend=None, context=None):
     """Check the exact gradients of a flow's losses against central finite differences.
 
     For the mean negative log-likelihood of ``x`` (and, with ``reverse_kl``, for
@@ -287,7 +341,12 @@ def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=N
     ``max_entries`` limits the entries checked per parameter array (a random
     subset drawn from ``rng``) for large networks. ``backend`` (``"numpy"``
     or ``"numba"``, default :func:`nflow_np.get_backend`) picks which
-    implementation of the NLL and its gradient is checked.
+    implementation of the NLL and its gradient is checked. A conditional
+    flow takes its ``context`` rows; its gradients reach the conditioner
+    networks through them (the reverse KL is skipped: it trains
+    unconditional flows). So is the reverse KL of a flow whose base has
+    trainable parameters (its samples are not reparameterizable in them);
+    the NLL check covers those parameters (``distribution.*``).
 
     Returns a dict ``{loss: worst relative error}``; raises ``AssertionError``
     naming the parameter and entry on failure.
@@ -297,9 +356,9 @@ def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=N
 
     generator = np.random.default_rng(rng)
     x = as_float_array(x, flow.dtype, "check_gradients", "x")
-    nll_and_grad(flow, x, backend)   # data-dependent initializations (ActNorm) happen on the first pass
-    losses = {"nll": lambda: nll_and_grad(flow, x, backend)}
-    if reverse_kl:
+    nll_and_grad(flow, x, backend, context)   # data-dependent initializations (ActNorm) happen on the first pass
+    losses = {"nll": lambda: nll_and_grad(flow, x, backend, context)}
+    if reverse_kl and not flow.context_size and not dict(flow.distribution.parameters()):
         z = flow.distribution.sample(x.shape[0], generator)
         k = flow.event_ndims
         axes = tuple(range(-k, 0)) if k else ()

@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 
 from nflow_np import bijectors as nb
-from nflow_np.bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive
-from nflow_np.bijectors.coupling import AdditiveCoupling, AffineCoupling
+from nflow_np.bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
+from nflow_np.bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,61 @@ def _seed000_shift_and_cube(a):
                      name="ShiftAndCube")
 
 
+_SPLINE_BINS = 5
+_SPLINE_BOUND = 3.0
+
+
+def _spline(rng, dtype, batch=(WIDTH,)):
+    k = _SPLINE_BINS
+    return nb.RationalQuadraticSpline(_param(rng, dtype, *batch, k), _param(rng, dtype, *batch, k),
+                                      _param(rng, dtype, *batch, k - 1), bound=_SPLINE_BOUND)
+
+
+def _spline_points(bijector, x):
+    """Bulk rows cycle through: a point inside each bin, a point next to an interior knot, one outside [-B, B].
+
+    Positions come from the random draw itself; rows 0 and 1 (the edges) keep their values. Then every
+    point moves clear of the knots and of +-B by the reach of check_bijector's finite-difference stencils
+    at the dtype (in x, and the knots' moves under its parameter stencils): the spline is only C1 there,
+    so its log-det has kinks, which symmetric differences average. Points exactly on knots are
+    test_spline.py's business.
+    """
+    from nflow_np.kernels.spline import _knots_numpy
+
+    bins, bound = _SPLINE_BINS, bijector.bound
+    uw = np.broadcast_to(bijector.params["unnormalized_widths"], (WIDTH, bins))
+    knots = _knots_numpy(uw, bound, bijector.min_bin_width)[0].astype(np.float64)    # (WIDTH, K + 1)
+    reach = 4.0 * float(np.finfo(bijector.dtype).eps) ** 0.2   # twice a stencil's reach (2 steps)
+    x = x.astype(np.float64)
+    frac = 0.5 * (np.tanh(x) + 1.0)                                                    # in (0, 1), from the draw
+    cols = np.arange(WIDTH)
+    for r in range(2, x.shape[0]):
+        kind = (r - 2) % (bins + 2)
+        if kind < bins:              # inside bin `kind`
+            x[r] = knots[:, kind] + (knots[:, kind + 1] - knots[:, kind]) * (0.1 + 0.8 * frac[r])
+        elif kind == bins:           # just right of an interior knot
+            j = 1 + (r // (bins + 2) + cols) % (bins - 1)
+            x[r] = knots[cols, j] + 0.05 * (knots[cols, j + 1] - knots[cols, j])
+        else:                        # outside, on either side
+            x[r] = np.copysign(bound + 0.2 + 2.0 * frac[r], x[r])
+    for idx in np.ndindex(x.shape):
+        v, kn = x[idx], knots[idx[-1]]
+        margin = reach * max(1.0, abs(v))
+        if abs(v) > bound:
+            x[idx] = np.copysign(max(abs(v), bound + margin), v)
+            continue
+        k = min(int(np.searchsorted(kn, v, side="right")) - 1, bins - 1)
+        if kn[k + 1] - kn[k] <= 2.0 * margin:   # too narrow for a stencil: the middle of the widest bin
+            k = int(np.argmax(np.diff(kn)))
+            v = 0.5 * (kn[k] + kn[k + 1])
+        x[idx] = np.clip(v, kn[k] + margin, kn[k + 1] - margin)
+    return x.astype(bijector.dtype)
+
+
+# edges: just inside and just outside +-B, and far out (_spline_points keeps them clear of +-B by a stencil's reach)
+_SPLINE_EDGES = (-2.9, 2.95, 3.1, -3.5, 10.0, -2.98)
+
+
 CASES = {
     "Identity": Case(lambda rng, dt: nb.Identity(), _reals()),
     "Shift": Case(lambda rng, dt: nb.Shift(_param(rng, dt, 3)), _reals()),
@@ -168,6 +223,11 @@ CASES = {
         lambda rng, dt: nb.Inline(np.sinh, np.arcsinh, forward_log_det_jacobian_fn=lambda x: np.log(np.cosh(x)),
                                   is_increasing=True),
         _reals()),
+    "RationalQuadraticSpline": Case(lambda rng, dt: _spline(rng, dt),
+                                    _reals(edges64=_SPLINE_EDGES, edges32=_SPLINE_EDGES), adjust=_spline_points),
+    "RationalQuadraticSpline(shared)": Case(lambda rng, dt: _spline(rng, dt, batch=()),
+                                            _reals(edges64=_SPLINE_EDGES, edges32=_SPLINE_EDGES),
+                                            adjust=_spline_points),
     "Inline(shift-and-cube)": Case(lambda rng, dt: _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
                                    _vectors(2, scale=0.7), dim=2),
 }
@@ -200,6 +260,15 @@ CASES.update({
         lambda rng, dt: _randomized(AffineCoupling([False, True], (4,), "silu", log_scale_clamp=None,
                                                    rng=rng, dtype=dt), rng),
         _vectors(2), dim=2),
+    "SplineCoupling": Case(
+        lambda rng, dt: _randomized(SplineCoupling([True, False, True, False], (6,), "tanh", bins=5, bound=3.0,
+                                                   rng=rng, dtype=dt), rng),
+        _vectors(4), dim=4),
+    # small: the parameter checks run its sequential sampling pass once per stencil point
+    "SplineAutoregressive": Case(
+        lambda rng, dt: _randomized(SplineAutoregressive(3, (4,), "tanh", bins=4, bound=3.0, order=rng.permutation(3),
+                                                         rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
     "AdditiveCoupling": Case(
         lambda rng, dt: _randomized(AdditiveCoupling([True, True, False], (5,), "elu", rng=rng, dtype=dt), rng),
         _vectors(3), dim=3),

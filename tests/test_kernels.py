@@ -160,6 +160,54 @@ def test_coupling_twins(dtype, d, hidden, n, affine, clamp):
         assert_same(res, dtype, ["gin", "gtheta"])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,hidden,n,bins,context", [(2, (8,), 9, 4, 0), (5, (3, 4), 1, 2, 0), (4, (), 6, 8, 2),
+                                                     (7, (40, 33), 17, 5, 1)])
+def test_spline_coupling_twins(dtype, d, hidden, n, bins, context):
+    """Fused spline couplings (the conditioner's output read as spline parameters) against their references."""
+    rng = np.random.default_rng(d * 13 + n + bins + context)
+    a = np.sort(rng.choice(d, size=max(1, d // 2), replace=False)).astype(np.int64)
+    b = np.setdiff1d(np.arange(d), a).astype(np.int64)
+    # a conditional layer's network input is its coordinates then the context (filled in by the program)
+    widths = (a.size + context,) + hidden + ((3 * bins - 1) * b.size,)
+    # moderate weights: wide random networks with O(1) weights emit spline parameters so extreme that
+    # float32 rounding of the products (BLAS in one twin, loops in the other) moves the steep bins visibly
+    theta, w = random_net(rng, widths, dtype, scale=0.3)
+    sp = np.array([3.0, 1e-3, 1e-3, 1e-3], dtype=dtype)
+    hmax = max(list(hidden) + [1])
+    common = [("theta", theta), ("off", 0), ("w", w), ("act", d % 3), ("bins", bins), ("sp", sp), ("a", a), ("b", b)]
+    ctx = rng.standard_normal((n, context)).astype(dtype)
+    y = (rng.standard_normal((n, d)) * 2).astype(dtype)
+    y[0, b[0]] = 3.0                       # exactly the bound
+    if n > 1:
+        y[1, b[-1]] = -4.5                 # outside: the identity
+    for direction, other in (("inverse", "x"), ("forward", "y")):
+        cond = np.zeros((n, widths[0]), dtype)
+        cond[:, a.size:] = ctx
+        outs = {other: np.zeros((n, d), dtype), "ld": np.full(n, 0.5, dtype), "cond": cond,
+                "hid": np.zeros(n * sum(hidden), dtype), "net": np.zeros((n, widths[-1]), dtype),
+                "scratch": np.zeros((4, n, b.size), dtype)}
+        inputs = common + [("point", y), (other, None), ("ld", None), ("cond", None), ("hid", None), ("net", None),
+                           ("scratch", None)]
+        res = run_both(coupling, f"spline_coupling_{direction}", inputs, outs)
+        assert_same(res, dtype, [other, "ld", "net"])
+        np.testing.assert_array_equal(res[1][0]["cond"][:, a.size:], ctx)
+    # the density direction's backward, from the inverse pass's caches
+    state = run_both(coupling, "spline_coupling_inverse", common + [
+        ("point", y), ("x", None), ("ld", None), ("cond", None), ("hid", None), ("net", None), ("scratch", None)],
+        {"x": np.zeros((n, d), dtype), "ld": np.zeros(n, dtype), "cond": cond,
+         "hid": np.zeros(n * sum(hidden), dtype), "net": np.zeros((n, widths[-1]), dtype),
+         "scratch": np.zeros((4, n, b.size), dtype)})[0][0]
+    bufs = {"gy": np.zeros((n, d), dtype), "gtheta": np.zeros(theta.size, dtype),
+            "gnet": np.zeros((n, widths[-1]), dtype), "gcond": np.zeros((n, widths[0]), dtype),
+            "d1": np.zeros(n * hmax, dtype), "d2": np.zeros(n * hmax, dtype), "scratch": state["scratch"]}
+    inputs = common + [("gx", rng.standard_normal((n, d)).astype(dtype)), ("gld", rng.standard_normal(n).astype(dtype)),
+                       ("cond", state["cond"]), ("hid", state["hid"]), ("net", state["net"]), ("scratch", None),
+                       ("gy", None), ("gtheta", None), ("gnet", None), ("gcond", None), ("d1", None), ("d2", None)]
+    res = run_both(coupling, "spline_coupling_inverse_backward", inputs, bufs)
+    assert_same(res, dtype, ["gy", "gtheta", "gcond"])
+
+
 # ---------------------------------------------------------------- MAF
 
 def maf_case(rng, dtype, d, hidden, n):
@@ -321,6 +369,8 @@ FLOWS = {
     "maf-1d": lambda dt: flows.MAF(1, n_layers=2, hidden=(4,), act_norm=True, rng=0, dtype=dt),
     "realnvp-bn": lambda dt: flows.RealNVP(3, n_layers=3, hidden=(6,), batch_norm=True, rng=0, dtype=dt),
     "maf-bn": lambda dt: flows.MAF(4, n_layers=2, hidden=(5,), batch_norm=True, rng=0, dtype=dt),
+    "nsf": lambda dt: flows.NSF(4, n_layers=3, bins=6, bound=3.0, hidden=(9,), permute="random", act_norm=True,
+                                activation="tanh", rng=0, dtype=dt),
 }
 
 
@@ -381,7 +431,7 @@ def test_compiled_reference_program_matches_the_twin(kind):
         assert np.isclose(loss, -flow.log_prob(x[:50], backend="numpy").mean(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn"])
+@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn", "nsf"])
 def test_fit_takes_the_same_steps_on_both_backends(kind):
     data = np.random.default_rng(4).standard_normal((300, FLOWS[kind](np.float64).event_shape[0])) * [1.0] + 0.5
     runs = {}

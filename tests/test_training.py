@@ -151,9 +151,9 @@ def test_fit_survives_nan_steps(monkeypatch):
     calls = {"n": 0}
     real = fit_module.nll_and_grad
 
-    def sometimes_nan(flow, batch):
+    def sometimes_nan(flow, batch, **kwargs):
         calls["n"] += 1
-        loss, grads = real(flow, batch)
+        loss, grads = real(flow, batch, **kwargs)
         if calls["n"] % 3 == 0:
             grads = {k: np.full_like(v, np.nan) for k, v in grads.items()}
         return loss, grads

@@ -18,17 +18,19 @@ from .elementwise import (
 )
 from .inline import Inline
 from .affine import Affine
-from .autoregressive import InverseAutoregressive, MaskedAutoregressive
-from .coupling import AdditiveCoupling, AffineCoupling
+from .autoregressive import InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
+from .coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
 from .normalization import ActNorm, BatchNorm
+from .spline import RationalQuadraticSpline
 
 __all__ = [
     "Bijector", "ElementwiseBijector", "Chain", "Invert", "Inline",
     "Identity", "Shift", "Scale", "Exp", "Sigmoid", "Tanh", "Softsign", "Softplus", "LeakyReLU",
     "NormalCDF", "Power",
     "Permute", "Reverse", "Rotation", "ScaleMatvecTriL", "Affine",
-    "AdditiveCoupling", "AffineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
-    "BatchNorm", "ActNorm", "LULinear",
+    "AdditiveCoupling", "AffineCoupling", "SplineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
+    "SplineAutoregressive",
+    "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",
 ]

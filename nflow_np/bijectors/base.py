@@ -20,11 +20,24 @@ Every bijector implements, privately and on already-validated arrays:
 
 The public methods validate input (dtype, shape, finiteness), reduce log-dets
 to the event rank the caller asks for, and expand the log-det gradient back.
+
+Conditional bijectors (``context_size > 0``: couplings and autoregressive
+layers built with ``context=c``, and the containers holding them) take the
+context as one more positional argument of every private pass, already
+broadcast to the batch shape: ``_forward_pass(x, context)``. Their backward
+passes put the gradient of the context among the parameter gradients, under
+the key :data:`CONTEXT_GRAD`; containers sum it over their members and the
+public VJPs return it separately. Unconditional bijectors keep one-argument
+passes: callers add the context only where ``context_size`` says so
+(:meth:`Bijector._context_args`).
 """
 
 import numpy as np
 
-from .._validation import as_float_array, check_event_shape
+from .._validation import as_float_array, check_event_shape, sum_to_shape
+
+CONTEXT_GRAD = "context"
+"""Key of the context's gradient among the gradients a conditional bijector's backward pass returns."""
 
 
 class Bijector:
@@ -38,12 +51,17 @@ class Bijector:
     event_ndims : int
         The smallest event rank the bijector acts on: 0 for elementwise maps,
         1 for maps of vectors.
+    context_size : int
+        Width of the conditioning input (0: unconditional). A conditional
+        bijector needs ``context=`` in every public method: an array of shape
+        ``(..., context_size)`` whose batch axes broadcast to the input's.
     dtype : numpy.dtype or None
         The float dtype of the parameters; ``None`` for parameter-free
         bijectors, which follow the dtype of their input.
     """
 
     event_ndims = 0
+    context_size = 0
 
     def __init__(self, *, dtype=None, name=None):
         self.params = {}
@@ -71,6 +89,32 @@ class Bijector:
 
     def _check_input_shape(self, arr, where, argname):
         check_event_shape(arr, self.event_ndims, None, where, argname)
+
+    def _context_args(self, context):
+        """The extra arguments of this bijector's private passes: ``(context,)`` if conditional, else ``()``."""
+        return (context,) if self.context_size else ()
+
+    def _prepare_context(self, context, arr, method, argname="x", where=None):
+        """Validate ``context`` and broadcast it to the batch shape of ``arr``; ``None`` if unconditional."""
+        where = where or f"{self.name}.{method}"
+        c = self.context_size
+        if not c:
+            if context is not None:
+                raise ValueError(f"{where}: unconditional (built without a context), so it takes no context; "
+                                 f"got one of shape {np.shape(context)}")
+            return None
+        if context is None:
+            raise ValueError(f"{where}: conditional on a context of size {c}; pass context= an array of shape "
+                             f"(..., {c}), one row per point or one row for all")
+        ctx = as_float_array(context, self.dtype, where, "context")
+        if ctx.ndim == 0 or ctx.shape[-1] != c:
+            raise ValueError(f"{where}: context must have shape (..., {c}); got shape {ctx.shape}")
+        batch = arr.shape[:arr.ndim - self.event_ndims]
+        try:
+            return np.broadcast_to(ctx, batch + (c,))
+        except ValueError:
+            raise ValueError(f"{where}: context of shape {ctx.shape} does not broadcast to the batch shape "
+                             f"{batch} of {argname} (one context row per point, or one row for all)") from None
 
     def _resolve_event_ndims(self, event_ndims, arr, method):
         if event_ndims is None:
@@ -117,66 +161,81 @@ class Bijector:
         return grad
 
     # ------------------------------------------------------------------ public API
-    def forward(self, x):
-        """Map base-space points ``x`` to data space."""
-        return self._forward(self._prepare(x, "forward", "x"))
+    def _prepared(self, value, method, argname, context):
+        arr = self._prepare(value, method, argname)
+        return arr, self._context_args(self._prepare_context(context, arr, method, argname))
 
-    def inverse(self, y):
+    def forward(self, x, context=None):
+        """Map base-space points ``x`` to data space (``context``: see :attr:`context_size`)."""
+        x, extra = self._prepared(x, "forward", "x", context)
+        return self._forward(x, *extra)
+
+    def inverse(self, y, context=None):
         """Map data-space points ``y`` back to base space."""
-        return self._inverse(self._prepare(y, "inverse", "y"))
+        y, extra = self._prepared(y, "inverse", "y", context)
+        return self._inverse(y, *extra)
 
-    def forward_log_det_jacobian(self, x, event_ndims=None):
+    def forward_log_det_jacobian(self, x, event_ndims=None, context=None):
         """log|det dforward/dx| at ``x``, summed over ``event_ndims`` trailing axes."""
-        x = self._prepare(x, "forward_log_det_jacobian", "x")
+        x, extra = self._prepared(x, "forward_log_det_jacobian", "x", context)
         k = self._resolve_event_ndims(event_ndims, x, "forward_log_det_jacobian")
-        return self._reduce(self._forward_log_det(x), k)
+        return self._reduce(self._forward_log_det(x, *extra), k)
 
-    def inverse_log_det_jacobian(self, y, event_ndims=None):
+    def inverse_log_det_jacobian(self, y, event_ndims=None, context=None):
         """log|det dinverse/dy| at ``y``; equals ``-forward_log_det_jacobian(inverse(y))``."""
-        y = self._prepare(y, "inverse_log_det_jacobian", "y")
+        y, extra = self._prepared(y, "inverse_log_det_jacobian", "y", context)
         k = self._resolve_event_ndims(event_ndims, y, "inverse_log_det_jacobian")
-        return self._reduce(self._inverse_log_det(y), k)
+        return self._reduce(self._inverse_log_det(y, *extra), k)
 
-    def forward_and_log_det(self, x, event_ndims=None):
+    def forward_and_log_det(self, x, event_ndims=None, context=None):
         """``(forward(x), forward_log_det_jacobian(x))`` in one pass."""
-        x = self._prepare(x, "forward_and_log_det", "x")
+        x, extra = self._prepared(x, "forward_and_log_det", "x", context)
         k = self._resolve_event_ndims(event_ndims, x, "forward_and_log_det")
-        y, log_det = self._forward_and_log_det(x)
+        y, log_det = self._forward_and_log_det(x, *extra)
         return y, self._reduce(log_det, k)
 
-    def inverse_and_log_det(self, y, event_ndims=None):
+    def inverse_and_log_det(self, y, event_ndims=None, context=None):
         """``(inverse(y), inverse_log_det_jacobian(y))`` in one pass."""
-        y = self._prepare(y, "inverse_and_log_det", "y")
+        y, extra = self._prepared(y, "inverse_and_log_det", "y", context)
         k = self._resolve_event_ndims(event_ndims, y, "inverse_and_log_det")
-        x, log_det = self._inverse_and_log_det(y)
+        x, log_det = self._inverse_and_log_det(y, *extra)
         return x, self._reduce(log_det, k)
 
-    def forward_vjp(self, x, grad_y=None, grad_log_det=None, event_ndims=None):
+    def forward_vjp(self, x, grad_y=None, grad_log_det=None, event_ndims=None, context=None):
         """Vector-Jacobian product of the forward pass.
 
         Returns ``(grad_x, grads)``: the gradient of
         ``sum(grad_y * forward(x)) + sum(grad_log_det * forward_log_det_jacobian(x, event_ndims))``
         with respect to ``x``, and a dict of its gradients with respect to
         every parameter, keyed as in :meth:`parameters`. ``None`` upstream
-        gradients count as zeros.
+        gradients count as zeros. A conditional bijector returns
+        ``(grad_x, grads, grad_context)``, the last of ``context``'s shape.
         """
-        x = self._prepare(x, "forward_vjp", "x")
+        x, extra = self._prepared(x, "forward_vjp", "x", context)
         k = self._resolve_event_ndims(event_ndims, x, "forward_vjp")
-        y, log_det, ctx = self._forward_pass(x)
+        y, log_det, ctx = self._forward_pass(x, *extra)
         grad_y = self._prepare_upstream(grad_y, y, "forward_vjp", "grad_y")
         grad_log_det = (np.zeros_like(log_det) if grad_log_det is None
                         else self._expand(grad_log_det, log_det.shape, k, "forward_vjp", x.dtype))
-        return self._forward_backward(ctx, grad_y, grad_log_det)
+        return self._split_context_grad(self._forward_backward(ctx, grad_y, grad_log_det), context)
 
-    def inverse_vjp(self, y, grad_x=None, grad_log_det=None, event_ndims=None):
+    def inverse_vjp(self, y, grad_x=None, grad_log_det=None, event_ndims=None, context=None):
         """Vector-Jacobian product of the inverse pass; see :meth:`forward_vjp`."""
-        y = self._prepare(y, "inverse_vjp", "y")
+        y, extra = self._prepared(y, "inverse_vjp", "y", context)
         k = self._resolve_event_ndims(event_ndims, y, "inverse_vjp")
-        x, log_det, ctx = self._inverse_pass(y)
+        x, log_det, ctx = self._inverse_pass(y, *extra)
         grad_x = self._prepare_upstream(grad_x, x, "inverse_vjp", "grad_x")
         grad_log_det = (np.zeros_like(log_det) if grad_log_det is None
                         else self._expand(grad_log_det, log_det.shape, k, "inverse_vjp", y.dtype))
-        return self._inverse_backward(ctx, grad_x, grad_log_det)
+        return self._split_context_grad(self._inverse_backward(ctx, grad_x, grad_log_det), context)
+
+    def _split_context_grad(self, result, context):
+        if not self.context_size:
+            return result
+        grad, grads = result
+        grads = dict(grads)
+        grad_context = grads.pop(CONTEXT_GRAD)
+        return grad, grads, sum_to_shape(grad_context, np.shape(context))
 
     def __call__(self, value):
         """``bijector(x)`` is ``forward(x)``; ``bijector(distribution)`` transforms it."""
@@ -191,25 +250,26 @@ class Bijector:
         return f"{self.name}({shown})"
 
     # ------------------------------------------------------------------ defaults for subclasses
-    def _forward_log_det(self, x):
-        return self._forward_and_log_det(x)[1]
+    # ``*context`` is empty for unconditional bijectors and ``(context,)`` for conditional ones
+    def _forward_log_det(self, x, *context):
+        return self._forward_and_log_det(x, *context)[1]
 
-    def _inverse_log_det(self, y):
-        return self._inverse_and_log_det(y)[1]
+    def _inverse_log_det(self, y, *context):
+        return self._inverse_and_log_det(y, *context)[1]
 
-    def _forward_and_log_det(self, x):
-        return self._forward(x), self._forward_log_det(x)
+    def _forward_and_log_det(self, x, *context):
+        return self._forward(x, *context), self._forward_log_det(x, *context)
 
-    def _inverse_and_log_det(self, y):
-        x = self._inverse(y)
-        return x, -self._forward_log_det(x)
+    def _inverse_and_log_det(self, y, *context):
+        x = self._inverse(y, *context)
+        return x, -self._forward_log_det(x, *context)
 
-    def _forward_pass(self, x):
-        y, log_det = self._forward_and_log_det(x)
+    def _forward_pass(self, x, *context):
+        y, log_det = self._forward_and_log_det(x, *context)
         return y, log_det, (x, y)
 
-    def _inverse_pass(self, y):
-        x, log_det = self._inverse_and_log_det(y)
+    def _inverse_pass(self, y, *context):
+        x, log_det = self._inverse_and_log_det(y, *context)
         return x, log_det, (x, y)
 
     def _is_increasing(self):
@@ -226,15 +286,15 @@ class PassBijector(Bijector):
     their backward passes, and nothing else.
     """
 
-    def _forward(self, x):
-        return self._forward_pass(x)[0]
+    def _forward(self, x, *context):
+        return self._forward_pass(x, *context)[0]
 
-    def _inverse(self, y):
-        return self._inverse_pass(y)[0]
+    def _inverse(self, y, *context):
+        return self._inverse_pass(y, *context)[0]
 
-    def _forward_and_log_det(self, x):
-        return self._forward_pass(x)[:2]
+    def _forward_and_log_det(self, x, *context):
+        return self._forward_pass(x, *context)[:2]
 
-    def _inverse_and_log_det(self, y):
-        return self._inverse_pass(y)[:2]
+    def _inverse_and_log_det(self, y, *context):
+        return self._inverse_pass(y, *context)[:2]
 

@@ -2,7 +2,24 @@
 
 import numpy as np
 
-from .base import Bijector
+from .base import CONTEXT_GRAD, Bijector
+
+
+def _common_context_size(bijectors, where):
+    sizes = {b.context_size for b in bijectors if b.context_size}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{b.name}: {b.context_size}" for b in bijectors if b.context_size)
+        raise ValueError(f"{where}: conditional members take contexts of different sizes ({listed}); they all "
+                         f"receive the same context, so build them with one context size")
+    return sizes.pop() if sizes else 0
+
+
+def _add_context_grad(total, grads):
+    """Pop a member's context gradient out of ``grads`` and add it to ``total``."""
+    g = grads.pop(CONTEXT_GRAD, None)
+    if g is None:
+        return total
+    return g if total is None else total + g
 
 
 def _common_dtype(bijectors, where):
@@ -22,6 +39,9 @@ class Chain(Bijector):
     rank (the largest of its members').
 
     Parameters are named ``"<position>.<name>"``, e.g. ``"0.shift"``.
+
+    A chain holding conditional members is conditional: every conditional
+    member receives the chain's ``context``, the others ignore it.
     """
 
     def __init__(self, bijectors, *, name=None):
@@ -34,6 +54,7 @@ class Chain(Bijector):
         super().__init__(dtype=_common_dtype(bijectors, "Chain"), name=name)
         self.bijectors = bijectors
         self.event_ndims = max(b.event_ndims for b in bijectors)
+        self.context_size = _common_context_size(bijectors, "Chain")
 
     def _children(self):
         return [(str(i), b) for i, b in enumerate(self.bijectors)]
@@ -41,55 +62,55 @@ class Chain(Bijector):
     def _member_reduce(self, b, log_det):
         return b._reduce(log_det, self.event_ndims)
 
-    def _forward(self, x):
+    def _forward(self, x, context=None):
         for b in reversed(self.bijectors):
-            x = b._forward(x)
+            x = b._forward(x, *b._context_args(context))
         return x
 
-    def _inverse(self, y):
+    def _inverse(self, y, context=None):
         for b in self.bijectors:
-            y = b._inverse(y)
+            y = b._inverse(y, *b._context_args(context))
         return y
 
-    def _forward_and_log_det(self, x):
+    def _forward_and_log_det(self, x, context=None):
         total = 0.0
         for b in reversed(self.bijectors):
-            x, log_det = b._forward_and_log_det(x)
+            x, log_det = b._forward_and_log_det(x, *b._context_args(context))
             total = total + self._member_reduce(b, log_det)
         return x, self._as_log_det(total, x)
 
-    def _inverse_and_log_det(self, y):
+    def _inverse_and_log_det(self, y, context=None):
         total = 0.0
         for b in self.bijectors:
-            y, log_det = b._inverse_and_log_det(y)
+            y, log_det = b._inverse_and_log_det(y, *b._context_args(context))
             total = total + self._member_reduce(b, log_det)
         return y, self._as_log_det(total, y)
 
-    def _forward_log_det(self, x):
-        return self._forward_and_log_det(x)[1]
+    def _forward_log_det(self, x, context=None):
+        return self._forward_and_log_det(x, context)[1]
 
-    def _inverse_log_det(self, y):
-        return self._inverse_and_log_det(y)[1]
+    def _inverse_log_det(self, y, context=None):
+        return self._inverse_and_log_det(y, context)[1]
 
     def _as_log_det(self, total, out):
         shape = out.shape[:out.ndim - self.event_ndims]
         return np.broadcast_to(np.asarray(total, dtype=out.dtype), shape).copy() \
             if np.shape(total) != shape else total
 
-    def _forward_pass(self, x):
+    def _forward_pass(self, x, context=None):
         total = 0.0
         ctxs = []
         for b in reversed(self.bijectors):
-            x, log_det, ctx = b._forward_pass(x)
+            x, log_det, ctx = b._forward_pass(x, *b._context_args(context))
             ctxs.append((ctx, log_det.shape))
             total = total + self._member_reduce(b, log_det)
         return x, self._as_log_det(total, x), ctxs
 
-    def _inverse_pass(self, y):
+    def _inverse_pass(self, y, context=None):
         total = 0.0
         ctxs = []
         for b in self.bijectors:
-            y, log_det, ctx = b._inverse_pass(y)
+            y, log_det, ctx = b._inverse_pass(y, *b._context_args(context))
             ctxs.append((ctx, log_det.shape))
             total = total + self._member_reduce(b, log_det)
         return y, self._as_log_det(total, y), ctxs
@@ -101,22 +122,30 @@ class Chain(Bijector):
 
     def _forward_backward(self, ctxs, grad_y, grad_log_det):
         grads = {}
+        grad_context = None
         members = list(reversed(self.bijectors))
         for i in range(len(members) - 1, -1, -1):
             b = members[i]
             ctx, shape = ctxs[i]
             grad_y, g = b._forward_backward(ctx, grad_y, self._member_grad_log_det(b, grad_log_det, shape))
+            grad_context = _add_context_grad(grad_context, g)
             pos = len(self.bijectors) - 1 - i
             grads.update({f"{pos}.{k}": v for k, v in g.items()})
+        if grad_context is not None:
+            grads[CONTEXT_GRAD] = grad_context
         return grad_y, grads
 
     def _inverse_backward(self, ctxs, grad_x, grad_log_det):
         grads = {}
+        grad_context = None
         for i in range(len(self.bijectors) - 1, -1, -1):
             b = self.bijectors[i]
             ctx, shape = ctxs[i]
             grad_x, g = b._inverse_backward(ctx, grad_x, self._member_grad_log_det(b, grad_log_det, shape))
+            grad_context = _add_context_grad(grad_context, g)
             grads.update({f"{i}.{k}": v for k, v in g.items()})
+        if grad_context is not None:
+            grads[CONTEXT_GRAD] = grad_context
         return grad_x, grads
 
     def _is_increasing(self):
@@ -141,6 +170,7 @@ class Invert(Bijector):
         super().__init__(dtype=bijector.dtype, name=name or f"Invert({bijector.name})")
         self.bijector = bijector
         self.event_ndims = bijector.event_ndims
+        self.context_size = bijector.context_size
 
     def _children(self):
         return [("bijector", self.bijector)]
@@ -148,37 +178,39 @@ class Invert(Bijector):
     def _check_input_shape(self, arr, where, argname):
         self.bijector._check_input_shape(arr, where, argname)
 
-    def _forward(self, x):
-        return self.bijector._inverse(x)
+    def _forward(self, x, *context):
+        return self.bijector._inverse(x, *context)
 
-    def _inverse(self, y):
-        return self.bijector._forward(y)
+    def _inverse(self, y, *context):
+        return self.bijector._forward(y, *context)
 
-    def _forward_log_det(self, x):
-        return self.bijector._inverse_log_det(x)
+    def _forward_log_det(self, x, *context):
+        return self.bijector._inverse_log_det(x, *context)
 
-    def _inverse_log_det(self, y):
-        return self.bijector._forward_log_det(y)
+    def _inverse_log_det(self, y, *context):
+        return self.bijector._forward_log_det(y, *context)
 
-    def _forward_and_log_det(self, x):
-        return self.bijector._inverse_and_log_det(x)
+    def _forward_and_log_det(self, x, *context):
+        return self.bijector._inverse_and_log_det(x, *context)
 
-    def _inverse_and_log_det(self, y):
-        return self.bijector._forward_and_log_det(y)
+    def _inverse_and_log_det(self, y, *context):
+        return self.bijector._forward_and_log_det(y, *context)
 
-    def _forward_pass(self, x):
-        return self.bijector._inverse_pass(x)
+    def _forward_pass(self, x, *context):
+        return self.bijector._inverse_pass(x, *context)
 
-    def _inverse_pass(self, y):
-        return self.bijector._forward_pass(y)
+    def _inverse_pass(self, y, *context):
+        return self.bijector._forward_pass(y, *context)
+
+    def _prefixed(self, result):
+        grad, grads = result
+        return grad, {k if k == CONTEXT_GRAD else f"bijector.{k}": v for k, v in grads.items()}
 
     def _forward_backward(self, ctx, grad_y, grad_log_det):
-        grad, grads = self.bijector._inverse_backward(ctx, grad_y, grad_log_det)
-        return grad, {f"bijector.{k}": v for k, v in grads.items()}
+        return self._prefixed(self.bijector._inverse_backward(ctx, grad_y, grad_log_det))
 
     def _inverse_backward(self, ctx, grad_x, grad_log_det):
-        grad, grads = self.bijector._forward_backward(ctx, grad_x, grad_log_det)
-        return grad, {f"bijector.{k}": v for k, v in grads.items()}
+        return self._prefixed(self.bijector._forward_backward(ctx, grad_x, grad_log_det))
 
     def _is_increasing(self):
         return self.bijector._is_increasing()

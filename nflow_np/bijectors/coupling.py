@@ -1,4 +1,4 @@
-"""Coupling layers: NICE's additive and RealNVP's affine coupling.
+"""Coupling layers: NICE's additive, RealNVP's affine and NSF's rational-quadratic spline coupling.
 
 A boolean ``mask`` splits each vector: the masked part ``x_a`` passes through
 unchanged and conditions an MLP, which transforms the other part ``x_b``.
@@ -9,8 +9,10 @@ log-det is the sum of the log-scales.
 import numpy as np
 
 from .._validation import check_event_shape
+from ..kernels.spline import (rqs_forward_backward_numpy, rqs_forward_numpy, rqs_inverse_backward_numpy,
+                              rqs_inverse_numpy)
 from ..nn.mlp import MLP
-from .base import PassBijector
+from .base import CONTEXT_GRAD, PassBijector
 
 
 def _split_mask(mask, where):
@@ -26,6 +28,25 @@ def _split_mask(mask, where):
     return mask
 
 
+def check_context_size(context, where):
+    """The ``context=`` argument of a layer or flow constructor as a non-negative int."""
+    if isinstance(context, (bool, np.bool_)) or not isinstance(context, (int, np.integer)) or context < 0:
+        raise ValueError(f"{where}: context must be a non-negative int (the width of the conditioning input); "
+                         f"got {context!r}")
+    return int(context)
+
+
+def net_backward(net, cache, grad_out):
+    """``net.backward`` as ``(grad_input, grads)``, the context's gradient moved into ``grads``."""
+    result = net.backward(cache, grad_out)
+    if len(result) == 2:
+        return result
+    grad_in, grad_context, grads = result
+    grads = dict(grads)
+    grads[CONTEXT_GRAD] = grad_context
+    return grad_in, grads
+
+
 def alternating_mask(dim, parity=0):
     """``[True, False, True, ...]`` (parity 0) or its complement (parity 1)."""
     return (np.arange(dim) % 2) == parity
@@ -35,14 +56,19 @@ class _Coupling(PassBijector):
     event_ndims = 1
     _outputs_per_dim = 1
 
-    def __init__(self, mask, hidden=(64, 64), activation="relu", *, rng=None, dtype=np.float64, name=None):
+    def __init__(self, mask, hidden=(64, 64), activation="relu", *, context=0, rng=None, dtype=np.float64,
+                 name=None):
         super().__init__(dtype=np.dtype(dtype), name=name)
         self.mask = _split_mask(mask, self.name)
         self.features = self.mask.size
+        self.context_size = check_context_size(context, self.name)
         self._a = np.flatnonzero(self.mask)
         self._b = np.flatnonzero(~self.mask)
-        self.net = MLP(self._a.size, self._outputs_per_dim * self._b.size, hidden, activation, rng=rng,
-                       dtype=self.dtype, zero_last=True)
+        self.net = MLP(self._a.size, self._net_outputs(self._b.size), hidden, activation, rng=rng,
+                       dtype=self.dtype, zero_last=True, context_features=self.context_size)
+
+    def _net_outputs(self, n_transformed):
+        return self._outputs_per_dim * n_transformed
 
     def _children(self):
         return [("net", self.net)]
@@ -60,7 +86,7 @@ class _Coupling(PassBijector):
         return out
 
     def _wrap_grads(self, grads):
-        return {f"net.{k}": v for k, v in grads.items()}
+        return {k if k == CONTEXT_GRAD else f"net.{k}": v for k, v in grads.items()}
 
 
 class AdditiveCoupling(_Coupling):
@@ -75,6 +101,9 @@ class AdditiveCoupling(_Coupling):
         Hidden widths of the conditioner MLP; its last layer starts at zero, so
         the layer starts as the identity.
     activation : {"relu", "tanh", "elu", "silu"}
+    context : int, default 0
+        Width of a conditioning input: the network then sees ``(x_a, context)``,
+        and every pass takes ``context=`` (one row per point, or one row for all).
     rng : Generator or int, optional
     dtype : float64 (default) or float32
 
@@ -82,23 +111,23 @@ class AdditiveCoupling(_Coupling):
     Components Estimation", ICLR 2015 workshop.
     """
 
-    def _forward_pass(self, x):
+    def _forward_pass(self, x, context=None):
         self._check(x, "forward")
         xa = x[..., self._a]
-        t, cache = self.net.forward_with_cache(xa)
+        t, cache = self.net.forward_with_cache(xa, context)
         y = self._assemble(xa, x[..., self._b] + t)
         return y, np.zeros(x.shape[:-1], dtype=x.dtype), cache
 
-    def _inverse_pass(self, y):
+    def _inverse_pass(self, y, context=None):
         self._check(y, "inverse")
         ya = y[..., self._a]
-        t, cache = self.net.forward_with_cache(ya)
+        t, cache = self.net.forward_with_cache(ya, context)
         x = self._assemble(ya, y[..., self._b] - t)
         return x, np.zeros(y.shape[:-1], dtype=y.dtype), cache
 
     def _backward(self, cache, grad_out, sign):
         grad_b = grad_out[..., self._b]
-        grad_cond, grads = self.net.backward(cache, sign * grad_b)
+        grad_cond, grads = net_backward(self.net, cache, sign * grad_b)
         return self._assemble(grad_out[..., self._a] + grad_cond, grad_b), self._wrap_grads(grads)
 
     def _forward_backward(self, cache, grad_y, grad_log_det):
@@ -115,6 +144,7 @@ class AffineCoupling(_Coupling):
     ``c = log_scale_clamp`` (3 by default): one layer scales by at most
     ``e^c`` either way, so a bad step cannot blow the scales up to inf/NaN,
     while small log-scales pass through almost unchanged. ``None`` disables it.
+    Parameters as in :class:`AdditiveCoupling`, ``context`` included.
 
     References: Dinh, Sohl-Dickstein and Bengio, "Density estimation using
     Real NVP", ICLR 2017.
@@ -122,15 +152,15 @@ class AffineCoupling(_Coupling):
 
     _outputs_per_dim = 2
 
-    def __init__(self, mask, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, rng=None,
+    def __init__(self, mask, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, rng=None,
                  dtype=np.float64, name=None):
-        super().__init__(mask, hidden, activation, rng=rng, dtype=dtype, name=name)
+        super().__init__(mask, hidden, activation, context=context, rng=rng, dtype=dtype, name=name)
         if log_scale_clamp is not None and not log_scale_clamp > 0:
             raise ValueError(f"{self.name}: log_scale_clamp must be positive or None; got {log_scale_clamp}")
         self.log_scale_clamp = None if log_scale_clamp is None else float(log_scale_clamp)
 
-    def _shift_and_log_scale(self, conditioner):
-        out, cache = self.net.forward_with_cache(conditioner)
+    def _shift_and_log_scale(self, conditioner, context):
+        out, cache = self.net.forward_with_cache(conditioner, context)
         nb = self._b.size
         shift, raw = out[..., :nb], out[..., nb:]
         if self.log_scale_clamp is None:
@@ -141,12 +171,12 @@ class AffineCoupling(_Coupling):
     def _net_backward(self, net_ctx, grad_shift, grad_log_scale):
         cache, squashed = net_ctx
         grad_raw = grad_log_scale if squashed is None else grad_log_scale * (1.0 - squashed * squashed)
-        return self.net.backward(cache, np.concatenate([grad_shift, grad_raw], axis=-1))
+        return net_backward(self.net, cache, np.concatenate([grad_shift, grad_raw], axis=-1))
 
-    def _forward_pass(self, x):
+    def _forward_pass(self, x, context=None):
         self._check(x, "forward")
         xa, xb = x[..., self._a], x[..., self._b]
-        shift, log_scale, net_ctx = self._shift_and_log_scale(xa)
+        shift, log_scale, net_ctx = self._shift_and_log_scale(xa, context)
         scale = np.exp(log_scale)
         y = self._assemble(xa, xb * scale + shift)
         return y, log_scale.sum(axis=-1), (xb, scale, net_ctx)
@@ -158,10 +188,10 @@ class AffineCoupling(_Coupling):
         grad_cond, grads = self._net_backward(net_ctx, grad_yb, grad_log_scale)
         return self._assemble(grad_y[..., self._a] + grad_cond, grad_yb * scale), self._wrap_grads(grads)
 
-    def _inverse_pass(self, y):
+    def _inverse_pass(self, y, context=None):
         self._check(y, "inverse")
         ya, yb = y[..., self._a], y[..., self._b]
-        shift, log_scale, net_ctx = self._shift_and_log_scale(ya)
+        shift, log_scale, net_ctx = self._shift_and_log_scale(ya, context)
         inv_scale = np.exp(-log_scale)
         xb = (yb - shift) * inv_scale
         return self._assemble(ya, xb), -log_scale.sum(axis=-1), (xb, inv_scale, net_ctx)
@@ -173,3 +203,118 @@ class AffineCoupling(_Coupling):
         grad_log_scale = -grad_xb * xb - grad_log_det[..., None]
         grad_cond, grads = self._net_backward(net_ctx, -grad_yb, grad_log_scale)
         return self._assemble(grad_x[..., self._a] + grad_cond, grad_yb), self._wrap_grads(grads)
+
+
+class SplineSettings:
+    """The shape of a rational-quadratic spline as a layer builds it: bins, bound and the minima.
+
+    ``args`` is what the spline kernels take after the parameters; ``split``
+    views a conditioner's output, ``(n, m, 3 bins - 1)``, as the unnormalized
+    widths, heights and interior-knot derivatives.
+    """
+
+    def __init__(self, bins, bound, min_bin_width, min_bin_height, min_derivative, where):
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+            raise ValueError(f"{where}: bins must be an int >= 2; got {bins!r}")
+        if not (np.isfinite(bound) and bound > 0):
+            raise ValueError(f"{where}: bound must be a positive finite number; got {bound!r}")
+        for name, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
+            if not 0 <= value < 1.0 / bins:
+                raise ValueError(f"{where}: {name} must lie in [0, 1/bins) = [0, {1.0 / bins:g}); got {value!r}")
+        if not 0 <= min_derivative < 1:
+            raise ValueError(f"{where}: min_derivative must lie in [0, 1); got {min_derivative!r}")
+        self.bins = int(bins)
+        self.bound = float(bound)
+        self.min_bin_width = float(min_bin_width)
+        self.min_bin_height = float(min_bin_height)
+        self.min_derivative = float(min_derivative)
+        self.args = (self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
+        self.per_dim = 3 * self.bins - 1
+
+    def split(self, out):
+        k = self.bins
+        return out[..., :k], out[..., k:2 * k], out[..., 2 * k:]
+
+
+def spline_transform(kernel, settings, values, params):
+    """Apply a spline pass to ``values`` (``(n, m)``) with per-element ``params`` (``(n, m, 3 bins - 1)``)."""
+    out = np.empty_like(values)
+    log_det = np.empty_like(values)
+    kernel(values, *settings.split(params), *settings.args, out, log_det)
+    return out, log_det
+
+
+def spline_backward(kernel, settings, values, params, grad_out, grad_log_det):
+    """VJP of :func:`spline_transform`: gradients of its input and of ``params``."""
+    grad_in = np.empty_like(values)
+    grad_params = np.empty_like(params)
+    kernel(values, *settings.split(params), *settings.args, grad_out, grad_log_det, grad_in,
+           *settings.split(grad_params))
+    return grad_in, grad_params
+
+
+class SplineCoupling(_Coupling):
+    """Coupling with a monotone rational-quadratic spline per transformed coordinate (NSF).
+
+    The network maps ``(x_a, context)`` to ``3 bins - 1`` numbers per
+    transformed coordinate: unnormalized bin widths, bin heights and interior
+    knot derivatives of a spline ``g`` on ``[-bound, bound]`` (the identity
+    outside; see :class:`~nflow_np.bijectors.RationalQuadraticSpline` for the
+    parameterization). The density direction evaluates the spline,
+    ``x_b = g(y_b)`` with log-det ``sum(log g'(y_b))``; sampling inverts it,
+    ``y_b = g^{-1}(x_b)``, by the closed-form root of a quadratic. The last
+    network layer starts at zero, which makes every spline the identity.
+
+    Parameters
+    ----------
+    mask, hidden, activation, context, rng, dtype
+        As in :class:`AdditiveCoupling`.
+    bins : int, default 8
+    bound : float, default 5.0
+    min_bin_width, min_bin_height, min_derivative : float, default 1e-3
+
+    References: Durkan, Bekasov, Murray and Papamakarios, "Neural Spline
+    Flows", NeurIPS 2019.
+    """
+
+    def __init__(self, mask, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
+                 min_bin_height=1e-3, min_derivative=1e-3, context=0, rng=None, dtype=np.float64, name=None):
+        self.spline = SplineSettings(bins, bound, min_bin_width, min_bin_height, min_derivative,
+                                     name or type(self).__name__)
+        super().__init__(mask, hidden, activation, context=context, rng=rng, dtype=dtype, name=name)
+
+    def _net_outputs(self, n_transformed):
+        return self.spline.per_dim * n_transformed
+
+    def _spline_pass(self, kernel, inp, context, method):
+        self._check(inp, method)
+        cond, values = inp[..., self._a], inp[..., self._b]
+        out, cache = self.net.forward_with_cache(cond, context)
+        nb = self._b.size
+        params = out.reshape(-1, nb, self.spline.per_dim)
+        flat = np.ascontiguousarray(values.reshape(-1, nb))
+        transformed, log_det = spline_transform(kernel, self.spline, flat, params)
+        result = self._assemble(cond, transformed.reshape(values.shape))
+        return result, log_det.sum(axis=1).reshape(inp.shape[:-1]), (flat, params, cache, out.shape)
+
+    def _spline_backward(self, kernel, ctx, grad_out, grad_log_det):
+        flat, params, cache, out_shape = ctx
+        nb = self._b.size
+        grad_values = np.ascontiguousarray(grad_out[..., self._b].reshape(-1, nb))
+        grad_ld = np.ascontiguousarray(np.broadcast_to(grad_log_det.reshape(-1, 1), flat.shape))
+        grad_in, grad_params = spline_backward(kernel, self.spline, flat, params, grad_values, grad_ld)
+        grad_cond, grads = net_backward(self.net, cache, grad_params.reshape(out_shape))
+        grad_in = grad_in.reshape(grad_out.shape[:-1] + (nb,))
+        return self._assemble(grad_out[..., self._a] + grad_cond, grad_in), self._wrap_grads(grads)
+
+    def _inverse_pass(self, y, context=None):
+        return self._spline_pass(rqs_forward_numpy, y, context, "inverse")
+
+    def _inverse_backward(self, ctx, grad_x, grad_log_det):
+        return self._spline_backward(rqs_forward_backward_numpy, ctx, grad_x, grad_log_det)
+
+    def _forward_pass(self, x, context=None):
+        return self._spline_pass(rqs_inverse_numpy, x, context, "forward")
+
+    def _forward_backward(self, ctx, grad_y, grad_log_det):
+        return self._spline_backward(rqs_inverse_backward_numpy, ctx, grad_y, grad_log_det)

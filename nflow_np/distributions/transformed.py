@@ -4,7 +4,7 @@ import numpy as np
 
 from .._validation import as_generator, as_sample_shape
 from ..bijectors.base import Bijector
-from ..kernels.backend import resolve_backend
+from ..kernels.backend import on_device, resolve_backend
 from .base import Distribution
 
 
@@ -19,6 +19,12 @@ class TransformedDistribution(Distribution):
     The event rank is the larger of the base's and the bijector's: a scalar
     ``Normal`` with batch shape ``(d,)`` under a vector bijector becomes one
     d-dimensional event, its log-densities summed over the last axis.
+
+    A flow whose bijector is conditional (``context_size > 0``) is a
+    conditional density p(x | context): ``log_prob(x, context=c)`` takes one
+    context row per point (or one row for all), and ``sample(n, context=c)``
+    one row per sample (or one row for all; ``sample(context=c)`` draws one
+    sample per row of ``c``).
 
     ``log_prob``, ``sample`` and ``sample_and_log_prob`` take ``backend=``
     (``"numpy"`` or ``"numba"``; default :func:`nflow_np.get_backend`). With
@@ -49,6 +55,11 @@ class TransformedDistribution(Distribution):
         self.event_shape = full[len(full) - rank:]
         self._base_extra = rank - distribution.event_ndims
 
+    @property
+    def context_size(self):
+        """Width of the conditioning input (0 for an unconditional flow)."""
+        return self.bijector.context_size
+
     def parameters(self):
         for key, value in self.distribution.parameters():
             yield f"distribution.{key}", value
@@ -72,8 +83,9 @@ class TransformedDistribution(Distribution):
 
     # ---------------------------------------------------------------- compiled path
     def _compiled(self, backend, method):
-        """The compiled program to use for this call, or None for the NumPy passes."""
-        if resolve_backend(backend, f"{self.name}.{method}") != "numba":
+        """The compiled program to use for this call (its GPU runner for ``"cuda"``), or None for the NumPy passes."""
+        name = resolve_backend(backend, f"{self.name}.{method}")
+        if name == "numpy":
             return None
         from ..kernels.plan import program_for
         program = program_for(self)
@@ -81,43 +93,71 @@ class TransformedDistribution(Distribution):
             return None     # ActNorm initializes on its first data batch, in the NumPy pass
         if method == "log_prob" and program.batch_statistics():
             return None     # a training-mode BatchNorm normalizes by the whole batch: not split into chunks
+        if name == "cuda":
+            from ..kernels.cuda.runner import runner_for
+            return runner_for(program)      # None (the NumPy passes) for a layer the GPU kernels do not cover
         return program
 
-    def log_prob(self, x, backend=None):
+    def _context_args(self, context, points, method, argname="x"):
+        """The bijector's extra pass arguments for ``context``, validated against ``points``."""
+        return self.bijector._context_args(self.bijector._prepare_context(
+            context, points, method, argname, where=f"{self.name}.{method}"))
+
+    def log_prob(self, x, context=None, backend=None):
         """Log-density at ``x``, one value per event; ``backend`` picks NumPy or the compiled program."""
+        if on_device(x):    # a CUDA array: evaluated on the GPU, the result left there
+            from ..kernels.cuda.runner import log_prob_on_device
+            return log_prob_on_device(self, x, context, backend)
         x = self._prepare(x, "log_prob")
+        extra = self._context_args(context, x, "log_prob")
         program = self._compiled(backend, "log_prob")
         if program is None:
-            return self._log_prob(x)
+            return self._log_prob(x, *extra)
         d = self.event_shape[0]
-        return program.log_prob(x.reshape(-1, d), "numba").reshape(x.shape[:-1])
+        return program.log_prob(x.reshape(-1, d), "numba", self._context_rows(extra)).reshape(x.shape[:-1])
 
-    def sample(self, sample_shape=(), rng=None, backend=None):
+    def prob(self, x, context=None, backend=None):
+        """Density at ``x``."""
+        return np.exp(self.log_prob(x, context=context, backend=backend))
+
+    def _context_rows(self, extra):
+        """The validated context as ``(n, c)`` rows for the compiled program (None when unconditional)."""
+        return extra[0].reshape(-1, self.context_size) if extra else None
+
+    def _sample_shape(self, sample_shape, context, method):
+        if isinstance(sample_shape, tuple) and not sample_shape:
+            # sample(context=c) draws one sample per context row
+            return () if context is None or np.ndim(context) <= 1 else tuple(np.shape(context)[:-1])
+        return as_sample_shape(sample_shape, f"{self.name}.{method}")
+
+    def sample(self, sample_shape=(), rng=None, context=None, backend=None):
         """Draw ``sample_shape`` samples (``rng``: Generator or seed); ``backend`` as in :meth:`log_prob`."""
-        program = self._compiled(backend, "sample")
-        if program is None:
-            return super().sample(sample_shape, rng)
-        return self._sample_compiled(program, sample_shape, rng)[0]
+        return self._draw(sample_shape, rng, context, backend, "sample", with_log_prob=False)[0]
 
-    def sample_and_log_prob(self, sample_shape=(), rng=None, backend=None):
+    def sample_and_log_prob(self, sample_shape=(), rng=None, context=None, backend=None):
         """Samples and their log-densities from one forward pass (no inverse needed)."""
-        program = self._compiled(backend, "sample_and_log_prob")
+        return self._draw(sample_shape, rng, context, backend, "sample_and_log_prob", with_log_prob=True)
+
+    def _draw(self, sample_shape, rng, context, backend, method, with_log_prob):
+        shape = self._sample_shape(sample_shape, context, method)
+        program = self._compiled(backend, method)
+        if context is None and hasattr(program, "draw"):
+            # the GPU draws its base points on the device: its own stream, reproducible for a seed
+            x, log_prob = program.draw(int(np.prod(shape, dtype=np.int64)), as_generator(rng))
+            return x.reshape(shape + self.event_shape), log_prob.reshape(shape)
+        # the same base draws on every CPU backend, so all of them give the same samples for a seed
+        z = self.distribution._sample(shape, as_generator(rng))
+        extra = self._context_args(context, z, method, "the samples")
         if program is not None:
-            return self._sample_compiled(program, sample_shape, rng)
-        z = self.distribution.sample(sample_shape, rng)
-        x, log_det = self.bijector._forward_and_log_det(z)
+            x, log_prob = program.sample(z.reshape(-1, self.event_shape[0]), "numba", self._context_rows(extra))
+            return x.reshape(z.shape), log_prob.reshape(z.shape[:-1])
+        if not with_log_prob:
+            return self.bijector._forward(z, *extra), None
+        x, log_det = self.bijector._forward_and_log_det(z, *extra)
         return x, self._base_log_prob(z) - self.bijector._reduce(log_det, self.event_ndims)
 
-    def _sample_compiled(self, program, sample_shape, rng):
-        shape = () if isinstance(sample_shape, tuple) and not sample_shape else \
-            as_sample_shape(sample_shape, f"{self.name}.sample")
-        # the same base draws as the NumPy path, so both backends give the same samples for a seed
-        z = self.distribution._sample(shape, as_generator(rng))
-        x, log_prob = program.sample(z.reshape(-1, self.event_shape[0]), "numba")
-        return x.reshape(z.shape), log_prob.reshape(z.shape[:-1])
-
-    def _log_prob(self, x):
-        z, log_det = self.bijector._inverse_and_log_det(x)
+    def _log_prob(self, x, *context):
+        z, log_det = self.bijector._inverse_and_log_det(x, *context)
         return self._base_log_prob(z) + self.bijector._reduce(log_det, self.event_ndims)
 
     def _sample(self, shape, rng):

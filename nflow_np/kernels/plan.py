@@ -40,7 +40,7 @@ class Program:
 
     def __init__(self, flow):
         from ..bijectors.autoregressive import MaskedAutoregressive
-        from ..bijectors.coupling import AdditiveCoupling, AffineCoupling
+        from ..bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
         from ..bijectors.linear import Permute, Reverse
         from ..bijectors.normalization import ActNorm, BatchNorm
         from ..distributions.normal import MultivariateNormalDiag
@@ -51,10 +51,12 @@ class Program:
             raise prog.Unsupported("the base distribution is not a standard MultivariateNormalDiag")
         self.dtype = np.dtype(flow.dtype)
         self.d = d = int(flow.event_shape[0])
+        self.context_size = c = int(flow.context_size)
         self.layers = _flatten(flow.bijector)
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
         self.batchnorms = []   # (layer index, bijector); their running statistics follow the parameters
+        self.splines = []      # (layer index, bijector); their bound and minima follow, as constants
         cache = [0]            # per-row cache floats so far
         widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "weights": 1}
 
@@ -76,9 +78,10 @@ class Program:
         def add_net(net, n_in, masks=None):
             if net.activation not in ACTIVATION_CODES:
                 raise prog.Unsupported(f"activation {net.activation!r} is not compiled")
-            if net.context_features:
-                raise prog.Unsupported("conditional networks are not compiled")
-            widths = (n_in,) + net.hidden + (net.out_features,)
+            if net.context_features and masks is not None:
+                raise prog.Unsupported("conditional MADE networks (MAF with a context) are not compiled")
+            # a conditional coupling's network sees its coordinates, then the context
+            widths = (n_in + net.context_features,) + net.hidden + (net.out_features,)
             keys = [f"{kind}{i}" for i in range(len(widths) - 1) for kind in ("w", "b")]
             off = add_params(net, keys, masks)
             widest["hidden"] = max([widest["hidden"]] + list(net.hidden))
@@ -97,10 +100,19 @@ class Program:
                 f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[b.net.activation]
                 f[prog.F_A], f[prog.F_B], f[prog.F_FLAG] = ints(b._a), ints(b._b), int(affine)
                 f[prog.F_CACHE] = cache[0]
-                cache[0] += b._a.size + hidden_size(widths) + widths[-1]
-                widest["cond"] = max(widest["cond"], b._a.size)
+                cache[0] += widths[0] + hidden_size(widths) + widths[-1]
+                widest["cond"] = max(widest["cond"], widths[0])
                 clamp = (b.log_scale_clamp or 0.0) if affine else 0.0
                 op = prog.OP_COUPLING
+            elif isinstance(b, SplineCoupling):
+                f[prog.F_THETA], widths = add_net(b.net, b._a.size)
+                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[b.net.activation]
+                f[prog.F_A], f[prog.F_B], f[prog.F_FLAG] = ints(b._a), ints(b._b), b.spline.bins
+                f[prog.F_CACHE] = cache[0]
+                cache[0] += widths[0] + hidden_size(widths) + widths[-1] + 4 * b._b.size
+                widest["cond"] = max(widest["cond"], widths[0])
+                self.splines.append((len(ops), b))
+                op = prog.OP_SPLINE
             elif isinstance(b, MaskedAutoregressive):
                 net = b.net
                 masks = {f"w{i}": m for i, m in enumerate(net.masks)}
@@ -142,8 +154,6 @@ class Program:
         # in the parameters' dtype, so float32 programs evaluate tanh and exp in single precision
         self.clamps = np.array(clamps, dtype=self.dtype)
         self.idata = np.array(idata, dtype=np.int64)
-        self.ops = np.array(ops, dtype=np.int64)
-        self.fields = np.array(fields, dtype=np.int64).reshape(len(ops), 8)
         self.n_params = len(pmask)
         # running statistics and momentum of each BatchNorm: [mean (d), var (d), momentum]
         self.buffer_slots, self.constants = [], []
@@ -153,19 +163,25 @@ class Program:
             self.buffer_slots += [(b.__dict__, "running_mean", start, d), (b.__dict__, "running_var", start + d, d)]
             self.constants.append((start + 2 * d, b.momentum))
             pmask.extend([1.0] * (2 * d + 1))
+        for layer, b in self.splines:
+            start = len(pmask)
+            self.fields[layer, prog.F_GROUPS] = start
+            self.constants += [(start + k, value) for k, value in enumerate(b.spline.args)]
+            pmask.extend([1.0] * len(b.spline.args))
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)
         n_layers = len(ops)
         offsets, row = {}, 0
         for name, width in ((prog.W_Z, (n_layers + 1) * d), (prog.W_LD, 1), (prog.W_G0, d), (prog.W_G1, d),
                             (prog.W_GLD, 1), (prog.W_GNET, widest["net"]), (prog.W_GCOND, widest["cond"]),
-                            (prog.W_D1, widest["hidden"]), (prog.W_D2, widest["hidden"])):
+                            (prog.W_D1, widest["hidden"]), (prog.W_D2, widest["hidden"]), (prog.W_CTX, c)):
             offsets[name] = row
             row += width
         caches_at = row
         row += cache[0]
         self.fields[:, prog.F_CACHE] += caches_at
-        layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"], self.n_params]
+        layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"], self.n_params,
+                                                             offsets[prog.W_CTX], c]
         self.layout = np.array(layout, dtype=np.int64)
         self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
         self.actnorms = [b for b in self.layers if isinstance(b, ActNorm)]
@@ -233,32 +249,41 @@ class Program:
         return theta
 
     # ------------------------------------------------------------------ whole-flow calls
-    def log_prob(self, x, backend):
-        """Log-densities of rows ``x`` (n, d), validated by the caller."""
+    def context_rows(self, context, n):
+        """The context as contiguous ``(n, c)`` rows (``(n, 0)`` for an unconditional flow)."""
+        if context is None:
+            return np.empty((n, self.context_size), dtype=self.dtype)
+        return np.ascontiguousarray(np.broadcast_to(context, (n, self.context_size)), dtype=self.dtype)
+
+    def log_prob(self, x, backend, context=None):
+        """Log-densities of rows ``x`` (n, d) given ``context`` rows (n, c), validated by the caller."""
         n = x.shape[0]
         out = np.empty(n, dtype=self.dtype)
         if n:
             parts, chunk = self._geometry(n, backend)
-            self._kernel("flow_log_prob", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(x), out,
-                                                   self.workspace(chunk, parts), chunk)
+            self._kernel("flow_log_prob", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(x),
+                                                   self.context_rows(context, n), out, self.workspace(chunk, parts),
+                                                   chunk)
         return out
 
-    def sample(self, z, backend):
-        """``(forward(z), log p(forward(z)))`` for base points ``z`` (n, d)."""
+    def sample(self, z, backend, context=None):
+        """``(forward(z), log p(forward(z)))`` for base points ``z`` (n, d) and ``context`` rows."""
         n = z.shape[0]
         x = np.empty_like(z)
         log_prob = np.empty(n, dtype=self.dtype)
         if n:
             parts, chunk = self._geometry(n, backend)
-            self._kernel("flow_sample", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(z), x,
-                                                 log_prob, self.workspace(chunk, parts), chunk)
+            self._kernel("flow_sample", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(z),
+                                                 self.context_rows(context, n), x, log_prob,
+                                                 self.workspace(chunk, parts), chunk)
         return x, log_prob
 
-    def nll_and_grad(self, x, backend):
-        """Mean NLL of rows ``x`` and the flat gradient with respect to ``theta``."""
+    def nll_and_grad(self, x, backend, context=None):
+        """Mean NLL of rows ``x`` (given ``context`` rows) and the flat gradient with respect to ``theta``."""
         gtheta = np.zeros(self.size, dtype=self.dtype)
         theta = self._effective()
         loss = self._kernel("flow_nll_grad", backend)(*self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
+                                                      self.context_rows(context, x.shape[0]),
                                                       self.workspace(x.shape[0]), gtheta)
         self.write_back(theta, params=False)   # BatchNorm's running statistics moved
         return float(loss), gtheta
@@ -325,8 +350,9 @@ class Trainer:
         for key, (_, _, off, size) in zip(self.keys, self.program.slots):
             arrays[key][...] = flat[off:off + size].reshape(arrays[key].shape)
 
-    def epoch(self, data, order):
-        """Run one epoch over ``data[order]``; returns the per-step losses (NaN where a step was rejected)."""
+    def epoch(self, data, order, context=None):
+        """Run one epoch over ``data[order]`` (and ``context[order]``); returns the per-step losses (NaN where a
+        step was rejected)."""
         opt = self.optimizer
         theta = self.program.theta()
         self._flat(opt._m, self.m)
@@ -336,7 +362,8 @@ class Trainer:
         self.state[:] = (opt.steps, 0)
         losses = np.empty(-(-len(data) // self.batch_size), dtype=np.float64)
         self.program._kernel("train_epoch", self.backend)(
-            *self.program._arrays(), theta, self.theta_eff, self.program.pmask, data, order, self.batch_size,
+            *self.program._arrays(), theta, self.theta_eff, self.program.pmask, data,
+            self.program.context_rows(context, len(data)), order, self.batch_size,
             self.ws, self.gtheta, self.m, self.v, self.hyper, self.state, losses)
         self.program.write_back(theta)
         self._unflat(self.m, opt._m)

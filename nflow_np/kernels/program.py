@@ -12,16 +12,19 @@ walks with one loop over layers:
              multiplies them (MADE masks; ones elsewhere) into ``theta_eff``;
 ``layout``   int64: per-row offsets of the workspace regions (``W_*`` below).
 
-Supported layers: AffineCoupling, AdditiveCoupling, MaskedAutoregressive,
-Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks
-and no context. Anything else makes :func:`compile_flow` raise
+Supported layers: AffineCoupling, AdditiveCoupling, SplineCoupling, MaskedAutoregressive,
+Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks;
+couplings may be conditional (a context appended to their network input), MAF layers not. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
 
 Workspace: ``ws`` is ``(parts, n * row + const)``: each part (a thread's
 share of the rows) processes chunks of ``n`` rows; region ``k`` of a chunk
 starts at ``n * layout[k]``. ``Z_l`` (the input of density-order layer ``l``,
 ``Z_0`` the data and ``Z_L`` the base point) are kept for the backward, with
-each layer's caches; gradients ping-pong between two ``n x d`` blocks.
+each layer's caches; gradients ping-pong between two ``n x d`` blocks. The
+``W_CTX`` block holds the chunk's context rows (``layout[W_CTXW]`` wide, 0
+for an unconditional flow); a conditional coupling copies them into its
+network input after the gathered coordinates.
 """
 
 import numpy as np
@@ -30,7 +33,9 @@ from .autoregressive import maf_forward_numba, maf_forward_numpy, maf_inverse_ba
     maf_inverse_backward_numpy, maf_inverse_numba, maf_inverse_numpy
 from .backend import numba_twin
 from .coupling import coupling_forward_numba, coupling_forward_numpy, coupling_inverse_backward_numba, \
-    coupling_inverse_backward_numpy, coupling_inverse_numba, coupling_inverse_numpy
+    coupling_inverse_backward_numpy, coupling_inverse_numba, coupling_inverse_numpy, spline_coupling_forward_numba, \
+    spline_coupling_forward_numpy, spline_coupling_inverse_backward_numba, spline_coupling_inverse_backward_numpy, \
+    spline_coupling_inverse_numba, spline_coupling_inverse_numpy
 from .elementwise import actnorm_forward_numba, actnorm_forward_numpy, actnorm_inverse_backward_numba, \
     actnorm_inverse_backward_numpy, actnorm_inverse_numba, actnorm_inverse_numpy, normal_log_prob_numba, \
     normal_log_prob_numpy, permute_backward_numba, permute_backward_numpy, permute_numba, permute_numpy, \
@@ -46,12 +51,15 @@ prange = range
 __all__ = ["Unsupported", "flow_log_prob_numpy", "flow_log_prob_numba", "flow_sample_numpy", "flow_sample_numba",
            "flow_nll_grad_numpy", "flow_nll_grad_numba", "train_epoch_numpy", "train_epoch_numba"]
 
-OP_COUPLING, OP_MAF, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM = 0, 1, 2, 3, 4
-# fields columns: parameter offset, widths, activation, index arrays a / b, cache offset, affine flag, MADE groups
+OP_COUPLING, OP_MAF, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM, OP_SPLINE = 0, 1, 2, 3, 4, 5
+# fields columns: parameter offset, widths, activation, index arrays a / b, cache offset, affine flag (spline:
+# bins), MADE groups (spline: offset in theta of [bound, min_bin_width, min_bin_height, min_derivative])
 F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS = range(8)
 # layout entries (per-row offsets), the two totals, and the number of trainable entries of theta (the
 # rest holds BatchNorm's running statistics, which the optimizer leaves alone)
 W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST, W_PARAMS = range(12)
+# the context block's per-row offset and width
+W_CTX, W_CTXW = 12, 13
 
 
 class Unsupported(ValueError):
@@ -70,7 +78,8 @@ def _block_numpy(w, n, offset, width):
 
 def _caches_numpy(f, idata, w, n):
     widths = _ints_numpy(idata, f[F_WIDTHS])
-    na = _ints_numpy(idata, f[F_A]).size
+    # a coupling's network input: its na coordinates, then its context (widths[0] - na); MAF keeps none
+    na = int(widths[0]) if _ints_numpy(idata, f[F_A]).size else 0
     hidden = int(widths[1:-1].sum())
     c = f[F_CACHE]
     cond = _block_numpy(w, n, c, na)
@@ -79,7 +88,22 @@ def _caches_numpy(f, idata, w, n):
     return widths, cond, hid, net
 
 
-def _layer_numpy(direction, layer, ops, fields, clamps, idata, theta, w, n, d, zin, zout, ld, const):
+def _spline_numpy(f, idata, theta, w, n):
+    """A spline coupling's scratch (``4 x n x nb``, after its network output) and ``[bound, minima...]``."""
+    widths = _ints_numpy(idata, f[F_WIDTHS])
+    nb = _ints_numpy(idata, f[F_B]).size
+    start = f[F_CACHE] + int(widths.sum())
+    return w[n * start:n * (start + 4 * nb)].reshape(4, n, nb), theta[f[F_GROUPS]:f[F_GROUPS] + 4]
+
+
+def _context_numpy(idata, f, cond, ctx):
+    """Append the context rows to a conditional coupling's network input."""
+    na = _ints_numpy(idata, f[F_A]).size
+    if cond.shape[1] > na:
+        cond[:, na:] = ctx
+
+
+def _layer_numpy(direction, layer, ops, fields, clamps, idata, theta, w, n, d, zin, zout, ld, const, ctx):
     """One layer, ``direction`` +1 sampling (zin base side) or -1 density (zin data side)."""
     op, f = ops[layer], fields[layer]
     if op == OP_PERMUTE:
@@ -100,10 +124,16 @@ def _layer_numpy(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z
                                     zin, zout, ld)
     else:
         widths, cond, hid, net = _caches_numpy(f, idata, w, n)
+        _context_numpy(idata, f, cond, ctx)
         if op == OP_COUPLING:
             run = coupling_inverse_numpy if direction < 0 else coupling_forward_numpy
             run(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer], _ints_numpy(idata, f[F_A]),
                 _ints_numpy(idata, f[F_B]), zin, zout, ld, cond, hid, net)
+        elif op == OP_SPLINE:
+            scratch, sp = _spline_numpy(f, idata, theta, w, n)
+            run = spline_coupling_inverse_numpy if direction < 0 else spline_coupling_forward_numpy
+            run(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints_numpy(idata, f[F_A]),
+                _ints_numpy(idata, f[F_B]), zin, zout, ld, cond, hid, net, scratch)
         elif direction < 0:
             maf_inverse_numpy(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, ld, hid, net)
         else:
@@ -117,17 +147,18 @@ def _chain_numpy(direction, ops, fields, clamps, idata, layout, theta, w, n, d):
     ld = w[n * layout[W_LD]:n * (layout[W_LD] + 1)]
     ld[...] = 0.0
     const = w[n * layout[W_ROW]:]
+    ctx = _block_numpy(w, n, layout[W_CTX], layout[W_CTXW])
     steps = range(n_layers) if direction < 0 else range(n_layers - 1, -1, -1)
     for layer in steps:
         z_data = _block_numpy(w, n, layout[W_Z] + layer * d, d)
         z_base = _block_numpy(w, n, layout[W_Z] + (layer + 1) * d, d)
         zin, zout = (z_data, z_base) if direction < 0 else (z_base, z_data)
-        _layer_numpy(direction, layer, ops, fields, clamps, idata, theta, w, n, d, zin, zout, ld, const)
+        _layer_numpy(direction, layer, ops, fields, clamps, idata, theta, w, n, d, zin, zout, ld, const, ctx)
     return ld
 
 
-def flow_log_prob_numpy(ops, fields, clamps, idata, layout, theta, x, out, ws, chunk):
-    """``out = log p(x)`` for rows ``x`` (n, d); ``ws`` from :meth:`Program.workspace`."""
+def flow_log_prob_numpy(ops, fields, clamps, idata, layout, theta, x, ctx, out, ws, chunk):
+    """``out = log p(x | ctx)`` for rows ``x`` (n, d), context rows ``ctx`` (n, c); ``ws`` from :meth:`Program.workspace`."""
     n, d = x.shape
     parts = ws.shape[0]
     per_part = (n + parts - 1) // parts
@@ -136,14 +167,15 @@ def flow_log_prob_numpy(ops, fields, clamps, idata, layout, theta, x, out, ws, c
         for start in range(part * per_part, min(n, (part + 1) * per_part), chunk):
             m = min(chunk, min(n, (part + 1) * per_part) - start)
             _block_numpy(w, m, layout[W_Z], d)[...] = x[start:start + m]
+            _block_numpy(w, m, layout[W_CTX], layout[W_CTXW])[...] = ctx[start:start + m]
             ld = _chain_numpy(-1, ops, fields, clamps, idata, layout, theta, w, m, d)
             out[start:start + m] = ld
             normal_log_prob_numpy(_block_numpy(w, m, layout[W_Z] + ops.size * d, d), out[start:start + m])
     return None
 
 
-def flow_sample_numpy(ops, fields, clamps, idata, layout, theta, z, x, log_prob, ws, chunk):
-    """``x = forward(z)`` and ``log_prob = log p(x)`` from base points ``z`` (n, d)."""
+def flow_sample_numpy(ops, fields, clamps, idata, layout, theta, z, ctx, x, log_prob, ws, chunk):
+    """``x = forward(z)`` and ``log_prob = log p(x)`` from base points ``z`` (n, d) and context rows ``ctx``."""
     n, d = z.shape
     parts = ws.shape[0]
     per_part = (n + parts - 1) // parts
@@ -152,6 +184,7 @@ def flow_sample_numpy(ops, fields, clamps, idata, layout, theta, z, x, log_prob,
         for start in range(part * per_part, min(n, (part + 1) * per_part), chunk):
             m = min(chunk, min(n, (part + 1) * per_part) - start)
             _block_numpy(w, m, layout[W_Z] + ops.size * d, d)[...] = z[start:start + m]
+            _block_numpy(w, m, layout[W_CTX], layout[W_CTXW])[...] = ctx[start:start + m]
             ld = _chain_numpy(1, ops, fields, clamps, idata, layout, theta, w, m, d)
             x[start:start + m] = _block_numpy(w, m, layout[W_Z], d)
             log_prob[start:start + m] = -ld
@@ -196,7 +229,15 @@ def _nll_grad_numpy(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
                 a = _ints_numpy(idata, f[F_A])
                 coupling_inverse_backward_numpy(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer], a,
                                                 _ints_numpy(idata, f[F_B]), zout, gout, gld, cond, hid, net, gin,
-                                                gtheta, gnet, _block_numpy(w, n, layout[W_GCOND], a.size), d1, d2)
+                                                gtheta, gnet, _block_numpy(w, n, layout[W_GCOND], cond.shape[1]),
+                                                d1, d2)
+            elif op == OP_SPLINE:
+                a = _ints_numpy(idata, f[F_A])
+                scratch, sp = _spline_numpy(f, idata, theta, w, n)
+                spline_coupling_inverse_backward_numpy(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, a,
+                                                       _ints_numpy(idata, f[F_B]), gout, gld, cond, hid, net, scratch,
+                                                       gin, gtheta, gnet,
+                                                       _block_numpy(w, n, layout[W_GCOND], cond.shape[1]), d1, d2)
             else:
                 maf_inverse_backward_numpy(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, gout, gld,
                                            hid, net, gin, gtheta, gnet, d1, d2)
@@ -204,18 +245,19 @@ def _nll_grad_numpy(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
     return loss
 
 
-def flow_nll_grad_numpy(ops, fields, clamps, idata, layout, theta_eff, pmask, x, ws, gtheta):
-    """Mean NLL of rows ``x`` and its gradient with respect to the unmasked parameters."""
+def flow_nll_grad_numpy(ops, fields, clamps, idata, layout, theta_eff, pmask, x, ctx, ws, gtheta):
+    """Mean NLL of rows ``x`` (given context rows ``ctx``) and its gradient with respect to the unmasked parameters."""
     n, d = x.shape
     w = ws[0]
     _block_numpy(w, n, layout[W_Z], d)[...] = x
+    _block_numpy(w, n, layout[W_CTX], layout[W_CTXW])[...] = ctx
     loss = _nll_grad_numpy(ops, fields, clamps, idata, layout, theta_eff, w, n, d, gtheta)
     gtheta *= pmask
     return loss
 
 
-def train_epoch_numpy(ops, fields, clamps, idata, layout, theta, theta_eff, pmask, data, order, batch_size, ws,
-                      gtheta, m, v, hyper, state, losses):
+def train_epoch_numpy(ops, fields, clamps, idata, layout, theta, theta_eff, pmask, data, ctx, order, batch_size,
+                      ws, gtheta, m, v, hyper, state, losses):
     """One epoch of Adam steps over ``data[order]`` in batches; ``losses[k]`` NaN marks a rejected step."""
     n_data, d = data.shape
     w = ws[0]
@@ -224,6 +266,7 @@ def train_epoch_numpy(ops, fields, clamps, idata, layout, theta, theta_eff, pmas
         rows = order[start:start + batch_size]
         n = rows.size
         _block_numpy(w, n, layout[W_Z], d)[...] = data[rows]
+        _block_numpy(w, n, layout[W_CTX], layout[W_CTXW])[...] = ctx[rows]
         np.multiply(theta, pmask, out=theta_eff)
         loss = _nll_grad_numpy(ops, fields, clamps, idata, layout, theta_eff, w, n, d, gtheta)
         gtheta *= pmask
@@ -255,7 +298,7 @@ def _block_numba(w, n, offset, width):
 @numba_twin
 def _caches_numba(f, idata, w, n):
     widths = _ints_numba(idata, f[F_WIDTHS])
-    na = idata[f[F_A]]
+    na = widths[0] if idata[f[F_A]] > 0 else 0
     hidden = 0
     for k in range(1, widths.size - 1):
         hidden += widths[k]
@@ -267,7 +310,32 @@ def _caches_numba(f, idata, w, n):
 
 
 @numba_twin
-def _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, zin, zout, ld, const):
+def _spline_numba(f, idata, theta, w, n):
+    widths = _ints_numba(idata, f[F_WIDTHS])
+    nb = idata[f[F_B]]
+    start = f[F_CACHE]
+    for k in range(widths.size):
+        start += widths[k]
+    return w[n * start:n * (start + 4 * nb)].reshape((4, n, nb)), theta[f[F_GROUPS]:f[F_GROUPS] + 4]
+
+
+@numba_twin
+def _context_numba(idata, f, cond, ctx):
+    na = idata[f[F_A]]
+    for i in range(cond.shape[0]):
+        for j in range(na, cond.shape[1]):
+            cond[i, j] = ctx[i, j - na]
+
+
+@numba_twin
+def _copy_rows_numba(src, start, dst):
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[start + i, j]
+
+
+@numba_twin
+def _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, zin, zout, ld, const, ctx):
     op = ops[layer]
     f = fields[layer]
     if op == OP_PERMUTE:
@@ -289,6 +357,7 @@ def _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z
                                     zin, zout, ld)
     else:
         widths, cond, hid, net = _caches_numba(f, idata, w, n)
+        _context_numba(idata, f, cond, ctx)
         if op == OP_COUPLING:
             if direction < 0:
                 coupling_inverse_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer],
@@ -298,6 +367,16 @@ def _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z
                 coupling_forward_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer],
                                        _ints_numba(idata, f[F_A]), _ints_numba(idata, f[F_B]), zin, zout, ld, cond,
                                        hid, net)
+        elif op == OP_SPLINE:
+            scratch, sp = _spline_numba(f, idata, theta, w, n)
+            if direction < 0:
+                spline_coupling_inverse_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp,
+                                              _ints_numba(idata, f[F_A]), _ints_numba(idata, f[F_B]), zin, zout, ld,
+                                              cond, hid, net, scratch)
+            else:
+                spline_coupling_forward_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp,
+                                              _ints_numba(idata, f[F_A]), _ints_numba(idata, f[F_B]), zin, zout, ld,
+                                              cond, hid, net, scratch)
         elif direction < 0:
             maf_inverse_numba(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, ld, hid, net)
         else:
@@ -312,19 +391,20 @@ def _chain_numba(direction, ops, fields, clamps, idata, layout, theta, w, n, d):
     for i in range(n):
         ld[i] = 0.0
     const = w[n * layout[W_ROW]:]
+    ctx = _block_numba(w, n, layout[W_CTX], layout[W_CTXW])
     for step in range(n_layers):
         layer = step if direction < 0 else n_layers - 1 - step
         z_data = _block_numba(w, n, layout[W_Z] + layer * d, d)
         z_base = _block_numba(w, n, layout[W_Z] + (layer + 1) * d, d)
         if direction < 0:
-            _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z_data, z_base, ld, const)
+            _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z_data, z_base, ld, const, ctx)
         else:
-            _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z_base, z_data, ld, const)
+            _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z_base, z_data, ld, const, ctx)
     return ld
 
 
 @numba_twin(parallel=True)
-def flow_log_prob_numba(ops, fields, clamps, idata, layout, theta, x, out, ws, chunk):
+def flow_log_prob_numba(ops, fields, clamps, idata, layout, theta, x, ctx, out, ws, chunk):
     n, d = x.shape
     parts = ws.shape[0]
     per_part = (n + parts - 1) // parts
@@ -337,6 +417,7 @@ def flow_log_prob_numba(ops, fields, clamps, idata, layout, theta, x, out, ws, c
             for i in range(m):
                 for j in range(d):
                     z0[i, j] = x[start + i, j]
+            _copy_rows_numba(ctx, start, _block_numba(w, m, layout[W_CTX], layout[W_CTXW]))
             ld = _chain_numba(-1, ops, fields, clamps, idata, layout, theta, w, m, d)
             for i in range(m):
                 out[start + i] = ld[i]
@@ -344,7 +425,7 @@ def flow_log_prob_numba(ops, fields, clamps, idata, layout, theta, x, out, ws, c
 
 
 @numba_twin(parallel=True)
-def flow_sample_numba(ops, fields, clamps, idata, layout, theta, z, x, log_prob, ws, chunk):
+def flow_sample_numba(ops, fields, clamps, idata, layout, theta, z, ctx, x, log_prob, ws, chunk):
     n, d = z.shape
     parts = ws.shape[0]
     per_part = (n + parts - 1) // parts
@@ -357,6 +438,7 @@ def flow_sample_numba(ops, fields, clamps, idata, layout, theta, z, x, log_prob,
             for i in range(m):
                 for j in range(d):
                     zl[i, j] = z[start + i, j]
+            _copy_rows_numba(ctx, start, _block_numba(w, m, layout[W_CTX], layout[W_CTXW]))
             ld = _chain_numba(1, ops, fields, clamps, idata, layout, theta, w, m, d)
             z0 = _block_numba(w, m, layout[W_Z], d)
             for i in range(m):
@@ -409,7 +491,15 @@ def _nll_grad_numba(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
                 a = _ints_numba(idata, f[F_A])
                 coupling_inverse_backward_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer],
                                                 a, _ints_numba(idata, f[F_B]), zout, gout, gld, cond, hid, net, gin,
-                                                gtheta, gnet, _block_numba(w, n, layout[W_GCOND], a.size), d1, d2)
+                                                gtheta, gnet, _block_numba(w, n, layout[W_GCOND], cond.shape[1]),
+                                                d1, d2)
+            elif op == OP_SPLINE:
+                a = _ints_numba(idata, f[F_A])
+                scratch, sp = _spline_numba(f, idata, theta, w, n)
+                spline_coupling_inverse_backward_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, a,
+                                                       _ints_numba(idata, f[F_B]), gout, gld, cond, hid, net, scratch,
+                                                       gin, gtheta, gnet,
+                                                       _block_numba(w, n, layout[W_GCOND], cond.shape[1]), d1, d2)
             else:
                 maf_inverse_backward_numba(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, gout, gld,
                                            hid, net, gin, gtheta, gnet, d1, d2)
@@ -418,13 +508,14 @@ def _nll_grad_numba(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
 
 
 @numba_twin
-def flow_nll_grad_numba(ops, fields, clamps, idata, layout, theta_eff, pmask, x, ws, gtheta):
+def flow_nll_grad_numba(ops, fields, clamps, idata, layout, theta_eff, pmask, x, ctx, ws, gtheta):
     n, d = x.shape
     w = ws[0]
     z0 = _block_numba(w, n, layout[W_Z], d)
     for i in range(n):
         for j in range(d):
             z0[i, j] = x[i, j]
+    _copy_rows_numba(ctx, 0, _block_numba(w, n, layout[W_CTX], layout[W_CTXW]))
     loss = _nll_grad_numba(ops, fields, clamps, idata, layout, theta_eff, w, n, d, gtheta)
     for k in range(gtheta.size):
         gtheta[k] *= pmask[k]
@@ -432,8 +523,8 @@ def flow_nll_grad_numba(ops, fields, clamps, idata, layout, theta_eff, pmask, x,
 
 
 @numba_twin
-def train_epoch_numba(ops, fields, clamps, idata, layout, theta, theta_eff, pmask, data, order, batch_size, ws,
-                      gtheta, m, v, hyper, state, losses):
+def train_epoch_numba(ops, fields, clamps, idata, layout, theta, theta_eff, pmask, data, ctx, order, batch_size,
+                      ws, gtheta, m, v, hyper, state, losses):
     n_data, d = data.shape
     w = ws[0]
     status = np.zeros(1, np.int64)
@@ -441,10 +532,13 @@ def train_epoch_numba(ops, fields, clamps, idata, layout, theta, theta_eff, pmas
     for start in range(0, n_data, batch_size):
         n = min(batch_size, n_data - start)
         z0 = _block_numba(w, n, layout[W_Z], d)
+        c0 = _block_numba(w, n, layout[W_CTX], layout[W_CTXW])
         for i in range(n):
             row = order[start + i]
             for j in range(d):
                 z0[i, j] = data[row, j]
+            for j in range(c0.shape[1]):
+                c0[i, j] = ctx[row, j]
         for q in range(theta.size):
             theta_eff[q] = theta[q] * pmask[q]
         loss = _nll_grad_numba(ops, fields, clamps, idata, layout, theta_eff, w, n, d, gtheta)

@@ -9,7 +9,7 @@ import numpy as np
 from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
-from .losses import _check_flow, nll_and_grad, reverse_kl_and_grad
+from .losses import _check_flow, _check_reparameterizable, nll_and_grad, reverse_kl_and_grad
 from .optim import Adam, Optimizer
 
 
@@ -133,16 +133,32 @@ def _finish(flow, history, best, start, progress):
     return history
 
 
-def _mean_nll(flow, data, batch_size):
+def _mean_nll(flow, data, batch_size, context=None):
     total = 0.0
     for start in range(0, len(data), batch_size):
         chunk = data[start:start + batch_size]
-        total += -float(flow.log_prob(chunk).sum())
+        rows = None if context is None else context[start:start + batch_size]
+        total += -float(flow.log_prob(chunk, context=rows).sum())
     return total / len(data)
 
 
+def _rows_context(flow, context, data, where, argname):
+    """``context`` for a conditional fit: one row per data row (or one row for all), as an (n, c) array."""
+    if not flow.context_size:
+        if context is not None:
+            raise ValueError(f"{where}: the flow is unconditional, so it takes no {argname}; build it with "
+                             f"context=<width> to learn a conditional density")
+        return None
+    if context is None:
+        raise ValueError(f"{where}: the flow is conditional (context size {flow.context_size}); pass {argname}=, "
+                         f"one row per data point")
+    rows = flow.bijector._prepare_context(context, data, where, "data", where=f"{where} ({argname})")
+    return np.ascontiguousarray(rows)
+
+
 def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, validation_data=None,
-        validation_split=0.0, patience=None, rng=None, callback=None, progress=False, clip_norm=None, backend=None):
+        validation_split=0.0, patience=None, rng=None, callback=None, progress=False, clip_norm=None, backend=None,
+        context=None, validation_context=None):
     """Fit ``flow`` to ``data`` by maximum likelihood with mini-batches.
 
     Parameters
@@ -171,6 +187,12 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         compiled program covers, each epoch of Adam steps is one compiled call
         on buffers allocated once (another optimizer gets compiled gradients
         and steps in Python); validation uses the same backend.
+    context : array, shape (n, c), optional
+        For a conditional flow (built with ``context=c``): the conditioning
+        row of each data point (or one row for all), shuffled and split
+        with the data; the flow learns p(x | context).
+    validation_context : array, optional
+        The context rows of ``validation_data``.
 
     Returns
     -------
@@ -182,33 +204,44 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     _check_flow(flow, "fit")
     with use_backend(resolve_backend(backend, "fit")):
         return _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
-                    callback, progress, clip_norm)
+                    callback, progress, clip_norm, context, validation_context)
 
 
 def _compiled_trainer(flow, optimizer, batch_size):
-    """A compiled whole-epoch trainer when the backend, the flow and the optimizer allow one."""
-    if resolve_backend(None) != "numba" or type(optimizer) is not Adam:
+    """A compiled whole-epoch trainer (on the GPU for ``"cuda"``) when the backend, the flow and the optimizer
+    allow one."""
+    name = resolve_backend(None)
+    if name not in ("numba", "cuda") or type(optimizer) is not Adam:
         return None
     from ..kernels.plan import Trainer, program_for
     program = program_for(flow)
     if program is None:
         return None
+    if name == "cuda":
+        from ..kernels.cuda.runner import Trainer as DeviceTrainer
+        from ..kernels.cuda.runner import runner_for
+        runner = runner_for(program)
+        return None if runner is None else DeviceTrainer(runner, optimizer, batch_size)
     return Trainer(program, optimizer, batch_size, "numba")
 
 
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,
-         progress, clip_norm):
+         progress, clip_norm, context, validation_context):
     rng = as_generator(rng)
     data = as_float_array(data, flow.dtype, "fit", "data")
     flow._prepare(data[:1], "fit")
+    context = _rows_context(flow, context, data, "fit", "context")
     if validation_data is None and validation_split:
         if not 0.0 < validation_split < 1.0:
             raise ValueError(f"fit: validation_split must lie in (0, 1); got {validation_split}")
         order = rng.permutation(len(data))
         n_val = max(1, int(round(validation_split * len(data))))
         validation_data, data = data[order[:n_val]], data[order[n_val:]]
+        if context is not None:
+            validation_context, context = context[order[:n_val]], context[order[n_val:]]
     elif validation_data is not None:
         validation_data = as_float_array(validation_data, flow.dtype, "fit", "validation_data")
+        validation_context = _rows_context(flow, validation_context, validation_data, "fit", "validation_context")
     if len(data) == 0:
         raise ValueError("fit: no training data")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
@@ -225,16 +258,16 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         order = rng.permutation(len(data))
         epoch_start = time.perf_counter()
         if trainer is not None:
-            losses = _compiled_epoch(flow, trainer, data, order, batch_size, history)
+            losses = _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
         else:
-            losses = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history)
+            losses = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context)
         set_training(flow, False)
         train_loss = float(np.mean(losses)) if losses else np.nan
         history.train_loss.append(train_loss)
         history.lr.append(optimizer.lr)
         score = train_loss
         if validation_data is not None:
-            score = _safe_nll(flow, validation_data, batch_size)
+            score = _safe_nll(flow, validation_data, batch_size, validation_context)
             history.val_loss.append(score)
         if np.isfinite(score) and score < best_loss:
             best_loss, since_best = score, 0
@@ -255,36 +288,39 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
     return _finish(flow, history, best, start, progress)
 
 
-def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history):
+def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None):
     losses = []
     for i in range(0, len(data), batch_size):
-        batch = data[order[i:i + batch_size]]
+        rows = order[i:i + batch_size]
+        batch = data[rows]
         # overflow is caught by the guard below, which rejects the step: no warning spam
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, grads = nll_and_grad(flow, batch)
+            loss, grads = nll_and_grad(flow, batch, context=None if context is None else context[rows])
             accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
         if accepted:
             losses.append(loss)
     return losses
 
 
-def _compiled_epoch(flow, trainer, data, order, batch_size, history):
+def _compiled_epoch(flow, trainer, data, order, batch_size, history, context=None):
     for actnorm in trainer.program.actnorms:
         if not actnorm.initialized:
             # as on the NumPy path: ActNorm takes its statistics from the first batch it sees
-            flow.bijector._inverse_and_log_det(data[order[:batch_size]])
+            first = order[:batch_size]
+            flow.bijector._inverse_and_log_det(data[first], *flow.bijector._context_args(
+                None if context is None else context[first]))
             break
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        step_losses = trainer.epoch(data, order)
+        step_losses = trainer.epoch(data, order, context)
     accepted = np.isfinite(step_losses)
     history.steps += int(accepted.sum())
     history.rejected_steps += int((~accepted).sum())
     return step_losses[accepted].tolist()
 
 
-def _safe_nll(flow, data, batch_size):
+def _safe_nll(flow, data, batch_size, context=None):
     try:
-        return _mean_nll(flow, data, batch_size)
+        return _mean_nll(flow, data, batch_size, context)
     except (ValueError, FloatingPointError):
         # a point the current flow cannot map back (outside a bounded support): no valid score
         return np.inf
@@ -302,6 +338,7 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
     parameters with the best such mean are kept.
     """
     _check_flow(flow, "fit_to_target")
+    _check_reparameterizable(flow, "fit_to_target")
     if not callable(log_prob_fn):
         raise TypeError("fit_to_target: log_prob_fn must be callable")
     rng = as_generator(rng)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._validation import as_float_array, as_generator, check_finite
+from ..bijectors.base import CONTEXT_GRAD
 from ..distributions.transformed import TransformedDistribution
 from ..kernels.backend import resolve_backend
 
@@ -18,33 +19,62 @@ def _expand_to(grad, shape):
 
 
 def _base_grads(flow, z, grad_lp):
-    """Gradient reaching z from the base log-density, and the base's own parameter gradients (none yet)."""
-    score = flow.distribution._log_prob_grad(z)
-    return _expand_to(grad_lp, score.shape) * score
+    """Gradient reaching z from the base log-density, and the base's own parameter gradients by local name.
+
+    ``grad_lp`` is the upstream gradient of each flow-level log-density. A base
+    with trainable ``params`` provides ``_log_prob_param_grads(z, grad_lp)``,
+    the gradients of ``sum(grad_lp * base.log_prob(z))``; fixed bases have none.
+    """
+    base = flow.distribution
+    score = base._log_prob_grad(z)
+    grad_z = _expand_to(grad_lp, score.shape) * score
+    if not dict(base.parameters()):
+        return grad_z, {}
+    param_grads = getattr(base, "_log_prob_param_grads", None)
+    if param_grads is None:
+        raise ValueError(f"{base.name} has trainable parameters but no _log_prob_param_grads(x, grad_lp), so it "
+                         f"cannot be trained as the base of a flow")
+    # a base of lower event rank than the flow sees each event's gradient on every summed log-density
+    return grad_z, param_grads(z, _expand_to(grad_lp, z.shape[:z.ndim - base.event_ndims]))
 
 
-def nll_and_grad(flow, x, backend=None):
+def nll_and_grad(flow, x, backend=None, context=None):
     """Mean negative log-likelihood of ``x`` and its gradient for every parameter of ``flow``.
 
     One inverse (density) pass through the bijector and one backward pass:
-    ``loss = -mean(log p(x))``. With ``backend="numba"`` a flow the compiled
-    program covers takes both passes in one compiled call.
+    ``loss = -mean(log p(x))`` (``log p(x | context)`` for a conditional flow).
+    With ``backend="numba"`` a flow the compiled program covers takes both
+    passes in one compiled call.
     """
     where = "value_and_grad"
     x = flow._prepare(x, where)
+    extra = flow._context_args(context, x, where)
     program = flow._compiled(backend, where)
     if program is not None and x.ndim >= 1 and x.size:
-        loss, gtheta = program.nll_and_grad(x.reshape(-1, flow.event_shape[0]), "numba")
+        loss, gtheta = program.nll_and_grad(x.reshape(-1, flow.event_shape[0]), "numba", flow._context_rows(extra))
         return loss, program.gradients(gtheta)
     bijector = flow.bijector
-    z, log_det, ctx = bijector._inverse_pass(x)
+    z, log_det, ctx = bijector._inverse_pass(x, *extra)
     log_prob = flow._base_log_prob(z) + bijector._reduce(log_det, flow.event_ndims)
     loss = -float(np.mean(log_prob))
     grad_lp = np.full(log_prob.shape, -1.0 / log_prob.size, dtype=log_prob.dtype)
-    grad_z = _base_grads(flow, z, grad_lp)
+    grad_z, base_grads = _base_grads(flow, z, grad_lp)
     _, grads = bijector._inverse_backward(ctx, grad_z.astype(z.dtype, copy=False),
                                           _expand_to(grad_lp, log_det.shape))
-    return loss, {f"bijector.{k}": v for k, v in grads.items()}
+    grads.pop(CONTEXT_GRAD, None)   # the context is data, not a parameter
+    return loss, {**{f"distribution.{k}": v for k, v in base_grads.items()},
+                  **{f"bijector.{k}": v for k, v in grads.items()}}
+
+
+def _check_reparameterizable(flow, where):
+    """Refuse a base with trainable parameters: the reverse KL differentiates through samples ``z ~ base``,
+    which are not reparameterizable in, say, a mixture's weights or a Student's t degrees of freedom."""
+    trainable = [name for name, _ in flow.distribution.parameters()]
+    if trainable:
+        raise ValueError(f"{where}: the base distribution {flow.distribution.name} has trainable parameters "
+                         f"({', '.join(trainable)}), and its samples are not reparameterizable in them; fit to a "
+                         f"target density with a fixed base, e.g. MultivariateNormalDiag(np.zeros(d)) (a trainable "
+                         f"base trains by maximum likelihood on data: fit)")
 
 
 def reverse_kl_and_grad(flow, target_log_prob, n_samples, rng=None, *, target_grad=None, z=None):
@@ -59,6 +89,10 @@ def reverse_kl_and_grad(flow, target_log_prob, n_samples, rng=None, *, target_gr
     """
     where = "reverse_kl"
     bijector = flow.bijector
+    _check_reparameterizable(flow, where)
+    if flow.context_size:
+        raise ValueError(f"{where}: the flow is conditional (context size {flow.context_size}); the reverse KL "
+                         f"trains unconditional flows: fit a conditional flow to data with fit(flow, x, context=c)")
     if z is None:
         z = flow.distribution.sample(n_samples, as_generator(rng))
     x, log_det, ctx = bijector._forward_pass(z)
@@ -92,20 +126,21 @@ def _finite_difference_grad(fn, x, event_ndims):
     return grad
 
 
-def value_and_grad(flow, x=None, loss="nll", backend=None, **kwargs):
+def value_and_grad(flow, x=None, loss="nll", backend=None, context=None, **kwargs):
     """The mean loss and a dict of gradients keyed by the names of ``flow.parameters()``.
 
     ``loss="nll"``: mean negative log-likelihood of data ``x``.
     ``loss="reverse_kl"``: see :func:`reverse_kl_and_grad` (pass ``target_log_prob``,
     ``n_samples``, ``rng`` and optionally ``target_grad`` or fixed base samples ``z``).
     ``backend`` (``"numpy"`` or ``"numba"``) applies to the NLL; the reverse KL
-    runs the bijectors' NumPy passes.
+    runs the bijectors' NumPy passes. ``context``: the conditioning rows of a
+    conditional flow (NLL only).
     """
     _check_flow(flow, "value_and_grad")
     if loss == "nll":
         if x is None:
             raise ValueError("value_and_grad: loss='nll' needs data x")
-        return nll_and_grad(flow, x, backend)
+        return nll_and_grad(flow, x, backend, context)
     resolve_backend(backend, "value_and_grad")
     if loss == "reverse_kl":
         return reverse_kl_and_grad(flow, **kwargs)

@@ -1,0 +1,503 @@
+"""Rational-quadratic splines (Durkan et al. 2019), one monotone spline per element, and their VJPs.
+
+Arrays: ``x``, ``y``, ``ld`` and the upstream/downstream gradients are
+``(n, m)``; ``uw``, ``uh`` are ``(n, m, K)`` and ``ud`` is ``(n, m, K-1)``,
+the unnormalized parameters of element ``(i, j)``'s spline, in any memory
+layout (views of a network's output). Outputs are written, not accumulated.
+
+Parameterization, per element::
+
+    W = min_width + (1 - min_width K) softmax(uw)        (heights likewise)
+    x_0 = -B,  x_k = -B + 2B (W_0 + ... + W_{k-1}),  x_K = B
+    d_0 = d_K = 1,  d_k = min_derivative + softplus(ud_{k-1} + c0),  c0 = log(expm1(1 - min_derivative))
+
+so that zero parameters give the identity. On bin ``[x_k, x_{k+1})`` (``x = B``
+in the last bin), with ``w, h`` its width and height, ``s = h / w``,
+``xi = (x - x_k) / w``, ``t = xi (1 - xi)``::
+
+    y = y_k + h (s xi^2 + d_k t) / D,   D = s + (d_k + d_{k+1} - 2 s) t
+    dy/dx = s^2 (d_{k+1} xi^2 + 2 s t + d_k (1 - xi)^2) / D^2
+
+Outside ``[-B, B]`` the map is the identity (log-det 0).
+
+The map is symmetric under swapping the bin's ends (``xi -> 1 - xi``,
+``d_k <-> d_{k+1}``, ``y - y_k -> y_{k+1} - y``), and both directions are
+evaluated from the *nearer* end of the bin (``sigma = +1`` from the left,
+``-1`` from the right): every knot, ``x = B`` included, then maps exactly onto
+its image, and no term cancels near a knot. The inverse solves the quadratic
+``a xi^2 + b xi + c = 0`` with the root ``xi = 2c / (-b - sqrt(b^2 - 4ac))``
+(Durkan et al., appendix A), which does not cancel.
+
+Backward: the partial derivatives of ``y`` and ``ld`` with respect to the
+bin-local quantities (``xi``, ``s``, ``h``, ``d_k``, ``d_{k+1}``), chained to
+the two knots of the bin, then through the cumulative sums (an interior knot
+``x_j`` moves with every ``W_i``, ``i < j``; the end knots are fixed), the
+softmax and the softplus. The inverse's VJP is the forward one at
+``x = f^-1(y)`` by implicit differentiation: ``dL/dy = (gx - gld g_x) / f_x``
+and ``dL/dtheta = -(dL/dy) f_theta - gld g_theta`` (``f`` the map, ``g`` its
+forward log-det), with the derivatives taken at the ``x`` the inverse returns,
+located as the forward pass locates it, so that the two VJPs agree to rounding.
+
+The compiled twins run under the backend's fastmath (fused multiply-adds), so
+their knots can differ from the reference's in the last bit: a point exactly on
+a knot may then fall in the neighbouring bin, where ``y`` and ``ld`` agree (the
+spline is C1) but their gradients take the other side of the log-det's kink.
+"""
+
+import math
+
+import numpy as np
+
+from .._special import sigmoid, softplus
+from .backend import numba_twin
+
+
+def derivative_shift(min_derivative):
+    """``c0`` with ``min_derivative + softplus(0 + c0) == 1``: zero parameters give unit knot derivatives."""
+    return math.log(math.expm1(1.0 - min_derivative))
+
+
+# ---------------------------------------------------------------- NumPy reference
+
+def _knots_numpy(u, bound, min_size):
+    """``K + 1`` knots on ``[-bound, bound]`` (the ends exact) and the softmax ``p`` of ``u``."""
+    k = u.shape[-1]
+    e = np.exp(u - u.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)
+    knots = np.empty(u.shape[:-1] + (k + 1,), dtype=u.dtype)
+    knots[..., 0] = -bound
+    knots[..., 1:] = -bound + 2.0 * bound * np.cumsum(min_size + (1.0 - min_size * k) * p, axis=-1)
+    knots[..., k] = bound
+    return knots, p
+
+
+def _take(a, k, offset):
+    return np.take_along_axis(a, (k + offset)[..., None], axis=-1)[..., 0]
+
+
+def _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative):
+    """Every element's knots ``xs``, ``ys`` and slopes ``d`` (``K + 1`` each), with what the backward needs."""
+    xs, pw = _knots_numpy(uw, bound, min_width)
+    ys, ph = _knots_numpy(uh, bound, min_height)
+    z = ud + derivative_shift(min_derivative)
+    d = np.ones(ud.shape[:-1] + (ud.shape[-1] + 2,), dtype=ud.dtype)
+    d[..., 1:-1] = min_derivative + softplus(z)
+    return dict(xs=xs, ys=ys, d=d, pw=pw, ph=ph, z=z)
+
+
+def _locate_numpy(v, spline, bound, inverse):
+    """The bin of every element (searched in x, or in y for the inverse) and its anchored quantities."""
+    xs, ys, d = spline["xs"], spline["ys"], spline["d"]
+    inside = (v >= -bound) & (v <= bound)
+    v = np.clip(v, -bound, bound)   # outside points are masked later; keep their arithmetic quiet
+    own = ys if inverse else xs
+    nbins = xs.shape[-1] - 1
+    # a knot opens its bin (x == x_k lies in bin k), and x == B closes the last one
+    k = np.sum(v[..., None] >= own[..., 1:nbins], axis=-1)
+    x0, x1, y0, y1, d0, d1 = (_take(a, k, o) for a in (xs, ys, d) for o in (0, 1))
+    lo, hi = (y0, y1) if inverse else (x0, x1)
+    left = v - lo <= hi - v
+    sigma = np.where(left, 1, -1).astype(v.dtype)
+    xa, ya = np.where(left, x0, x1), np.where(left, y0, y1)
+    da, db = np.where(left, d0, d1), np.where(left, d1, d0)
+    w, h = x1 - x0, y1 - y0
+    return dict(spline, v=v, inside=inside, k=k, left=left, sigma=sigma, xa=xa, ya=ya, da=da, db=db, w=w, h=h,
+                s=h / w)
+
+
+def _partials_numpy(xi, s, da, db):
+    """``R = (y - y_a) sigma / h``, ``f_x = dy/dx``, ``ld`` and their partials at anchored position ``xi``."""
+    t = xi * (1.0 - xi)
+    u = 1.0 - xi
+    delta = da + db - 2.0 * s
+    inv_d = 1.0 / (s + delta * t)
+    p = s * xi * xi + da * t
+    q = db * xi * xi + 2.0 * s * t + da * u * u
+    r = s * inv_d
+    one_m_2t = 1.0 - 2.0 * t
+    return dict(
+        R=p * inv_d, f_x=q * r * r, ld=np.log(q) + 2.0 * np.log(r),
+        R_s=(xi * xi - p * inv_d * one_m_2t) * inv_d,
+        R_da=t * (s * u * u + db * t) * inv_d * inv_d,     # D - P written without cancellation
+        R_db=-p * t * inv_d * inv_d,
+        ld_xi=2.0 * (db * xi + s * (1.0 - 2.0 * xi) - da * u) / q - 2.0 * delta * (1.0 - 2.0 * xi) * inv_d,
+        ld_s=2.0 / s + 2.0 * t / q - 2.0 * one_m_2t * inv_d,
+        ld_da=u * u / q - 2.0 * t * inv_d,
+        ld_db=xi * xi / q - 2.0 * t * inv_d)
+
+
+def _solve_numpy(b):
+    """Anchored ``xi`` of the inverse: the stable root of the quadratic in ``xi``."""
+    dist = b["sigma"] * (b["v"] - b["ya"])
+    h, s, da = b["h"], b["s"], b["da"]
+    delta = da + b["db"] - 2.0 * s
+    qa = h * (s - da) + dist * delta
+    qb = h * da - dist * delta
+    qc = -s * dist
+    disc = np.maximum(qb * qb - 4.0 * qa * qc, 0.0)
+    return 2.0 * qc / (-qb - np.sqrt(disc))
+
+
+def _param_grads_numpy(b, gy, gld, q, xi, bound, min_width, min_height, guw, guh, gud):
+    """Chain ``gy``, ``gld`` (upstreams of ``y`` and ``ld``) to the parameters; returns ``dL/dx``."""
+    sigma, w, h, s = b["sigma"], b["w"], b["h"], b["s"]
+    sg = sigma * gy
+    g_xi = sg * w * q["f_x"] + gld * q["ld_xi"]
+    g_s = sg * h * q["R_s"] + gld * q["ld_s"]
+    g_da = sg * h * q["R_da"] + gld * q["ld_da"]
+    g_db = sg * h * q["R_db"] + gld * q["ld_db"]
+    g_sh = g_s / w + sg * q["R"]          # through s = h / w and h, per unit of the far knot's height
+    g_xa = sigma * (g_xi * (xi - 1.0) + g_s * s) / w
+    g_xb = -sigma * (g_xi * xi + g_s * s) / w
+    g_ya = gy - sigma * g_sh
+    g_yb = sigma * g_sh
+    left = b["left"]
+    for p, (ga, gb), out, min_size in ((b["pw"], (g_xa, g_xb), guw, min_width),
+                                       (b["ph"], (g_ya, g_yb), guh, min_height)):
+        _softmax_backward_numpy(p, b["k"], np.where(left, ga, gb), np.where(left, gb, ga), bound, min_size, out)
+    g_dk, g_dk1 = np.where(left, g_da, g_db), np.where(left, g_db, g_da)
+    j = np.arange(gud.shape[-1])
+    k = b["k"][..., None]
+    # d_{j+1} comes from ud_j; the end derivatives d_0 = d_K = 1 are constants
+    gud[...] = ((j == k - 1) * g_dk[..., None] + (j == k) * g_dk1[..., None]) * sigmoid(b["z"])
+    return sigma * g_xi / w
+
+
+def _softmax_backward_numpy(p, k, g_left, g_right, bound, min_size, out):
+    """From the gradients of the bin's two knots (``k``, ``k + 1``) to those of the unnormalized sizes."""
+    nbins = p.shape[-1]
+    g_left = np.where(k >= 1, g_left, 0.0)[..., None]              # x_0 = -B is fixed
+    g_right = np.where(k + 1 <= nbins - 1, g_right, 0.0)[..., None]  # x_K = B is fixed
+    i = np.arange(nbins)
+    kk = k[..., None]
+    g_size = 2.0 * bound * ((i < kk) * g_left + (i <= kk) * g_right)
+    out[...] = (1.0 - min_size * nbins) * p * (g_size - (p * g_size).sum(axis=-1, keepdims=True))
+
+
+def rqs_forward_numpy(x, uw, uh, ud, bound, min_width, min_height, min_derivative, y, ld):
+    """``y = spline(x)`` and ``ld = log|dy/dx|`` per element."""
+    b = _locate_numpy(x, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative), bound, False)
+    xi = b["sigma"] * (b["v"] - b["xa"]) / b["w"]
+    q = _partials_numpy(xi, b["s"], b["da"], b["db"])
+    y[...] = np.where(b["inside"], b["ya"] + b["sigma"] * b["h"] * q["R"], x)
+    ld[...] = np.where(b["inside"], q["ld"], 0.0)
+    return None
+
+
+def rqs_inverse_numpy(y, uw, uh, ud, bound, min_width, min_height, min_derivative, x, ld):
+    """``x = spline^-1(y)`` and ``ld = log|dx/dy|`` per element."""
+    b = _locate_numpy(y, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative), bound, True)
+    xi = _solve_numpy(b)
+    q = _partials_numpy(xi, b["s"], b["da"], b["db"])
+    x[...] = np.where(b["inside"], b["xa"] + b["sigma"] * xi * b["w"], y)
+    ld[...] = np.where(b["inside"], -q["ld"], 0.0)
+    return None
+
+
+def rqs_forward_backward_numpy(x, uw, uh, ud, bound, min_width, min_height, min_derivative, gy, gld,
+                               gx, guw, guh, gud):
+    """VJP of the forward pass: ``gx``, ``guw``, ``guh``, ``gud`` from ``gy = dL/dy``, ``gld = dL/dld``."""
+    b = _locate_numpy(x, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative), bound, False)
+    xi = b["sigma"] * (b["v"] - b["xa"]) / b["w"]
+    q = _partials_numpy(xi, b["s"], b["da"], b["db"])
+    inside = b["inside"]
+    g_in = _param_grads_numpy(b, np.where(inside, gy, 0.0), np.where(inside, gld, 0.0), q, xi, bound,
+                              min_width, min_height, guw, guh, gud)
+    gx[...] = np.where(inside, g_in, gy)
+    return None
+
+
+def rqs_inverse_backward_numpy(y, uw, uh, ud, bound, min_width, min_height, min_derivative, gx, gld,
+                               gy, guw, guh, gud):
+    """VJP of the inverse pass: ``gy``, ``guw``, ``guh``, ``gud`` from ``gx = dL/dx``, ``gld = dL/dld``."""
+    spline = _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative)
+    b = _locate_numpy(y, spline, bound, True)
+    x = b["xa"] + b["sigma"] * _solve_numpy(b) * b["w"]
+    # the derivatives at the x the inverse returns, located as the forward pass locates it: then this VJP is
+    # the forward's at that x to rounding, where re-evaluating at the root would differ by the rounding of x
+    # (relative eps |x| / (x - x_k) in xi, much more than eps in a narrow bin)
+    b = dict(_locate_numpy(x, spline, bound, False), inside=b["inside"])
+    xi = b["sigma"] * (b["v"] - b["xa"]) / b["w"]
+    q = _partials_numpy(xi, b["s"], b["da"], b["db"])
+    inside = b["inside"]
+    gx_in, gld_in = np.where(inside, gx, 0.0), np.where(inside, gld, 0.0)
+    g_y = (gx_in - gld_in * b["sigma"] * q["ld_xi"] / b["w"]) / q["f_x"]
+    _param_grads_numpy(b, -g_y, -gld_in, q, xi, bound, min_width, min_height, guw, guh, gud)
+    gy[...] = np.where(inside, g_y, gx)
+    return None
+
+
+# ---------------------------------------------------------------- Numba twin
+# Python-float arguments are cast to the arrays' dtype once per call, and helpers take ``one`` in that dtype:
+# Numba would otherwise promote float32 arithmetic with a float64 scalar or literal to float64.
+# Per call, four scratch rows (K + 1 knots, K softmax weights, for x and y) hold one element's spline;
+# nothing is allocated per element.
+
+@numba_twin
+def _knots_numba(u, bound, two_bound, min_size, scale, one, p, knots):
+    nbins = u.shape[0]
+    top = u[0]
+    for q in range(1, nbins):
+        if u[q] > top:
+            top = u[q]
+    total = one - one
+    for q in range(nbins):
+        e = np.exp(u[q] - top)
+        p[q] = e
+        total += e
+    c = one - one
+    knots[0] = -bound
+    for q in range(nbins):
+        p[q] = p[q] / total
+        c += min_size + scale * p[q]
+        knots[q + 1] = -bound + two_bound * c
+    knots[nbins] = bound
+
+
+@numba_twin
+def _knot_derivative_numba(ud, j, min_derivative, shift, one):
+    """``d_j`` and its derivative with respect to ``ud_{j-1}`` (0 at the fixed ends ``j = 0, K``)."""
+    if j == 0 or j == ud.shape[0] + 1:
+        return one, one - one
+    z = ud[j - 1] + shift
+    if z > 0:
+        e = np.exp(-z)
+        return min_derivative + z + np.log1p(e), one / (one + e)
+    e = np.exp(z)
+    return min_derivative + np.log1p(e), e / (one + e)
+
+
+@numba_twin
+def _locate_numba(v, ud, xs, ys, min_derivative, shift, one, inverse):
+    """Bin, anchor side and anchored quantities; ``dist`` is ``|v - anchor|`` in v's space."""
+    nbins = xs.shape[0] - 1
+    own = ys if inverse else xs
+    k = 0
+    for q in range(1, nbins):   # K is small: a linear scan beats a bisection
+        if v >= own[q]:
+            k = q
+        else:
+            break
+    d_k, sig_k = _knot_derivative_numba(ud, k, min_derivative, shift, one)
+    d_k1, sig_k1 = _knot_derivative_numba(ud, k + 1, min_derivative, shift, one)
+    w = xs[k + 1] - xs[k]
+    h = ys[k + 1] - ys[k]
+    left = v - own[k] <= own[k + 1] - v
+    if left:
+        return k, left, one, xs[k], ys[k], d_k, d_k1, w, h, v - own[k], sig_k, sig_k1
+    return k, left, -one, xs[k + 1], ys[k + 1], d_k1, d_k, w, h, own[k + 1] - v, sig_k, sig_k1
+
+
+@numba_twin
+def _partials_numba(xi, s, da, db, one):
+    """``(R, f_x, ld, R_s, R_da, R_db, ld_xi, ld_s, ld_da, ld_db)``, as ``_partials_numpy``'s entries."""
+    two = one + one
+    t = xi * (one - xi)
+    u = one - xi
+    delta = da + db - two * s
+    inv_d = one / (s + delta * t)
+    p = s * xi * xi + da * t
+    q = db * xi * xi + two * s * t + da * u * u
+    r = s * inv_d
+    one_m_2t = one - two * t
+    return (p * inv_d, q * r * r, np.log(q) + two * np.log(r),
+            (xi * xi - p * inv_d * one_m_2t) * inv_d,
+            t * (s * u * u + db * t) * inv_d * inv_d,
+            -p * t * inv_d * inv_d,
+            two * (db * xi + s * (one - two * xi) - da * u) / q - two * delta * (one - two * xi) * inv_d,
+            two / s + two * t / q - two * one_m_2t * inv_d,
+            u * u / q - two * t * inv_d,
+            xi * xi / q - two * t * inv_d)
+
+
+@numba_twin
+def _solve_numba(dist, h, s, da, db, one):
+    two = one + one
+    delta = da + db - two * s
+    qa = h * (s - da) + dist * delta
+    qb = h * da - dist * delta
+    qc = -s * dist
+    disc = qb * qb - two * two * qa * qc
+    if disc < 0:
+        disc = one - one
+    return two * qc / (-qb - np.sqrt(disc))
+
+
+@numba_twin
+def _softmax_backward_numba(p, k, g_left, g_right, two_bound, scale, one, out):
+    nbins = p.shape[0]
+    zero = one - one
+    if k < 1:
+        g_left = zero
+    if k + 1 > nbins - 1:
+        g_right = zero
+    mean = zero
+    for i in range(nbins):
+        g = zero
+        if i < k:
+            g += g_left
+        if i <= k:
+            g += g_right
+        mean += p[i] * g
+    for i in range(nbins):
+        g = zero
+        if i < k:
+            g += g_left
+        if i <= k:
+            g += g_right
+        out[i] = scale * p[i] * two_bound * (g - mean)
+
+
+@numba_twin
+def _param_grads_numba(gy, gld, k, left, sigma, w, h, s, xi, big_r, f_x, r_s, r_da, r_db, ld_xi, ld_s, ld_da,
+                       ld_db, sig_k, sig_k1, pw, ph, two_bound, scale_w, scale_h, one, guw, guh, gud):
+    sg = sigma * gy
+    g_xi = sg * w * f_x + gld * ld_xi
+    g_s = sg * h * r_s + gld * ld_s
+    g_da = sg * h * r_da + gld * ld_da
+    g_db = sg * h * r_db + gld * ld_db
+    g_sh = g_s / w + sg * big_r
+    g_xa = sigma * (g_xi * (xi - one) + g_s * s) / w
+    g_xb = -sigma * (g_xi * xi + g_s * s) / w
+    g_ya = gy - sigma * g_sh
+    g_yb = sigma * g_sh
+    if left:
+        _softmax_backward_numba(pw, k, g_xa, g_xb, two_bound, scale_w, one, guw)
+        _softmax_backward_numba(ph, k, g_ya, g_yb, two_bound, scale_h, one, guh)
+        g_dk, g_dk1 = g_da, g_db
+    else:
+        _softmax_backward_numba(pw, k, g_xb, g_xa, two_bound, scale_w, one, guw)
+        _softmax_backward_numba(ph, k, g_yb, g_ya, two_bound, scale_h, one, guh)
+        g_dk, g_dk1 = g_db, g_da
+    for q in range(gud.shape[0]):
+        gud[q] = one - one
+    if k >= 1:
+        gud[k - 1] = g_dk * sig_k
+    if k < gud.shape[0]:
+        gud[k] = g_dk1 * sig_k1
+    return sigma * g_xi / w
+
+
+@numba_twin
+def _zero_row_numba(row):
+    for q in range(row.shape[0]):
+        row[q] = 0
+
+
+@numba_twin
+def _settings_numba(like, nbins, bound, min_width, min_height, min_derivative):
+    """The settings in ``like``'s dtype: 1, B, 2B, the minima, the softmax scales and ``c0``."""
+    dt = like.dtype.type
+    return (dt(1.0), dt(bound), dt(2.0 * bound), dt(min_width), dt(min_height), dt(min_derivative),
+            dt(1.0 - min_width * nbins), dt(1.0 - min_height * nbins),
+            dt(math.log(math.expm1(1.0 - min_derivative))))
+
+
+@numba_twin
+def _scratch_numba(like, nbins):
+    return (np.empty(nbins, like.dtype), np.empty(nbins, like.dtype), np.empty(nbins + 1, like.dtype),
+            np.empty(nbins + 1, like.dtype))
+
+
+@numba_twin
+def rqs_forward_numba(x, uw, uh, ud, bound, min_width, min_height, min_derivative, y, ld):
+    one, b, two_b, mw, mh, md, sw, sh, shift = _settings_numba(x, uw.shape[2], bound, min_width, min_height,
+                                                               min_derivative)
+    pw, ph, xs, ys = _scratch_numba(x, uw.shape[2])
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            if not (v >= -b and v <= b):   # outside, or NaN: the identity
+                y[i, j] = v
+                ld[i, j] = one - one
+                continue
+            _knots_numba(uw[i, j], b, two_b, mw, sw, one, pw, xs)
+            _knots_numba(uh[i, j], b, two_b, mh, sh, one, ph, ys)
+            k, left, sigma, xa, ya, da, db, w, h, dist, _, _ = _locate_numba(v, ud[i, j], xs, ys, md, shift, one,
+                                                                             False)
+            q = _partials_numba(dist / w, h / w, da, db, one)
+            y[i, j] = ya + sigma * h * q[0]
+            ld[i, j] = q[2]
+
+
+@numba_twin
+def rqs_inverse_numba(y, uw, uh, ud, bound, min_width, min_height, min_derivative, x, ld):
+    one, b, two_b, mw, mh, md, sw, sh, shift = _settings_numba(y, uw.shape[2], bound, min_width, min_height,
+                                                               min_derivative)
+    pw, ph, xs, ys = _scratch_numba(y, uw.shape[2])
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            v = y[i, j]
+            if not (v >= -b and v <= b):
+                x[i, j] = v
+                ld[i, j] = one - one
+                continue
+            _knots_numba(uw[i, j], b, two_b, mw, sw, one, pw, xs)
+            _knots_numba(uh[i, j], b, two_b, mh, sh, one, ph, ys)
+            k, left, sigma, xa, ya, da, db, w, h, dist, _, _ = _locate_numba(v, ud[i, j], xs, ys, md, shift, one,
+                                                                             True)
+            s = h / w
+            xi = _solve_numba(dist, h, s, da, db, one)
+            q = _partials_numba(xi, s, da, db, one)
+            x[i, j] = xa + sigma * xi * w
+            ld[i, j] = -q[2]
+
+
+@numba_twin
+def rqs_forward_backward_numba(x, uw, uh, ud, bound, min_width, min_height, min_derivative, gy, gld,
+                               gx, guw, guh, gud):
+    one, b, two_b, mw, mh, md, sw, sh, shift = _settings_numba(x, uw.shape[2], bound, min_width, min_height,
+                                                               min_derivative)
+    pw, ph, xs, ys = _scratch_numba(x, uw.shape[2])
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            if not (v >= -b and v <= b):
+                gx[i, j] = gy[i, j]
+                _zero_row_numba(guw[i, j])
+                _zero_row_numba(guh[i, j])
+                _zero_row_numba(gud[i, j])
+                continue
+            _knots_numba(uw[i, j], b, two_b, mw, sw, one, pw, xs)
+            _knots_numba(uh[i, j], b, two_b, mh, sh, one, ph, ys)
+            k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1 = _locate_numba(v, ud[i, j], xs, ys, md,
+                                                                                      shift, one, False)
+            s = h / w
+            xi = dist / w
+            q = _partials_numba(xi, s, da, db, one)
+            gx[i, j] = _param_grads_numba(gy[i, j], gld[i, j], k, left, sigma, w, h, s, xi, q[0], q[1], q[3], q[4],
+                                          q[5], q[6], q[7], q[8], q[9], sig_k, sig_k1, pw, ph, two_b, sw, sh, one,
+                                          guw[i, j], guh[i, j], gud[i, j])
+
+
+@numba_twin
+def rqs_inverse_backward_numba(y, uw, uh, ud, bound, min_width, min_height, min_derivative, gx, gld,
+                               gy, guw, guh, gud):
+    one, b, two_b, mw, mh, md, sw, sh, shift = _settings_numba(y, uw.shape[2], bound, min_width, min_height,
+                                                               min_derivative)
+    pw, ph, xs, ys = _scratch_numba(y, uw.shape[2])
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            v = y[i, j]
+            if not (v >= -b and v <= b):
+                gy[i, j] = gx[i, j]
+                _zero_row_numba(guw[i, j])
+                _zero_row_numba(guh[i, j])
+                _zero_row_numba(gud[i, j])
+                continue
+            _knots_numba(uw[i, j], b, two_b, mw, sw, one, pw, xs)
+            _knots_numba(uh[i, j], b, two_b, mh, sh, one, ph, ys)
+            k, left, sigma, xa, ya, da, db, w, h, dist, _, _ = _locate_numba(v, ud[i, j], xs, ys, md, shift, one,
+                                                                             True)
+            xv = xa + sigma * _solve_numba(dist, h, h / w, da, db, one) * w
+            # as the NumPy reference: the derivatives at the returned x, located as the forward pass locates it
+            k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1 = _locate_numba(xv, ud[i, j], xs, ys, md,
+                                                                                      shift, one, False)
+            s = h / w
+            xi = dist / w
+            q = _partials_numba(xi, s, da, db, one)
+            g = (gx[i, j] - gld[i, j] * sigma * q[6] / w) / q[1]
+            gy[i, j] = g
+            _param_grads_numba(-g, -gld[i, j], k, left, sigma, w, h, s, xi, q[0], q[1], q[3], q[4], q[5], q[6],
+                               q[7], q[8], q[9], sig_k, sig_k1, pw, ph, two_b, sw, sh, one,
+                               guw[i, j], guh[i, j], gud[i, j])
