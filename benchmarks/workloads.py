@@ -38,6 +38,8 @@ SPECS = {
     "W4": dict(flow="MAF", dim=8, n_layers=5, hidden=(64, 64), batch=256, n_sample=10_000),
     # W6 uses seed 001's flow (2-D RealNVP, 4 couplings, hidden (8, 8)) on a million points.
     "W6": dict(flow="RealNVP", dim=2, n_layers=4, hidden=(8, 8), n_points=1_000_000),
+    # W7: a neural spline flow's training step, spline couplings with 8 bins on [-5, 5].
+    "W7": dict(flow="NSF", dim=8, n_layers=5, hidden=(64, 64), bins=8, bound=5.0, batch=256),
 }
 
 
@@ -102,6 +104,9 @@ def build_flow(name, rng=0):
     spec = SPECS[name]
     if spec["flow"] == "MAF":
         return flows.MAF(spec["dim"], n_layers=spec["n_layers"], hidden=spec["hidden"], rng=rng, dtype=DTYPE)
+    if spec["flow"] == "NSF":
+        return flows.NSF(spec["dim"], n_layers=spec["n_layers"], bins=spec["bins"], bound=spec["bound"],
+                         hidden=spec["hidden"], rng=rng, dtype=DTYPE)
     return flows.RealNVP(spec["dim"], n_layers=spec["n_layers"], hidden=spec["hidden"], activation="relu",
                          rng=rng, dtype=DTYPE)
 

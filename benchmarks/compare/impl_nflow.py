@@ -69,6 +69,13 @@ class NflowRunner:
         return {"step": self._step(),
                 "sample": timed(lambda: self.sampler.sample(self.n_sample, rng=0, backend=self.backend))}
 
+    # ---- W7: spline coupling training step
+    def _prepare_W7(self):
+        self._prepare_steps("W7")
+
+    def _measure_W7(self):
+        return {"step": self._step()}
+
     # ---- W6: a million 2-D points
     def _prepare_W6(self):
         self.flow = wl.build_flow("W6")

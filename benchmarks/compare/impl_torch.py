@@ -72,6 +72,8 @@ class TorchRunner:
     def build(self, workload, seed=0):
         import torch_flows
         spec = wl.SPECS[workload]
+        if spec["flow"] not in ("MAF", "RealNVP"):
+            raise ValueError(f"torch_flows has no {spec['flow']}; {workload} runs on nflow_np and zuko only")
         torch.manual_seed(seed)
         cls = torch_flows.MAF if spec["flow"] == "MAF" else torch_flows.RealNVP
         return _Model(cls(spec["dim"], spec["n_layers"], spec["hidden"]))
@@ -126,6 +128,13 @@ class TorchRunner:
         self._prepare_steps("W3")
 
     def _measure_W3(self):
+        return {"step": self._step()}
+
+    def _prepare_W7(self):
+        # a spline flow: ZukoRunner builds zuko's; the hand-written flows have none (run.py skips it)
+        self._prepare_steps("W7")
+
+    def _measure_W7(self):
         return {"step": self._step()}
 
     def _prepare_W4(self):
