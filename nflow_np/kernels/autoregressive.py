@@ -15,6 +15,14 @@ feature: the whole loop costs one network pass instead of ``d`` (less, as it
 skips the masked weights), with activations kept transposed so the inner
 loops run over a chunk's rows. ``groups`` lists, per hidden layer, its units sorted by degree with
 CSR-style offsets (see :func:`degree_groups`).
+
+Autoregressive splines (``spline_maf_*``) take the same MADE network with
+``3 bins - 1`` outputs per feature, laid out ``(parameter, feature)``, read
+as the unnormalized spline parameters of :mod:`.spline` (``sp`` holds
+``[bound, min_bin_width, min_bin_height, min_derivative]``). Their
+``scratch`` is ``4 x (n x d)``: the per-element log-dets, then room for the
+backward's gathered gradients. Sampling takes ``d`` network passes, the
+textbook way, in both twins.
 """
 
 import numpy as np
@@ -22,6 +30,8 @@ import numpy as np
 from .backend import numba_twin
 from .coupling import _log_scale_numba, _log_scale_numpy
 from .mlp import mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_forward_numpy
+from .spline import rqs_forward_backward_numba, rqs_forward_backward_numpy, rqs_forward_numba, \
+    rqs_forward_numpy, rqs_inverse_numba, rqs_inverse_numpy
 
 
 def maf_forward_scratch_size(widths):
@@ -86,6 +96,48 @@ def maf_forward_numpy(theta, off, widths, act, clamp, generation, groups, x, y, 
     # one more pass gives every feature's final log-scale
     mlp_forward_numpy(theta, off, widths, act, y, hid, net)
     ld += _log_scale_numpy(net[:, d:], clamp).sum(axis=1)
+    return None
+
+
+def _made_spline_views_numpy(net, bins, d):
+    """``(uw, uh, ud)``, each ``n x d x k``: views of MADE's ``(parameter, feature)``-ordered output."""
+    params = net.reshape(net.shape[0], 3 * bins - 1, d).transpose(0, 2, 1)
+    return params[:, :, :bins], params[:, :, bins:2 * bins], params[:, :, 2 * bins:]
+
+
+def spline_maf_inverse_numpy(theta, off, widths, act, bins, sp, y, x, ld, hid, net, scratch):
+    """Density direction of an autoregressive spline: ``x = g(y)`` with ``g``'s parameters from ``y``."""
+    d = y.shape[1]
+    mlp_forward_numpy(theta, off, widths, act, y, hid, net)
+    rqs_forward_numpy(y, *_made_spline_views_numpy(net, bins, d), sp[0], sp[1], sp[2], sp[3], x, scratch[0])
+    ld += scratch[0].sum(axis=1)
+    return None
+
+
+def spline_maf_inverse_backward_numpy(theta, off, widths, act, bins, sp, y, gx, gld, hid, net, scratch, gy, gtheta,
+                                      gnet, d1, d2):
+    """VJP of :func:`spline_maf_inverse_numpy` (``hid``, ``net`` from its pass)."""
+    d = y.shape[1]
+    grad_ld, direct = scratch[1], scratch[2]
+    grad_ld[...] = gld[:, None]
+    rqs_forward_backward_numpy(y, *_made_spline_views_numpy(net, bins, d), sp[0], sp[1], sp[2], sp[3], gx, grad_ld,
+                               direct, *_made_spline_views_numpy(gnet, bins, d))
+    mlp_backward_numpy(theta, off, widths, act, y, hid, gnet, gy, gtheta, d1, d2)
+    gy += direct
+    return None
+
+
+def spline_maf_forward_numpy(theta, off, widths, act, bins, sp, generation, x, y, ld, hid, net, scratch):
+    """Sampling: ``y_i = g_i^-1(x_i)`` in generation order, each spline's parameters from the ``y`` so far."""
+    d = x.shape[1]
+    y[...] = 0.0
+    lde = scratch[0]
+    for i in generation:
+        mlp_forward_numpy(theta, off, widths, act, y, hid, net)
+        uw, uh, ud = _made_spline_views_numpy(net, bins, d)
+        rqs_inverse_numpy(x[:, i:i + 1], uw[:, i:i + 1], uh[:, i:i + 1], ud[:, i:i + 1], sp[0], sp[1], sp[2], sp[3],
+                          y[:, i:i + 1], lde[:, i:i + 1])
+    ld += lde.sum(axis=1)
     return None
 
 
@@ -204,3 +256,60 @@ def maf_forward_numba(theta, off, widths, act, clamp, generation, groups, x, y, 
             y_t[i, r] = value
             y[r, i] = value
             ld[r] += s
+
+
+@numba_twin
+def _made_spline_views_numba(net, bins, d):
+    params = net.reshape((net.shape[0], 3 * bins - 1, d)).transpose((0, 2, 1))
+    return params[:, :, :bins], params[:, :, bins:2 * bins], params[:, :, 2 * bins:]
+
+
+@numba_twin
+def spline_maf_inverse_numba(theta, off, widths, act, bins, sp, y, x, ld, hid, net, scratch):
+    d = y.shape[1]
+    mlp_forward_numba(theta, off, widths, act, y, hid, net)
+    uw, uh, ud = _made_spline_views_numba(net, bins, d)
+    lde = scratch[0]
+    rqs_forward_numba(y, uw, uh, ud, sp[0], sp[1], sp[2], sp[3], x, lde)
+    for i in range(y.shape[0]):
+        total = 0.0
+        for j in range(d):
+            total += lde[i, j]
+        ld[i] += total
+
+
+@numba_twin
+def spline_maf_inverse_backward_numba(theta, off, widths, act, bins, sp, y, gx, gld, hid, net, scratch, gy, gtheta,
+                                      gnet, d1, d2):
+    n, d = y.shape
+    grad_ld = scratch[1]
+    direct = scratch[2]
+    for i in range(n):
+        for j in range(d):
+            grad_ld[i, j] = gld[i]
+    uw, uh, ud = _made_spline_views_numba(net, bins, d)
+    guw, guh, gud = _made_spline_views_numba(gnet, bins, d)
+    rqs_forward_backward_numba(y, uw, uh, ud, sp[0], sp[1], sp[2], sp[3], gx, grad_ld, direct, guw, guh, gud)
+    mlp_backward_numba(theta, off, widths, act, y, hid, gnet, gy, gtheta, d1, d2)
+    for i in range(n):
+        for j in range(d):
+            gy[i, j] += direct[i, j]
+
+
+@numba_twin
+def spline_maf_forward_numba(theta, off, widths, act, bins, sp, generation, x, y, ld, hid, net, scratch):
+    n, d = x.shape
+    for i in range(n):
+        for j in range(d):
+            y[i, j] = 0.0
+    lde = scratch[0]
+    for i in generation:
+        mlp_forward_numba(theta, off, widths, act, y, hid, net)
+        uw, uh, ud = _made_spline_views_numba(net, bins, d)
+        rqs_inverse_numba(x[:, i:i + 1], uw[:, i:i + 1], uh[:, i:i + 1], ud[:, i:i + 1], sp[0], sp[1], sp[2], sp[3],
+                          y[:, i:i + 1], lde[:, i:i + 1])
+    for i in range(n):
+        total = 0.0
+        for j in range(d):
+            total += lde[i, j]
+        ld[i] += total

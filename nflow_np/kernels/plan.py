@@ -39,7 +39,7 @@ class Program:
     """The flattened form of one flow; see :mod:`nflow_np.kernels.program` for the arrays."""
 
     def __init__(self, flow):
-        from ..bijectors.autoregressive import MaskedAutoregressive
+        from ..bijectors.autoregressive import MaskedAutoregressive, SplineAutoregressive
         from ..bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
         from ..bijectors.linear import Permute, Reverse
         from ..bijectors.normalization import ActNorm, BatchNorm
@@ -113,6 +113,15 @@ class Program:
                 widest["cond"] = max(widest["cond"], widths[0])
                 self.splines.append((len(ops), b))
                 op = prog.OP_SPLINE
+            elif isinstance(b, SplineAutoregressive):
+                net = b.net
+                f[prog.F_THETA], widths = add_net(net, d, {f"w{i}": m for i, m in enumerate(net.masks)})
+                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[net.activation]
+                f[prog.F_A], f[prog.F_B], f[prog.F_FLAG] = ints([]), ints(b._generation), b.spline.bins
+                f[prog.F_CACHE] = cache[0]
+                cache[0] += hidden_size(widths) + widths[-1] + 4 * d
+                self.splines.append((len(ops), b))
+                op = prog.OP_SPLINE_MAF
             elif isinstance(b, MaskedAutoregressive):
                 net = b.net
                 masks = {f"w{i}": m for i, m in enumerate(net.masks)}

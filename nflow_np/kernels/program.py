@@ -13,8 +13,9 @@ walks with one loop over layers:
 ``layout``   int64: per-row offsets of the workspace regions (``W_*`` below).
 
 Supported layers: AffineCoupling, AdditiveCoupling, SplineCoupling, MaskedAutoregressive,
-Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks;
-couplings may be conditional (a context appended to their network input), MAF layers not. Anything else makes :func:`compile_flow` raise
+SplineAutoregressive, Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks;
+couplings may be conditional (a context appended to their network input), autoregressive
+layers not. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
 
 Workspace: ``ws`` is ``(parts, n * row + const)``: each part (a thread's
@@ -30,7 +31,9 @@ network input after the gathered coordinates.
 import numpy as np
 
 from .autoregressive import maf_forward_numba, maf_forward_numpy, maf_inverse_backward_numba, \
-    maf_inverse_backward_numpy, maf_inverse_numba, maf_inverse_numpy
+    maf_inverse_backward_numpy, maf_inverse_numba, maf_inverse_numpy, spline_maf_forward_numba, \
+    spline_maf_forward_numpy, spline_maf_inverse_backward_numba, spline_maf_inverse_backward_numpy, \
+    spline_maf_inverse_numba, spline_maf_inverse_numpy
 from .backend import numba_twin
 from .coupling import coupling_forward_numba, coupling_forward_numpy, coupling_inverse_backward_numba, \
     coupling_inverse_backward_numpy, coupling_inverse_numba, coupling_inverse_numpy, spline_coupling_forward_numba, \
@@ -51,7 +54,7 @@ prange = range
 __all__ = ["Unsupported", "flow_log_prob_numpy", "flow_log_prob_numba", "flow_sample_numpy", "flow_sample_numba",
            "flow_nll_grad_numpy", "flow_nll_grad_numba", "train_epoch_numpy", "train_epoch_numba"]
 
-OP_COUPLING, OP_MAF, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM, OP_SPLINE = 0, 1, 2, 3, 4, 5
+OP_COUPLING, OP_MAF, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM, OP_SPLINE, OP_SPLINE_MAF = 0, 1, 2, 3, 4, 5, 6
 # fields columns: parameter offset, widths, activation, index arrays a / b, cache offset, affine flag (spline:
 # bins), MADE groups (spline: offset in theta of [bound, min_bin_width, min_bin_height, min_derivative])
 F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS = range(8)
@@ -89,10 +92,11 @@ def _caches_numpy(f, idata, w, n):
 
 
 def _spline_numpy(f, idata, theta, w, n):
-    """A spline coupling's scratch (``4 x n x nb``, after its network output) and ``[bound, minima...]``."""
+    """A spline layer's scratch (``4 x n x nb``, after its network output) and ``[bound, minima...]``."""
     widths = _ints_numpy(idata, f[F_WIDTHS])
     nb = _ints_numpy(idata, f[F_B]).size
-    start = f[F_CACHE] + int(widths.sum())
+    cond = int(widths[0]) if _ints_numpy(idata, f[F_A]).size else 0
+    start = f[F_CACHE] + cond + int(widths[1:].sum())
     return w[n * start:n * (start + 4 * nb)].reshape(4, n, nb), theta[f[F_GROUPS]:f[F_GROUPS] + 4]
 
 
@@ -134,6 +138,14 @@ def _layer_numpy(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z
             run = spline_coupling_inverse_numpy if direction < 0 else spline_coupling_forward_numpy
             run(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints_numpy(idata, f[F_A]),
                 _ints_numpy(idata, f[F_B]), zin, zout, ld, cond, hid, net, scratch)
+        elif op == OP_SPLINE_MAF:
+            scratch, sp = _spline_numpy(f, idata, theta, w, n)
+            if direction < 0:
+                spline_maf_inverse_numpy(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, zin, zout, ld, hid, net,
+                                         scratch)
+            else:
+                spline_maf_forward_numpy(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints_numpy(idata, f[F_B]),
+                                         zin, zout, ld, hid, net, scratch)
         elif direction < 0:
             maf_inverse_numpy(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, ld, hid, net)
         else:
@@ -238,6 +250,10 @@ def _nll_grad_numpy(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
                                                        _ints_numpy(idata, f[F_B]), gout, gld, cond, hid, net, scratch,
                                                        gin, gtheta, gnet,
                                                        _block_numpy(w, n, layout[W_GCOND], cond.shape[1]), d1, d2)
+            elif op == OP_SPLINE_MAF:
+                scratch, sp = _spline_numpy(f, idata, theta, w, n)
+                spline_maf_inverse_backward_numpy(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, zin, gout, gld,
+                                                  hid, net, scratch, gin, gtheta, gnet, d1, d2)
             else:
                 maf_inverse_backward_numpy(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, gout, gld,
                                            hid, net, gin, gtheta, gnet, d1, d2)
@@ -313,8 +329,8 @@ def _caches_numba(f, idata, w, n):
 def _spline_numba(f, idata, theta, w, n):
     widths = _ints_numba(idata, f[F_WIDTHS])
     nb = idata[f[F_B]]
-    start = f[F_CACHE]
-    for k in range(widths.size):
+    start = f[F_CACHE] + (widths[0] if idata[f[F_A]] > 0 else 0)
+    for k in range(1, widths.size):
         start += widths[k]
     return w[n * start:n * (start + 4 * nb)].reshape((4, n, nb)), theta[f[F_GROUPS]:f[F_GROUPS] + 4]
 
@@ -377,6 +393,14 @@ def _layer_numba(direction, layer, ops, fields, clamps, idata, theta, w, n, d, z
                 spline_coupling_forward_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp,
                                               _ints_numba(idata, f[F_A]), _ints_numba(idata, f[F_B]), zin, zout, ld,
                                               cond, hid, net, scratch)
+        elif op == OP_SPLINE_MAF:
+            scratch, sp = _spline_numba(f, idata, theta, w, n)
+            if direction < 0:
+                spline_maf_inverse_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, zin, zout, ld, hid, net,
+                                         scratch)
+            else:
+                spline_maf_forward_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints_numba(idata, f[F_B]),
+                                         zin, zout, ld, hid, net, scratch)
         elif direction < 0:
             maf_inverse_numba(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, ld, hid, net)
         else:
@@ -500,6 +524,10 @@ def _nll_grad_numba(ops, fields, clamps, idata, layout, theta, w, n, d, gtheta):
                                                        _ints_numba(idata, f[F_B]), gout, gld, cond, hid, net, scratch,
                                                        gin, gtheta, gnet,
                                                        _block_numba(w, n, layout[W_GCOND], cond.shape[1]), d1, d2)
+            elif op == OP_SPLINE_MAF:
+                scratch, sp = _spline_numba(f, idata, theta, w, n)
+                spline_maf_inverse_backward_numba(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, zin, gout, gld,
+                                                  hid, net, scratch, gin, gtheta, gnet, d1, d2)
             else:
                 maf_inverse_backward_numba(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, gout, gld,
                                            hid, net, gin, gtheta, gnet, d1, d2)
