@@ -1,15 +1,21 @@
-"""Which implementation runs the hot loops: ``"numpy"`` (the reference) or ``"numba"`` (compiled).
+"""Which implementation runs the hot loops: ``"numpy"`` (reference), ``"numba"`` (compiled, CPU) or ``"cuda"`` (GPU).
 
 The choice is global (:func:`set_backend`), scoped (``with backend("numpy"):``)
 or per call (``backend=`` on ``log_prob``, ``sample``, ``sample_and_log_prob``
 and ``fit``). The default is ``"numba"`` when Numba is installed, else
-``"numpy"``.
+``"numpy"``; ``"cuda"`` is never chosen by default.
 
 Numba is imported on the first compiled call, never by ``import nflow_np``.
 Kernel modules mark their compiled twins with :func:`numba_twin`; the marked
 functions stay plain Python until :func:`load_numba` compiles them all at once
 (lazily, per dtype, cached on disk) and swaps the compiled dispatchers into
 every kernel module, so that twins calling twins call compiled code.
+
+``"cuda"`` is checked when it is first asked for (:func:`cuda_available`): it
+needs ``numba.cuda`` (from the ``numba-cuda`` package, ``pip install
+"nflow_np[cuda]"``, or the CUDA target still built into older Numba releases)
+and an NVIDIA GPU with its driver, or the simulator (``NUMBA_ENABLE_CUDASIM=1``,
+for tests). Without them, asking for it raises an error saying which is missing.
 """
 
 import contextlib
@@ -18,15 +24,16 @@ import sys
 import threading
 
 __all__ = ["BACKENDS", "set_backend", "get_backend", "backend", "resolve_backend", "numba_available",
-           "numba_twin", "load_numba"]
+           "cuda_available", "on_device", "numba_twin", "load_numba"]
 
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cuda")
 
 _state = threading.local()
 _default = None
 _twins = []          # (function, options) in registration order
 _compiled = None     # function -> dispatcher, once load_numba has run
 _lock = threading.Lock()
+_cuda_probe = []     # [None] when the CUDA backend can run, else [(exception class, reason)]
 
 
 def numba_available():
@@ -34,13 +41,63 @@ def numba_available():
     return importlib.util.find_spec("numba") is not None
 
 
+_CUDA_INSTALL = "pip install 'nflow_np[cuda]' (the numba-cuda package with the CUDA toolkit's wheels)"
+
+
+def _probe_cuda():
+    """``None`` when ``backend="cuda"`` can run here, else ``(exception class, what is missing)``."""
+    if not numba_available():
+        return ImportError, f"numba.cuda is needed, and numba is not installed; {_CUDA_INSTALL}"
+    try:
+        from numba import config
+        from numba import cuda
+    except Exception as exc:    # a Numba without its built-in CUDA target, and no numba-cuda
+        return ImportError, f"cannot import numba.cuda ({type(exc).__name__}: {exc}); {_CUDA_INSTALL}"
+    if config.ENABLE_CUDASIM:
+        return None
+    try:
+        found = cuda.is_available()
+    except Exception as exc:
+        found, why = False, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "numba.cuda.is_available() is False: no NVIDIA GPU, or no driver for it"
+    if not found:
+        return RuntimeError, (f"no CUDA GPU was found ({why}); run on a machine with an NVIDIA GPU and its driver, "
+                              f"use backend='numba' (CPU), or set NUMBA_ENABLE_CUDASIM=1 for the simulator "
+                              f"(slow; for tests)")
+    try:    # a GPU, but can kernels be compiled? NVVM comes with the CUDA toolkit, or numba-cuda's wheels
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+    except Exception as exc:
+        return ImportError, (f"found a GPU, but numba.cuda cannot load NVVM, the CUDA compiler "
+                             f"({type(exc).__name__}: {exc}); {_CUDA_INSTALL}")
+    return None
+
+
+def cuda_available():
+    """Whether ``backend="cuda"`` can run here (a GPU, or the simulator); imports ``numba.cuda`` the first time."""
+    if not _cuda_probe:
+        with _lock:
+            if not _cuda_probe:
+                _cuda_probe.append(_probe_cuda())
+    return _cuda_probe[0] is None
+
+
+def on_device(x):
+    """Whether ``x`` is a CUDA device array (Numba's, CuPy's, PyTorch's...), checked without importing anything."""
+    # the simulator's arrays carry no __cuda_array_interface__
+    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray"
+
+
 def _check_name(name, where):
     if not isinstance(name, str) or name not in BACKENDS:
-        hint = " (the GPU backend is not part of this build)" if name == "cuda" else ""
-        raise ValueError(f"{where}: backend must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}{hint}")
+        raise ValueError(f"{where}: backend must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}")
     if name == "numba" and not numba_available():
         raise ImportError(f"{where}: backend 'numba' needs the numba package, which is not installed; "
                           f"pip install numba, or use backend='numpy'")
+    if name == "cuda" and not cuda_available():
+        error, reason = _cuda_probe[0]
+        raise error(f"{where}: backend 'cuda': {reason}")
     return name
 
 
@@ -56,7 +113,7 @@ def get_backend():
 
 
 def set_backend(name):
-    """Set the global default backend, ``"numpy"`` or ``"numba"``; returns the previous one."""
+    """Set the global default backend, ``"numpy"``, ``"numba"`` or ``"cuda"``; returns the previous one."""
     global _default
     previous = get_backend()
     _default = _check_name(name, "set_backend")

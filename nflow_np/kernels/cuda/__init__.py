@@ -1,0 +1,20 @@
+"""The GPU twins of the hot loops (``numba.cuda``) and the runner that walks a whole flow on the device.
+
+The CUDA twins live in this package rather than beside their NumPy references in
+``kernels/<family>.py`` because importing them imports ``numba.cuda`` (the simulator's
+or the GPU's, chosen at import): a separate package keeps that out of every CPU path,
+and lets the simulator tests (``NUMBA_ENABLE_CUDASIM=1``) import the twins alone.
+
+Each module mirrors its CPU family: ``mlp`` (a tiled shared-memory matrix product with
+bias and activation fused, and the backward products), ``coupling``, ``autoregressive``,
+``elementwise`` (permutations, ActNorm, the normal log-density and base draws),
+``normalization`` (BatchNorm), ``optim`` (guarded Adam), ``reduce`` (deterministic
+column and vector sums), with ``device`` (launch geometry, per-dtype kernel families,
+scratch buffers). Their public functions are named ``<reference>_cuda`` and take the
+NumPy reference's arguments with device arrays in place of NumPy arrays. ``flow`` walks
+a :class:`nflow_np.kernels.plan.Program`'s layers on the device, and ``runner`` answers a
+program's calls there (``log_prob``, ``sample``, ``nll_and_grad``, training epochs).
+``benchmarks/gpu/compile_check.py`` compiles every kernel for a GPU without one.
+
+Nothing here is imported by ``import nflow_np``; ``backend="cuda"`` imports it on first use.
+"""

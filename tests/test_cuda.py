@@ -1,0 +1,559 @@
+"""The CUDA backend: every device kernel against its NumPy reference, then whole flows and ``fit`` on the device.
+
+These tests need a GPU or Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``,
+where every CUDA thread is a Python thread: correct, slow, so sizes are tiny
+yet cross every tile edge of the simulator's launch geometry). They carry the
+``cuda`` marker and skip without either; the one ``slow`` test runs them in a
+simulator subprocess, so a plain CI run exercises them:
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -p no:cacheprovider -m cuda tests/test_cuda.py
+
+References are the NumPy kernels and the bijectors' own NumPy passes (no Numba
+compilation here, which would cost more than the simulator).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nflow_np
+from nflow_np import flows
+from nflow_np.kernels import autoregressive as ar_ref
+from nflow_np.kernels import coupling as coupling_ref
+from nflow_np.kernels import elementwise as elementwise_ref
+from nflow_np.kernels import mlp as mlp_ref
+from nflow_np.kernels import normalization as normalization_ref
+from nflow_np.kernels import optim as optim_ref
+from nflow_np.kernels import plan
+from nflow_np.kernels.backend import cuda_available
+from nflow_np.train import Adam, fit, nll_and_grad
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+READY = SIMULATED or cuda_available()
+DTYPES = [np.float64, np.float32]
+
+if READY:
+    from numba import cuda
+
+    from nflow_np.kernels.cuda import autoregressive as ar_dev
+    from nflow_np.kernels.cuda import coupling as coupling_dev
+    from nflow_np.kernels.cuda import device as device_mod
+    from nflow_np.kernels.cuda import elementwise as elementwise_dev
+    from nflow_np.kernels.cuda import mlp as mlp_dev
+    from nflow_np.kernels.cuda import normalization as normalization_dev
+    from nflow_np.kernels.cuda import optim as optim_dev
+    from nflow_np.kernels.cuda import reduce as reduce_dev
+    from nflow_np.kernels.cuda import runner as runner_mod
+    if SIMULATED:
+        # simulated threads hand the interpreter lock around at every switch interval: switch often
+        sys.setswitchinterval(1e-4)
+
+
+def cuda_test(fn):
+    """Mark a test ``cuda`` and skip it without a GPU or the simulator."""
+    return pytest.mark.cuda(pytest.mark.skipif(not READY, reason="needs a CUDA GPU or NUMBA_ENABLE_CUDASIM=1")(fn))
+
+
+def tol(dtype):
+    return dict(rtol=1e-9, atol=1e-10) if dtype == np.float64 else dict(rtol=3e-4, atol=3e-5)
+
+
+def close(got, ref, dtype, err_msg=""):
+    """Relative agreement, the absolute floor scaled to the array (long sums round to it)."""
+    t = tol(dtype)
+    scale = max(1.0, float(np.max(np.abs(ref)))) if np.size(ref) else 1.0
+    np.testing.assert_allclose(got, ref, rtol=t["rtol"], atol=t["atol"] * scale, err_msg=err_msg)
+
+
+def dev(a):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def host(a):
+    return a.copy_to_host()
+
+
+def random_net(rng, widths, dtype, off=2):
+    theta = (rng.standard_normal(off + mlp_ref.param_count(widths)) * 0.7).astype(dtype)
+    return theta, off
+
+
+# ---------------------------------------------------------------- products and networks
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,m", [(1, 1, 1), (9, 5, 3), (13, 7, 10)])
+def test_products_match_numpy(dtype, n, k, m):
+    rng = np.random.default_rng(n + k + m)
+    a = rng.standard_normal((n, k)).astype(dtype)
+    w = rng.standard_normal((k, m)).astype(dtype)
+    bias = rng.standard_normal(m).astype(dtype)
+    for act in (-1, 2):
+        out = dev(np.zeros((n, m), dtype))
+        mlp_dev.matmul_bias_act_cuda(dev(a), dev(w), dev(bias), out, act)
+        ref = a @ w + bias
+        close(host(out), ref if act < 0 else mlp_ref._act_numpy(act, ref), dtype, f"nn act {act}")
+    delta = rng.standard_normal((n, m)).astype(dtype)
+    h = np.tanh(rng.standard_normal((n, k))).astype(dtype)
+    for act in (None, 0, 1):
+        back = dev(np.zeros((n, k), dtype))
+        mlp_dev.backward_product_cuda(dev(delta), dev(w), back, None if act is None else dev(h),
+                                      -1 if act is None else act)
+        ref = delta @ w.T if act is None else (delta @ w.T) * mlp_ref._act_grad_numpy(act, h)
+        close(host(back), ref, dtype, f"nt act {act}")
+    # [a, 1].T @ delta: the weight and bias gradients, summed over split row ranges when n is long
+    grad = dev(np.zeros((k + 1) * m, dtype))
+    mlp_dev.weight_grads_cuda(dev(a), dev(delta), grad)
+    close(host(grad), np.concatenate([a.T @ delta, delta.sum(axis=0, keepdims=True)]).ravel(), dtype, "tn")
+
+
+@cuda_test
+def test_products_in_the_gpu_geometry():
+    """The GPU's 64 x 64 tiles (16 x 16 threads), run under the simulator too: edges, padding, split sums."""
+    rng = np.random.default_rng(5)
+    n, k, m = 66, 18, 3
+    a, w = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((k, m)).astype(np.float32)
+    bias, delta = rng.standard_normal(m).astype(np.float32), rng.standard_normal((n, m)).astype(np.float32)
+    with device_mod.use_geometry(device_mod.GPU):
+        out, back, grad = dev(np.zeros((n, m), np.float32)), dev(np.zeros((n, k), np.float32)), dev(np.zeros(
+            (k + 1) * m, np.float32))
+        mlp_dev.matmul_bias_act_cuda(dev(a), dev(w), dev(bias), out, 0)
+        mlp_dev.backward_product_cuda(dev(delta), dev(w), back)
+        mlp_dev.weight_grads_cuda(dev(a), dev(delta), grad)
+    close(host(out), np.maximum(a @ w + bias, 0), np.float32)
+    close(host(back), delta @ w.T, np.float32)
+    close(host(grad), np.concatenate([a.T @ delta, delta.sum(axis=0, keepdims=True)]).ravel(), np.float32)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths,n,act", [((3, 5, 4), 1, 0), ((2, 9, 9, 2), 7, 1), ((5, 11, 6), 13, 2), ((3, 4), 5, 0)])
+def test_mlp_matches_numpy(dtype, widths, n, act):
+    rng = np.random.default_rng(n)
+    theta, off = random_net(rng, widths, dtype)
+    inp = rng.standard_normal((n, widths[0])).astype(dtype)
+    hid, out = np.zeros(n * mlp_ref.hidden_size(widths), dtype), np.zeros((n, widths[-1]), dtype)
+    mlp_ref.mlp_forward_numpy(theta, off, np.array(widths), act, inp, hid, out)
+    d_theta, d_inp, d_hid, d_out = dev(theta), dev(inp), dev(np.zeros_like(hid)), dev(np.zeros_like(out))
+    mlp_dev.mlp_forward_cuda(d_theta, off, widths, act, d_inp, d_hid, d_out)
+    close(host(d_out), out, dtype, "out")
+    close(host(d_hid), hid, dtype, "hid")
+    gout = rng.standard_normal(out.shape).astype(dtype)
+    scratch = n * max(list(widths[1:-1]) + [1])
+    gin, gtheta = np.zeros_like(inp), np.full_like(theta, 7.0)
+    mlp_ref.mlp_backward_numpy(theta, off, np.array(widths), act, inp, hid, gout, gin, gtheta, np.zeros(scratch, dtype),
+                               np.zeros(scratch, dtype))
+    d_gin, d_gtheta = dev(np.zeros_like(inp)), dev(np.full_like(theta, 7.0))
+    mlp_dev.mlp_backward_cuda(d_theta, off, widths, act, d_inp, d_hid, dev(gout), d_gin, d_gtheta,
+                              dev(np.zeros(scratch, dtype)), dev(np.zeros(scratch, dtype)))
+    close(host(d_gin), gin, dtype, "gin")
+    close(host(d_gtheta), gtheta, dtype, "gtheta")     # the entries before `off` stay untouched
+
+
+# ---------------------------------------------------------------- reductions
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", [(1, 1), (19, 5)])
+def test_sums_match_numpy(dtype, n, m):
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal((n, m)).astype(dtype), rng.standard_normal((n, m)).astype(dtype)
+    c = rng.standard_normal(m).astype(dtype)
+    expected = {reduce_dev.SUM: x.sum(0), reduce_dev.PRODUCT: (x * y).sum(0), reduce_dev.SQUARE: (x * x).sum(0),
+                reduce_dev.CENTRED_SQUARE: ((x - c) ** 2).sum(0), reduce_dev.CENTRED_PRODUCT: (x * (y - c)).sum(0)}
+    for mode, ref in expected.items():
+        out = dev(np.full(m, 2.0))
+        reduce_dev.column_sums(dev(x), out, mode, y=dev(y), centre=dev(c), scale=0.5, shift=dev(np.array([3.0])),
+                               shift_scale=-1.0, accumulate=True)
+        close(host(out), 2.0 + 0.5 * ref - 3.0, dtype, f"mode {mode}")
+    out = dev(np.zeros(1))
+    reduce_dev.vector_sum(dev(x.ravel()), out, reduce_dev.SQUARE, scale=-2.0)
+    close(host(out), [-2.0 * (x.astype(np.float64) ** 2).sum()], dtype)
+
+
+# ---------------------------------------------------------------- couplings and MAF
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine,clamp", [(True, 3.0), (True, 0.0), (False, 0.0)])
+def test_coupling_matches_numpy(dtype, affine, clamp):
+    rng = np.random.default_rng(int(affine) + int(clamp))
+    n, d, hidden = 6, 5, (4,)
+    a, b = np.array([0, 3]), np.array([1, 2, 4])
+    widths = (a.size,) + hidden + ((2 if affine else 1) * b.size,)
+    theta, off = random_net(rng, widths, dtype)
+    y = rng.standard_normal((n, d)).astype(dtype)
+    caches = lambda: [np.zeros((n, a.size), dtype), np.zeros(n * sum(hidden), dtype),  # noqa: E731
+                      np.zeros((n, widths[-1]), dtype)]
+    for direction in ("inverse", "forward"):
+        ref_fn = getattr(coupling_ref, f"coupling_{direction}_numpy")
+        dev_fn = getattr(coupling_dev, f"coupling_{direction}_cuda")
+        x, ld, ref_caches = np.zeros_like(y), np.full(n, 0.25, dtype), caches()
+        ref_fn(theta, off, np.array(widths), 0, affine, clamp, a, b, y, x, ld, *ref_caches)
+        dx, dld, dcaches = dev(np.zeros_like(y)), dev(np.full(n, 0.25, dtype)), [dev(c) for c in caches()]
+        dev_fn(dev(theta), off, widths, 0, affine, clamp, dev(a), dev(b), dev(y), dx, dld, *dcaches)
+        close(host(dx), x, dtype, direction)
+        close(host(dld), ld, dtype, direction + " log-det")
+        for got, ref in zip(dcaches, ref_caches):
+            close(host(got), ref, dtype, direction + " caches")
+        # the VJP: from the pass's caches, gradients of its outputs and log-det
+        g_out, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
+        point = x if direction == "inverse" else y      # the reference's backward reads the output / the input
+        grads = lambda: [np.zeros((n, d), dtype), np.zeros_like(theta), np.zeros((n, widths[-1]), dtype),  # noqa
+                         np.zeros((n, a.size), dtype), np.zeros(n * 4, dtype), np.zeros(n * 4, dtype)]
+        ref_grads = grads()
+        getattr(coupling_ref, f"coupling_{direction}_backward_numpy")(
+            theta, off, np.array(widths), 0, affine, clamp, a, b, point, g_out, gld, *ref_caches, *ref_grads)
+        dev_grads = [dev(g) for g in grads()]
+        getattr(coupling_dev, f"coupling_{direction}_backward_cuda")(
+            dev(theta), off, widths, 0, affine, clamp, dev(a), dev(b), dev(point), dev(g_out), dev(gld), *dcaches,
+            *dev_grads)
+        for got, ref, name in zip(dev_grads[:3], ref_grads[:3], ("input", "theta", "net")):
+            close(host(got), ref, dtype, f"{direction} backward: {name}")
+
+
+def maf_layer(dtype, d=3, hidden=(5,)):
+    """The first MAF layer of a program: masked parameters, widths, generation order."""
+    flow = flows.MAF(d, n_layers=1, hidden=hidden, rng=0, dtype=dtype)
+    rng = np.random.default_rng(1)
+    for _, p in flow.parameters():
+        p[...] = (rng.standard_normal(p.shape) * 0.5).astype(dtype)
+    program = plan.program_for(flow)
+    layer = runner_mod.Layer(program, 0)
+    return (program.theta() * program.pmask).astype(dtype), layer
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maf_matches_numpy(dtype):
+    theta, layer = maf_layer(dtype)
+    widths, off, clamp, n, d = layer.widths, layer.off, layer.clamp, 5, 3
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal((n, d)).astype(dtype)
+    hid, net = np.zeros(n * layer.hidden, dtype), np.zeros((n, 2 * d), dtype)
+    x, ld = np.zeros_like(y), np.zeros(n, dtype)
+    ar_ref.maf_inverse_numpy(theta, off, np.array(widths), 0, clamp, y, x, ld, hid, net)
+    dx, dld = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
+    dhid, dnet = dev(np.zeros_like(hid)), dev(np.zeros_like(net))
+    ar_dev.maf_inverse_cuda(dev(theta), off, widths, 0, clamp, dev(y), dx, dld, dhid, dnet)
+    close(host(dx), x, dtype, "inverse")
+    close(host(dld), ld, dtype, "log-det")
+    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    gy, gtheta, gnet, scratch = np.zeros_like(y), np.zeros_like(theta), np.zeros_like(net), np.zeros(n * 5, dtype)
+    ar_ref.maf_inverse_backward_numpy(theta, off, np.array(widths), 0, clamp, y, x, gx, gld, hid, net, gy, gtheta,
+                                      gnet, scratch, scratch.copy())
+    dgy, dgtheta = dev(np.zeros_like(y)), dev(np.zeros_like(theta))
+    ar_dev.maf_inverse_backward_cuda(dev(theta), off, widths, 0, clamp, dev(y), dx, dev(gx), dev(gld), dhid, dnet, dgy,
+                                     dgtheta, dev(gnet), dev(scratch), dev(scratch))
+    close(host(dgy), gy, dtype, "backward: input")
+    close(host(dgtheta), gtheta, dtype, "backward: theta")
+    # sampling inverts the density pass
+    out, ld_f = np.zeros_like(y), np.zeros(n, dtype)
+    ar_ref.maf_forward_numpy(theta, off, np.array(widths), 0, clamp, layer.generation, None, x, out, ld_f, hid.copy(),
+                             net.copy(), None)
+    dy, dld_f = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
+    ar_dev.maf_forward_cuda(dev(theta), off, widths, 0, clamp, layer.generation, None, dx, dy, dld_f, dhid, dnet)
+    close(host(dy), out, dtype, "forward")
+    close(host(dy), y, dtype, "round trip")
+    close(host(dld_f), ld_f, dtype, "forward log-det")
+
+
+# ---------------------------------------------------------------- per-feature layers, normal, optimizer, draws
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_matches_numpy(dtype):
+    rng = np.random.default_rng(3)
+    n, d = 7, 5
+    y, g = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((n, d)).astype(dtype)
+    idx = rng.permutation(d)
+    out = dev(np.zeros_like(y))
+    elementwise_dev.permute_cuda(dev(y), dev(idx), out)
+    close(host(out), y[:, idx], dtype, "permute")
+    elementwise_dev.permute_backward_cuda(dev(g), dev(idx), out)
+    ref = np.zeros_like(g)
+    elementwise_ref.permute_backward_numpy(g, idx, ref)
+    close(host(out), ref, dtype, "permute backward")
+    log_scale, shift = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
+    for name in ("actnorm_inverse", "actnorm_forward"):
+        x, ld = np.zeros_like(y), np.ones(n, dtype)
+        getattr(elementwise_ref, f"{name}_numpy")(log_scale, shift, y, x, ld)
+        dx, dld = dev(np.zeros_like(y)), dev(np.ones(n, dtype))
+        getattr(elementwise_dev, f"{name}_cuda")(dev(log_scale), dev(shift), dev(y), dx, dld)
+        close(host(dx), x, dtype, name)
+        close(host(dld), ld, dtype, name)
+    gld = rng.standard_normal(n).astype(dtype)
+    ref = [np.zeros_like(y), np.zeros(d, dtype), np.zeros(d, dtype)]
+    elementwise_ref.actnorm_inverse_backward_numpy(log_scale, y, g, gld, *ref)
+    got = [dev(r) for r in ref]
+    elementwise_dev.actnorm_inverse_backward_cuda(dev(log_scale), dev(y), dev(g), dev(gld), *got)
+    for a, b, name in zip(got, ref, ("gy", "g_log_scale", "g_shift")):
+        close(host(a), b, dtype, name)
+    lp = np.full(n, 0.5, dtype)
+    elementwise_ref.normal_log_prob_numpy(y, lp)
+    dlp = dev(np.full(n, 0.5, dtype))
+    elementwise_dev.normal_log_prob_cuda(dev(y), dlp)
+    close(host(dlp), lp, dtype, "normal log-prob")
+    order = np.array([4, 0, 6])
+    rows = dev(np.zeros((2, d), dtype))
+    elementwise_dev.gather_rows_cuda(dev(y), dev(order), 1, rows)
+    close(host(rows), y[order[1:]], dtype, "gather rows")
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [True, False])
+def test_batchnorm_matches_numpy(dtype, batch):
+    rng = np.random.default_rng(4)
+    n, d, eps = 6, 3, 1e-4
+    y = (rng.standard_normal((n, d)) * 2 + 1).astype(dtype)
+    log_gamma, beta = rng.standard_normal(d).astype(dtype) * 0.3, rng.standard_normal(d).astype(dtype)
+    stats = np.concatenate([rng.standard_normal(d), np.abs(rng.standard_normal(d)) + 0.5, [0.1]]).astype(dtype)
+    x, ld, s = np.zeros_like(y), np.zeros(n, dtype), stats.copy()
+    normalization_ref.batchnorm_inverse_numpy(log_gamma, beta, s, eps, batch, y, x, ld)
+    dx, dld, ds = dev(np.zeros_like(y)), dev(np.zeros(n, dtype)), dev(stats)
+    normalization_dev.batchnorm_inverse_cuda(dev(log_gamma), dev(beta), ds, eps, batch, dev(y), dx, dld)
+    close(host(dx), x, dtype, "inverse")
+    close(host(dld), ld, dtype, "log-det")
+    close(host(ds), s, dtype, "running statistics")
+    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    ref = [np.zeros_like(y), np.zeros(d, dtype), np.zeros(d, dtype)]
+    normalization_ref.batchnorm_inverse_backward_numpy(log_gamma, stats, eps, batch, y, gx, gld, *ref)
+    got = [dev(r) for r in ref]
+    normalization_dev.batchnorm_inverse_backward_cuda(dev(log_gamma), dev(stats), eps, batch, dev(y), dev(gx),
+                                                      dev(gld), *got)
+    for a, b, name in zip(got, ref, ("gy", "g_log_gamma", "g_beta")):
+        close(host(a), b, dtype, name)
+    out, ld = np.zeros_like(y), np.zeros(n, dtype)
+    normalization_ref.batchnorm_forward_numpy(log_gamma, beta, stats, eps, y, out, ld)
+    dout, dld = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
+    normalization_dev.batchnorm_forward_cuda(dev(log_gamma), dev(beta), dev(stats), eps, dev(y), dout, dld)
+    close(host(dout), out, dtype, "forward")
+    close(host(dld), ld, dtype, "forward log-det")
+
+
+@cuda_test
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # the simulator computes inf * 0 in Python
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["plain", "clip-decay", "nan-gradient", "overflow"])
+def test_adam_matches_numpy(dtype, case):
+    rng = np.random.default_rng(6)
+    p = 9
+    theta, grad = rng.standard_normal(p).astype(dtype), rng.standard_normal(p).astype(dtype)
+    m, v = (rng.standard_normal(p) * 0.1).astype(dtype), (np.abs(rng.standard_normal(p)) * 0.1).astype(dtype)
+    lr = 1e-2
+    if case == "nan-gradient":
+        grad[2] = np.nan
+    if case == "overflow":
+        lr = 2.0 * float(np.finfo(dtype).max)
+    decay, clip = (0.01, 0.5) if case == "clip-decay" else (0.0, 0.0)
+    hyper = np.array([lr, 0.9, 0.999, 1e-8, decay, clip, np.finfo(dtype).max])
+    arrays = [theta, grad, m, v, hyper, np.array([3, 1]), np.zeros(1, np.int64)]
+    ref = [a.copy() for a in arrays]
+    with np.errstate(over="ignore", invalid="ignore"):
+        optim_ref.adam_step_numpy(*ref)
+    got = [dev(a) for a in arrays]
+    optim_dev.adam_step_cuda(*got)
+    for a, b, name in zip(got, ref, ("theta", "grad", "m", "v", "hyper", "state", "status")):
+        np.testing.assert_allclose(host(a), b, rtol=tol(dtype)["rtol"], err_msg=name)
+    # a non-finite loss: nothing moves, the learning rate halves, the step's loss reads NaN
+    got = [dev(a) for a in arrays]
+    scalars, losses = dev(np.array([np.inf, 0.0, 0.0])), dev(np.zeros(2))
+    optim_dev.guarded_adam_step_cuda(*got[:4], got[4], got[5], got[6], scalars, losses, 1)
+    close(host(got[0]), theta, dtype)
+    assert host(got[4])[0] == lr / 2 and list(host(got[5])) == [3, 2] and np.isnan(host(losses)[1])
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_draws_match_their_reference(dtype):
+    for size in (1, 13):
+        out = dev(np.zeros(size, dtype))
+        elementwise_dev.philox_normal_cuda(12345, out)
+        close(host(out), elementwise_dev.philox_normal_numpy(12345, size, dtype), dtype)
+    draws = elementwise_dev.philox_normal_numpy(7, 200_000, dtype)
+    assert abs(draws.mean()) < 0.01 and abs(draws.std() - 1) < 0.01
+    assert abs(np.mean(draws ** 4) - 3) < 0.1     # normal tails, not just two moments
+
+
+# ---------------------------------------------------------------- whole flows on the device
+
+def perturbed(flow, scale=0.3, seed=1):
+    """Move a fresh flow off the identity it starts at (zero last layers, unit statistics), in evaluation mode."""
+    rng = np.random.default_rng(seed)
+    for _, p in flow.parameters():
+        p[...] += (rng.standard_normal(p.shape) * scale).astype(p.dtype)
+    for b in getattr(flow.bijector, "bijectors", []):
+        if hasattr(b, "running_var"):
+            b.running_mean[...] = rng.standard_normal(b.running_mean.shape) * scale
+            b.running_var[...] = np.exp(rng.standard_normal(b.running_var.shape) * scale)
+    nflow_np.train.set_training(flow, False)
+    return flow
+
+
+FLOWS = {
+    "RealNVP": lambda dtype: flows.RealNVP(3, n_layers=3, hidden=(5,), rng=0, dtype=dtype),
+    "NICE+ActNorm": lambda dtype: flows.NICE(4, n_layers=2, hidden=(3, 3), activation="tanh", rng=0, dtype=dtype),
+    "MAF": lambda dtype: flows.MAF(3, n_layers=2, hidden=(6,), activation="elu", rng=0, dtype=dtype),
+    "RealNVP+BatchNorm+Permute": lambda dtype: flows.RealNVP(3, n_layers=2, hidden=(4,), batch_norm=True,
+                                                             permute="random", rng=0, dtype=dtype),
+}
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_flows_on_the_device_match_numpy(name, dtype, monkeypatch):
+    flow = perturbed(FLOWS[name](dtype))
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((7, flow.event_shape[0])).astype(dtype)
+    ref = flow.log_prob(x, backend="numpy")       # also initializes ActNorm from these points
+    # a tiny workspace budget: the rows go through in chunks
+    monkeypatch.setattr(runner_mod, "WORKSPACE_BYTES", 3 * 200 * np.dtype(dtype).itemsize)
+    close(flow.log_prob(x, backend="cuda"), ref, dtype, "log_prob")
+    program = runner_mod.runner_for(plan.program_for(flow))
+    z = rng.standard_normal((5, flow.event_shape[0])).astype(dtype)
+    xs, lp = program.sample(z)
+    ref_x, ref_ld = flow.bijector.forward_and_log_det(z)
+    close(xs, ref_x, dtype, "sample")
+    close(lp, flow.log_prob(ref_x, backend="numpy"), dtype, "sample log_prob")
+    for training in (False, True):
+        nflow_np.train.set_training(flow, training)
+        stats = [(b.running_mean.copy(), b.running_var.copy()) for _, b in plan.program_for(flow).batchnorms]
+        loss, grads = nll_and_grad(flow, x, backend="cuda")
+        moved = [(b.running_mean.copy(), b.running_var.copy()) for _, b in plan.program_for(flow).batchnorms]
+        for (_, b), (mean, var) in zip(plan.program_for(flow).batchnorms, stats):
+            b.running_mean[...], b.running_var[...] = mean, var
+        ref_loss, ref_grads = nll_and_grad(flow, x, backend="numpy")
+        close(loss, ref_loss, dtype, "loss")
+        for key in ref_grads:
+            close(grads[key], ref_grads[key], dtype, f"gradient {key} (training={training})")
+        for (_, b), (mean, var) in zip(plan.program_for(flow).batchnorms, moved):
+            close(mean, b.running_mean, dtype, "running mean")
+            close(var, b.running_var, dtype, "running var")
+    nflow_np.train.set_training(flow, False)
+
+
+@cuda_test
+def test_public_calls_on_the_device():
+    flow = perturbed(flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0, dtype=np.float32))
+    x = np.random.default_rng(9).standard_normal((6, 2)).astype(np.float32)
+    ref = flow.log_prob(x, backend="numpy")
+    previous = nflow_np.set_backend("cuda")
+    try:
+        close(flow.log_prob(x), ref, np.float32)
+        samples, lp = flow.sample_and_log_prob(5, rng=3)
+        assert samples.shape == (5, 2) and lp.shape == (5,) and samples.dtype == np.float32
+        close(lp, flow.log_prob(samples, backend="numpy"), np.float32)
+        # a seed reproduces the device draws
+        np.testing.assert_array_equal(flow.sample(5, rng=3), samples)
+        assert flow.sample(rng=1).shape == (2,)
+        # device arrays in, device arrays out
+        out = flow.log_prob(dev(x.reshape(2, 3, 2)))
+        assert device_mod.is_device_array(out) and tuple(out.shape) == (2, 3)
+        close(host(out).ravel(), ref, np.float32)
+    finally:
+        nflow_np.set_backend(previous)
+    with nflow_np.backend("cuda"):
+        assert nflow_np.get_backend() == "cuda"
+    with pytest.raises(TypeError, match="device array"):
+        flow.log_prob(dev(x), backend="numpy")
+
+
+@cuda_test
+def test_flows_the_kernels_do_not_cover_run_their_numpy_passes():
+    flow = perturbed(flows.RealNVP(3, n_layers=2, hidden=(4,), lu_linear=True, rng=0))
+    x = np.random.default_rng(10).standard_normal((4, 3))
+    assert plan.program_for(flow) is None or runner_mod.runner_for(plan.program_for(flow)) is None
+    close(flow.log_prob(x, backend="cuda"), flow.log_prob(x, backend="numpy"), np.float64)
+    nsf = flows.NSF(2, n_layers=2, hidden=(4,), rng=0)
+    program = plan.program_for(nsf)
+    if program is not None:      # the program covers splines, the device kernels do not
+        assert runner_mod.runner_for(program) is None
+        assert "do not cover" in runner_mod.supports(program)[1]
+    close(nsf.log_prob(x[:, :2], backend="cuda"), nsf.log_prob(x[:, :2], backend="numpy"), np.float64)
+
+
+# ---------------------------------------------------------------- training
+
+def two_moons(n, dtype):
+    rng = np.random.default_rng(11)
+    t = rng.uniform(0, np.pi, n)
+    upper = rng.random(n) < 0.5
+    pts = np.stack([np.cos(t) - 0.5 * ~upper, np.where(upper, np.sin(t), -np.sin(t) + 0.4)], axis=1)
+    return (pts + 0.05 * rng.standard_normal((n, 2))).astype(dtype)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fit_on_the_device_matches_numpy(dtype):
+    data = two_moons(60, dtype)
+    histories, nll = [], []
+    for backend in ("numpy", "cuda"):
+        flow = flows.RealNVP(2, n_layers=2, hidden=(6,), rng=0, dtype=dtype)
+        histories.append(fit(flow, data, epochs=4, batch_size=16, lr=5e-3, validation_data=data[:12], rng=0,
+                             backend=backend))
+        nll.append(-float(np.mean(flow.log_prob(data, backend="numpy"))))
+    ref, got = histories
+    rtol = 1e-7 if dtype == np.float64 else 1e-3      # float32 noise, carried through 16 Adam steps
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=rtol)
+    np.testing.assert_allclose(got.val_loss, ref.val_loss, rtol=rtol)
+    np.testing.assert_allclose(nll[1], nll[0], rtol=rtol)
+    assert (got.steps, got.rejected_steps, got.best_epoch) == (ref.steps, ref.rejected_steps, ref.best_epoch)
+    assert got.lr == ref.lr
+
+
+@cuda_test
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # the simulator's float32 overflows, in Python
+def test_fit_on_the_device_rejects_steps_as_the_cpu_does():
+    """A learning rate beyond float32's range: the first updates overflow and are rejected (the step counts, the
+    rate halves); once the rate fits, the parameters blow up, and every later non-finite loss is rejected too."""
+    data = two_moons(32, np.float32)
+    # soft-clamped log-scales: under the simulator an exp overflowing raises (Python's math) where a GPU gives inf
+    flow = flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0, dtype=np.float32)
+    optimizer = Adam(dict(flow.parameters()), lr=1e39)
+    history = fit(flow, data, epochs=2, batch_size=8, optimizer=optimizer, rng=0, backend="cuda")
+    assert history.rejected_steps >= 2 and history.steps + history.rejected_steps == 2 * 4
+    assert optimizer.lr == 1e39 * 0.5 ** history.rejected_steps
+    assert optimizer.steps >= 2      # the overflowing steps count, as in the reference optimizer
+    assert all(np.isfinite(p).all() for _, p in flow.parameters())
+
+
+# ---------------------------------------------------------------- without a GPU
+
+@pytest.mark.skipif(READY, reason="a GPU or the simulator is present")
+def test_without_a_gpu_the_cuda_backend_says_what_is_missing():
+    x = np.zeros((1, 2))
+    flow = flows.RealNVP(2, rng=0)
+    for call in (lambda: nflow_np.set_backend("cuda"), lambda: flow.log_prob(x, backend="cuda"),
+                 lambda: fit(flow, x, epochs=1, backend="cuda")):
+        with pytest.raises((RuntimeError, ImportError), match="backend 'cuda'") as info:
+            call()
+        assert "no CUDA GPU was found" in str(info.value) or "nflow_np[cuda]" in str(info.value)
+    assert nflow_np.get_backend() in ("numpy", "numba")
+    np.testing.assert_allclose(flow.log_prob(x, backend="numpy"), flow.log_prob(x))
+
+
+def test_a_missing_numba_cuda_names_the_package_to_install(monkeypatch):
+    import importlib
+
+    import numba
+    backend_mod = importlib.import_module("nflow_np.kernels.backend")    # the package re-exports backend()
+    monkeypatch.delattr(numba, "cuda", raising=False)
+    monkeypatch.setitem(sys.modules, "numba.cuda", None)
+    error, reason = backend_mod._probe_cuda()
+    assert error is ImportError and "pip install 'nflow_np[cuda]'" in reason and "numba.cuda" in reason
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(READY, reason="the CUDA tests ran in this process")
+def test_the_cuda_tests_pass_under_the_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda",
+                             "tests/test_cuda.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]
