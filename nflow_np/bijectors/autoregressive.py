@@ -10,7 +10,37 @@ from .chain import Invert
 from .coupling import SplineSettings, check_context_size, net_backward, spline_backward, spline_transform
 
 
-class MaskedAutoregressive(Bijector):
+class _Autoregressive(Bijector):
+    """What MAF and the autoregressive spline share: a MADE ``net`` over ``features`` inputs, a one-pass
+    density direction (``_inverse_pass``), and a sampling direction that runs it in reverse, the forward
+    log-det coming from one density pass at the samples."""
+
+    event_ndims = 1
+
+    def _children(self):
+        return [("net", self.net)]
+
+    def _check_input_shape(self, arr, where, argname):
+        check_event_shape(arr, 1, self.features, where, argname)
+
+    def _inverse(self, y, context=None):
+        return self._inverse_pass(y, context)[0]
+
+    def _inverse_and_log_det(self, y, context=None):
+        return self._inverse_pass(y, context)[:2]
+
+    def _forward_and_log_det(self, x, context=None):
+        y = self._forward(x, context)
+        _, log_det, _ = self._inverse_pass(y, context)
+        return y, -log_det
+
+    def _forward_pass(self, x, context=None):
+        y = self._forward(x, context)
+        _, log_det, ctx = self._inverse_pass(y, context)
+        return y, -log_det, ctx
+
+
+class MaskedAutoregressive(_Autoregressive):
     """MAF: an affine autoregressive bijector whose shift and log-scale come from a MADE network.
 
     Data ``y`` and base ``x`` are related by ``y_i = x_i * exp(s_i) + t_i`` with
@@ -35,8 +65,6 @@ class MaskedAutoregressive(Bijector):
     for Density Estimation", NeurIPS 2017; Germain et al., "MADE", ICML 2015.
     """
 
-    event_ndims = 1
-
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
                  context=0, rng=None, dtype=np.float64, name=None):
         super().__init__(dtype=np.dtype(dtype), name=name)
@@ -52,12 +80,6 @@ class MaskedAutoregressive(Bijector):
         order = np.arange(self.features) if order is None else np.asarray(order)
         # the dimensions in the order they are generated
         self._generation = np.argsort(order)
-
-    def _children(self):
-        return [("net", self.net)]
-
-    def _check_input_shape(self, arr, where, argname):
-        check_event_shape(arr, 1, self.features, where, argname)
 
     def _shift_and_log_scale(self, y, context=None):
         out, cache = self.net.forward_with_cache(y, context)
@@ -84,12 +106,6 @@ class MaskedAutoregressive(Bijector):
         grad_net_in, grads = net_backward(self.net, cache, np.concatenate([-grad_direct, grad_raw], axis=-1))
         return grad_direct + grad_net_in, {k if k == CONTEXT_GRAD else f"net.{k}": v for k, v in grads.items()}
 
-    def _inverse(self, y, context=None):
-        return self._inverse_pass(y, context)[0]
-
-    def _inverse_and_log_det(self, y, context=None):
-        return self._inverse_pass(y, context)[:2]
-
     # ---- the sampling direction: d passes
     def _forward(self, x, context=None):
         check_event_shape(x, 1, self.features, f"{self.name}.forward", "x")
@@ -99,16 +115,6 @@ class MaskedAutoregressive(Bijector):
             shift, log_scale, _ = self._shift_and_log_scale(y, context)
             y[..., i] = x[..., i] * np.exp(log_scale[..., i]) + shift[..., i]
         return y
-
-    def _forward_and_log_det(self, x, context=None):
-        y = self._forward(x, context)
-        _, log_det, _ = self._inverse_pass(y, context)
-        return y, -log_det
-
-    def _forward_pass(self, x, context=None):
-        y = self._forward(x, context)
-        _, log_det, ctx = self._inverse_pass(y, context)
-        return y, -log_det, ctx
 
     def _forward_backward(self, ctx, grad_y, grad_log_det):
         return autoregressive_forward_backward(self, ctx, grad_y, grad_log_det, 1.0 / ctx[1])
@@ -157,7 +163,7 @@ class InverseAutoregressive(Invert):
         self.features = self.bijector.features
 
 
-class SplineAutoregressive(Bijector):
+class SplineAutoregressive(_Autoregressive):
     """Autoregressive rational-quadratic spline (autoregressive NSF) with a MADE conditioner.
 
     Data ``y`` and base ``x`` are related by ``x_i = g_i(y_i)``, a monotone
@@ -180,8 +186,6 @@ class SplineAutoregressive(Bijector):
     Flows", NeurIPS 2019; Germain et al., "MADE", ICML 2015.
     """
 
-    event_ndims = 1
-
     def __init__(self, features, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
                  min_bin_height=1e-3, min_derivative=1e-3, order=None, context=0, rng=None, dtype=np.float64,
                  name=None):
@@ -195,12 +199,6 @@ class SplineAutoregressive(Bijector):
                              order=order, rng=rng, dtype=self.dtype, zero_last=True,
                              context_features=self.context_size)
         self._generation = np.argsort(self.net.order)
-
-    def _children(self):
-        return [("net", self.net)]
-
-    def _check_input_shape(self, arr, where, argname):
-        check_event_shape(arr, 1, self.features, where, argname)
 
     def _spline_params(self, y, context):
         """Per-coordinate spline parameters ``(n, d, 3 bins - 1)`` (a view of MADE's output) and the cache."""
@@ -230,12 +228,6 @@ class SplineAutoregressive(Bijector):
         grad_y = grad_direct.reshape(grad_x.shape) + grad_net_in
         return grad_y, {k if k == CONTEXT_GRAD else f"net.{k}": v for k, v in grads.items()}
 
-    def _inverse(self, y, context=None):
-        return self._inverse_pass(y, context)[0]
-
-    def _inverse_and_log_det(self, y, context=None):
-        return self._inverse_pass(y, context)[:2]
-
     def _forward(self, x, context=None):
         check_event_shape(x, 1, self.features, f"{self.name}.forward", "x")
         flat = x.reshape(-1, self.features)
@@ -247,16 +239,6 @@ class SplineAutoregressive(Bijector):
                                          params[:, i:i + 1])
             y[:, i] = column[:, 0]
         return y.reshape(x.shape)
-
-    def _forward_and_log_det(self, x, context=None):
-        y = self._forward(x, context)
-        _, log_det, _ = self._inverse_pass(y, context)
-        return y, -log_det
-
-    def _forward_pass(self, x, context=None):
-        y = self._forward(x, context)
-        _, log_det, ctx = self._inverse_pass(y, context)
-        return y, -log_det, ctx
 
     def _forward_backward(self, ctx, grad_y, grad_log_det):
         per_element_log_det = ctx[4].reshape(grad_y.shape)
