@@ -28,6 +28,7 @@ from nflow_np.kernels import mlp as mlp_ref
 from nflow_np.kernels import normalization as normalization_ref
 from nflow_np.kernels import optim as optim_ref
 from nflow_np.kernels import plan
+from nflow_np.kernels import spline as spline_ref
 from nflow_np.kernels.backend import cuda_available
 from nflow_np.train import Adam, fit, nll_and_grad
 
@@ -48,6 +49,7 @@ if READY:
     from nflow_np.kernels.cuda import optim as optim_dev
     from nflow_np.kernels.cuda import reduce as reduce_dev
     from nflow_np.kernels.cuda import runner as runner_mod
+    from nflow_np.kernels.cuda import spline as spline_dev
     if SIMULATED:
         # simulated threads hand the interpreter lock around at every switch interval: switch often
         sys.setswitchinterval(1e-4)
@@ -262,6 +264,135 @@ def test_maf_matches_numpy(dtype):
     close(host(dld_f), ld_f, dtype, "forward log-det")
 
 
+# ---------------------------------------------------------------- rational-quadratic splines
+
+SPLINE_SETTINGS = (2.0, 1e-3, 2e-3, 1e-3)      # bound, min_bin_width, min_bin_height, min_derivative
+
+
+def spline_points(rng, shape, dtype, bound=SPLINE_SETTINGS[0]):
+    """Points in the bins, exactly on both ends of the interval, and outside it."""
+    v = rng.uniform(-1.2 * bound, 1.2 * bound, shape).reshape(-1)
+    v[:4] = [bound, -bound, 1.5 * bound, -3 * bound]
+    return v.reshape(shape).astype(dtype)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rqs_elements_match_numpy(dtype):
+    rng = np.random.default_rng(20)
+    n, m, bins = 4, 3, 5
+    x = spline_points(rng, (n, m), dtype)
+    uw, uh = (rng.standard_normal((n, m, bins)).astype(dtype) for _ in range(2))
+    ud = rng.standard_normal((n, m, bins - 1)).astype(dtype)
+    sp = np.array(SPLINE_SETTINGS, dtype)     # the settings as a program holds them, in its dtype
+    params = [dev(uw), dev(uh), dev(ud)]
+    for name in ("forward", "inverse"):
+        out, ld = np.zeros_like(x), np.zeros_like(x)
+        getattr(spline_ref, f"rqs_{name}_numpy")(x, uw, uh, ud, *sp, out, ld)
+        dout, dld = dev(np.zeros_like(x)), dev(np.zeros_like(x))
+        getattr(spline_dev, f"rqs_{name}_cuda")(dev(x), *params, *sp, dout, dld)
+        close(host(dout), out, dtype, name)
+        close(host(dld), ld, dtype, name + " log-det")
+        assert np.array_equal(host(dout).ravel()[2:4], x.ravel()[2:4]), "identity outside [-B, B]"
+    # the inverse inverts the forward pass
+    y, ld, back, ldi = (dev(np.zeros_like(x)) for _ in range(4))
+    spline_dev.rqs_forward_cuda(dev(x), *params, *sp, y, ld)
+    spline_dev.rqs_inverse_cuda(y, *params, *sp, back, ldi)
+    close(host(back), x, dtype, "round trip")
+    close(host(ldi), -host(ld), dtype, "round trip log-det")
+    gy, gld = rng.standard_normal((n, m)).astype(dtype), rng.standard_normal((n, m)).astype(dtype)
+    grads = lambda: [np.zeros_like(x), np.zeros_like(uw), np.zeros_like(uh), np.zeros_like(ud)]  # noqa: E731
+    ref_grads, dev_grads = grads(), [dev(g) for g in grads()]
+    spline_ref.rqs_forward_backward_numpy(x, uw, uh, ud, *sp, gy, gld, *ref_grads)
+    spline_dev.rqs_forward_backward_cuda(dev(x), *params, *sp, dev(gy), dev(gld), *dev_grads)
+    for got, ref, name in zip(dev_grads, ref_grads, ("x", "widths", "heights", "derivatives")):
+        close(host(got), ref, dtype, f"backward: {name}")
+
+
+def spline_program_layer(dtype, autoregressive):
+    """The first spline layer of a small NSF's program, perturbed: ``(theta, Layer, d)``."""
+    flow = perturbed(flows.NSF(3, n_layers=1, bins=4, bound=SPLINE_SETTINGS[0], hidden=(4,),
+                               autoregressive=autoregressive, rng=0, dtype=dtype), scale=0.5)
+    program = plan.program_for(flow)
+    layer = runner_mod.Layer(program, 0)
+    return (program.theta() * program.pmask).astype(dtype), layer, 3
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spline_coupling_matches_numpy(dtype):
+    theta, layer, d = spline_program_layer(dtype, False)
+    rng = np.random.default_rng(21)
+    n, widths, bins, sp = 5, layer.widths, layer.bins, np.array(layer.sp, dtype)
+    a, b = layer.a.copy_to_host(), layer.b.copy_to_host()
+    y = spline_points(rng, (n, d), dtype)
+    caches = lambda: [np.zeros((n, a.size), dtype), np.zeros(n * layer.hidden, dtype),  # noqa: E731
+                      np.zeros((n, widths[-1]), dtype)]
+    args = (theta, layer.off, np.array(widths), layer.act, bins, sp, a, b)
+    dargs = (dev(theta), layer.off, widths, layer.act, bins, layer.sp, layer.a, layer.b)
+    for direction in ("inverse", "forward"):
+        x, ld, ref_caches = np.zeros_like(y), np.full(n, 0.25, dtype), caches()
+        scratch = np.zeros((4, n, b.size), dtype)
+        getattr(coupling_ref, f"spline_coupling_{direction}_numpy")(*args, y, x, ld, *ref_caches, scratch)
+        dx, dld, dcaches = dev(np.zeros_like(y)), dev(np.full(n, 0.25, dtype)), [dev(c) for c in caches()]
+        getattr(spline_dev, f"spline_coupling_{direction}_cuda")(*dargs, dev(y), dx, dld, *dcaches,
+                                                                 dev(np.zeros((n, d), dtype)))
+        close(host(dx), x, dtype, direction)
+        close(host(dld), ld, dtype, direction + " log-det")
+        if direction == "inverse":
+            ref_scratch = scratch
+            ref_pass = ref_caches
+            dev_pass = dcaches
+    # the VJP of the density pass, from its caches (the reference's scratch still holds its inputs)
+    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    grads = lambda: [np.zeros((n, d), dtype), np.zeros_like(theta), np.zeros((n, widths[-1]), dtype),  # noqa
+                     np.zeros((n, a.size), dtype), np.zeros(n * 4, dtype), np.zeros(n * 4, dtype)]
+    ref_grads = grads()
+    spline_ref_backward = coupling_ref.spline_coupling_inverse_backward_numpy
+    spline_ref_backward(*args, gx, gld, *ref_pass, ref_scratch, *ref_grads)
+    dev_grads = [dev(g) for g in grads()]
+    spline_dev.spline_coupling_inverse_backward_cuda(*dargs, dev(y), dev(gx), dev(gld), *dev_pass, *dev_grads)
+    for got, ref, name in zip(dev_grads[:3], ref_grads[:3], ("input", "theta", "net")):
+        close(host(got), ref, dtype, f"backward: {name}")
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spline_maf_matches_numpy(dtype):
+    theta, layer, d = spline_program_layer(dtype, True)
+    rng = np.random.default_rng(22)
+    n, widths, bins, sp = 5, layer.widths, layer.bins, np.array(layer.sp, dtype)
+    y = spline_points(rng, (n, d), dtype)
+    args = (theta, layer.off, np.array(widths), layer.act, bins, sp)
+    dargs = (dev(theta), layer.off, widths, layer.act, bins, layer.sp)
+    hid, net, scratch = np.zeros(n * layer.hidden, dtype), np.zeros((n, widths[-1]), dtype), np.zeros((4, n, d), dtype)
+    x, ld = np.zeros_like(y), np.zeros(n, dtype)
+    ar_ref.spline_maf_inverse_numpy(*args, y, x, ld, hid, net, scratch)
+    dx, dld = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
+    dhid, dnet = dev(np.zeros_like(hid)), dev(np.zeros_like(net))
+    dscratch = dev(np.zeros((n, d), dtype))
+    spline_dev.spline_maf_inverse_cuda(*dargs, dev(y), dx, dld, dhid, dnet, dscratch)
+    close(host(dx), x, dtype, "inverse")
+    close(host(dld), ld, dtype, "log-det")
+    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    gy, gtheta, gnet, d1 = np.zeros_like(y), np.zeros_like(theta), np.zeros_like(net), np.zeros(n * 4, dtype)
+    ar_ref.spline_maf_inverse_backward_numpy(*args, y, gx, gld, hid, net, scratch, gy, gtheta, gnet, d1, d1.copy())
+    dgy, dgtheta, dgnet = dev(np.zeros_like(y)), dev(np.zeros_like(theta)), dev(np.zeros_like(net))
+    spline_dev.spline_maf_inverse_backward_cuda(*dargs, dev(y), dev(gx), dev(gld), dhid, dnet, dscratch, dgy, dgtheta,
+                                                dgnet, dev(d1), dev(d1))
+    close(host(dgy), gy, dtype, "backward: input")
+    close(host(dgtheta), gtheta, dtype, "backward: theta")
+    close(host(dgnet), gnet, dtype, "backward: net")
+    # sampling inverts the density pass
+    out, ld_f = np.zeros_like(y), np.zeros(n, dtype)
+    ar_ref.spline_maf_forward_numpy(*args, layer.generation, x, out, ld_f, hid.copy(), net.copy(), scratch)
+    dy, dld_f = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
+    spline_dev.spline_maf_forward_cuda(*dargs, layer.generation, dx, dy, dld_f, dhid, dnet, dscratch)
+    close(host(dy), out, dtype, "forward")
+    close(host(dy), y, dtype, "round trip")
+    close(host(dld_f), ld_f, dtype, "forward log-det")
+
+
 # ---------------------------------------------------------------- per-feature layers, normal, optimizer, draws
 
 @cuda_test
@@ -401,6 +532,10 @@ FLOWS = {
     "MAF": lambda dtype: flows.MAF(3, n_layers=2, hidden=(6,), activation="elu", rng=0, dtype=dtype),
     "RealNVP+BatchNorm+Permute": lambda dtype: flows.RealNVP(3, n_layers=2, hidden=(4,), batch_norm=True,
                                                              permute="random", rng=0, dtype=dtype),
+    # bound 2: the standard-normal test points fall inside and outside the splines
+    "NSF": lambda dtype: flows.NSF(3, n_layers=2, bins=4, bound=2.0, hidden=(4,), rng=0, dtype=dtype),
+    "NSF-autoregressive": lambda dtype: flows.NSF(3, n_layers=2, bins=3, bound=2.0, hidden=(5,), autoregressive=True,
+                                                  rng=0, dtype=dtype),
 }
 
 
@@ -470,12 +605,6 @@ def test_flows_the_kernels_do_not_cover_run_their_numpy_passes():
     x = np.random.default_rng(10).standard_normal((4, 3))
     assert plan.program_for(flow) is None or runner_mod.runner_for(plan.program_for(flow)) is None
     close(flow.log_prob(x, backend="cuda"), flow.log_prob(x, backend="numpy"), np.float64)
-    nsf = flows.NSF(2, n_layers=2, hidden=(4,), rng=0)
-    program = plan.program_for(nsf)
-    if program is not None:      # the program covers splines, the device kernels do not
-        assert runner_mod.runner_for(program) is None
-        assert "do not cover" in runner_mod.supports(program)[1]
-    close(nsf.log_prob(x[:, :2], backend="cuda"), nsf.log_prob(x[:, :2], backend="numpy"), np.float64)
 
 
 # ---------------------------------------------------------------- training
@@ -505,6 +634,30 @@ def test_fit_on_the_device_matches_numpy(dtype):
     np.testing.assert_allclose(nll[1], nll[0], rtol=rtol)
     assert (got.steps, got.rejected_steps, got.best_epoch) == (ref.steps, ref.rejected_steps, ref.best_epoch)
     assert got.lr == ref.lr
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_nsf_fit_and_draws_on_the_device_match_numpy(autoregressive, dtype):
+    data = two_moons(32, dtype)
+    make = lambda: flows.NSF(2, n_layers=2, bins=3, bound=2.0, hidden=(4,), autoregressive=autoregressive,  # noqa
+                             rng=0, dtype=dtype)
+    assert runner_mod.runner_for(plan.program_for(make())) is not None
+    histories, flows_fit = [], []
+    for backend in ("numpy", "cuda"):
+        flow = make()
+        histories.append(fit(flow, data, epochs=2, batch_size=16, lr=1e-2, rng=0, backend=backend))
+        flows_fit.append(flow)
+    ref, got = histories
+    rtol = 1e-7 if dtype == np.float64 else 1e-3
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=rtol)
+    assert (got.steps, got.rejected_steps) == (ref.steps, ref.rejected_steps)
+    for (_, p), (_, q) in zip(flows_fit[1].parameters(), flows_fit[0].parameters()):
+        close(p, q, dtype, "fitted parameters")
+    # the trained flow's device draws: their log-densities are the NumPy passes'
+    samples, lp = flows_fit[1].sample_and_log_prob(4, rng=3, backend="cuda")
+    close(lp, flows_fit[1].log_prob(samples, backend="numpy"), dtype, "sample_and_log_prob")
 
 
 @cuda_test

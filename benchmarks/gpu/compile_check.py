@@ -5,7 +5,7 @@
 The simulator (``NUMBA_ENABLE_CUDASIM=1``) runs the kernels as Python, so it never
 types or lowers them for a GPU. This script does: it runs the runner's calls
 (``log_prob``, ``sample``, draws, ``nll_and_grad``, a training epoch) on small
-RealNVP / NICE / MAF flows, both dtypes, with three stand-ins for a device —
+RealNVP / NICE / MAF / NSF (coupling and autoregressive) flows, both dtypes, with three stand-ins for a device —
 device arrays are the simulator's NumPy-backed arrays, the current device reports
 compute capability ``--cc``, and a launch compiles the kernel for its argument types
 with ``numba.cuda.compile_ptx`` instead of running it. Then it scans the PTX: the
@@ -74,7 +74,9 @@ def exercise():
         for make in (lambda: flows.RealNVP(4, n_layers=2, hidden=(8,), batch_norm=True, permute="random", rng=0,
                                            dtype=dtype),
                      lambda: flows.NICE(4, n_layers=2, hidden=(8, 8), activation="tanh", rng=0, dtype=dtype),
-                     lambda: flows.MAF(3, n_layers=2, hidden=(8,), activation="elu", rng=0, dtype=dtype)):
+                     lambda: flows.MAF(3, n_layers=2, hidden=(8,), activation="elu", rng=0, dtype=dtype),
+                     lambda: flows.NSF(4, n_layers=2, bins=4, hidden=(8,), rng=0, dtype=dtype),
+                     lambda: flows.NSF(3, n_layers=2, bins=4, hidden=(8,), autoregressive=True, rng=0, dtype=dtype)):
             flow = make()
             x = np.random.default_rng(0).standard_normal((70, flow.event_shape[0])).astype(dtype)
             flow.log_prob(x, backend="numpy")      # ActNorm's first batch
@@ -86,6 +88,19 @@ def exercise():
             set_training(flow, True)
             device.nll_and_grad(x)
             runner.Trainer(device, Adam(dict(flow.parameters())), 32).epoch(x, np.arange(len(x)))
+    # the element-wise spline launchers (the tests' entry points; the layers use the same device functions)
+    from nflow_np.kernels.cuda import spline
+    for dtype in (np.float32, np.float64):
+        v, gv = cuda_zeros((5, 3), dtype), cuda_zeros((5, 3), dtype)
+        u, gu, ud, gud = (cuda_zeros((5, 3, k), dtype) for k in (4, 4, 3, 3))
+        spline.rqs_forward_cuda(v, u, u, ud, 3.0, 1e-3, 1e-3, 1e-3, gv, gv)
+        spline.rqs_inverse_cuda(v, u, u, ud, 3.0, 1e-3, 1e-3, 1e-3, gv, gv)
+        spline.rqs_forward_backward_cuda(v, u, u, ud, 3.0, 1e-3, 1e-3, 1e-3, v, v, gv, gu, gu, gud)
+
+
+def cuda_zeros(shape, dtype):
+    from numba import cuda
+    return cuda.device_array(shape, dtype=dtype)
 
 
 def main():

@@ -18,6 +18,10 @@ that 64-D RealNVP on a batch of 65,536, timed through ``fit`` (20 steps per time
   device-to-device copy), and its multiply-add FLOPs over the measured float32 matrix rate (PyTorch's
   ``matmul`` with TF32 off; this project's tiled kernel's rate is printed beside it).
 
+A last table times neural spline flows (``flows.NSF``, 8-D, 4 layers of 8 bins, hidden (64, 64); coupling and
+autoregressive): ``log_prob`` of 1 million device-resident points and one Adam step on a batch of 8,192, against
+the CPU path per point (PyTorch has no spline flow to compare with).
+
 Medians of ``--repeats`` timed calls after a warm-up call (which compiles). Prints markdown tables.
 """
 
@@ -44,12 +48,16 @@ from nflow_np.train import fit  # noqa: E402
 SIZES = {
     # name: (2-D points, 64-D points, dim of the wide flow, its hidden width, training batch, steps per fit)
     "full": dict(n2=10_000_000, n64=1_000_000, dim=64, hidden=256, batch=65_536, steps=20,
-                 cpu_n2=1_000_000, cpu_n64=20_000, cpu_batch=4096, copy_bytes=1 << 30, square=4096),
+                 cpu_n2=1_000_000, cpu_n64=20_000, cpu_batch=4096, copy_bytes=1 << 30, square=4096,
+                 nsf_n=1_000_000, nsf_layers=4, nsf_hidden=64, nsf_batch=8192, nsf_steps=10, cpu_nsf_n=20_000),
     "quick": dict(n2=1_000_000, n64=100_000, dim=64, hidden=256, batch=16_384, steps=4,
-                  cpu_n2=100_000, cpu_n64=2_000, cpu_batch=1024, copy_bytes=1 << 28, square=2048),
+                  cpu_n2=100_000, cpu_n64=2_000, cpu_batch=1024, copy_bytes=1 << 28, square=2048,
+                  nsf_n=100_000, nsf_layers=4, nsf_hidden=64, nsf_batch=4096, nsf_steps=4, cpu_nsf_n=2_000),
     "sim": dict(n2=64, n64=16, dim=4, hidden=8, batch=16, steps=2, cpu_n2=64, cpu_n64=16, cpu_batch=16,
-                copy_bytes=1 << 16, square=16),
+                copy_bytes=1 << 16, square=16, nsf_n=16, nsf_layers=2, nsf_hidden=8, nsf_batch=8, nsf_steps=1,
+                cpu_nsf_n=16),
 }
+NSF_DIM, NSF_BINS = 8, 8
 FLOAT = 4       # bytes per float32
 
 
@@ -238,6 +246,51 @@ def cpu_side(spec, repeats, wide, narrow):
     return out
 
 
+def nsf_side(spec, repeats, cpu):
+    """Spline flows: ``{(kind, call): (cuda seconds, CPU seconds per point or None)}``."""
+    from numba import cuda
+    sync = cuda.synchronize
+    nothing = lambda: None  # noqa: E731
+    rng = np.random.default_rng(0)
+    out = {}
+    for kind, autoregressive in (("coupling", False), ("autoregressive", True)):
+        def make():
+            return flows.NSF(NSF_DIM, n_layers=spec["nsf_layers"], bins=NSF_BINS, hidden=(spec["nsf_hidden"],) * 2,
+                             autoregressive=autoregressive, rng=0, dtype=np.float32)
+        flow = perturb(make())
+        x = rng.standard_normal((spec["nsf_n"], NSF_DIM)).astype(np.float32)
+        x_dev = cuda.to_device(x)
+        gpu = median_seconds(lambda: flow.log_prob(x_dev, backend="cuda"), sync, repeats)
+        per_point = None
+        if cpu:
+            xc = x[:spec["cpu_nsf_n"]]
+            per_point = median_seconds(lambda: flow.log_prob(xc, backend="numba"), nothing, repeats) / len(xc)
+        out[kind, f"log_prob, {spec['nsf_n']:,} points"] = (gpu, per_point, spec["nsf_n"])
+        batch = spec["nsf_batch"]
+        data = step_data(spec["nsf_steps"] * batch, NSF_DIM)
+        flow = make()
+        gpu = median_seconds(lambda: fit(flow, data, epochs=1, batch_size=batch, rng=0, backend="cuda"), sync,
+                             repeats) / spec["nsf_steps"]
+        per_point = None
+        if cpu:
+            cpu_data = data[:2 * min(batch, spec["cpu_batch"])]
+            per_point = median_seconds(lambda: fit(flow, cpu_data, epochs=1, batch_size=len(cpu_data) // 2, rng=0,
+                                                   backend="numba"), nothing, repeats) / len(cpu_data)
+        out[kind, f"train step, batch {batch:,}"] = (gpu, per_point, batch)
+    return out
+
+
+def nsf_report(nsf, spec):
+    lines = ["", f"Neural spline flows (float32, {NSF_DIM}-D, {spec['nsf_layers']} layers of {NSF_BINS} bins, hidden "
+             f"({spec['nsf_hidden']}, {spec['nsf_hidden']})); inputs on the device:", "",
+             "| flow | call | nflow_np cuda | points / s | CPU (numba) per point | CPU / cuda per point |",
+             "|---|---|---|---|---|---|"]
+    for (kind, call), (gpu, per_point, n) in nsf.items():
+        lines.append(f"| NSF {kind} | {call} | {fmt_time(gpu)} | {n / gpu:.3g} | {fmt_time(per_point)} | "
+                     f"{ratio(per_point, gpu / n)} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- the floor and the tables
 
 def coupling_flops(dim, layers, hidden):
@@ -355,7 +408,8 @@ def main():
         except ImportError:
             print("PyTorch is not installed: its columns read n/a", file=sys.stderr)
     cpu = None if args.no_cpu else cpu_side(spec, args.repeats, wide, narrow)
-    table = report(spec, gpu, torch_t, cpu, wide, narrow, device_name, args.repeats)
+    nsf = nsf_side(spec, args.repeats, not args.no_cpu)
+    table = report(spec, gpu, torch_t, cpu, wide, narrow, device_name, args.repeats) + "\n" + nsf_report(nsf, spec)
     print(table)
     if args.out:
         with open(args.out, "w") as f:

@@ -7,6 +7,7 @@ and lets the simulator tests (``NUMBA_ENABLE_CUDASIM=1``) import the twins alone
 
 Each module mirrors its CPU family: ``mlp`` (a tiled shared-memory matrix product with
 bias and activation fused, and the backward products), ``coupling``, ``autoregressive``,
+``spline`` (rational-quadratic splines, elementwise and as coupling or autoregressive layers),
 ``elementwise`` (permutations, ActNorm, the normal log-density and base draws),
 ``normalization`` (BatchNorm), ``optim`` (guarded Adam), ``reduce`` (deterministic
 column and vector sums), with ``device`` (launch geometry, per-dtype kernel families,

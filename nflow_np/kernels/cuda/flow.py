@@ -3,7 +3,8 @@
 The CPU walks a program inside one compiled function; a GPU cannot launch a
 layer's products from a kernel, so here the host walks the layers and each
 layer launches its kernels (a coupling layer: a gather, one fused product per
-network layer, a row kernel). Launches queue asynchronously on one stream, so
+network layer, a row kernel; a spline layer adds one element kernel, its
+per-element log-dets held in the workspace's ``lde`` block until a row kernel sums them). Launches queue asynchronously on one stream, so
 the host runs ahead of the device and never waits inside a pass.
 
 :class:`Layer` reads one layer's fields from the program (offsets into
@@ -25,11 +26,15 @@ from .device import cuda, empty
 from .elementwise import actnorm_forward_cuda, actnorm_inverse_backward_cuda, actnorm_inverse_cuda, fill_cuda, \
     permute_backward_cuda, permute_cuda
 from .normalization import batchnorm_forward_cuda, batchnorm_inverse_backward_cuda, batchnorm_inverse_cuda
+from .spline import spline_coupling_forward_cuda, spline_coupling_inverse_backward_cuda, spline_coupling_inverse_cuda, \
+    spline_maf_forward_cuda, spline_maf_inverse_backward_cuda, spline_maf_inverse_cuda
 
 __all__ = ["SUPPORTED_OPS", "Layer", "Workspace", "density_pass", "density_backward", "sampling_pass"]
 
-SUPPORTED_OPS = frozenset({prog.OP_COUPLING, prog.OP_MAF, prog.OP_PERMUTE, prog.OP_ACTNORM, prog.OP_BATCHNORM})
-_NETWORK_OPS = (prog.OP_COUPLING, prog.OP_MAF)
+SUPPORTED_OPS = frozenset({prog.OP_COUPLING, prog.OP_MAF, prog.OP_PERMUTE, prog.OP_ACTNORM, prog.OP_BATCHNORM,
+                           prog.OP_SPLINE, prog.OP_SPLINE_MAF})
+_NETWORK_OPS = (prog.OP_COUPLING, prog.OP_MAF, prog.OP_SPLINE, prog.OP_SPLINE_MAF)
+_SPLINE_OPS = (prog.OP_SPLINE, prog.OP_SPLINE_MAF)
 
 
 class Layer:
@@ -51,10 +56,15 @@ class Layer:
         if self.op in _NETWORK_OPS:
             self.widths = tuple(int(w) for w in ints(f[prog.F_WIDTHS]))
             self.act = int(f[prog.F_ACT])
-        if self.op == prog.OP_COUPLING:
+        if self.op in _SPLINE_OPS:
+            # bins, and the bound and minima: constants of the program, read once on the host
+            constants = dict(program.constants)
+            self.bins = int(f[prog.F_FLAG])
+            self.sp = tuple(float(constants[int(f[prog.F_GROUPS]) + k]) for k in range(4))
+        if self.op in (prog.OP_COUPLING, prog.OP_SPLINE):
             a, b = ints(f[prog.F_A]), ints(f[prog.F_B])
             self.a, self.b, self.na, self.affine = cuda.to_device(a), cuda.to_device(b), a.size, bool(f[prog.F_FLAG])
-        elif self.op == prog.OP_MAF:
+        elif self.op in (prog.OP_MAF, prog.OP_SPLINE_MAF):
             self.generation = ints(f[prog.F_B])
         elif self.op == prog.OP_PERMUTE:
             self.density_index = cuda.to_device(ints(f[prog.F_A]))
@@ -98,6 +108,8 @@ class Workspace:
         widest = {"cond": max([l.na for l in layers] + [1]), "hidden": max([l.hidden for l in layers] + [1]),
                   "net": max([l.nout for l in layers] + [1]), "delta": max([l.widest for l in layers] + [1])}
         regions = [("z", (len(layers) + 1 if keep else 2) * d), ("ld", 1)]
+        if any(l.op in _SPLINE_OPS for l in layers):
+            regions += [("lde", d)]     # a spline layer's per-element log-dets (its backward: direct gradients)
         if keep:
             regions += [(("cache", i), l.na + l.hidden + l.nout) for i, l in enumerate(layers)]
             regions += [("g", 2 * d), ("gld", 1), ("gnet", widest["net"]), ("gcond", widest["cond"]),
@@ -124,6 +136,7 @@ class Workspace:
         n_z = len(self.layers) + 1 if self.keep else 2
         v = SimpleNamespace(m=m, keep=self.keep, z=[self._block("z", m, k * d, d).reshape(m, d) for k in range(n_z)],
                             ld=self._block("ld", m, 0, 1), cond=[], hid=[], net=[], gnet=[], gcond=[])
+        v.lde = self._block("lde", m, 0, d).reshape(m, d) if "lde" in self.offsets else None
         for i, layer in enumerate(self.layers):
             if layer.op not in _NETWORK_OPS:     # no caches (and no zero-width views)
                 for views in (v.cond, v.hid, v.net, v.gnet, v.gcond):
@@ -165,6 +178,12 @@ def density_pass(layers, theta, v, x, ld, work):
         elif op == prog.OP_COUPLING:
             coupling_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.affine, layer.clamp, layer.a,
                                   layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], work)
+        elif op == prog.OP_SPLINE:
+            spline_coupling_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, layer.a,
+                                         layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], v.lde, work)
+        elif op == prog.OP_SPLINE_MAF:
+            spline_maf_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, zin, zout, ld,
+                                    v.hid[i], v.net[i], v.lde, work)
         else:
             maf_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.clamp, zin, zout, ld, v.hid[i],
                              v.net[i], work)
@@ -193,6 +212,14 @@ def density_backward(layers, theta, gtheta, v, work):
             coupling_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.affine, layer.clamp,
                                            layer.a, layer.b, zout, gout, v.gld, v.cond[i], v.hid[i], v.net[i], gin,
                                            gtheta, v.gnet[i], v.gcond[i], v.d1, v.d2, work)
+        elif op == prog.OP_SPLINE:
+            spline_coupling_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp,
+                                                  layer.a, layer.b, zin, gout, v.gld, v.cond[i], v.hid[i], v.net[i],
+                                                  gin, gtheta, v.gnet[i], v.gcond[i], v.d1, v.d2, work)
+        elif op == prog.OP_SPLINE_MAF:
+            spline_maf_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, zin, gout,
+                                             v.gld, v.hid[i], v.net[i], v.lde, gin, gtheta, v.gnet[i], v.d1, v.d2,
+                                             work)
         else:
             maf_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.clamp, zin, zout, gout, v.gld,
                                       v.hid[i], v.net[i], gin, gtheta, v.gnet[i], v.d1, v.d2, work)
@@ -217,6 +244,12 @@ def sampling_pass(layers, theta, v, z, x, ld, work):
         elif op == prog.OP_COUPLING:
             coupling_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.affine, layer.clamp, layer.a,
                                   layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], work)
+        elif op == prog.OP_SPLINE:
+            spline_coupling_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, layer.a,
+                                         layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], v.lde, work)
+        elif op == prog.OP_SPLINE_MAF:
+            spline_maf_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, layer.generation,
+                                    zin, zout, ld, v.hid[i], v.net[i], v.lde, work)
         else:
             maf_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.clamp, layer.generation, None, zin,
                              zout, ld, v.hid[i], v.net[i], None, work)
