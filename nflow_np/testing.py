@@ -339,8 +339,8 @@ def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=N
     finite difference's own noise. Check in float64.
 
     ``max_entries`` limits the entries checked per parameter array (a random
-    subset drawn from ``rng``) for large networks. ``backend`` (``"numpy"``
-    or ``"numba"``, default :func:`nflow_np.get_backend`) picks which
+    subset drawn from ``rng``) for large networks. ``backend`` (``"numpy"``,
+    ``"numba"`` or ``"cuda"``, default :func:`nflow_np.get_backend`) picks which
     implementation of the NLL and its gradient is checked. A conditional
     flow takes its ``context`` rows; its gradients reach the conditioner
     networks through them (the reverse KL is skipped: it trains

@@ -27,10 +27,12 @@ class TransformedDistribution(Distribution):
     sample per row of ``c``).
 
     ``log_prob``, ``sample`` and ``sample_and_log_prob`` take ``backend=``
-    (``"numpy"`` or ``"numba"``; default :func:`nflow_np.get_backend`). With
-    ``"numba"``, a flow whose layers the compiled program covers (see
-    :func:`nflow_np.kernels.plan.supports`) runs as one compiled call; other
-    flows run the bijectors' NumPy passes whatever the backend.
+    (``"numpy"``, ``"numba"`` or ``"cuda"``; default
+    :func:`nflow_np.get_backend`). With ``"numba"``, a flow whose layers the
+    compiled program covers (see :func:`nflow_np.kernels.plan.supports`) runs
+    as one compiled call; with ``"cuda"`` the same program runs on the GPU
+    (unconditional flows; its samples come from the GPU's own random stream).
+    Other flows run the bijectors' NumPy passes whatever the backend.
     """
 
     def __init__(self, distribution, bijector):

@@ -182,11 +182,13 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         Print a progress line per epoch to stderr.
     clip_norm : float, optional
         Clip the global gradient norm (default Adam only).
-    backend : {"numpy", "numba"}, optional
+    backend : {"numpy", "numba", "cuda"}, optional
         Default :func:`nflow_np.get_backend`. With ``"numba"`` and a flow the
         compiled program covers, each epoch of Adam steps is one compiled call
         on buffers allocated once (another optimizer gets compiled gradients
-        and steps in Python); validation uses the same backend.
+        and steps in Python); with ``"cuda"`` the epochs run on the GPU, data,
+        parameters and Adam's moments staying there for the whole fit;
+        validation uses the same backend.
     context : array, shape (n, c), optional
         For a conditional flow (built with ``context=c``): the conditioning
         row of each data point (or one row for all), shuffled and split

@@ -132,7 +132,7 @@ def value_and_grad(flow, x=None, loss="nll", backend=None, context=None, **kwarg
     ``loss="nll"``: mean negative log-likelihood of data ``x``.
     ``loss="reverse_kl"``: see :func:`reverse_kl_and_grad` (pass ``target_log_prob``,
     ``n_samples``, ``rng`` and optionally ``target_grad`` or fixed base samples ``z``).
-    ``backend`` (``"numpy"`` or ``"numba"``) applies to the NLL; the reverse KL
+    ``backend`` (``"numpy"``, ``"numba"`` or ``"cuda"``) applies to the NLL; the reverse KL
     runs the bijectors' NumPy passes. ``context``: the conditioning rows of a
     conditional flow (NLL only).
     """
