@@ -239,6 +239,12 @@ def _read(path):
         raise ValueError(f"{path}: not an nflow_np model file, or a damaged one ({exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: holds a single array (a .npy file), not an nflow_np model (.npz)")
+    # save writes stored or deflated members only; any other method is a damaged (or foreign) header
+    methods = {info.compress_type for info in npz.zip.infolist()} - {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+    if methods:
+        npz.close()
+        raise ValueError(f"{path}: the model file is damaged: its zip directory names compression method(s) "
+                         f"{sorted(methods)}, where model files are stored or deflated")
     try:
         with npz:
             return {key: npz[key] for key in npz.files}
@@ -247,9 +253,7 @@ def _read(path):
             raise ValueError(f"{path}: holds a pickled object array; model files never do, and loading one could "
                              f"run code, so it is refused") from None
         raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
-    # zipfile raises NotImplementedError for a compression method it does not know (damaged header bytes)
-    except (OSError, EOFError, KeyError, RuntimeError, NotImplementedError, zlib.error,
-            zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, KeyError, RuntimeError, zlib.error, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
 
 

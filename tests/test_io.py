@@ -229,6 +229,18 @@ def test_corrupted_array_bytes(saved):
         io.load(path)
 
 
+def test_unknown_compression_method(saved):
+    # a damaged central directory entry naming a compression method no model file uses
+    path, _ = saved
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(b"PK\x01\x02")
+    assert at >= 0
+    data[at + 10:at + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.*compression method"):
+        io.load(path)
+
+
 def test_corrupted_spec_bytes(saved):
     path, _ = saved
     data = bytearray(path.read_bytes())
