@@ -7,7 +7,8 @@ from ..kernels.spline import rqs_forward_backward_numpy, rqs_forward_numpy, rqs_
 from ..nn.mlp import MaskedMLP
 from .base import CONTEXT_GRAD, Bijector
 from .chain import Invert
-from .coupling import SplineSettings, check_context_size, net_backward, spline_backward, spline_transform
+from .coupling import check_context_size, net_backward, spline_backward, spline_transform
+from .spline import SplineSettings
 
 
 class _Autoregressive(Bijector):

@@ -13,6 +13,7 @@ from ..kernels.spline import (rqs_forward_backward_numpy, rqs_forward_numpy, rqs
                               rqs_inverse_numpy)
 from ..nn.mlp import MLP
 from .base import CONTEXT_GRAD, PassBijector
+from .spline import SplineSettings
 
 
 def _split_mask(mask, where):
@@ -203,37 +204,6 @@ class AffineCoupling(_Coupling):
         grad_log_scale = -grad_xb * xb - grad_log_det[..., None]
         grad_cond, grads = self._net_backward(net_ctx, -grad_yb, grad_log_scale)
         return self._assemble(grad_x[..., self._a] + grad_cond, grad_yb), self._wrap_grads(grads)
-
-
-class SplineSettings:
-    """The shape of a rational-quadratic spline as a layer builds it: bins, bound and the minima.
-
-    ``args`` is what the spline kernels take after the parameters; ``split``
-    views a conditioner's output, ``(n, m, 3 bins - 1)``, as the unnormalized
-    widths, heights and interior-knot derivatives.
-    """
-
-    def __init__(self, bins, bound, min_bin_width, min_bin_height, min_derivative, where):
-        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-            raise ValueError(f"{where}: bins must be an int >= 2; got {bins!r}")
-        if not (np.isfinite(bound) and bound > 0):
-            raise ValueError(f"{where}: bound must be a positive finite number; got {bound!r}")
-        for name, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
-            if not 0 <= value < 1.0 / bins:
-                raise ValueError(f"{where}: {name} must lie in [0, 1/bins) = [0, {1.0 / bins:g}); got {value!r}")
-        if not 0 <= min_derivative < 1:
-            raise ValueError(f"{where}: min_derivative must lie in [0, 1); got {min_derivative!r}")
-        self.bins = int(bins)
-        self.bound = float(bound)
-        self.min_bin_width = float(min_bin_width)
-        self.min_bin_height = float(min_bin_height)
-        self.min_derivative = float(min_derivative)
-        self.args = (self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
-        self.per_dim = 3 * self.bins - 1
-
-    def split(self, out):
-        k = self.bins
-        return out[..., :k], out[..., k:2 * k], out[..., 2 * k:]
 
 
 def spline_transform(kernel, settings, values, params):

@@ -24,6 +24,49 @@ def _positive_real(value, where, name):
     return float(value)
 
 
+def spline_constants(bins, bound, min_bin_width, min_bin_height, min_derivative, where):
+    """``(bound, min_bin_width, min_bin_height, min_derivative)`` as floats, checked for a spline of ``bins`` bins.
+
+    The minima must be positive (a bin of zero width or height would divide by zero) and leave room for
+    ``bins`` bins; the slope minimum must lie below 1, the slope at the ends.
+    """
+    bound = _positive_real(bound, where, "bound")
+    if not bound > 0:
+        raise ValueError(f"{where}: bound must be a finite positive number; got {bound!r}")
+    minima = []
+    for key, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
+        value = _positive_real(value, where, key)
+        if not 0 < value * bins < 1:
+            raise ValueError(f"{where}: {key} must lie in (0, 1/K) = (0, {1 / bins:g}) for K = {bins} bins; "
+                             f"got {value!r}")
+        minima.append(value)
+    min_derivative = _positive_real(min_derivative, where, "min_derivative")
+    if not 0 < min_derivative < 1:
+        raise ValueError(f"{where}: min_derivative must lie in (0, 1); got {min_derivative!r}")
+    return bound, minima[0], minima[1], min_derivative
+
+
+class SplineSettings:
+    """The shape of a rational-quadratic spline as a layer builds it: bins, bound and the minima.
+
+    ``args`` is what the spline kernels take after the parameters; ``split``
+    views a conditioner's output, ``(n, m, 3 bins - 1)``, as the unnormalized
+    widths, heights and interior-knot derivatives.
+    """
+
+    def __init__(self, bins, bound, min_bin_width, min_bin_height, min_derivative, where):
+        if isinstance(bins, (bool, np.bool_)) or not isinstance(bins, (int, np.integer)) or bins < 2:
+            raise ValueError(f"{where}: bins must be an int >= 2; got {bins!r}")
+        self.bins = int(bins)
+        self.args = spline_constants(self.bins, bound, min_bin_width, min_bin_height, min_derivative, where)
+        self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative = self.args
+        self.per_dim = 3 * self.bins - 1
+
+    def split(self, out):
+        k = self.bins
+        return out[..., :k], out[..., k:2 * k], out[..., 2 * k:]
+
+
 class RationalQuadraticSpline(Bijector):
     """Monotone rational-quadratic spline on ``[-bound, bound]``, the identity outside.
 
@@ -112,18 +155,8 @@ class RationalQuadraticSpline(Bijector):
         except ValueError:
             raise ValueError(f"{where}: the parameters' batch shapes {uw.shape[:-1]}, {uh.shape[:-1]}, "
                              f"{ud.shape[:-1]} do not broadcast together") from None
-        self.bound = _positive_real(bound, where, "bound")
-        if not self.bound > 0:
-            raise ValueError(f"{where}: bound must be a finite positive number; got {bound!r}")
-        for key, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
-            value = _positive_real(value, where, key)
-            if not 0 < value * bins < 1:
-                raise ValueError(f"{where}: {key} must lie in (0, 1/K) = (0, {1 / bins:g}) for K = {bins} bins; "
-                                 f"got {value!r}")
-            setattr(self, key, value)
-        self.min_derivative = _positive_real(min_derivative, where, "min_derivative")
-        if not 0 < self.min_derivative < 1:
-            raise ValueError(f"{where}: min_derivative must lie in (0, 1); got {min_derivative!r}")
+        self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative = spline_constants(
+            bins, bound, min_bin_width, min_bin_height, min_derivative, where)
         self.params.update(zip(_KEYS, (uw, uh, ud)))
 
     @classmethod
