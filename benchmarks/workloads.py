@@ -22,6 +22,9 @@ if ROOT not in sys.path:
 
 DTYPE = np.float32
 BACKENDS = ("numpy", "numba")
+# workloads that time a training step and nothing else
+STEP_ONLY = ("W2", "W3", "W7")
+
 # A timed fit() call covers STEPS_PER_CALL optimizer steps, so fit's per-call work
 # (validation of the data, optimizer creation, best-state snapshot) is amortized;
 # a per-step time is the call's time divided by this.

@@ -81,9 +81,14 @@ class TorchRunner:
     def prepare(self, workload, quick):
         self.quick = quick
         self.generator = torch.Generator().manual_seed(2)
-        getattr(self, f"_prepare_{workload}")()
+        if workload in wl.STEP_ONLY:
+            self._prepare_steps(workload)
+        else:
+            getattr(self, f"_prepare_{workload}")()
 
     def measure(self, workload):
+        if workload in wl.STEP_ONLY:
+            return {"step": self._step()}
         return getattr(self, f"_measure_{workload}")()
 
     def matmul(self):
@@ -107,7 +112,7 @@ class TorchRunner:
         with torch.no_grad():
             return -float(self.w1_trained.log_prob(self.test).mean())
 
-    # ---- W2, W3, W4: steps
+    # ---- training steps: W2, W3, W4 (W7's splines come from ZukoRunner's build)
     def _prepare_steps(self, workload):
         self.batch = wl.SPECS[workload]["batch"]
         self.model = self.build(workload)
@@ -117,25 +122,6 @@ class TorchRunner:
     def _step(self):
         seconds = timed(lambda: train_epochs(self.model, self.data, self.batch, 1, self.generator))
         return seconds / wl.STEPS_PER_CALL
-
-    def _prepare_W2(self):
-        self._prepare_steps("W2")
-
-    def _measure_W2(self):
-        return {"step": self._step()}
-
-    def _prepare_W3(self):
-        self._prepare_steps("W3")
-
-    def _measure_W3(self):
-        return {"step": self._step()}
-
-    def _prepare_W7(self):
-        # a spline flow: ZukoRunner builds zuko's; the hand-written flows have none (run.py skips it)
-        self._prepare_steps("W7")
-
-    def _measure_W7(self):
-        return {"step": self._step()}
 
     def _prepare_W4(self):
         self._prepare_steps("W4")

@@ -143,17 +143,10 @@ def _mean_nll(flow, data, batch_size, context=None):
 
 
 def _rows_context(flow, context, data, where, argname):
-    """``context`` for a conditional fit: one row per data row (or one row for all), as an (n, c) array."""
-    if not flow.context_size:
-        if context is not None:
-            raise ValueError(f"{where}: the flow is unconditional, so it takes no {argname}; build it with "
-                             f"context=<width> to learn a conditional density")
-        return None
-    if context is None:
-        raise ValueError(f"{where}: the flow is conditional (context size {flow.context_size}); pass {argname}=, "
-                         f"one row per data point")
+    """``context`` for a conditional fit: one row per data row (or one row for all), as an (n, c) array;
+    None for an unconditional flow."""
     rows = flow.bijector._prepare_context(context, data, where, "data", where=f"{where} ({argname})")
-    return np.ascontiguousarray(rows)
+    return None if rows is None else np.ascontiguousarray(rows)
 
 
 def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, validation_data=None,
