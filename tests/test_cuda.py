@@ -55,6 +55,11 @@ if READY:
         sys.setswitchinterval(1e-4)
 
 
+
+def batchnorm_states(flow):
+    """The BatchNorm layers whose running statistics the compiled program carries."""
+    return [spec.state for _, spec in plan.program_for(flow).batchnorms]
+
 def cuda_test(fn):
     """Mark a test ``cuda`` and skip it without a GPU or the simulator."""
     return pytest.mark.cuda(pytest.mark.skipif(not READY, reason="needs a CUDA GPU or NUMBA_ENABLE_CUDASIM=1")(fn))
@@ -558,16 +563,16 @@ def test_flows_on_the_device_match_numpy(name, dtype, monkeypatch):
     close(lp, flow.log_prob(ref_x, backend="numpy"), dtype, "sample log_prob")
     for training in (False, True):
         nflow_np.train.set_training(flow, training)
-        stats = [(b.running_mean.copy(), b.running_var.copy()) for _, b in plan.program_for(flow).batchnorms]
+        stats = [(b.running_mean.copy(), b.running_var.copy()) for b in batchnorm_states(flow)]
         loss, grads = nll_and_grad(flow, x, backend="cuda")
-        moved = [(b.running_mean.copy(), b.running_var.copy()) for _, b in plan.program_for(flow).batchnorms]
-        for (_, b), (mean, var) in zip(plan.program_for(flow).batchnorms, stats):
+        moved = [(b.running_mean.copy(), b.running_var.copy()) for b in batchnorm_states(flow)]
+        for b, (mean, var) in zip(batchnorm_states(flow), stats):
             b.running_mean[...], b.running_var[...] = mean, var
         ref_loss, ref_grads = nll_and_grad(flow, x, backend="numpy")
         close(loss, ref_loss, dtype, "loss")
         for key in ref_grads:
             close(grads[key], ref_grads[key], dtype, f"gradient {key} (training={training})")
-        for (_, b), (mean, var) in zip(plan.program_for(flow).batchnorms, moved):
+        for b, (mean, var) in zip(batchnorm_states(flow), moved):
             close(mean, b.running_mean, dtype, "running mean")
             close(var, b.running_var, dtype, "running var")
     nflow_np.train.set_training(flow, False)

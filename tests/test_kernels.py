@@ -431,7 +431,7 @@ def initialized(flow, x):
     """ActNorm initialized from ``x``; BatchNorm in eval mode with running statistics away from (0, 1)."""
     from nflow_np.bijectors.normalization import ActNorm, BatchNorm
     rng = np.random.default_rng(9)
-    for b in plan._flatten(flow.bijector):
+    for b in flow.bijector.flatten():
         if isinstance(b, ActNorm):
             b.initialize(x)
         if isinstance(b, BatchNorm):
@@ -471,17 +471,20 @@ def test_flows_agree_across_backends(kind, dtype):
 
 
 @pytest.mark.parametrize("kind", sorted(FLOWS))
-def test_compiled_reference_program_matches_the_twin(kind):
-    """The program's own NumPy reference walks the same arrays as its twin."""
+def test_program_calls_match_the_bijectors_and_compile_only_the_passes_used(kind):
+    """The program's own calls agree with the bijectors' passes; each call fills in only its passes' entries."""
+    from nflow_np.kernels.compiled import BACKWARD, DENSITY, SAMPLING
     flow = initialized(perturbed(FLOWS[kind](np.float64)), np.random.default_rng(0).standard_normal((20, 1)) if
                        FLOWS[kind](np.float64).event_shape[0] == 1 else
                        np.random.default_rng(0).standard_normal((20, FLOWS[kind](np.float64).event_shape[0])))
     program = plan.compile_flow(flow)
     x = np.random.default_rng(3).standard_normal((700, program.d))
-    for backend in ("numpy", "numba"):
-        np.testing.assert_allclose(program.log_prob(x, backend), flow.log_prob(x, backend="numpy"), rtol=1e-10)
-        loss, g = program.nll_and_grad(x[:50], backend)
-        assert np.isclose(loss, -flow.log_prob(x[:50], backend="numpy").mean(), rtol=1e-12)
+    np.testing.assert_allclose(program.log_prob(x), flow.log_prob(x, backend="numpy"), rtol=1e-10)
+    table = program.table()
+    assert table[:, DENSITY].all() and not table[:, SAMPLING].any() and not table[:, BACKWARD].any()
+    loss, g = program.nll_and_grad(x[:50])
+    assert np.isclose(loss, -flow.log_prob(x[:50], backend="numpy").mean(), rtol=1e-12)
+    assert table[:, BACKWARD].all() and not table[:, SAMPLING].any()
 
 
 @pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn", "nsf", "nsf-ar"])
@@ -493,7 +496,7 @@ def test_fit_takes_the_same_steps_on_both_backends(kind):
         history = fit(flow, data, epochs=3, batch_size=64, lr=3e-3, validation_split=0.2, rng=0, backend=backend)
         runs[backend] = (history, np.concatenate([p.ravel() for _, p in flow.parameters()]))
         runs[backend] += (np.concatenate([np.concatenate([m.running_mean, m.running_var])
-                                          for m in plan._flatten(flow.bijector) if hasattr(m, "running_var")]
+                                          for m in flow.bijector.flatten() if hasattr(m, "running_var")]
                                          + [np.zeros(0)]),)
     (h_ref, p_ref, b_ref), (h_got, p_got, b_got) = runs["numpy"], runs["numba"]
     np.testing.assert_allclose(b_got, b_ref, rtol=1e-9, atol=1e-12)
@@ -596,7 +599,7 @@ def test_batchnorm_in_training_mode_runs_log_prob_on_the_whole_batch():
     flows_ = [perturbed(flows.RealNVP(3, n_layers=2, hidden=(6,), batch_norm=True, rng=0)) for _ in range(2)]
     values = [flow.log_prob(x, backend=b) for flow, b in zip(flows_, ("numpy", "numba"))]
     np.testing.assert_allclose(values[1], values[0], rtol=1e-12)
-    bns = [[m for m in plan._flatten(f.bijector) if hasattr(m, "running_var")][0] for f in flows_]
+    bns = [[m for m in f.bijector.flatten() if hasattr(m, "running_var")][0] for f in flows_]
     np.testing.assert_allclose(bns[1].running_var, bns[0].running_var, rtol=1e-12)
     assert not np.allclose(bns[0].running_var, 1.0)
 

@@ -120,6 +120,11 @@ class MaskedAutoregressive(_Autoregressive):
     def _forward_backward(self, ctx, grad_y, grad_log_det):
         return autoregressive_forward_backward(self, ctx, grad_y, grad_log_det, 1.0 / ctx[1])
 
+    def lower(self, d):
+        from ..kernels.specs import Affine, Autoregressive
+        return Autoregressive(net=self.net.lower(), transform=Affine(self.log_scale_clamp or 0.0),
+                              generation=self._generation)
+
 
 def autoregressive_forward_backward(layer, ctx, grad_y, grad_log_det, inverse_diagonal):
     """VJP of an autoregressive layer's sequential (sampling) pass from its one-pass inverse ``g``.
@@ -244,3 +249,9 @@ class SplineAutoregressive(_Autoregressive):
     def _forward_backward(self, ctx, grad_y, grad_log_det):
         per_element_log_det = ctx[4].reshape(grad_y.shape)
         return autoregressive_forward_backward(self, ctx, grad_y, grad_log_det, np.exp(-per_element_log_det))
+
+    def lower(self, d):
+        from ..kernels.specs import Autoregressive
+        return Autoregressive(net=self.net.lower(), transform=self.spline.lower(), generation=self._generation)
+
+

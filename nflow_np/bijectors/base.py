@@ -277,6 +277,21 @@ class Bijector:
         raise ValueError(f"{self.name} is not a monotone scalar bijector, so the CDF of a distribution "
                          f"transformed by it is not defined")
 
+    # ---- the compiled engine
+    def flatten(self):
+        """The layers a flow runs, in order (a chain's members, flattened); ``[self]`` for a single layer."""
+        return [self]
+
+    def lower(self, d):
+        """This layer as a spec of :mod:`nflow_np.kernels.specs` for a flow over ``d`` coordinates.
+
+        The compiled engine runs a flow whose every layer lowers; a layer
+        without a lowering raises :class:`~nflow_np.kernels.specs.Unsupported`
+        here, and its flow runs the NumPy passes.
+        """
+        from ..kernels.specs import Unsupported
+        raise Unsupported(f"{self.name} ({type(self).__name__}) is not compiled")
+
 
 class PassBijector(Bijector):
     """A bijector whose maps and log-dets all come from its two passes.

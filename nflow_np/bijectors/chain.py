@@ -59,6 +59,9 @@ class Chain(Bijector):
     def _children(self):
         return [(str(i), b) for i, b in enumerate(self.bijectors)]
 
+    def flatten(self):
+        return [layer for b in self.bijectors for layer in b.flatten()]
+
     def _member_reduce(self, b, log_det):
         return b._reduce(log_det, self.event_ndims)
 

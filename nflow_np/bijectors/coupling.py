@@ -89,6 +89,10 @@ class _Coupling(PassBijector):
     def _wrap_grads(self, grads):
         return {k if k == CONTEXT_GRAD else f"net.{k}": v for k, v in grads.items()}
 
+    def lower(self, d):
+        from ..kernels.specs import Coupling
+        return Coupling(conditioned=self._a, transformed=self._b, net=self.net.lower(), transform=self._transform())
+
 
 class AdditiveCoupling(_Coupling):
     """NICE's additive coupling: ``y_b = x_b + t(x_a)``, ``y_a = x_a``; log-det 0.
@@ -136,6 +140,10 @@ class AdditiveCoupling(_Coupling):
 
     def _inverse_backward(self, cache, grad_x, grad_log_det):
         return self._backward(cache, grad_x, -1.0)
+
+    def _transform(self):
+        from ..kernels.specs import Additive
+        return Additive()
 
 
 class AffineCoupling(_Coupling):
@@ -204,6 +212,10 @@ class AffineCoupling(_Coupling):
         grad_log_scale = -grad_xb * xb - grad_log_det[..., None]
         grad_cond, grads = self._net_backward(net_ctx, -grad_yb, grad_log_scale)
         return self._assemble(grad_x[..., self._a] + grad_cond, grad_yb), self._wrap_grads(grads)
+
+    def _transform(self):
+        from ..kernels.specs import Affine
+        return Affine(self.log_scale_clamp or 0.0)
 
 
 def spline_transform(kernel, settings, values, params):
@@ -288,3 +300,8 @@ class SplineCoupling(_Coupling):
 
     def _forward_backward(self, ctx, grad_y, grad_log_det):
         return self._spline_backward(rqs_inverse_backward_numpy, ctx, grad_y, grad_log_det)
+
+    def _transform(self):
+        return self.spline.lower()
+
+

@@ -138,6 +138,12 @@ class Permute(_VolumePreserving):
     def __repr__(self):
         return f"{self.name}({self.permutation.tolist()})"
 
+    def lower(self, d):
+        from ..kernels.specs import Permutation, Unsupported
+        if self.permutation.size != d:
+            raise Unsupported(f"{self.name} acts on {self.permutation.size} coordinates, the flow on {d}")
+        return Permutation(density=self._inverse_permutation, sampling=self.permutation)
+
 
 class Reverse(_VolumePreserving):
     """Reverse the coordinates of each vector: ``y = x[..., ::-1]``, its own inverse.
@@ -162,6 +168,11 @@ class Reverse(_VolumePreserving):
 
     def _inverse_backward(self, ctx, grad_x, grad_log_det):
         return grad_x[..., ::-1].copy(), {}
+
+    def lower(self, d):
+        from ..kernels.specs import Permutation
+        order = np.arange(d)[::-1]
+        return Permutation(density=order, sampling=order)
 
 
 class Rotation(_VolumePreserving):

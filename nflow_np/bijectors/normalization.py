@@ -238,6 +238,14 @@ class BatchNorm(_FeatureBijector):
         mode = "train" if self.training else "eval"
         return f"{super().__repr__()[:-1]}, mode={mode})"
 
+    def lower(self, d):
+        from ..kernels.specs import BatchNorm as BatchNormSpec
+        from ..kernels.specs import Unsupported
+        if self.features != d:
+            raise Unsupported(f"{self.name} acts on {self.features} features, the flow on {d}")
+        return BatchNormSpec(params=self.params, state=self, features=self.features, eps=self.eps,
+                             momentum=self.momentum)
+
 
 class ActNorm(_FeatureBijector):
     """Activation normalization (Glow): a per-feature affine map with data-dependent initialization.
@@ -336,3 +344,9 @@ class ActNorm(_FeatureBijector):
         grad_y = grad_x * np.exp(-self.params["log_scale"])
         grad_log_scale = -(self._rows(grad_x) * self._rows(x)).sum(axis=0) - grad_log_det.sum()
         return grad_y, {"log_scale": grad_log_scale, "shift": -self._rows(grad_y).sum(axis=0)}
+
+    def lower(self, d):
+        from ..kernels.specs import ActNorm as ActNormSpec
+        return ActNormSpec(params=self.params, state=self)
+
+

@@ -62,6 +62,11 @@ class SplineSettings:
         self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative = self.args
         self.per_dim = 3 * self.bins - 1
 
+    def lower(self):
+        """The compiled engine's spec of this spline (:class:`nflow_np.kernels.specs.Spline`)."""
+        from ..kernels.specs import Spline
+        return Spline(self.bins, *self.args)
+
     def split(self, out):
         k = self.bins
         return out[..., :k], out[..., k:2 * k], out[..., 2 * k:]

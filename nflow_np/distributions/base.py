@@ -28,6 +28,12 @@ class Distribution:
         """Yield ``(dotted_name, array)`` for trainable arrays (none for fixed base distributions)."""
         yield from getattr(self, "params", {}).items()
 
+    def lower(self):
+        """The spec the compiled engine evaluates this base as (:mod:`nflow_np.kernels.specs`); raises
+        :class:`~nflow_np.kernels.specs.Unsupported` when it has none."""
+        from ..kernels.specs import Unsupported
+        raise Unsupported(f"the base distribution {self.name} is not compiled")
+
     # ---- validation
     def _prepare(self, x, method):
         where = f"{self.name}.{method}"

@@ -109,5 +109,12 @@ class MultivariateNormalDiag(Distribution):
         return (0.5 + _HALF_LOG_2PI + np.log(np.broadcast_to(self.scale_diag, self.batch_shape + self.event_shape))
                 ).sum(axis=-1)
 
+    def lower(self):
+        from ..kernels.specs import StandardNormal, Unsupported
+        if self.batch_shape != () or dict(self.parameters()) or not (np.all(self.loc == 0)
+                                                                      and np.all(self.scale_diag == 1)):
+            raise Unsupported("the base distribution is not a standard MultivariateNormalDiag")
+        return StandardNormal(int(self.event_shape[0]))
+
     def __repr__(self):
         return f"MultivariateNormalDiag(loc={self.loc}, scale_diag={self.scale_diag})"

@@ -116,7 +116,7 @@ class TransformedDistribution(Distribution):
         if program is None:
             return self._log_prob(x, *extra)
         d = self.event_shape[0]
-        return program.log_prob(x.reshape(-1, d), "numba", self._context_rows(extra)).reshape(x.shape[:-1])
+        return program.log_prob(x.reshape(-1, d), self._context_rows(extra)).reshape(x.shape[:-1])
 
     def prob(self, x, context=None, backend=None):
         """Density at ``x``."""
@@ -151,7 +151,7 @@ class TransformedDistribution(Distribution):
         z = self.distribution._sample(shape, as_generator(rng))
         extra = self._context_args(context, z, method, "the samples")
         if program is not None:
-            x, log_prob = program.sample(z.reshape(-1, self.event_shape[0]), "numba", self._context_rows(extra))
+            x, log_prob = program.sample(z.reshape(-1, self.event_shape[0]), self._context_rows(extra))
             return x.reshape(z.shape), log_prob.reshape(z.shape[:-1])
         if not with_log_prob:
             return self.bijector._forward(z, *extra), None

@@ -7,11 +7,13 @@ covered. A program owns no parameters: every call copies the flow's current
 users keep updating the arrays they hold.
 """
 
+import threading
+
 import numpy as np
 
 from . import program as prog
+from . import specs
 from .autoregressive import degree_groups, maf_forward_scratch_size
-from .backend import load_numba
 from .mlp import ACTIVATION_CODES, hidden_size
 
 __all__ = ["Program", "compile_flow", "program_for", "supports"]
@@ -24,39 +26,23 @@ CHUNK = 256
 BLAS_SINGLE_THREAD = 65536
 
 
-def _flatten(bijector):
-    from ..bijectors.chain import Chain
-
-    if isinstance(bijector, Chain):
-        out = []
-        for b in bijector.bijectors:
-            out.extend(_flatten(b))
-        return out
-    return [bijector]
-
-
 class Program:
-    """The flattened form of one flow; see :mod:`nflow_np.kernels.program` for the arrays."""
+    """The flattened form of one flow, built from its layers' specs; see :mod:`nflow_np.kernels.program`."""
 
     def __init__(self, flow):
-        from ..bijectors.autoregressive import MaskedAutoregressive, SplineAutoregressive
-        from ..bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
-        from ..bijectors.linear import Permute, Reverse
-        from ..bijectors.normalization import ActNorm, BatchNorm
-        from ..distributions.normal import MultivariateNormalDiag
-
-        base = flow.distribution
-        if not (isinstance(base, MultivariateNormalDiag) and base.batch_shape == () and not dict(base.parameters())
-                and np.all(base.loc == 0) and np.all(base.scale_diag == 1)):
-            raise prog.Unsupported("the base distribution is not a standard MultivariateNormalDiag")
+        base = flow.distribution.lower()
         self.dtype = np.dtype(flow.dtype)
-        self.d = d = int(flow.event_shape[0])
+        self.d = d = int(flow.event_shape[0]) if flow.event_shape else 0
+        if not isinstance(base, specs.StandardNormal) or base.d != d:
+            raise prog.Unsupported("the base distribution is not a standard normal over the flow's coordinates")
         self.context_size = c = int(flow.context_size)
-        self.layers = _flatten(flow.bijector)
+        self.layers = flow.bijector.flatten()
+        self.specs = []        # each layer's spec, in density order
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
-        self.batchnorms = []   # (layer index, bijector); their running statistics follow the parameters
-        self.splines = []      # (layer index, bijector); their bound and minima follow, as constants
+        self.batchnorms = []   # (layer index, spec); their running statistics follow the parameters
+        self.splines = []      # (layer index, spec); their bound and minima follow, as constants
+        self.actnorms = []     # each ActNorm's state: compiled calls wait until it has seen data
         cache = [0]            # per-row cache floats so far
         widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "weights": 1}
 
@@ -66,26 +52,26 @@ class Program:
             idata.extend([len(values)] + values)
             return off
 
-        def add_params(owner, keys, mask=None):
+        def add_params(params, keys, mask=None):
             start = len(pmask)
             for key in keys:
-                arr = owner.params[key]
-                self.slots.append((owner.params, key, len(pmask), arr.size))
+                arr = params[key]
+                self.slots.append((params, key, len(pmask), arr.size))
                 m = np.ones(arr.size) if mask is None or key not in mask else np.asarray(mask[key]).ravel()
                 pmask.extend(m.tolist())
             return start
 
-        def add_net(net, n_in, masks=None):
+        def add_net(net):
             if net.activation not in ACTIVATION_CODES:
                 raise prog.Unsupported(f"activation {net.activation!r} is not compiled")
-            if net.context_features and masks is not None:
+            if net.context and net.masks is not None:
                 raise prog.Unsupported("conditional MADE networks (MAF with a context) are not compiled")
-            # a conditional coupling's network sees its coordinates, then the context
-            widths = (n_in + net.context_features,) + net.hidden + (net.out_features,)
+            widths = net.widths
             keys = [f"{kind}{i}" for i in range(len(widths) - 1) for kind in ("w", "b")]
-            off = add_params(net, keys, masks)
+            masks = None if net.masks is None else {f"w{i}": m for i, m in enumerate(net.masks)}
+            off = add_params(net.params, keys, masks)
             widest["hidden"] = max([widest["hidden"]] + list(net.hidden))
-            widest["net"] = max(widest["net"], net.out_features)
+            widest["net"] = max(widest["net"], widths[-1])
             widest["weights"] = max([widest["weights"]] + [widths[i] * widths[i + 1] for i in range(len(widths) - 1)])
             return off, widths
 
@@ -94,66 +80,58 @@ class Program:
             clamp = 0.0
             if b.dtype is not None and b.dtype != self.dtype:
                 raise prog.Unsupported(f"{b.name} has dtype {b.dtype}")
-            if isinstance(b, (AffineCoupling, AdditiveCoupling)):
-                affine = isinstance(b, AffineCoupling)
-                f[prog.F_THETA], widths = add_net(b.net, b._a.size)
-                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[b.net.activation]
-                f[prog.F_A], f[prog.F_B], f[prog.F_FLAG] = ints(b._a), ints(b._b), int(affine)
+            spec = b.lower(d)
+            self.specs.append(spec)
+            transform = getattr(spec, "transform", None)
+            if isinstance(spec, (specs.Coupling, specs.Autoregressive)):
+                if not isinstance(transform, specs.TRANSFORMS):
+                    raise prog.Unsupported(f"{b.name}: transform {type(transform).__name__} is not compiled")
+                f[prog.F_THETA], widths = add_net(spec.net)
+                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[spec.net.activation]
                 f[prog.F_CACHE] = cache[0]
+            if isinstance(spec, specs.Coupling):
+                f[prog.F_A], f[prog.F_B] = ints(spec.conditioned), ints(spec.transformed)
+                widest["cond"] = max(widest["cond"], widths[0])
                 cache[0] += widths[0] + hidden_size(widths) + widths[-1]
-                widest["cond"] = max(widest["cond"], widths[0])
-                clamp = (b.log_scale_clamp or 0.0) if affine else 0.0
-                op = prog.OP_COUPLING
-            elif isinstance(b, SplineCoupling):
-                f[prog.F_THETA], widths = add_net(b.net, b._a.size)
-                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[b.net.activation]
-                f[prog.F_A], f[prog.F_B], f[prog.F_FLAG] = ints(b._a), ints(b._b), b.spline.bins
-                f[prog.F_CACHE] = cache[0]
-                cache[0] += widths[0] + hidden_size(widths) + widths[-1] + 4 * b._b.size
-                widest["cond"] = max(widest["cond"], widths[0])
-                self.splines.append((len(ops), b))
-                op = prog.OP_SPLINE
-            elif isinstance(b, SplineAutoregressive):
-                net = b.net
-                f[prog.F_THETA], widths = add_net(net, d, {f"w{i}": m for i, m in enumerate(net.masks)})
-                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[net.activation]
-                f[prog.F_A], f[prog.F_B], f[prog.F_FLAG] = ints([]), ints(b._generation), b.spline.bins
-                f[prog.F_CACHE] = cache[0]
-                cache[0] += hidden_size(widths) + widths[-1] + 4 * d
-                self.splines.append((len(ops), b))
-                op = prog.OP_SPLINE_MAF
-            elif isinstance(b, MaskedAutoregressive):
-                net = b.net
-                masks = {f"w{i}": m for i, m in enumerate(net.masks)}
-                f[prog.F_THETA], widths = add_net(net, d, masks)
-                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[net.activation]
-                f[prog.F_A], f[prog.F_B] = ints([]), ints(b._generation)
-                groups = degree_groups(net.degrees, d)
-                f[prog.F_GROUPS] = len(idata)
-                idata.extend(groups.tolist())
-                f[prog.F_CACHE] = cache[0]
+                if isinstance(transform, specs.Spline):
+                    f[prog.F_FLAG] = transform.bins
+                    cache[0] += 4 * spec.transformed.size
+                    self.splines.append((len(ops), transform))
+                    op = prog.OP_SPLINE
+                else:
+                    f[prog.F_FLAG] = int(isinstance(transform, specs.Affine))
+                    clamp = transform.clamp if isinstance(transform, specs.Affine) else 0.0
+                    op = prog.OP_COUPLING
+            elif isinstance(spec, specs.Autoregressive):
+                f[prog.F_A], f[prog.F_B] = ints([]), ints(spec.generation)
                 cache[0] += hidden_size(widths) + widths[-1]
-                widest["maf_scratch"] = max(widest["maf_scratch"], maf_forward_scratch_size(widths))
-                clamp = b.log_scale_clamp or 0.0
-                op = prog.OP_MAF
-            elif isinstance(b, (Permute, Reverse)):
-                perm = b.permutation if isinstance(b, Permute) else np.arange(d)[::-1]
-                if perm.size != d:
-                    raise prog.Unsupported(f"{b.name} acts on {perm.size} coordinates, the flow on {d}")
-                f[prog.F_A], f[prog.F_B] = ints(np.argsort(perm)), ints(perm)
+                if isinstance(transform, specs.Spline):
+                    f[prog.F_FLAG] = transform.bins
+                    cache[0] += 4 * d
+                    self.splines.append((len(ops), transform))
+                    op = prog.OP_SPLINE_MAF
+                elif isinstance(transform, specs.Affine):
+                    f[prog.F_GROUPS] = len(idata)
+                    idata.extend(degree_groups(spec.net.degrees, d).tolist())
+                    widest["maf_scratch"] = max(widest["maf_scratch"], maf_forward_scratch_size(widths))
+                    clamp = transform.clamp
+                    op = prog.OP_MAF
+                else:
+                    raise prog.Unsupported(f"{b.name}: an autoregressive {type(transform).__name__} is not compiled")
+            elif isinstance(spec, specs.Permutation):
+                f[prog.F_A], f[prog.F_B] = ints(spec.density), ints(spec.sampling)
                 op = prog.OP_PERMUTE
-            elif isinstance(b, ActNorm):
-                f[prog.F_THETA] = add_params(b, ["log_scale", "shift"])
+            elif isinstance(spec, specs.ActNorm):
+                f[prog.F_THETA] = add_params(spec.params, ["log_scale", "shift"])
+                self.actnorms.append(spec.state)
                 op = prog.OP_ACTNORM
-            elif isinstance(b, BatchNorm):
-                if b.features != d:
-                    raise prog.Unsupported(f"{b.name} acts on {b.features} features, the flow on {d}")
-                f[prog.F_THETA] = add_params(b, ["log_gamma", "beta"])
-                self.batchnorms.append((len(ops), b))
-                clamp = b.eps
+            elif isinstance(spec, specs.BatchNorm):
+                f[prog.F_THETA] = add_params(spec.params, ["log_gamma", "beta"])
+                self.batchnorms.append((len(ops), spec))
+                clamp = spec.eps
                 op = prog.OP_BATCHNORM
             else:
-                raise prog.Unsupported(f"{b.name} ({type(b).__name__}) is not compiled")
+                raise prog.Unsupported(f"{b.name}: spec {type(spec).__name__} is not compiled")
             ops.append(op)
             fields.append(f)
             clamps.append(clamp)
@@ -166,17 +144,18 @@ class Program:
         self.n_params = len(pmask)
         # running statistics and momentum of each BatchNorm: [mean (d), var (d), momentum]
         self.buffer_slots, self.constants = [], []
-        for layer, b in self.batchnorms:
+        for layer, spec in self.batchnorms:
             start = len(pmask)
             self.fields[layer, prog.F_B] = start
-            self.buffer_slots += [(b.__dict__, "running_mean", start, d), (b.__dict__, "running_var", start + d, d)]
-            self.constants.append((start + 2 * d, b.momentum))
+            self.buffer_slots += [(spec.state.__dict__, "running_mean", start, d),
+                                  (spec.state.__dict__, "running_var", start + d, d)]
+            self.constants.append((start + 2 * d, spec.momentum))
             pmask.extend([1.0] * (2 * d + 1))
-        for layer, b in self.splines:
+        for layer, spline in self.splines:
             start = len(pmask)
             self.fields[layer, prog.F_GROUPS] = start
-            self.constants += [(start + k, value) for k, value in enumerate(b.spline.args)]
-            pmask.extend([1.0] * len(b.spline.args))
+            self.constants += [(start + k, value) for k, value in enumerate(spline.constants)]
+            pmask.extend([1.0] * len(spline.constants))
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)
         n_layers = len(ops)
@@ -193,14 +172,13 @@ class Program:
                                                              offsets[prog.W_CTX], c]
         self.layout = np.array(layout, dtype=np.int64)
         self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
-        self.actnorms = [b for b in self.layers if isinstance(b, ActNorm)]
         # each slot's name in flow.parameters(), so gradients come back keyed like the optimizer's arrays
         by_id = {id(arr): name for name, arr in flow.parameters()}
         self.names = [by_id[id(params[key])] for params, key, _, _ in self.slots]
 
     @staticmethod
     def _signature(flow):
-        return (id(flow.bijector),) + tuple((id(b), type(b)) for b in _flatten(flow.bijector))
+        return (id(flow.bijector),) + tuple((id(b), type(b)) for b in flow.bijector.flatten())
 
     # ------------------------------------------------------------------ parameters
     def theta(self):
@@ -222,7 +200,7 @@ class Program:
 
     def batch_statistics(self):
         """Whether a BatchNorm layer is in training mode (its density pass couples the rows of a batch)."""
-        return any(b.training for _, b in self.batchnorms)
+        return any(spec.state.training for _, spec in self.batchnorms)
 
     def gradients(self, gtheta):
         """A flat gradient as a dict keyed like ``flow.parameters()``."""
@@ -235,19 +213,26 @@ class Program:
                         dtype=self.dtype)
 
     def _arrays(self):
-        for layer, b in self.batchnorms:
-            self.fields[layer, prog.F_FLAG] = int(b.training)
-        return self.ops, self.fields, self.clamps, self.idata, self.layout
+        """``(meta, clamps)`` for the compiled runner, with each BatchNorm's current mode."""
+        for layer, spec in self.batchnorms:
+            self.fields[layer, prog.F_FLAG] = int(spec.state.training)
+        from .compiled import pack_meta
+        return pack_meta(self.fields, self.idata, self.layout, self.size), self.clamps
 
-    def _kernel(self, name, backend):
-        if backend == "numba":
-            load_numba()
-        return getattr(prog, f"{name}_{backend}")
+    def table(self, *passes):
+        """The entry addresses of every layer (``layers x 3``), with those of ``passes`` compiled and filled in."""
+        from . import compiled
+        table = self.__dict__.setdefault("_table", np.zeros((len(self.ops), compiled.PASSES), dtype=np.int64))
+        for pass_ in passes:
+            for layer, op in enumerate(self.ops):
+                if not table[layer, pass_]:
+                    table[layer, pass_] = compiled.entry_address(op, pass_, self.dtype)
+        return table
 
-    def _geometry(self, n, backend):
+    def _geometry(self, n):
         """``(parts, chunk)``: how many threads share ``n`` rows, and the rows per chunk."""
         chunk = min(CHUNK, n)
-        if backend != "numba" or not self.parallel_chunks or n < 8 * CHUNK:
+        if not self.parallel_chunks or n < 8 * CHUNK:
             return 1, chunk
         import numba
         return max(1, min(numba.get_num_threads(), n // (4 * CHUNK))), chunk
@@ -257,6 +242,22 @@ class Program:
         theta *= self.pmask
         return theta
 
+    def _rows(self, kernel, n, pass_, *arrays):
+        """Run ``kernel`` over rows ``0..n`` in chunks, split over threads when the batch is large."""
+        parts, chunk = self._geometry(n)
+        table = self.table(pass_)
+        meta, clamps = self._arrays()
+        theta = self._effective()
+        ws = self.workspace(chunk, parts)
+        per_part = -(-n // parts)
+        calls = [(table, meta, clamps, theta, *arrays, ws[k], chunk, k * per_part, min(n, (k + 1) * per_part))
+                 for k in range(parts)]
+        if parts == 1:
+            kernel(*calls[0])
+        else:   # the kernels release the GIL
+            for future in [_pool().submit(kernel, *args) for args in calls]:
+                future.result()
+
     # ------------------------------------------------------------------ whole-flow calls
     def context_rows(self, context, n):
         """The context as contiguous ``(n, c)`` rows (``(n, 0)`` for an unconditional flow)."""
@@ -264,38 +265,50 @@ class Program:
             return np.empty((n, self.context_size), dtype=self.dtype)
         return np.ascontiguousarray(np.broadcast_to(context, (n, self.context_size)), dtype=self.dtype)
 
-    def log_prob(self, x, backend, context=None):
+    def log_prob(self, x, context=None):
         """Log-densities of rows ``x`` (n, d) given ``context`` rows (n, c), validated by the caller."""
         n = x.shape[0]
         out = np.empty(n, dtype=self.dtype)
         if n:
-            parts, chunk = self._geometry(n, backend)
-            self._kernel("flow_log_prob", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(x),
-                                                   self.context_rows(context, n), out, self.workspace(chunk, parts),
-                                                   chunk)
+            from .compiled import DENSITY, log_prob_rows
+            self._rows(log_prob_rows, n, DENSITY, np.ascontiguousarray(x), self.context_rows(context, n), out)
         return out
 
-    def sample(self, z, backend, context=None):
+    def sample(self, z, context=None):
         """``(forward(z), log p(forward(z)))`` for base points ``z`` (n, d) and ``context`` rows."""
         n = z.shape[0]
         x = np.empty_like(z)
         log_prob = np.empty(n, dtype=self.dtype)
         if n:
-            parts, chunk = self._geometry(n, backend)
-            self._kernel("flow_sample", backend)(*self._arrays(), self._effective(), np.ascontiguousarray(z),
-                                                 self.context_rows(context, n), x, log_prob,
-                                                 self.workspace(chunk, parts), chunk)
+            from .compiled import SAMPLING, sample_rows
+            self._rows(sample_rows, n, SAMPLING, np.ascontiguousarray(z), self.context_rows(context, n), x, log_prob)
         return x, log_prob
 
-    def nll_and_grad(self, x, backend, context=None):
+    def nll_and_grad(self, x, context=None):
         """Mean NLL of rows ``x`` (given ``context`` rows) and the flat gradient with respect to ``theta``."""
+        from .compiled import BACKWARD, DENSITY, nll_grad
         gtheta = np.zeros(self.size, dtype=self.dtype)
         theta = self._effective()
-        loss = self._kernel("flow_nll_grad", backend)(*self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
-                                                      self.context_rows(context, x.shape[0]),
-                                                      self.workspace(x.shape[0]), gtheta)
+        loss = nll_grad(self.table(DENSITY, BACKWARD), *self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
+                        self.context_rows(context, x.shape[0]), self.workspace(x.shape[0])[0], gtheta)
         self.write_back(theta, params=False)   # BatchNorm's running statistics moved
         return float(loss), gtheta
+
+
+_pool_holder = []
+_pool_lock = threading.Lock()
+
+
+def _pool():
+    """One process-wide thread pool for splitting large batches."""
+    if not _pool_holder:
+        with _pool_lock:
+            if not _pool_holder:
+                import os
+                from concurrent.futures import ThreadPoolExecutor
+                _pool_holder.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                                       thread_name_prefix="nflow_np"))
+    return _pool_holder[0]
 
 
 def compile_flow(flow):
@@ -335,17 +348,16 @@ class Trainer:
     learning rate) sees and may change the usual arrays.
     """
 
-    def __init__(self, program, optimizer, batch_size, backend):
+    def __init__(self, program, optimizer, batch_size):
         self.program = program
         self.optimizer = optimizer
-        self.backend = backend
         self.keys = program.names
         size = program.size
         self.theta_eff = np.empty(size, dtype=program.dtype)
         self.gtheta = np.zeros(size, dtype=program.dtype)
         self.m = np.zeros(size, dtype=program.dtype)
         self.v = np.zeros(size, dtype=program.dtype)
-        self.ws = program.workspace(batch_size)
+        self.ws = program.workspace(batch_size)[0]
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)
         self.hyper = np.zeros(7, dtype=np.float64)
@@ -370,8 +382,10 @@ class Trainer:
                          opt.clip_norm or 0.0, np.finfo(self.program.dtype).max)
         self.state[:] = (opt.steps, 0)
         losses = np.empty(-(-len(data) // self.batch_size), dtype=np.float64)
-        self.program._kernel("train_epoch", self.backend)(
-            *self.program._arrays(), theta, self.theta_eff, self.program.pmask, data,
+        from .compiled import BACKWARD, DENSITY, train_epoch
+        train_epoch(
+            self.program.table(DENSITY, BACKWARD), *self.program._arrays(), theta, self.theta_eff, self.program.pmask,
+            data,
             self.program.context_rows(context, len(data)), order, self.batch_size,
             self.ws, self.gtheta, self.m, self.v, self.hyper, self.state, losses)
         self.program.write_back(theta)

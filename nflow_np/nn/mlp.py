@@ -111,6 +111,15 @@ class _DenseNet:
     def _finish_grads(self, grads):
         return grads
 
+    def lower(self):
+        """This network as the compiled engine's :class:`nflow_np.kernels.specs.Network`."""
+        from ..kernels.specs import Network
+        masks = getattr(self, "masks", None)
+        return Network(params=self.params, activation=self.activation, context=self.context_features,
+                       widths=(self.in_features + self.context_features,) + tuple(self.hidden) + (self.out_features,),
+                       masks=None if masks is None else tuple(masks),
+                       degrees=None if masks is None else tuple(self.degrees))
+
     def __repr__(self):
         ctx = f", context_features={self.context_features}" if self.context_features else ""
         return (f"{type(self).__name__}({self.in_features} -> {self.hidden} -> {self.out_features}, "

@@ -217,7 +217,7 @@ def _compiled_trainer(flow, optimizer, batch_size):
         from ..kernels.cuda.runner import runner_for
         runner = runner_for(program)
         return None if runner is None else DeviceTrainer(runner, optimizer, batch_size)
-    return Trainer(program, optimizer, batch_size, "numba")
+    return Trainer(program, optimizer, batch_size)
 
 
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,

@@ -51,7 +51,7 @@ def nll_and_grad(flow, x, backend=None, context=None):
     extra = flow._context_args(context, x, where)
     program = flow._compiled(backend, where)
     if program is not None and x.ndim >= 1 and x.size:
-        loss, gtheta = program.nll_and_grad(x.reshape(-1, flow.event_shape[0]), "numba", flow._context_rows(extra))
+        loss, gtheta = program.nll_and_grad(x.reshape(-1, flow.event_shape[0]), flow._context_rows(extra))
         return loss, program.gradients(gtheta)
     bijector = flow.bijector
     z, log_det, ctx = bijector._inverse_pass(x, *extra)

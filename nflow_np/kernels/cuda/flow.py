@@ -49,7 +49,7 @@ class Layer:
 
         d = program.d
         self.op = int(program.ops[index])
-        self.bijector = bijector     # a BatchNorm's training flag is read at every pass
+        self.bijector = bijector     # a BatchNorm's state: its training flag is read at every pass
         self.off = int(f[prog.F_THETA])
         self.clamp = float(program.clamps[index])
         self.na, self.widths = 0, (d,)

@@ -68,7 +68,7 @@ class DeviceProgram:
         self.dtype = program.dtype
         self.d = program.d
         self.work = Scratch()
-        batchnorms = dict(program.batchnorms)
+        batchnorms = {layer: spec.state for layer, spec in program.batchnorms}
         self.layers = [Layer(program, i, batchnorms.get(i)) for i in range(len(program.ops))]
         self.theta = empty(program.size, self.dtype)       # effective (masked) parameters and running statistics
         self.gtheta = empty(program.size, self.dtype)
@@ -124,7 +124,7 @@ class DeviceProgram:
         return cuda.to_device(np.ascontiguousarray(x, dtype=self.dtype)), False
 
     # ------------------------------------------------------------------ whole-flow calls
-    def log_prob(self, x, backend=None, context=None):
+    def log_prob(self, x, context=None):
         """Log-densities of rows ``x`` (n, d), NumPy or device; the result lives where ``x`` does."""
         self._no_context(context, "log_prob")
         x, on_device = self._input(x, "log_prob")
@@ -156,7 +156,7 @@ class DeviceProgram:
                 normal_log_prob_cuda(z[start:start + m], lp, sign=-1)
         return x, log_prob
 
-    def sample(self, z, backend=None, context=None):
+    def sample(self, z, context=None):
         """``(forward(z), log p(forward(z)))`` for base points ``z`` (n, d); results live where ``z`` does."""
         self._no_context(context, "sample")
         z, on_device = self._input(z, "sample")
@@ -176,7 +176,7 @@ class DeviceProgram:
         x, log_prob = self._sample_on_device(z)
         return (x, log_prob) if on_device else (x.copy_to_host(), log_prob.copy_to_host())
 
-    def nll_and_grad(self, x, backend=None, context=None):
+    def nll_and_grad(self, x, context=None):
         """Mean NLL of rows ``x`` and the flat gradient (host), as :meth:`Program.nll_and_grad`."""
         self._no_context(context, "nll_and_grad")
         n = x.shape[0]

@@ -1,0 +1,138 @@
+"""Layer specs: how a bijector describes itself to the compiled engine.
+
+A compilable bijector implements ``lower()`` and returns one of the specs
+below; :class:`~nflow_np.kernels.plan.Program` turns a list of them into the
+arrays the compiled runners walk. The engine dispatches on these classes
+alone and imports no bijector; a bijector without a lowering raises
+:class:`Unsupported` from ``lower()`` and its flow runs the NumPy passes.
+
+A layer is a *frame* (coupling, autoregressive, or an elementwise/linear
+layer of its own) holding a *transform* (affine, additive, spline) and, for
+the frames, a conditioner :class:`Network`. Parameter arrays are referenced,
+not copied: the program reads the owner's ``params`` dict on every call, so
+optimizers keep updating the arrays they hold.
+
+This module imports NumPy only, so bijectors may import it freely.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+__all__ = ["Unsupported", "Network", "Affine", "Additive", "Spline", "Coupling", "Autoregressive", "Permutation",
+           "ActNorm", "BatchNorm", "StandardNormal", "TRANSFORMS"]
+
+
+class Unsupported(ValueError):
+    """The flow holds a layer the compiled program does not cover; the NumPy passes run it instead."""
+
+
+# ---------------------------------------------------------------- conditioners
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """A dense conditioner (MLP) or a masked one (MADE) with its parameters ``w0, b0, w1, b1, ...`` in ``params``.
+
+    ``widths`` runs from the network's input (coordinates, then ``context``
+    inputs) to its output; ``masks`` (MADE only) multiply ``w0, w1, ...``;
+    ``degrees`` are MADE's per-layer unit degrees (input first).
+    """
+    params: dict
+    widths: Tuple[int, ...]
+    activation: str
+    context: int = 0
+    masks: Optional[Tuple[np.ndarray, ...]] = None
+    degrees: Optional[Tuple[np.ndarray, ...]] = None
+
+    @property
+    def hidden(self):
+        return self.widths[1:-1]
+
+
+# ---------------------------------------------------------------- elementwise transforms of the frames
+
+@dataclass(frozen=True)
+class Affine:
+    """``y = x exp(s) + t``, ``s = clamp tanh(raw / clamp)`` (``clamp`` 0: ``s = raw``); 2 outputs per coordinate."""
+    clamp: float = 0.0
+    outputs_per_coordinate = 2
+
+
+@dataclass(frozen=True)
+class Additive:
+    """``y = x + t``; 1 output per coordinate, no log-det."""
+    outputs_per_coordinate = 1
+
+
+@dataclass(frozen=True)
+class Spline:
+    """A rational-quadratic spline on ``[-bound, bound]`` (identity outside); ``3 bins - 1`` outputs per coordinate."""
+    bins: int
+    bound: float
+    min_bin_width: float
+    min_bin_height: float
+    min_derivative: float
+
+    @property
+    def outputs_per_coordinate(self):
+        return 3 * self.bins - 1
+
+    @property
+    def constants(self):
+        return (self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
+
+
+TRANSFORMS = (Affine, Additive, Spline)
+
+
+# ---------------------------------------------------------------- layers
+
+@dataclass(frozen=True, eq=False)
+class Coupling:
+    """Coordinates ``conditioned`` pass through and feed ``net``; ``transformed`` go through ``transform``."""
+    conditioned: np.ndarray
+    transformed: np.ndarray
+    net: Network
+    transform: Any
+
+
+@dataclass(frozen=True, eq=False)
+class Autoregressive:
+    """A MADE ``net`` emitting each coordinate's transform parameters from the coordinates before it.
+
+    ``generation`` is the order in which sampling fills the coordinates.
+    """
+    net: Network
+    transform: Any
+    generation: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Permutation:
+    """``y = x[..., sampling]`` in the sampling direction; ``density`` is its inverse permutation."""
+    density: np.ndarray
+    sampling: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ActNorm:
+    """``y = x exp(log_scale) + shift``; ``params`` holds both; ``state.initialized`` says whether it has seen data."""
+    params: dict
+    state: Any
+
+
+@dataclass(frozen=True, eq=False)
+class BatchNorm:
+    """Batch normalization; ``state`` holds ``training``, ``running_mean`` and ``running_var`` (updated in place)."""
+    params: dict
+    state: Any
+    features: int
+    eps: float
+    momentum: float
+
+
+@dataclass(frozen=True)
+class StandardNormal:
+    """The base distribution the engine evaluates itself: a standard normal over ``d`` coordinates."""
+    d: int
