@@ -28,8 +28,9 @@ textbook way, in both twins.
 import numpy as np
 
 from .backend import numba_twin
-from .coupling import _log_scale_numba, _log_scale_numpy
+from .coupling import _log_scale_numpy
 from .mlp import mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_forward_numpy
+from .scalar import activate, affine_density, affine_density_vjp, affine_sampling, soft_clamp
 from .spline import rqs_forward_backward_numba, rqs_forward_backward_numpy, rqs_forward_numba, \
     rqs_forward_numpy, rqs_inverse_numba, rqs_inverse_numpy
 
@@ -150,9 +151,9 @@ def maf_inverse_numba(theta, off, widths, act, clamp, y, x, ld, hid, net):
     for i in range(y.shape[0]):
         total = 0.0
         for j in range(d):
-            s = _log_scale_numba(net[i, d + j], clamp)
+            s = soft_clamp(net[i, d + j], clamp, 0.0)
             net[i, d + j] = s
-            x[i, j] = (y[i, j] - net[i, j]) * np.exp(-s)
+            x[i, j] = affine_density(y[i, j], net[i, j], s)
             total += s
         ld[i] -= total
 
@@ -162,27 +163,12 @@ def maf_inverse_backward_numba(theta, off, widths, act, clamp, y, x, gx, gld, hi
     d = y.shape[1]
     for i in range(y.shape[0]):
         for j in range(d):
-            s = net[i, d + j]
-            direct = gx[i, j] * np.exp(-s)
-            gnet[i, j] = -direct
-            g = -gx[i, j] * x[i, j] - gld[i]
-            if clamp > 0.0:
-                q = s / clamp
-                g *= 1.0 - q * q
-            gnet[i, d + j] = g
+            _, gnet[i, j], gnet[i, d + j] = affine_density_vjp(gx[i, j], x[i, j], gld[i], net[i, d + j], clamp, 0.0,
+                                                               1.0)
     mlp_backward_numba(theta, off, widths, act, y, hid, gnet, gy, gtheta, d1, d2)
     for i in range(y.shape[0]):
         for j in range(d):
             gy[i, j] += gx[i, j] * np.exp(-net[i, d + j])
-
-
-@numba_twin
-def _activate_numba(v, act):
-    if act == 0:
-        return max(v, 0.0)
-    if act == 1:
-        return np.tanh(v)
-    return v if v > 0.0 else np.expm1(v)
 
 
 @numba_twin
@@ -236,7 +222,7 @@ def maf_forward_numba(theta, off, widths, act, clamp, generation, groups, x, y, 
                         for r in range(n):
                             row[r] += wv * src[r]
                 for r in range(n):
-                    row[r] = _activate_numba(row[r], act)
+                    row[r] = activate(row[r], act, 0.0)
         i = generation[k]
         fi = widths[last]
         feats = y_t if n_hidden == 0 else hid[n * hoff[n_hidden - 1]:n * hoff[n_hidden]].reshape((fi, n))
@@ -251,8 +237,8 @@ def maf_forward_numba(theta, off, widths, act, clamp, generation, groups, x, y, 
                     for r in range(n):
                         acc[r] += wv * src[r]
         for r in range(n):
-            s = _log_scale_numba(out[1, r], clamp)
-            value = x[r, i] * np.exp(s) + out[0, r]
+            s = soft_clamp(out[1, r], clamp, 0.0)
+            value = affine_sampling(x[r, i], out[0, r], s)
             y_t[i, r] = value
             y[r, i] = value
             ld[r] += s

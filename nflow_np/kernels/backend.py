@@ -30,7 +30,7 @@ BACKENDS = ("numpy", "numba", "cuda")
 
 _state = threading.local()
 _default = None
-_twins = []          # (function, options) in registration order
+_twins = []          # functions, in registration order
 _compiled = None     # function -> dispatcher, once load_numba has run
 _lock = threading.Lock()
 _cuda_probe = []     # [None] when the CUDA backend can run, else [(exception class, reason)]
@@ -139,15 +139,25 @@ def resolve_backend(name=None, where="backend"):
     return get_backend() if name is None else _check_name(name, where)
 
 
-def numba_twin(fn=None, *, parallel=False):
-    """Mark ``fn`` as a compiled twin: plain Python until :func:`load_numba` runs, ``njit`` after.
+def numba_twin(fn):
+    """Mark ``fn`` as a compiled twin: plain Python until :func:`load_numba` runs, ``njit`` after."""
+    with _lock:
+        _twins.append(fn)
+        if _compiled is None:
+            return fn
+        # a kernel module imported after load_numba ran: its twins are wrapped as they are defined
+        _compiled[fn] = _dispatcher(fn)
+        return _compiled[fn]
 
-    ``parallel=True`` compiles with Numba's ``parallel`` option (``prange`` loops over rows).
-    """
-    def mark(f):
-        _twins.append((f, {"parallel": parallel}))
-        return f
-    return mark if fn is None else mark(fn)
+
+def _dispatcher(fn):
+    import numba
+
+    # error_model="numpy": a division by zero gives inf/NaN like NumPy (caught by the callers'
+    # finiteness checks) instead of raising inside a compiled loop. fastmath is limited to
+    # reassociation and fused multiply-add, so that dot products vectorize; NaN and inf keep
+    # their meaning (no "nnan"/"ninf"), which the finiteness guards rely on.
+    return numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})(fn)
 
 
 def load_numba():
@@ -164,23 +174,12 @@ def load_numba():
         if _compiled is not None:
             return _compiled
         _check_name("numba", "load_numba")
-        import numba
-
-        compiled = {}
-        for fn, options in _twins:
-            # error_model="numpy": a division by zero gives inf/NaN like NumPy (caught by the callers'
-            # finiteness checks) instead of raising inside a compiled loop. fastmath is limited to
-            # reassociation and fused multiply-add, so that dot products vectorize; NaN and inf keep
-            # their meaning (no "nnan"/"ninf"), which the finiteness guards rely on.
-            compiled[fn] = numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"},
-                                      parallel=options["parallel"])(fn)
+        compiled = {fn: _dispatcher(fn) for fn in _twins}
         prefix = __name__.rsplit(".", 1)[0] + "."
         for module_name, module in list(sys.modules.items()):
             if module is None or not module_name.startswith(prefix):
                 continue
             namespace = vars(module)
-            if namespace.get("prange") is range:
-                namespace["prange"] = numba.prange
             for key, value in list(namespace.items()):
                 if callable(value) and value in compiled:
                     namespace[key] = compiled[value]

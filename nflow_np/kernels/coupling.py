@@ -26,6 +26,7 @@ import numpy as np
 
 from .backend import numba_twin
 from .mlp import mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_forward_numpy
+from .scalar import affine_density, affine_density_vjp, affine_sampling, affine_sampling_vjp, soft_clamp
 from .spline import rqs_forward_backward_numba, rqs_forward_backward_numpy, rqs_forward_numba, \
     rqs_forward_numpy, rqs_inverse_numba, rqs_inverse_numpy
 
@@ -175,11 +176,6 @@ def _gather_numba(src, idx, dst):
 
 
 @numba_twin
-def _log_scale_numba(raw, clamp):
-    return clamp * np.tanh(raw / clamp) if clamp > 0.0 else raw
-
-
-@numba_twin
 def coupling_inverse_numba(theta, off, widths, act, affine, clamp, a, b, y, x, ld, cond, hid, net):
     nb = b.size
     _gather_numba(y, a, cond)
@@ -190,9 +186,9 @@ def coupling_inverse_numba(theta, off, widths, act, affine, clamp, a, b, y, x, l
         if affine:
             total = 0.0
             for j in range(nb):
-                s = _log_scale_numba(net[i, nb + j], clamp)
+                s = soft_clamp(net[i, nb + j], clamp, 0.0)
                 net[i, nb + j] = s
-                x[i, b[j]] = (y[i, b[j]] - net[i, j]) * np.exp(-s)
+                x[i, b[j]] = affine_density(y[i, b[j]], net[i, j], s)
                 total += s
             ld[i] -= total
         else:
@@ -211,22 +207,14 @@ def coupling_forward_numba(theta, off, widths, act, affine, clamp, a, b, x, y, l
         if affine:
             total = 0.0
             for j in range(nb):
-                s = _log_scale_numba(net[i, nb + j], clamp)
+                s = soft_clamp(net[i, nb + j], clamp, 0.0)
                 net[i, nb + j] = s
-                y[i, b[j]] = x[i, b[j]] * np.exp(s) + net[i, j]
+                y[i, b[j]] = affine_sampling(x[i, b[j]], net[i, j], s)
                 total += s
             ld[i] += total
         else:
             for j in range(nb):
                 y[i, b[j]] = x[i, b[j]] + net[i, j]
-
-
-@numba_twin
-def _squash_grad_numba(s, clamp):
-    if clamp > 0.0:
-        q = s / clamp
-        return 1.0 - q * q
-    return 1.0
 
 
 @numba_twin
@@ -237,11 +225,8 @@ def coupling_inverse_backward_numba(theta, off, widths, act, affine, clamp, a, b
         for j in range(nb):
             g = gx[i, b[j]]
             if affine:
-                s = net[i, nb + j]
-                inv_scale = np.exp(-s)
-                gy[i, b[j]] = g * inv_scale
-                gnet[i, j] = -g * inv_scale
-                gnet[i, nb + j] = (-g * x[i, b[j]] - gld[i]) * _squash_grad_numba(s, clamp)
+                gy[i, b[j]], gnet[i, j], gnet[i, nb + j] = affine_density_vjp(g, x[i, b[j]], gld[i], net[i, nb + j],
+                                                                              clamp, 0.0, 1.0)
             else:
                 gy[i, b[j]] = g
                 gnet[i, j] = -g
@@ -259,11 +244,8 @@ def coupling_forward_backward_numba(theta, off, widths, act, affine, clamp, a, b
         for j in range(nb):
             g = gy[i, b[j]]
             if affine:
-                s = net[i, nb + j]
-                scale = np.exp(s)
-                gx[i, b[j]] = g * scale
-                gnet[i, j] = g
-                gnet[i, nb + j] = (g * x[i, b[j]] * scale + gld[i]) * _squash_grad_numba(s, clamp)
+                gx[i, b[j]], gnet[i, j], gnet[i, nb + j] = affine_sampling_vjp(g, x[i, b[j]], gld[i], net[i, nb + j],
+                                                                               clamp, 0.0, 1.0)
             else:
                 gx[i, b[j]] = g
                 gnet[i, j] = g

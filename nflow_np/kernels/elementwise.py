@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .backend import numba_twin
+from .scalar import affine_density, affine_sampling
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -77,7 +78,7 @@ def actnorm_inverse_numba(log_scale, shift, y, x, ld):
         total += log_scale[j]
     for i in range(y.shape[0]):
         for j in range(d):
-            x[i, j] = (y[i, j] - shift[j]) * np.exp(-log_scale[j])
+            x[i, j] = affine_density(y[i, j], shift[j], log_scale[j])
         ld[i] -= total
 
 
@@ -89,7 +90,7 @@ def actnorm_forward_numba(log_scale, shift, x, y, ld):
         total += log_scale[j]
     for i in range(x.shape[0]):
         for j in range(d):
-            y[i, j] = x[i, j] * np.exp(log_scale[j]) + shift[j]
+            y[i, j] = affine_sampling(x[i, j], shift[j], log_scale[j])
         ld[i] += total
 
 

@@ -21,6 +21,7 @@ compiled twin, same signature).
 import numpy as np
 
 from .backend import numba_twin
+from .scalar import activate, activation_grad
 
 ACTIVATION_CODES = {"relu": 0, "tanh": 1, "elu": 2}
 
@@ -163,14 +164,7 @@ def _bias_act_numba(z, b, act):
     n, m = z.shape
     for i in range(n):
         for j in range(m):
-            v = z[i, j] + b[j]
-            if act == 0:
-                v = max(v, 0.0)
-            elif act == 1:
-                v = np.tanh(v)
-            elif act == 2 and v <= 0.0:
-                v = np.expm1(v)
-            z[i, j] = v
+            z[i, j] = activate(z[i, j] + b[j], act, 0.0)
 
 
 @numba_twin
@@ -179,14 +173,7 @@ def _act_grad_numba(delta, h, act):
     n, m = delta.shape
     for i in range(n):
         for j in range(m):
-            v = h[i, j]
-            if act == 0:
-                if v <= 0.0:
-                    delta[i, j] = 0.0
-            elif act == 1:
-                delta[i, j] *= 1.0 - v * v
-            elif v < 0.0:
-                delta[i, j] *= v + 1.0
+            delta[i, j] *= activation_grad(h[i, j], act, 0.0, 1.0)
 
 
 @numba_twin

@@ -12,6 +12,7 @@ parameters, and halves the learning rate. Returns the gradient's global norm.
 import numpy as np
 
 from .backend import numba_twin
+from .scalar import adam_moments, adam_update
 
 ACCEPTED, REJECTED_GRADIENT, REJECTED_OVERFLOW = 0, 1, 2
 
@@ -69,9 +70,8 @@ def adam_step_numba(theta, grad, m, v, hyper, state, status):
     # first pass: moments, and whether every new parameter is finite
     for i in range(p):
         g = grad[i] * scale
-        m[i] = b1 * m[i] + (1.0 - b1) * g
-        v[i] = b2 * v[i] + (1.0 - b2) * g * g
-        new = theta[i] - theta[i] * (lr * decay) - step * m[i] / (np.sqrt(v[i] / corr2) + eps)
+        m[i], v[i] = adam_moments(g, m[i], v[i], b1, b2)
+        new = adam_update(theta[i], m[i], v[i], lr, decay, step, corr2, eps)
         if not abs(new) <= largest:
             finite = False
     if not finite:
@@ -80,6 +80,6 @@ def adam_step_numba(theta, grad, m, v, hyper, state, status):
         status[0] = REJECTED_OVERFLOW
         return norm
     for i in range(p):
-        theta[i] = theta[i] - theta[i] * (lr * decay) - step * m[i] / (np.sqrt(v[i] / corr2) + eps)
+        theta[i] = adam_update(theta[i], m[i], v[i], lr, decay, step, corr2, eps)
     status[0] = ACCEPTED
     return norm

@@ -15,7 +15,8 @@ import numpy as np
 
 from .device import cuda, family, jit, launch_rows
 from .elementwise import fill_cuda
-from .mlp import mlp_backward_cuda, mlp_forward_cuda, soft_clamp, squash_grad
+from .mlp import mlp_backward_cuda, mlp_forward_cuda
+from .scalar import affine_density, affine_density_vjp, affine_sampling, soft_clamp
 
 __all__ = ["maf_inverse_cuda", "maf_inverse_backward_cuda", "maf_forward_cuda"]
 
@@ -33,7 +34,7 @@ def _kernels(ft, geom):
             for j in range(d):
                 s = soft_clamp(net[i, d + j], clamp, zero)
                 net[i, d + j] = s
-                x[i, j] = (y[i, j] - net[i, j]) * math.exp(-s)
+                x[i, j] = affine_density(y[i, j], net[i, j], s)
                 total += s
             ld[i] -= total
 
@@ -43,9 +44,8 @@ def _kernels(ft, geom):
         if i < x.shape[0]:
             d = x.shape[1]
             for j in range(d):
-                s = net[i, d + j]
-                gnet[i, j] = -gx[i, j] * math.exp(-s)
-                gnet[i, d + j] = (-gx[i, j] * x[i, j] - gld[i]) * squash_grad(s, clamp, zero, one)
+                _, gnet[i, j], gnet[i, d + j] = affine_density_vjp(gx[i, j], x[i, j], gld[i], net[i, d + j], clamp,
+                                                                   zero, one)
 
     @jit
     def backward_tail(gx, net, gy):
@@ -62,7 +62,7 @@ def _kernels(ft, geom):
         if i < x.shape[0]:
             d = x.shape[1]
             s = soft_clamp(net[i, d + feature], clamp, zero)
-            y[i, feature] = x[i, feature] * math.exp(s) + net[i, feature]
+            y[i, feature] = affine_sampling(x[i, feature], net[i, feature], s)
 
     @jit
     def sample_log_det(net, ld, clamp):

@@ -10,11 +10,10 @@ adding the conditioning gradient. Buffers and their meaning are the
 reference's: ``net[:, nb:]`` holds the clamped log-scale after a pass.
 """
 
-import math
-
 from .device import cuda, family, jit, launch_rows
 from .elementwise import gather_cuda
-from .mlp import mlp_backward_cuda, mlp_forward_cuda, soft_clamp, squash_grad
+from .mlp import mlp_backward_cuda, mlp_forward_cuda
+from .scalar import affine_density, affine_density_vjp, affine_sampling, affine_sampling_vjp, soft_clamp
 
 __all__ = ["coupling_inverse_cuda", "coupling_forward_cuda", "coupling_inverse_backward_cuda",
            "coupling_forward_backward_cuda"]
@@ -38,9 +37,9 @@ def _kernels(ft, geom):
                     s = soft_clamp(net[i, nb + j], clamp, zero)
                     net[i, nb + j] = s
                     if direction < 0:
-                        out[i, b[j]] = (inp[i, b[j]] - net[i, j]) * math.exp(-s)
+                        out[i, b[j]] = affine_density(inp[i, b[j]], net[i, j], s)
                     else:
-                        out[i, b[j]] = inp[i, b[j]] * math.exp(s) + net[i, j]
+                        out[i, b[j]] = affine_sampling(inp[i, b[j]], net[i, j], s)
                     total += s
                 ld[i] += total if direction > 0 else -total
             else:
@@ -61,17 +60,12 @@ def _kernels(ft, geom):
                 g = g_out[i, b[j]]
                 if affine:
                     s = net[i, nb + j]
-                    squash = squash_grad(s, clamp, zero, one)
                     if direction < 0:
-                        inv_scale = math.exp(-s)
-                        g_in[i, b[j]] = g * inv_scale
-                        gnet[i, j] = -g * inv_scale
-                        gnet[i, nb + j] = (-g * x[i, b[j]] - gld[i]) * squash
+                        g_in[i, b[j]], gnet[i, j], gnet[i, nb + j] = affine_density_vjp(g, x[i, b[j]], gld[i], s,
+                                                                                        clamp, zero, one)
                     else:
-                        scale = math.exp(s)
-                        g_in[i, b[j]] = g * scale
-                        gnet[i, j] = g
-                        gnet[i, nb + j] = (g * x[i, b[j]] * scale + gld[i]) * squash
+                        g_in[i, b[j]], gnet[i, j], gnet[i, nb + j] = affine_sampling_vjp(g, x[i, b[j]], gld[i], s,
+                                                                                         clamp, zero, one)
                 else:
                     g_in[i, b[j]] = g
                     gnet[i, j] = -g if direction < 0 else g

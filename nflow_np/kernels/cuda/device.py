@@ -103,7 +103,8 @@ def jit(fn):
 
 
 def device_function(fn):
-    return cuda.jit(fn, device=True)
+    """``fn`` (plain Python, or a CPU twin of one: its Python source is used) as a CUDA device function."""
+    return cuda.jit(getattr(fn, "py_func", fn), device=True)
 
 
 def family(factory):

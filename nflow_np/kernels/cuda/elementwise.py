@@ -19,6 +19,7 @@ import numpy as np
 from ..elementwise import HALF_LOG_2PI
 from .device import cuda, family, jit, launch_rows, scratch_or_default
 from .reduce import PRODUCT, SUM, column_sums, vector_sum
+from .scalar import affine_density, affine_sampling
 
 __all__ = ["gather_cuda", "scatter_cuda", "permute_cuda", "permute_backward_cuda", "actnorm_inverse_cuda",
            "actnorm_forward_cuda", "actnorm_inverse_backward_cuda", "normal_log_prob_cuda", "nll_head_cuda",
@@ -59,9 +60,9 @@ def _kernels(ft, geom):
                 s = log_scale[j]
                 total += s
                 if direction < 0:
-                    out[i, j] = (inp[i, j] - shift[j]) * math.exp(-s)
+                    out[i, j] = affine_density(inp[i, j], shift[j], s)
                 else:
-                    out[i, j] = inp[i, j] * math.exp(s) + shift[j]
+                    out[i, j] = affine_sampling(inp[i, j], shift[j], s)
             ld[i] += total if direction > 0 else -total
 
     @jit

@@ -25,52 +25,16 @@ their NumPy references (``theta``, ``hid``... as device arrays; ``widths`` on th
 import math
 from types import SimpleNamespace
 
-from .device import blocks, cuda, device_function, dummy, family, geometry, jit, launch, scratch_or_default
+from .device import blocks, cuda, dummy, family, geometry, jit, launch, scratch_or_default
 from .reduce import reduce_partials
+from .scalar import activate, activation_grad
 
-__all__ = ["activate", "activation_grad", "soft_clamp", "squash_grad", "matmul_bias_act_cuda",
+__all__ = ["matmul_bias_act_cuda",
            "backward_product_cuda", "weight_grads_cuda", "mlp_forward_cuda", "mlp_backward_cuda",
            "multiprocessors"]
 
 NO_ACTIVATION = -1
 FORWARD, BACKWARD, WEIGHTS = range(3)
-
-
-@device_function
-def activate(v, act, zero):
-    """relu (0), tanh (1), elu (2); anything else is linear."""
-    if act == 0:
-        return v if v > zero else zero
-    if act == 1:
-        return math.tanh(v)
-    if act == 2:
-        return v if v > zero else math.expm1(v)
-    return v
-
-
-@device_function
-def activation_grad(h, act, zero, one):
-    """The activation's derivative, written through its output ``h``."""
-    if act == 0:
-        return one if h > zero else zero
-    if act == 1:
-        return one - h * h
-    return one if h >= zero else h + one
-
-
-@device_function
-def soft_clamp(raw, clamp, zero):
-    """The log-scale ``clamp * tanh(raw / clamp)`` (``clamp <= 0``: ``raw``)."""
-    return clamp * math.tanh(raw / clamp) if clamp > zero else raw
-
-
-@device_function
-def squash_grad(s, clamp, zero, one):
-    """d soft_clamp / d raw, written through the clamped value ``s``."""
-    if clamp > zero:
-        q = s / clamp
-        return one - q * q
-    return one
 
 
 @family

@@ -22,6 +22,7 @@ from ..optim import ACCEPTED, REJECTED_GRADIENT, REJECTED_OVERFLOW
 from .device import blocks, cuda, dummy, family, geometry, jit, launch, launch_rows, scratch_or_default
 from .elementwise import fill_cuda
 from .reduce import SQUARE, vector_sum
+from .scalar import adam_moments, adam_update
 
 __all__ = ["adam_step_cuda", "guarded_adam_step_cuda"]
 
@@ -48,10 +49,9 @@ def _kernels(ft, geom):
         corr1 = 1.0 - b1 ** steps
         corr2 = 1.0 - b2 ** steps
         g = grad[i] * scale
-        m[i] = b1 * m[i] + (1.0 - b1) * g
-        v[i] = b2 * v[i] + (1.0 - b2) * g * g
+        m[i], v[i] = adam_moments(g, m[i], v[i], b1, b2)
         # the stored (working-precision) moments enter the update, as on the CPU
-        new = theta[i] - theta[i] * (lr * hyper[4]) - (lr / corr1) * m[i] / (math.sqrt(v[i] / corr2) + hyper[3])
+        new = adam_update(theta[i], m[i], v[i], lr, hyper[4], lr / corr1, corr2, hyper[3])
         candidate[i] = new
         if not abs(new) <= hyper[6]:
             scalars[OVERFLOW] = 1.0

@@ -1,0 +1,106 @@
+"""Scalar math written once and compiled for both targets: activations, the soft clamp, the affine transform and
+its derivatives, and the Adam update.
+
+Every function here is plain Python on scalars (``math`` only), and each is
+compiled twice from this one source: as a Numba CPU function (a
+:func:`~nflow_np.kernels.backend.numba_twin`, compiled with the kernels that
+call it) and as a CUDA device function (:func:`nflow_np.kernels.cuda.device.device_function`).
+The bijectors' NumPy passes are the reference that the tests hold both to.
+
+Constants come in as arguments (``zero``, ``one``) in the working dtype: a
+bare ``0.0`` is a float64 literal, and a float32 GPU kernel that touches one
+computes in double precision. CPU callers may pass plain floats.
+
+Activations are codes (0 relu, 1 tanh, 2 elu, anything else linear); their
+derivatives are written through the activation's output, which is all a
+backward pass keeps.
+"""
+
+import math
+
+from .backend import numba_twin
+
+__all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
+           "affine_density_vjp", "affine_sampling_vjp", "adam_moments", "adam_update"]
+
+
+@numba_twin
+def activate(v, act, zero):
+    """relu (0), tanh (1), elu (2); anything else is linear."""
+    if act == 0:
+        return zero if v < zero else v     # NaN stays NaN
+    if act == 1:
+        return math.tanh(v)
+    if act == 2:
+        return v if v > zero else math.expm1(v)
+    return v
+
+
+@numba_twin
+def activation_grad(h, act, zero, one):
+    """The derivative of activation ``act``, written through its output ``h``."""
+    if act == 0:
+        return one if h > zero else zero
+    if act == 1:
+        return one - h * h
+    if act == 2:
+        return one if h >= zero else h + one
+    return one
+
+
+@numba_twin
+def soft_clamp(raw, clamp, zero):
+    """The log-scale ``s = clamp tanh(raw / clamp)`` (``clamp <= 0``: ``s = raw``)."""
+    return clamp * math.tanh(raw / clamp) if clamp > zero else raw
+
+
+@numba_twin
+def soft_clamp_grad(s, clamp, zero, one):
+    """``ds/draw`` of :func:`soft_clamp`, written through the clamped value ``s``: ``1 - (s / clamp)^2``."""
+    if clamp > zero:
+        q = s / clamp
+        return one - q * q
+    return one
+
+
+@numba_twin
+def affine_density(y, shift, s):
+    """The density direction of ``y = x exp(s) + shift``: ``x = (y - shift) exp(-s)`` (log-det ``-s``)."""
+    return (y - shift) * math.exp(-s)
+
+
+@numba_twin
+def affine_sampling(x, shift, s):
+    """The sampling direction: ``y = x exp(s) + shift`` (log-det ``s``)."""
+    return x * math.exp(s) + shift
+
+
+@numba_twin
+def affine_density_vjp(g, x, gld, s, clamp, zero, one):
+    """VJP of :func:`affine_density` with log-det ``-s``, ``s = soft_clamp(raw)``.
+
+    ``g = dL/dx`` at the output ``x``, ``gld = dL/d(log-det)``; returns
+    ``(dL/dy, dL/dshift, dL/draw)``.
+    """
+    inv_scale = math.exp(-s)
+    return g * inv_scale, -g * inv_scale, (-g * x - gld) * soft_clamp_grad(s, clamp, zero, one)
+
+
+@numba_twin
+def affine_sampling_vjp(g, x, gld, s, clamp, zero, one):
+    """VJP of :func:`affine_sampling` with log-det ``s``: ``g = dL/dy`` at input ``x``; returns
+    ``(dL/dx, dL/dshift, dL/draw)``."""
+    scale = math.exp(s)
+    return g * scale, g, (g * x * scale + gld) * soft_clamp_grad(s, clamp, zero, one)
+
+
+@numba_twin
+def adam_moments(g, m, v, beta1, beta2):
+    """Adam's moment updates for one coordinate: ``(beta1 m + (1 - beta1) g, beta2 v + (1 - beta2) g^2)``."""
+    return beta1 * m + (1.0 - beta1) * g, beta2 * v + (1.0 - beta2) * g * g
+
+
+@numba_twin
+def adam_update(theta, m, v, lr, weight_decay, step, corr2, eps):
+    """The new parameter: decoupled weight decay, then ``step m / (sqrt(v / corr2) + eps)`` (``step = lr / corr1``)."""
+    return theta - theta * (lr * weight_decay) - step * m / (math.sqrt(v / corr2) + eps)
