@@ -112,7 +112,8 @@ class FlowDensity:
         ``Adam.state_dict()`` (moments, step count, learning rate) as of the
         kept epoch, so that training can continue where it stopped (``nflow-np
         fit --resume``); saved in model files. None for a model loaded from a
-        file written before optimizer state was saved.
+        file written before optimizer state was saved, or when a moment
+        overflowed to infinity (a resume then starts a fresh Adam).
     n_features_in_ : int
         Number of features (columns) seen by ``fit``; later calls must match it.
 
@@ -402,6 +403,10 @@ class FlowDensity:
             set_training(flow, False)
             if history is not None:
                 history.stopped_early = True
+        if not _finite_moments(optimizer_state):
+            # a finite gradient whose square overflows (float32, on the compiled paths) leaves an infinite second
+            # moment: a state that neither loads back nor goes in a model file, so a resume starts a fresh Adam
+            optimizer_state = None
         history = _merge_histories(previous, history)
         self._set_fitted(flow, mean, scale, history, optimizer_state)
         return interrupted
@@ -515,6 +520,10 @@ def _equal(a, b):
         return bool(a == b)
     except (TypeError, ValueError):
         return False
+
+
+def _finite_moments(state):
+    return all(np.isfinite(array).all() for key in ("m", "v") for array in state[key].values())
 
 
 def _merge_histories(previous, current):

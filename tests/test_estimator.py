@@ -321,3 +321,31 @@ def test_resume_refuses_an_optimizer_state_that_does_not_fit():
     est.optimizer_state_["m"][name] = np.zeros(3)
     with pytest.raises(ValueError, match=rf"cannot resume from optimizer_state_: .*m\['{name}'\] has shape \(3,\)"):
         est._fit(X, resume=True)
+
+
+def test_an_overflowed_moment_is_not_kept(tmp_path, monkeypatch):
+    # The compiled trainers take the gradient norm in float64, so a float32 gradient of 1e22 is a finite step whose
+    # square overflows Adam's second moment to infinity. Such a state cannot be saved or loaded: it is dropped, and
+    # the model still saves. (Emulated here on the NumPy path, whose norm is taken the same way.)
+    from nflow_np.train import loops, optim
+    real, calls = loops.nll_and_grad, []
+
+    def one_huge_gradient(*args, **kwargs):
+        loss, grads = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            name = next(iter(grads))
+            grads[name] = grads[name].copy()
+            grads[name].flat[0] = 1e22
+        return loss, grads
+    monkeypatch.setattr(loops, "nll_and_grad", one_huge_gradient)
+    monkeypatch.setattr(optim, "global_norm", lambda grads: float(np.sqrt(sum(
+        float(np.vdot(g.astype(np.float64), g.astype(np.float64))) for g in grads.values()))))
+    X = _moons(200)
+    est = FlowDensity(**FAST, dtype="float32", validation_fraction=0.0, random_state=0).fit(X)
+    assert est.optimizer_state_ is None and np.all(np.isfinite(est.score_samples(X)))
+    twin = io.load(_saved(est, tmp_path))
+    assert twin.optimizer_state_ is None
+    twin._fit(X, resume=True)
+    # a fresh Adam: the steps of the resumed epochs only (up to the kept one)
+    assert 0 < twin.optimizer_state_["steps"] <= twin.history_.steps - est.history_.steps
