@@ -123,9 +123,9 @@ class _Progress:
             self.stream.write("\n")
 
 
-def _train(estimator, X, progress, *, resume=False):
+def _train(estimator, X, progress, *, resume=False, reset_lr=False):
     try:
-        interrupted = estimator._fit(X, callback=progress, resume=resume, catch_interrupt=True)
+        interrupted = estimator._fit(X, callback=progress, resume=resume, catch_interrupt=True, reset_lr=reset_lr)
     except KeyboardInterrupt:
         progress.close()
         raise _Interrupted("interrupted before the first epoch finished; nothing saved") from None
@@ -180,8 +180,10 @@ def _positive_int(text):
 def _cmd_fit(args):
     from .estimator import FlowDensity
     X = read_data(args.data)
-    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "random_state": args.seed,
+    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "random_state": args.seed,
                 "validation_fraction": args.validation_fraction, "patience": args.patience}
+    if args.lr is not None:
+        settings["lr"] = args.lr
     if args.resume:
         estimator = _load_model(args.out)
         if not isinstance(estimator, FlowDensity):
@@ -198,7 +200,8 @@ def _cmd_fit(args):
             raise CLIError(f"{args.data}: needs at least 2 rows to fit; got {X.shape[0]}")
         offset = _offset(FlowDensity._standardization(X)[1])
     progress = _Progress(args.epochs, offset, quiet=args.quiet)
-    interrupted = _train(estimator, X, progress, resume=args.resume)
+    # on --resume, Adam continues at its saved learning rate unless --lr names another
+    interrupted = _train(estimator, X, progress, resume=args.resume, reset_lr=args.lr is not None)
     _save(estimator, args.out)
     print(f"saved {args.out}: {estimator.flow}, {estimator.n_layers} layers, {estimator.n_features_in_} "
           f"feature(s); {_summary(estimator)}")
@@ -288,6 +291,11 @@ def _cmd_info(args):
             print("training: " + ", ".join(parts))
         print(f"standardization: mean {np.array2string(model.mean_, precision=4)}, "
               f"scale {np.array2string(model.scale_, precision=4)}")
+        state = model.optimizer_state_
+        if state is None:
+            print("optimizer: not stored (an older file; --resume starts a fresh Adam)")
+        else:
+            print(f"optimizer: Adam, {state['steps']} steps, lr {state['lr']:.4g}")
     return 0
 
 
@@ -390,15 +398,19 @@ def _build_parser():
     p.add_argument("--hidden", type=_parse_hidden, default=(64, 64), help="hidden widths, comma-separated")
     p.add_argument("--epochs", type=_positive_int, default=100, help="training epochs")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="points per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam's learning rate (default: 0.001; with --resume, the saved Adam's, which rejected steps "
+                        "may have halved)")
     p.add_argument("--validation-fraction", type=float, default=0.1, help="held out to pick the best epoch")
     p.add_argument("--patience", type=_positive_int, default=None,
                    help="stop after this many epochs without a better validation NLL")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="computation dtype")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
     p.add_argument("--out", default="model.npz", help="model file to write")
-    p.add_argument("--resume", action="store_true", help="load --out and continue training it (its architecture "
-                   "and standardization are kept: --flow, --layers, --hidden and --dtype are ignored)")
+    p.add_argument("--resume", action="store_true", help="load --out and continue training it, Adam included "
+                   "(its moments, step count and learning rate are kept, as are the architecture and "
+                   "standardization: --flow, --layers, --hidden and --dtype are ignored); with the same data and "
+                   "--seed, the validation split and shuffles are those an uninterrupted fit would draw")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
 
     p = command("sample", "draw points from a model, as CSV", _cmd_sample)

@@ -49,6 +49,11 @@ def _is_sparse(X):
     return type(X).__module__.startswith("scipy.sparse") or (hasattr(X, "tocsr") and hasattr(X, "nnz"))
 
 
+def _is_seed(random_state):
+    """Whether ``random_state`` is an int seed (the one kind that replays the same draws on every call)."""
+    return isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_))
+
+
 def _check_int(value, name, minimum, allow_none=False):
     if allow_none and value is None:
         return None
@@ -103,6 +108,12 @@ class FlowDensity:
         The standardization (a zero standard deviation is replaced by 1).
     history_ : nflow_np.train.History
         Training and validation losses (on standardized data) per epoch.
+    optimizer_state_ : dict or None
+        ``Adam.state_dict()`` (moments, step count, learning rate) as of the
+        kept epoch, so that training can continue where it stopped (``nflow-np
+        fit --resume``); saved in model files. None for a model loaded from a
+        file written before optimizer state was saved, or when a moment
+        overflowed to infinity (a resume then starts a fresh Adam).
     n_features_in_ : int
         Number of features (columns) seen by ``fit``; later calls must match it.
 
@@ -298,19 +309,28 @@ class FlowDensity:
         self._fit(X)
         return self
 
-    def _fit(self, X, *, callback=None, resume=False, catch_interrupt=False):
+    def _fit(self, X, *, callback=None, resume=False, catch_interrupt=False, reset_lr=False):
         """``fit`` with the command line's extras.
 
         ``callback(epoch, history)`` runs after every epoch (as in
         :func:`nflow_np.train.fit`). ``resume`` continues training the fitted
-        flow with the stored standardization (a fresh Adam; its moments are
-        not saved). ``catch_interrupt`` turns a ``KeyboardInterrupt`` into a
-        clean stop that keeps the best epoch so far. Returns True when training
-        was interrupted.
+        flow with the stored standardization, and continues its Adam from
+        ``optimizer_state_`` (moments, step count and learning rate; a fresh
+        Adam when there is none, as for a model file written before optimizer
+        state was saved); ``reset_lr`` makes the resumed Adam continue at
+        ``lr`` instead of its saved learning rate. With an int
+        ``random_state``, a resumed fit draws the same validation split as the
+        first fit and the shuffles an uninterrupted fit would have drawn next
+        (given the same data), so that fitting E1 epochs, then resuming for
+        E2, matches fitting E1 + E2 epochs at once. ``catch_interrupt`` turns
+        a ``KeyboardInterrupt`` into a clean stop that keeps the best epoch so
+        far. Returns True when training was interrupted.
         """
+        from .train import Adam
         from .train import fit as train_fit
         params = self._validated_params()
         rng = _as_generator(self.random_state, "FlowDensity.fit")
+        seeded = _is_seed(self.random_state)
         if resume:
             self._check_fitted("fit(resume=True)")
             X = self._check_X(X, "fit", reset=False)
@@ -318,6 +338,10 @@ class FlowDensity:
             if flow.dtype != params["dtype"]:
                 raise ValueError(f"FlowDensity.fit: cannot resume a {flow.dtype} flow with dtype={self.dtype!r}")
             previous = getattr(self, "history_", None)
+            saved = getattr(self, "optimizer_state_", None)
+            if seeded:
+                # the draws of the first fit's initial weights, so that the split and shuffles below repeat its own
+                self._build_flow(params, X.shape[1], rng)
         else:
             X = self._check_X(X, "fit", reset=True)
             if X.shape[0] < 2:
@@ -325,24 +349,47 @@ class FlowDensity:
                                  f"of 2 is required (standardization needs a spread)")
             mean, scale = self._standardization(X)
             flow = self._build_flow(params, X.shape[1], rng)
-            previous = None
+            previous, saved = None, None
+        optimizer = Adam(flow.parameters(), lr=params["lr"])
+        if saved is not None:
+            try:
+                optimizer.load_state_dict(saved)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"FlowDensity.fit: cannot resume from optimizer_state_: {exc}") from None
+            if reset_lr:
+                optimizer.lr = params["lr"]
         Z = ((X - mean) / scale).astype(params["dtype"])
         fraction = params["validation_fraction"] if len(Z) >= 2 else 0.0
-        # on resume, the flow as loaded is the fallback should Ctrl-C come before the first epoch ends
-        state = {"history": None, "best": copy.deepcopy(flow) if resume and catch_interrupt else None}
+        Z_val = None
+        if fraction:
+            # the split nflow_np.train.fit would draw (the same calls on the same generator), made here so that a
+            # resumed fit can skip the shuffles of the epochs already trained
+            order = rng.permutation(len(Z))
+            n_val = max(1, int(round(fraction * len(Z))))
+            Z_val, Z = Z[order[:n_val]], Z[order[n_val:]]
+        if resume and seeded and previous is not None:
+            for _ in range(previous.epochs):
+                rng.permutation(len(Z))
+        # what is kept should Ctrl-C come: the best flow so far (on resume, the flow as loaded until an epoch
+        # ends), and the optimizer state that goes with it
+        state = {"history": None, "best": copy.deepcopy(flow) if resume and catch_interrupt else None,
+                 "optimizer": optimizer.state_dict()}
 
         def on_epoch(epoch, history):
             state["history"] = history
-            if catch_interrupt and history.best_epoch == epoch:
-                # a copy of the best flow so far, so that Ctrl-C mid-epoch still leaves it
-                state["best"] = copy.deepcopy(flow)
+            if history.best_epoch == epoch:
+                # the flow is restored to its best epoch at the end: keep the optimizer state of that epoch
+                state["optimizer"] = optimizer.state_dict()
+                if catch_interrupt:
+                    # a copy of the best flow so far, so that Ctrl-C mid-epoch still leaves it
+                    state["best"] = copy.deepcopy(flow)
             return callback(epoch, history) if callback is not None else None
 
         interrupted = False
         try:
-            history = train_fit(flow, Z, epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-                                validation_split=fraction, patience=params["patience"], rng=rng,
-                                callback=on_epoch)
+            history = train_fit(flow, Z, epochs=params["epochs"], batch_size=params["batch_size"], optimizer=optimizer,
+                                validation_data=Z_val, patience=params["patience"], rng=rng, callback=on_epoch)
+            optimizer_state = state["optimizer"] if history.best_epoch >= 0 else optimizer.state_dict()
         except KeyboardInterrupt:
             if not catch_interrupt:
                 raise
@@ -351,12 +398,17 @@ class FlowDensity:
             if state["best"] is None:
                 raise   # interrupted before the first epoch ended: nothing to keep
             flow = state["best"]
+            optimizer_state = state["optimizer"]
             from .train import set_training
             set_training(flow, False)
             if history is not None:
                 history.stopped_early = True
+        if not _finite_moments(optimizer_state):
+            # a finite gradient whose square overflows (float32, on the compiled paths) leaves an infinite second
+            # moment: a state that neither loads back nor goes in a model file, so a resume starts a fresh Adam
+            optimizer_state = None
         history = _merge_histories(previous, history)
-        self._set_fitted(flow, mean, scale, history)
+        self._set_fitted(flow, mean, scale, history, optimizer_state)
         return interrupted
 
     @staticmethod
@@ -368,12 +420,13 @@ class FlowDensity:
         scale[scale == 0.0] = 1.0
         return mean, scale
 
-    def _set_fitted(self, flow, mean, scale, history):
+    def _set_fitted(self, flow, mean, scale, history, optimizer_state=None):
         self.flow_ = flow
         self.mean_ = np.asarray(mean, dtype=np.float64)
         self.scale_ = np.asarray(scale, dtype=np.float64)
         self.n_features_in_ = int(self.mean_.shape[0])
         self.history_ = history
+        self.optimizer_state_ = optimizer_state
         # the log-Jacobian of the standardization, the same for every point
         self._log_scale_sum = float(np.log(self.scale_).sum())
 
@@ -467,6 +520,10 @@ def _equal(a, b):
         return bool(a == b)
     except (TypeError, ValueError):
         return False
+
+
+def _finite_moments(state):
+    return all(np.isfinite(array).all() for key in ("m", "v") for array in state[key].values())
 
 
 def _merge_histories(previous, current):

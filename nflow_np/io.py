@@ -9,7 +9,13 @@ A model file is one ``.npz`` archive holding
     shape and dtype;
 one array per parameter and buffer
     keyed like ``flow.parameters()`` (``"bijector.0.net.w0"``), buffers next
-    to them (``"bijector.2.running_mean"``).
+    to them (``"bijector.2.running_mean"``);
+for a fitted ``FlowDensity``, its optimizer's state
+    Adam's moments as arrays ``"optimizer.m.<parameter>"`` and
+    ``"optimizer.v.<parameter>"``, its scalars (``lr``, ``steps``, ``betas``,
+    ``eps``, ``weight_decay``, ``clip_norm``) in the spec, so that ``nflow-np
+    fit --resume`` continues the same Adam. Such a file is format version 2;
+    every other file is version 1, which older nflow_np releases read too.
 
 :func:`load` reads it with ``np.load(path, allow_pickle=False)`` and rebuilds
 each object from its constructor arguments before copying the stored arrays
@@ -38,8 +44,13 @@ from .distributions import TransformedDistribution
 __all__ = ["FORMAT_VERSION", "REGISTRY", "register", "save", "load", "read_spec"]
 
 FORMAT_NAME = "nflow_np"
-FORMAT_VERSION = 1
-"""Version of the file layout; :func:`load` refuses any other."""
+FORMAT_VERSION = 2
+"""The newest file layout, written when a file needs it (an estimator with optimizer state); :func:`load` reads
+versions 1 and 2 and refuses any other."""
+_READABLE_VERSIONS = (1, 2)
+_OPTIMIZER_VERSION = 2   # the first version with optimizer state
+_MOMENTS = ("m", "v")
+_OPTIMIZER_SCALARS = ("lr", "steps", "betas", "eps", "weight_decay", "clip_norm")
 
 _SPEC_KEY = "__spec__"
 _FLOAT_NAMES = ("float32", "float64")
@@ -104,6 +115,33 @@ def _history_to_json(history):
     return out
 
 
+def _checked_adam_state(flow, state):
+    """``state`` loaded into a scratch Adam over ``flow``'s parameters: checked (names, shapes, dtypes, finite
+    values, hyperparameters) exactly as resuming will check it, and normalized."""
+    from .train import Adam
+    probe = Adam(flow.parameters())
+    probe.load_state_dict(state)
+    return probe.state_dict()
+
+
+def _optimizer_spec(estimator, encoder):
+    """The spec entry of a FlowDensity's optimizer state (None when it has none); its moments go to ``encoder``."""
+    state = getattr(estimator, "optimizer_state_", None)
+    if state is None:
+        return None
+    try:
+        state = _checked_adam_state(estimator.flow_, state)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"save: the FlowDensity's optimizer_state_ does not fit its flow ({exc})") from None
+    if state["clip_norm"] is not None and not math.isfinite(state["clip_norm"]):
+        raise ValueError(f"save: the optimizer's clip_norm {state['clip_norm']} cannot be stored; use None")
+    scalars = {key: state[key] for key in _OPTIMIZER_SCALARS}
+    scalars["betas"] = list(scalars["betas"])
+    arrays = {moment: {name: encoder.add(f"optimizer.{moment}.{name}", value, "the optimizer state")
+                       for name, value in state[moment].items()} for moment in _MOMENTS}
+    return {"type": "Adam", "state": scalars, "arrays": arrays}
+
+
 def _estimator_spec(estimator, encoder):
     from .estimator import FlowDensity
     params = FlowDensity._json_params(estimator.get_params())
@@ -113,7 +151,8 @@ def _estimator_spec(estimator, encoder):
             "history": None if getattr(estimator, "history_", None) is None else _history_to_json(estimator.history_),
             "arrays": {"mean": encoder.add("estimator.mean", np.asarray(estimator.mean_, np.float64), "FlowDensity"),
                        "scale": encoder.add("estimator.scale", np.asarray(estimator.scale_, np.float64),
-                                            "FlowDensity")}}
+                                            "FlowDensity")},
+            "optimizer": _optimizer_spec(estimator, encoder)}
     return spec, encoder.encode(estimator.flow_, "flow")
 
 
@@ -126,7 +165,8 @@ def save(flow_or_estimator, path):
         Every object inside must be of a registered type (all built-in
         bijectors and distributions except ``Inline``, whose functions are
         code). A ``FlowDensity`` must be fitted; its constructor parameters,
-        standardization and training history are stored with its flow.
+        standardization, training history and optimizer state
+        (``optimizer_state_``, when it has one) are stored with its flow.
     path : str or os.PathLike
         Written as given (no suffix added), atomically: an interrupted save
         leaves any previous file in place.
@@ -144,7 +184,9 @@ def save(flow_or_estimator, path):
         estimator, root = None, encoder.encode(flow_or_estimator, "")
         kind = "flow" if isinstance(flow_or_estimator, TransformedDistribution) else "object"
     from . import __version__
-    spec = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "nflow_np_version": __version__,
+    # the oldest layout that holds the file, so that older releases read what they can
+    version = _OPTIMIZER_VERSION if estimator is not None and estimator["optimizer"] is not None else 1
+    spec = {"format": FORMAT_NAME, "format_version": version, "nflow_np_version": __version__,
             "kind": kind, "root": root, "estimator": estimator}
     text = json.dumps(spec, allow_nan=False, separators=(",", ":"))
     arrays = dict(encoder.arrays)
@@ -271,10 +313,10 @@ def _parse_spec(arrays, where):
         raise ValueError(f"{where}: the spec does not describe an nflow_np model (format "
                          f"{spec.get('format') if isinstance(spec, dict) else None!r})")
     version = spec.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{where}: written with model format version {version!r}; this nflow_np reads version "
-                         f"{FORMAT_VERSION}" + (" (upgrade nflow_np)" if isinstance(version, int)
-                                                and version > FORMAT_VERSION else ""))
+    if type(version) is not int or version not in _READABLE_VERSIONS:
+        raise ValueError(f"{where}: written with model format version {version!r}; this nflow_np reads versions "
+                         f"{' and '.join(map(str, _READABLE_VERSIONS))}"
+                         + (" (upgrade nflow_np)" if type(version) is int and version > FORMAT_VERSION else ""))
     if "root" not in spec:
         raise ValueError(f"{where}: the spec has no 'root' object")
     return spec
@@ -291,7 +333,8 @@ def read_spec(path):
     -------
     dict
         The parsed JSON: ``format_version``, ``kind``, ``root`` (nested
-        ``{"type", "config", "arrays"}`` objects) and ``estimator``.
+        ``{"type", "config", "arrays"}`` objects) and ``estimator`` (with its
+        ``optimizer``: ``{"type": "Adam", "state", "arrays"}``, or None).
     """
     return _parse_spec(_read(path), os.fspath(path))
 
@@ -314,7 +357,39 @@ def _history_from_json(data, where):
         raise ValueError(f"{where}: the stored training history is malformed ({exc})") from None
 
 
-def _build_estimator(spec, flow, decoder, where):
+def _optimizer_from_spec(node, flow, decoder, where, version):
+    """The stored optimizer state, checked against the spec, the file and the rebuilt flow; None when there is
+    none (files written before optimizer state was saved)."""
+    if node is None:
+        return None
+    if version < _OPTIMIZER_VERSION:
+        raise ValueError(f"{where}: the spec holds an optimizer state, which model format version {version} does "
+                         f"not have (it came with version {_OPTIMIZER_VERSION})")
+    if not isinstance(node, dict) or node.get("type") != "Adam":
+        raise ValueError(f"{where}: the stored optimizer must be an object of type 'Adam'; got {str(node)[:80]!r}")
+    scalars, records = node.get("state"), node.get("arrays")
+    if not isinstance(scalars, dict) or set(scalars) & set(_MOMENTS) or not isinstance(records, dict) or \
+            set(records) != set(_MOMENTS) or not all(isinstance(r, dict) for r in records.values()):
+        raise ValueError(f"{where}: the optimizer spec needs an object 'state' of scalars and objects 'arrays.m' and "
+                         f"'arrays.v' of array records; got {str(node)[:120]!r}")
+    state = dict(scalars)
+    if isinstance(state.get("betas"), list):
+        state["betas"] = tuple(state["betas"])
+    for moment in _MOMENTS:
+        state[moment] = {}
+        for name, record in records[moment].items():
+            expected = f"optimizer.{moment}.{name}"
+            if not isinstance(record, dict) or record.get("key") != expected:
+                raise decoder.fail("optimizer", f"the record of moment {moment}[{name!r}] must name array "
+                                                f"{expected!r}; got {str(record)[:80]!r}")
+            state[moment][name] = decoder.take(record, "optimizer", expected)
+    try:
+        return _checked_adam_state(flow, state)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: the stored optimizer state does not fit the flow ({exc})") from None
+
+
+def _build_estimator(spec, flow, decoder, where, version=1):
     from .estimator import FlowDensity
     if not isinstance(spec, dict) or spec.get("class") != "FlowDensity":
         raise ValueError(f"{where}: unknown estimator spec {str(spec)[:80]!r}")
@@ -334,8 +409,9 @@ def _build_estimator(spec, flow, decoder, where):
     if mean.shape != (n_features,) or scale.shape != (n_features,) or not np.all(scale > 0):
         raise ValueError(f"{where}: the standardization must be {n_features} means and positive scales; got "
                          f"shapes {mean.shape}, {scale.shape}")
+    optimizer = _optimizer_from_spec(spec.get("optimizer"), flow, decoder, where, version)
     estimator._set_fitted(flow, mean.astype(np.float64), scale.astype(np.float64),
-                          _history_from_json(spec.get("history"), where))
+                          _history_from_json(spec.get("history"), where), optimizer)
     return estimator
 
 
@@ -351,7 +427,8 @@ def load(path):
     TransformedDistribution, Bijector, Distribution or FlowDensity
         Whatever was saved, rebuilt from its constructor arguments and
         stored arrays: ``log_prob`` and seeded ``sample`` match the saved
-        object bit for bit.
+        object bit for bit. A ``FlowDensity`` comes back with its
+        ``optimizer_state_`` (None from a file written without one).
 
     Raises
     ------
@@ -360,7 +437,8 @@ def load(path):
     ValueError
         The file is not a readable model: truncated or corrupted bytes, a
         different ``format_version``, an unknown type, arrays missing, extra,
-        non-finite, or of a shape or dtype that does not match the spec.
+        non-finite, or of a shape or dtype that does not match the spec, or
+        an optimizer state that does not fit the flow.
     """
     where = os.fspath(path)
     arrays = _read(path)
@@ -370,7 +448,7 @@ def load(path):
         root = decoder.decode(spec["root"], "flow" if spec.get("estimator") else "")
         result = root
         if spec.get("estimator") is not None:
-            result = _build_estimator(spec["estimator"], root, decoder, where)
+            result = _build_estimator(spec["estimator"], root, decoder, where, spec["format_version"])
     except RecursionError:
         raise ValueError(f"{where}: the spec nests objects too deeply") from None
     unused = sorted(set(arrays) - decoder.used)

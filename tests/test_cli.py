@@ -76,6 +76,49 @@ def test_fit_reads_npy_and_resumes(tmp_path, capsys):
     assert status == 0
     est = io.load(out_path)
     assert est.flow == "maf" and est.history_.epochs == 5 and "of 5" in out
+    assert est.optimizer_state_["steps"] == est.history_.steps   # one Adam across both runs
+
+
+def _flow_params(path):
+    return {name: array for name, array in io.load(path).flow_.parameters()}
+
+
+def test_resume_continues_adam_as_one_uninterrupted_fit(tmp_path, data_csv, capsys):
+    # 2 epochs, then 2 more with --resume == 4 epochs at once: same seed, same data, Adam's state carried over
+    settings = ["--layers", "2", "--hidden", "8", "--batch-size", "64", "--seed", "7", "--quiet"]
+    resumed, whole = tmp_path / "resumed.npz", tmp_path / "whole.npz"
+    assert run(capsys, "fit", data_csv, *settings, "--epochs", "2", "--out", resumed)[0] == 0
+    assert run(capsys, "fit", data_csv, *settings, "--epochs", "2", "--resume", "--out", resumed)[0] == 0
+    assert run(capsys, "fit", data_csv, *settings, "--epochs", "4", "--out", whole)[0] == 0
+    a, b = io.load(resumed), io.load(whole)
+    assert a.history_.best_epoch == b.history_.best_epoch == 3   # both keep their last epoch
+    assert a.history_.val_loss == b.history_.val_loss
+    pa, pb = _flow_params(resumed), _flow_params(whole)
+    assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
+    assert a.optimizer_state_["steps"] == b.optimizer_state_["steps"] == b.history_.steps
+    status, out, _ = run(capsys, "info", resumed)
+    assert status == 0 and f"optimizer: Adam, {b.history_.steps} steps, lr 0.001" in out
+
+
+def test_resume_keeps_the_saved_learning_rate_unless_lr_is_given(tmp_path, data_csv, capsys):
+    path = tmp_path / "m.npz"
+    assert run(capsys, "fit", data_csv, *TINY, "--lr", "0.004", "--out", path)[0] == 0
+    assert run(capsys, "fit", data_csv, *TINY, "--resume", "--quiet", "--out", path)[0] == 0
+    est = io.load(path)
+    assert est.lr == 0.004 and est.optimizer_state_["lr"] == 0.004 and est.history_.lr == [0.004] * 4
+    assert run(capsys, "fit", data_csv, *TINY, "--resume", "--quiet", "--lr", "0.002", "--out", path)[0] == 0
+    est = io.load(path)
+    assert est.lr == 0.002 and est.optimizer_state_["lr"] == 0.002 and est.history_.lr[-2:] == [0.002] * 2
+
+
+def test_info_on_a_file_without_optimizer_state(tmp_path, model, data_csv, capsys):
+    est = io.load(model)
+    est.optimizer_state_ = None   # as loaded from a file written before optimizer state was saved
+    io.save(est, model)
+    status, out, _ = run(capsys, "info", model)
+    assert status == 0 and "model format 1" in out and "optimizer: not stored" in out
+    assert run(capsys, "fit", data_csv, *TINY, "--resume", "--quiet", "--out", model)[0] == 0
+    assert io.load(model).optimizer_state_["steps"] > 0
 
 
 def test_ctrl_c_keeps_the_best_model(tmp_path, data_csv, capsys, monkeypatch):

@@ -189,6 +189,9 @@ def test_pickle_and_model_file_round_trip(tmp_path):
         assert np.array_equal(twin.sample(9, random_state=1), est.sample(9, random_state=1))
         assert twin.history_.train_loss == est.history_.train_loss
         assert twin.history_.best_epoch == est.history_.best_epoch
+        assert twin.optimizer_state_["steps"] == est.optimizer_state_["steps"] == est.history_.steps
+        assert all(np.array_equal(twin.optimizer_state_[m][name], est.optimizer_state_[m][name])
+                   for m in ("m", "v") for name in est.optimizer_state_[m])
 
 
 def _saved(est, tmp_path):
@@ -218,3 +221,131 @@ def test_importing_the_estimator_needs_no_sklearn():
             "print(' '.join(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
+
+
+# ---------------------------------------------------------------------------- resuming continues Adam
+
+def _params(est):
+    return {name: array.copy() for name, array in est.flow_.parameters()}
+
+
+def _same_params(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flow, fraction", [("realnvp", 0.1), ("maf", 0.0), ("nsf", 0.2)])
+def test_resume_after_a_save_matches_one_uninterrupted_fit(tmp_path, flow, fraction):
+    # E1 epochs, save, load, E2 more == E1 + E2 epochs at once, bit for bit (NumPy backend): Adam continues with its
+    # moments and step count, and an int random_state replays the validation split and the shuffles
+    X = _moons(300)
+    settings = dict(flow=flow, n_layers=2, hidden=(8,), batch_size=64, validation_fraction=fraction, random_state=3)
+    whole = FlowDensity(**settings, epochs=5).fit(X)
+    first = FlowDensity(**settings, epochs=2).fit(X)
+    resumed = io.load(_saved(first, tmp_path))
+    resumed.set_params(epochs=3)
+    assert resumed._fit(X, resume=True) is False
+    # the comparison holds when every fit keeps its last epoch (the flow is reset to the best one)
+    assert first.history_.best_epoch == 1 and whole.history_.best_epoch == resumed.history_.best_epoch == 4
+    assert _same_params(_params(resumed), _params(whole))
+    assert resumed.history_.train_loss == whole.history_.train_loss
+    assert resumed.history_.val_loss == whole.history_.val_loss   # the same held-out points
+    state, expected = resumed.optimizer_state_, whole.optimizer_state_
+    assert state["steps"] == expected["steps"] == whole.history_.steps and state["lr"] == expected["lr"]
+    assert all(np.array_equal(state[m][k], expected[m][k]) for m in ("m", "v") for k in expected[m])
+
+
+def test_resume_without_a_saved_optimizer_restarts_adam(tmp_path):
+    # what --resume did before optimizer state was saved, and still does for such files: a fresh Adam
+    X = _moons(300)
+    settings = dict(n_layers=2, hidden=(8,), batch_size=64, validation_fraction=0.0, random_state=3)
+    whole = FlowDensity(**settings, epochs=4).fit(X)
+    first = FlowDensity(**settings, epochs=2).fit(X)
+    continued, restarted = io.load(_saved(first, tmp_path)), io.load(_saved(first, tmp_path))
+    restarted.optimizer_state_ = None
+    for est in (continued, restarted):
+        est.set_params(epochs=2)
+        est._fit(X, resume=True)
+    assert _same_params(_params(continued), _params(whole))
+    assert not _same_params(_params(restarted), _params(whole))
+    assert restarted.optimizer_state_["steps"] == restarted.history_.steps - first.history_.steps
+    assert continued.optimizer_state_["steps"] == continued.history_.steps
+
+
+def test_resume_continues_at_the_saved_learning_rate_unless_reset():
+    X = _moons(200)
+    est = FlowDensity(**FAST, validation_fraction=0.0, random_state=0).fit(X)
+    est.optimizer_state_["lr"] = 2.5e-4   # as if rejected steps had halved it twice
+    est.set_params(epochs=1)
+    est._fit(X, resume=True)
+    assert est.history_.lr[-1] == 2.5e-4 and est.optimizer_state_["lr"] == 2.5e-4
+    est.set_params(lr=5e-3)
+    est._fit(X, resume=True, reset_lr=True)
+    assert est.history_.lr[-1] == 5e-3 and est.optimizer_state_["lr"] == 5e-3
+
+
+def test_the_saved_optimizer_state_is_that_of_the_kept_epoch():
+    # the flow is reset to its best epoch at the end; the optimizer state saved with it is that epoch's
+    X = _moons(300)
+    est = FlowDensity(n_layers=2, hidden=(8,), epochs=12, batch_size=64, lr=0.05, validation_fraction=0.3,
+                      random_state=1).fit(X)
+    history = est.history_
+    assert 0 <= history.best_epoch < history.epochs - 1 and history.rejected_steps == 0
+    steps_per_epoch = -(-(300 - 90) // 64)
+    assert est.optimizer_state_["steps"] == (history.best_epoch + 1) * steps_per_epoch < history.steps
+
+
+def test_an_interrupted_resume_keeps_the_loaded_optimizer_state(monkeypatch):
+    from nflow_np.train import loops
+    X = _moons(200)
+    est = FlowDensity(**FAST, random_state=0).fit(X)
+    before, flow_before = est.optimizer_state_, _params(est)
+    real, calls = loops.nll_and_grad, []
+
+    def interrupt_in_the_first_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(loops, "nll_and_grad", interrupt_in_the_first_epoch)
+    assert est._fit(X, resume=True, catch_interrupt=True) is True
+    # one step was taken before Ctrl-C; the flow and the optimizer kept are both the ones loaded
+    assert _same_params(_params(est), flow_before)
+    assert est.optimizer_state_["steps"] == before["steps"]
+    assert all(np.array_equal(est.optimizer_state_[m][k], before[m][k]) for m in ("m", "v") for k in before[m])
+
+
+def test_resume_refuses_an_optimizer_state_that_does_not_fit():
+    X = _moons(200)
+    est = FlowDensity(**FAST, random_state=0).fit(X)
+    name = next(iter(est.optimizer_state_["m"]))
+    est.optimizer_state_["m"][name] = np.zeros(3)
+    with pytest.raises(ValueError, match=rf"cannot resume from optimizer_state_: .*m\['{name}'\] has shape \(3,\)"):
+        est._fit(X, resume=True)
+
+
+def test_an_overflowed_moment_is_not_kept(tmp_path, monkeypatch):
+    # The compiled trainers take the gradient norm in float64, so a float32 gradient of 1e22 is a finite step whose
+    # square overflows Adam's second moment to infinity. Such a state cannot be saved or loaded: it is dropped, and
+    # the model still saves. (Emulated here on the NumPy path, whose norm is taken the same way.)
+    from nflow_np.train import loops, optim
+    real, calls = loops.nll_and_grad, []
+
+    def one_huge_gradient(*args, **kwargs):
+        loss, grads = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            name = next(iter(grads))
+            grads[name] = grads[name].copy()
+            grads[name].flat[0] = 1e22
+        return loss, grads
+    monkeypatch.setattr(loops, "nll_and_grad", one_huge_gradient)
+    monkeypatch.setattr(optim, "global_norm", lambda grads: float(np.sqrt(sum(
+        float(np.vdot(g.astype(np.float64), g.astype(np.float64))) for g in grads.values()))))
+    X = _moons(200)
+    est = FlowDensity(**FAST, dtype="float32", validation_fraction=0.0, random_state=0).fit(X)
+    assert est.optimizer_state_ is None and np.all(np.isfinite(est.score_samples(X)))
+    twin = io.load(_saved(est, tmp_path))
+    assert twin.optimizer_state_ is None
+    twin._fit(X, resume=True)
+    # a fresh Adam: the steps of the resumed epochs only (up to the kept one)
+    assert 0 < twin.optimizer_state_["steps"] <= twin.history_.steps - est.history_.steps

@@ -144,7 +144,8 @@ def test_file_holds_json_spec_and_plain_arrays(tmp_path):
     with np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     spec = json.loads(arrays.pop("__spec__").tobytes().decode("utf-8"))
-    assert spec["format_version"] == io.FORMAT_VERSION and spec["kind"] == "flow"
+    # a flow needs nothing of version 2 (optimizer state): it is written as version 1, which older releases read
+    assert spec["format_version"] == 1 and spec["kind"] == "flow"
     assert set(dict(flow.parameters())) <= set(arrays)
     assert all(a.dtype.kind == "f" for a in arrays.values())
     assert io.read_spec(path)["root"]["type"] == "TransformedDistribution"
@@ -251,12 +252,13 @@ def test_corrupted_spec_bytes(saved):
         io.load(path)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", None, True])
 def test_wrong_format_version(saved, version):
     path, _ = saved
     spec, arrays = _contents(path)
     spec["format_version"] = version
-    with pytest.raises(ValueError, match=f"format version {version!r}; this nflow_np reads version 1"):
+    with pytest.raises(ValueError, match=f"format version {version!r}; this nflow_np reads versions 1 and 2"
+                                         + (r" \(upgrade nflow_np\)" if version == 3 else "$")):
         io.load(_write(path, spec, arrays))
 
 
@@ -402,3 +404,152 @@ def test_zip_without_npy_members(tmp_path):
         zf.writestr("readme.txt", "hello")
     with pytest.raises(ValueError):
         io.load(path)
+
+
+# ---------------------------------------------------------------------------- estimators and their optimizer state
+
+def _fitted_estimator():
+    from nflow_np.estimator import FlowDensity
+    from nflow_np import datasets
+    return FlowDensity(n_layers=2, hidden=(4,), epochs=2, batch_size=64, random_state=0).fit(
+        datasets.load("two-moons", 200, rng=0))
+
+
+@pytest.fixture
+def saved_estimator(tmp_path):
+    est = _fitted_estimator()
+    path = tmp_path / "est.npz"
+    io.save(est, path)
+    return path, est
+
+
+def test_estimator_file_holds_adam_state(saved_estimator):
+    path, est = saved_estimator
+    spec, arrays = _contents(path)
+    assert spec["format_version"] == 2 == io.FORMAT_VERSION
+    node = spec["estimator"]["optimizer"]
+    names = [name for name, _ in est.flow_.parameters()]
+    assert node["type"] == "Adam" and node["state"] == {"lr": 1e-3, "steps": est.optimizer_state_["steps"],
+                                                        "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
+                                                        "clip_norm": None}
+    assert node["state"]["steps"] == est.history_.steps > 0
+    for moment in ("m", "v"):
+        assert list(node["arrays"][moment]) == names
+        for name in names:
+            stored = arrays[f"optimizer.{moment}.{name}"]
+            assert np.array_equal(stored, est.optimizer_state_[moment][name])
+            assert node["arrays"][moment][name] == {"key": f"optimizer.{moment}.{name}", "shape": list(stored.shape),
+                                                    "dtype": "float64"}
+    loaded = io.load(path)
+    state = loaded.optimizer_state_
+    assert {k: state[k] for k in ("lr", "steps", "betas", "eps", "weight_decay", "clip_norm")} == \
+        {k: est.optimizer_state_[k] for k in ("lr", "steps", "betas", "eps", "weight_decay", "clip_norm")}
+    assert all(np.array_equal(state[m][n], est.optimizer_state_[m][n]) and state[m][n].dtype == np.float64
+               for m in ("m", "v") for n in names)
+
+
+def test_estimator_file_without_optimizer_state_still_loads(saved_estimator):
+    # a file as written before optimizer state was saved: version 1, no "optimizer" entry, no moment arrays
+    path, est = saved_estimator
+    spec, arrays = _contents(path)
+    spec["format_version"] = 1
+    del spec["estimator"]["optimizer"]
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("optimizer.")}
+    loaded = io.load(_write(path, spec, arrays))
+    assert loaded.optimizer_state_ is None
+    x = np.array([[0.1, 0.2], [1.0, -0.5]])
+    assert np.array_equal(loaded.score_samples(x), est.score_samples(x))
+    # and saving it again writes version 1 still
+    io.save(loaded, path)
+    assert io.read_spec(path)["format_version"] == 1 and io.read_spec(path)["estimator"]["optimizer"] is None
+
+
+def _edit_optimizer(saved, edit):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    edit(spec["estimator"]["optimizer"], arrays, spec)
+    return _write(path, spec, arrays)
+
+
+FIRST = "bijector.0.net.w0"
+
+
+def _set(mapping, key, value):
+    mapping[key] = value
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda node, arrays, spec: arrays.pop(f"optimizer.v.{FIRST}"),
+     rf"missing array 'optimizer\.v\.{FIRST}', listed in the spec but absent from the file \(at optimizer\)"),
+    (lambda node, arrays, spec: node["arrays"]["m"].pop(FIRST),
+     rf"does not fit the flow \(.*'m' names parameters .*\(missing \['{FIRST}'\]\)"),
+    (lambda node, arrays, spec: _set(arrays, "optimizer.m.smuggled", np.zeros(2)),
+     r"arrays \['optimizer\.m\.smuggled'\] are in the file but not in the spec"),
+    (lambda node, arrays, spec: _set(arrays, f"optimizer.m.{FIRST}", arrays[f"optimizer.m.{FIRST}"][:, :-1]),
+     rf"array 'optimizer\.m\.{FIRST}' has shape \(1, 3\) in the file but \(1, 4\) in the spec"),
+    (lambda node, arrays, spec: _set(arrays, f"optimizer.v.{FIRST}", arrays[f"optimizer.v.{FIRST}"].astype(np.float32)),
+     "dtype float32 in the file but float64 in the spec"),
+    (lambda node, arrays, spec: arrays[f"optimizer.v.{FIRST}"].__setitem__((0, 1), np.inf),
+     rf"array 'optimizer\.v\.{FIRST}' holds NaN or infinity"),
+    (lambda node, arrays, spec: arrays[f"optimizer.m.{FIRST}"].__setitem__((0, 0), np.nan),
+     rf"array 'optimizer\.m\.{FIRST}' holds NaN or infinity"),
+    # a spec that agrees with the file but not with the flow: moments of another shape or dtype than the parameter
+    (lambda node, arrays, spec: (_set(arrays, f"optimizer.m.{FIRST}", np.zeros((1, 3))),
+                                 _set(node["arrays"]["m"][FIRST], "shape", [1, 3])),
+     rf"optimizer state does not fit the flow \(.*m\['{FIRST}'\] has shape \(1, 3\); the parameter has \(1, 4\)"),
+    (lambda node, arrays, spec: (_set(arrays, f"optimizer.m.{FIRST}", arrays[f"optimizer.m.{FIRST}"].astype("f4")),
+                                 _set(node["arrays"]["m"][FIRST], "dtype", "float32")),
+     rf"does not fit the flow \(.*m\['{FIRST}'\] has dtype float32; the parameter has float64"),
+    (lambda node, arrays, spec: (_set(arrays, "optimizer.m.extra", np.zeros(2)),
+                                 _set(node["arrays"]["m"], "extra", {"key": "optimizer.m.extra", "shape": [2],
+                                                                     "dtype": "float64"})),
+     r"does not fit the flow \(.*'m' names parameters .*\(unknown \['extra'\]\)"),
+    (lambda node, arrays, spec: (arrays.pop(f"optimizer.v.{FIRST}"), node["arrays"]["v"].pop(FIRST)),
+     rf"does not fit the flow \(.*'v' names parameters .*\(missing \['{FIRST}'\]\)"),
+    (lambda node, arrays, spec: _set(node["arrays"]["m"][FIRST], "key", f"flow.{FIRST}"),
+     rf"the record of moment m\['{FIRST}'\] must name array 'optimizer\.m\.{FIRST}'"),
+    (lambda node, arrays, spec: _set(node["arrays"]["m"][FIRST], "dtype", "int64"),
+     r"declared 'int64'; expected float32 or float64"),
+    (lambda node, arrays, spec: _set(node["state"], "steps", 2.5),
+     r"does not fit the flow \(.*'steps' must be an int; got float"),
+    (lambda node, arrays, spec: _set(node["state"], "steps", -3), r"'steps' must be >= 0"),
+    (lambda node, arrays, spec: _set(node["state"], "lr", "fast"), r"'lr' must be a real number; got str"),
+    (lambda node, arrays, spec: _set(node["state"], "betas", [0.9, 1.5]), r"'betas' must lie in \[0, 1\)"),
+    (lambda node, arrays, spec: _set(node["state"], "eps", None), r"'eps' must be a real number; got NoneType"),
+    (lambda node, arrays, spec: node["state"].pop("weight_decay"), r"missing \['weight_decay'\]"),
+    (lambda node, arrays, spec: _set(node["state"], "momentum", 0.9), r"unknown \['momentum'\]"),
+    (lambda node, arrays, spec: _set(node["state"], "m", 0.0), "the optimizer spec needs an object 'state'"),
+    (lambda node, arrays, spec: node["arrays"].pop("v"), "the optimizer spec needs an object 'state'"),
+    (lambda node, arrays, spec: _set(node, "type", "SGD"), "the stored optimizer must be an object of type 'Adam'"),
+    (lambda node, arrays, spec: _set(spec, "format_version", 1),
+     "holds an optimizer state, which model format version 1 does not have"),
+], ids=["missing-member", "unlisted-member", "extra-member", "shape-vs-spec", "dtype-vs-spec", "inf", "nan",
+        "shape-vs-flow", "dtype-vs-flow", "unknown-parameter", "missing-parameter", "foreign-key", "int-dtype",
+        "float-steps", "negative-steps", "str-lr", "betas", "eps-null", "missing-scalar", "unknown-scalar",
+        "moment-in-scalars", "no-v", "not-adam", "version-1"])
+def test_damaged_optimizer_state(saved_estimator, edit, message):
+    with pytest.raises(ValueError, match=message):
+        io.load(_edit_optimizer(saved_estimator, edit))
+
+
+def test_corrupted_moment_bytes(saved_estimator):
+    path, est = saved_estimator
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(est.optimizer_state_["v"][FIRST].tobytes())
+    assert at > 0
+    data[at + 5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        io.load(path)
+
+
+def test_save_refuses_an_optimizer_state_that_does_not_fit(tmp_path):
+    est = _fitted_estimator()
+    est.optimizer_state_["m"][FIRST] = est.optimizer_state_["m"][FIRST][:, :2].copy()
+    with pytest.raises(ValueError, match=rf"optimizer_state_ does not fit its flow .*m\['{FIRST}'\] has shape"):
+        io.save(est, tmp_path / "x.npz")
+    est = _fitted_estimator()
+    est.optimizer_state_["v"][FIRST][0, 0] = np.nan
+    with pytest.raises(ValueError, match=rf"v\['{FIRST}'\] holds NaN"):
+        io.save(est, tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()

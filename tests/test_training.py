@@ -132,6 +132,199 @@ def test_optimizer_rejects_bad_gradients():
     assert np.all(w == 0)
 
 
+def _two_params(dtype=np.float64):
+    return [("w", np.array([[3.0, -2.0, 0.5], [1.0, 0.0, -1.0]], dtype=dtype)),
+            ("b", np.array([0.3, -0.7], dtype=dtype))]
+
+
+def _grads(params, k):
+    # a different gradient every step, and a different one per parameter
+    return {name: (np.cos(np.arange(p.size) + 3.0 * k + len(name)) * (k + 1)).reshape(p.shape).astype(p.dtype)
+            for name, p in params.items()}
+
+
+ADAM_KEYS = {"lr", "steps", "betas", "eps", "weight_decay", "clip_norm", "m", "v"}
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: Adam(p, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01, clip_norm=2.0),
+    lambda p: SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, clip_norm=2.0),
+], ids=["Adam", "SGD"])
+def test_state_dict_restores_an_optimizer_that_continues_bit_for_bit(make):
+    first = dict(_two_params())
+    opt = make(first.items())
+    for k in range(4):
+        opt.step(_grads(first, k))
+    state = opt.state_dict()
+    twin_params = {name: p.copy() for name, p in first.items()}
+    twin = make(twin_params.items())
+    twin.lr, twin.steps = 1.0, 99   # overwritten by the load
+    twin.load_state_dict(state)
+    assert twin.state_dict().keys() == state.keys() and twin.steps == 4 and twin.lr == 0.05
+    for k in range(4, 9):
+        opt.step(_grads(first, k))
+        twin.step(_grads(twin_params, k))
+    for name in first:
+        assert np.array_equal(first[name], twin_params[name])
+    after, twin_after = opt.state_dict(), twin.state_dict()
+    for key in ("m", "v", "velocity"):
+        for name in after.get(key, {}):
+            assert np.array_equal(after[key][name], twin_after[key][name])
+
+
+def test_adam_state_dict_holds_everything_as_a_snapshot():
+    params = dict(_two_params())
+    opt = Adam(params.items(), lr=0.1, betas=(0.5, 0.9), eps=1e-7, weight_decay=0.2, clip_norm=3.0)
+    opt.step(_grads(params, 0))
+    state = opt.state_dict()
+    assert set(state) == ADAM_KEYS
+    assert (state["lr"], state["steps"], state["betas"], state["eps"], state["weight_decay"], state["clip_norm"]) == \
+        (0.1, 1, (0.5, 0.9), 1e-7, 0.2, 3.0)
+    assert set(state["m"]) == set(state["v"]) == {"w", "b"}
+    # the moments of one step: m = (1 - b1) g, v = (1 - b2) g^2, of the clipped gradient
+    g = _grads(params, 0)
+    scale = min(1.0, 3.0 / np.sqrt(sum(float(np.vdot(x, x)) for x in g.values())))
+    np.testing.assert_allclose(state["m"]["w"], 0.5 * scale * g["w"], rtol=1e-12)
+    np.testing.assert_allclose(state["v"]["b"], 0.1 * (scale * g["b"]) ** 2, rtol=1e-12)
+    # a snapshot: later steps leave it alone, and changing it leaves the optimizer alone
+    m_w = state["m"]["w"].copy()
+    opt.step(_grads(params, 1))
+    assert np.array_equal(state["m"]["w"], m_w) and state["steps"] == 1 and opt.steps == 2
+    state["m"]["w"][...] = 7.0
+    assert not np.any(opt.m["w"] == 7.0)
+
+
+def test_adam_moments_are_readable_live_arrays():
+    params = dict(_two_params(np.float32))
+    opt = Adam(params.items(), lr=0.1)
+    m_w = opt.m["w"]
+    opt.step(_grads(params, 0))
+    assert m_w is opt.m["w"] and np.any(m_w != 0) and m_w.dtype == np.float32
+    assert set(opt.m) == set(opt.v) == {"w", "b"} and np.all(opt.v["b"] > 0)
+    with pytest.raises(TypeError):
+        opt.m["w"] = np.zeros((2, 3), np.float32)   # the mapping is read-only; load_state_dict replaces state
+    sgd = SGD(params.items(), momentum=0.5)
+    sgd.step(_grads(params, 0))
+    assert set(sgd.velocity) == {"w", "b"} and np.any(sgd.velocity["b"] != 0)
+    assert set(sgd.state_dict()) == {"lr", "steps", "clip_norm", "momentum", "nesterov", "weight_decay", "velocity"}
+
+
+def test_a_loaded_state_is_copied_into_the_optimizers_own_arrays():
+    # code holding the moment arrays (a compiled trainer) sees what load_state_dict writes
+    params = dict(_two_params())
+    source = Adam({name: p.copy() for name, p in params.items()}.items())
+    source.step(_grads(params, 0))
+    opt = Adam(params.items())
+    held = opt.m["b"]
+    state = source.state_dict()
+    opt.load_state_dict(state)
+    assert opt.m["b"] is held and np.array_equal(held, state["m"]["b"]) and held is not state["m"]["b"]
+
+
+def _bad_states():
+    params = dict(_two_params())
+    opt = Adam(params.items(), lr=0.1)
+    opt.step(_grads(params, 0))
+    good = opt.state_dict()
+
+    def edit(**changes):
+        return {**good, **changes}
+    m32 = {**good["m"], "w": good["m"]["w"].astype(np.float32)}
+    nan_v = {**good["v"], "b": np.array([np.nan, 1.0])}
+    return [
+        ("list", [good], TypeError, "state must be a dict"),
+        ("missing-key", {k: v for k, v in good.items() if k != "v"}, ValueError, r"missing \['v'\]"),
+        ("unknown-key", edit(momentum=0.9), ValueError, r"unknown \['momentum'\]"),
+        ("missing-name", edit(m={"w": good["m"]["w"]}), ValueError, r"'m' names parameters \['w'\]; this optimizer "
+                                                                    r"has \['b', 'w'\] \(missing \['b'\]\)"),
+        ("unknown-name", edit(v={**good["v"], "c": np.zeros(2)}), ValueError, r"\(unknown \['c'\]\)"),
+        ("shape", edit(m={**good["m"], "b": np.zeros(3)}), ValueError, r"m\['b'\] has shape \(3,\); the parameter "
+                                                                       r"has \(2,\)"),
+        ("dtype", edit(m=m32), ValueError, r"m\['w'\] has dtype float32; the parameter has float64"),
+        ("not-array", edit(m={**good["m"], "b": [0.0, 0.0]}), TypeError, r"m\['b'\] must be an ndarray; got list"),
+        ("not-dict", edit(v=np.zeros(2)), TypeError, "'v' must be a dict"),
+        ("nan", edit(v=nan_v), ValueError, r"v\['b'\] holds NaN or infinity"),
+        ("inf-lr", edit(lr=np.inf), ValueError, "'lr' must be a finite number >= 0; got inf"),
+        ("str-lr", edit(lr="0.1"), TypeError, "'lr' must be a real number; got str"),
+        ("float-steps", edit(steps=2.0), TypeError, "'steps' must be an int; got float"),
+        ("bool-steps", edit(steps=True), TypeError, "'steps' must be an int; got bool"),
+        ("negative-steps", edit(steps=-1), ValueError, "'steps' must be >= 0"),
+        ("betas", edit(betas=(0.9, 1.0)), ValueError, r"'betas' must lie in \[0, 1\)"),
+        ("one-beta", edit(betas=0.9), TypeError, "'betas' must be a pair of numbers"),
+        ("eps", edit(eps=-1e-8), ValueError, "'eps' must be a finite number >= 0"),
+        ("weight-decay", edit(weight_decay=np.nan), ValueError, "'weight_decay' must be a finite number >= 0"),
+        ("clip-norm", edit(clip_norm=0.0), ValueError, "'clip_norm' must be positive or None"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_states(), ids=lambda case: case[0])
+def test_load_state_dict_refuses_a_bad_state_and_changes_nothing(case):
+    _, state, error, message = case
+    params = dict(_two_params())
+    opt = Adam(params.items(), lr=0.3)
+    opt.step(_grads(params, 5))
+    before = opt.state_dict()
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(state)
+    after = opt.state_dict()
+    assert {k: after[k] for k in ADAM_KEYS - {"m", "v"}} == {k: before[k] for k in ADAM_KEYS - {"m", "v"}}
+    assert all(np.array_equal(after[key][name], before[key][name]) for key in ("m", "v") for name in params)
+
+
+def test_sgd_state_refuses_an_adam_state():
+    params = dict(_two_params())
+    state = Adam(params.items()).state_dict()
+    with pytest.raises(ValueError, match=r"missing \['momentum', 'nesterov', 'velocity'\].*unknown \['betas'"):
+        SGD(params.items()).load_state_dict(state)
+
+
+def test_adam_constructor_refuses_what_load_state_dict_would():
+    with pytest.raises(ValueError, match="eps must be"):
+        Adam(_two_params(), eps=np.nan)
+    with pytest.raises(ValueError, match="weight_decay must be"):
+        Adam(_two_params(), weight_decay=-0.1)
+
+
+def test_state_dict_round_trip_through_flat_buffers_as_a_compiled_trainer_does():
+    # An engine that steps on one flat vector: read the state at the start of its epoch, write it back at the end.
+    params = dict(_two_params())
+    reference = Adam({name: p.copy() for name, p in params.items()}.items(), lr=0.05)
+    reference_params = reference.params
+    opt = Adam(params.items(), lr=0.05)
+    for k in range(3):
+        reference.step(_grads(reference_params, k))
+        opt.step(_grads(params, k))
+    names = list(params)
+
+    def flat(arrays):
+        return np.concatenate([arrays[name].reshape(-1) for name in names])
+
+    def unflat(vector, into):
+        offset = 0
+        for name in names:
+            size = into[name].size
+            into[name][...] = vector[offset:offset + size].reshape(into[name].shape)
+            offset += size
+
+    state = opt.state_dict()                                     # the start of the engine's epoch
+    theta = flat(params)
+    engine = Adam([("theta", theta)], lr=1.0)
+    engine.load_state_dict({**state, "m": {"theta": flat(state["m"])}, "v": {"theta": flat(state["v"])}})
+    for k in range(3, 7):
+        grads = _grads(params, k)
+        engine.step({"theta": flat(grads)})
+        reference.step(grads)
+    unflat(theta, params)                                        # the end of the engine's epoch
+    unflat(engine.m["theta"], state["m"])
+    unflat(engine.v["theta"], state["v"])
+    state["lr"], state["steps"] = engine.lr, engine.steps
+    opt.load_state_dict(state)
+    assert opt.steps == reference.steps == 7
+    for name in names:
+        assert np.array_equal(params[name], reference_params[name])
+        assert np.array_equal(opt.m[name], reference.m[name]) and np.array_equal(opt.v[name], reference.v[name])
+
+
 def test_fit_learns_a_gaussian_and_restores_the_best_epoch():
     rng = np.random.default_rng(0)
     cov = np.array([[1.0, 0.8], [0.8, 1.0]])
@@ -145,6 +338,38 @@ def test_fit_learns_a_gaussian_and_restores_the_best_epoch():
     true_entropy = 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * cov))
     held_out = rng.multivariate_normal([1.0, -1.0], cov, size=5000)
     assert -flow.log_prob(held_out).mean() < true_entropy + 0.1
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.slow)])
+def test_fit_continues_a_restored_adam_bit_for_bit(backend):
+    # 2 epochs, a checkpoint (a copy of the flow and Adam's state_dict), 3 more epochs on a new flow object and a new
+    # Adam that loaded the state == 5 epochs at once. The compiled trainer reads and writes the same state.
+    if backend == "numba":
+        pytest.importorskip("numba")
+    import copy
+    data = np.random.default_rng(0).multivariate_normal([1.0, -1.0], [[1.0, 0.8], [0.8, 1.0]], size=300)
+
+    def make():
+        return flows.RealNVP(2, n_layers=2, hidden=(8,), rng=1)
+    settings = dict(batch_size=64, validation_split=0.0, backend=backend)
+    whole = make()
+    history = fit(whole, data, epochs=5, lr=5e-3, rng=np.random.default_rng(2), **settings)
+    part, rng = make(), np.random.default_rng(2)
+    opt = Adam(part.parameters(), lr=5e-3)
+    first = fit(part, data, epochs=2, optimizer=opt, rng=rng, **settings)
+    state = opt.state_dict()
+    flow, restarted, rng_copy = copy.deepcopy(part), copy.deepcopy(part), copy.deepcopy(rng)
+    resumed = Adam(flow.parameters(), lr=1.0)
+    resumed.load_state_dict(state)
+    second = fit(flow, data, epochs=3, optimizer=resumed, rng=rng, **settings)
+    # the comparison holds when each fit keeps its last epoch (fit restores the best one)
+    assert (history.best_epoch, first.best_epoch, second.best_epoch) == (4, 1, 2)
+    assert resumed.steps == opt.steps + second.steps == history.steps
+    for (name, a), (_, b) in zip(flow.parameters(), whole.parameters()):
+        assert np.array_equal(a, b), name
+    # a fresh Adam from the same checkpoint ends elsewhere
+    fit(restarted, data, epochs=3, lr=5e-3, rng=rng_copy, **settings)
+    assert not all(np.array_equal(a, b) for (_, a), (_, b) in zip(restarted.parameters(), whole.parameters()))
 
 
 def test_fit_survives_nan_steps(monkeypatch):

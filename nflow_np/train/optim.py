@@ -1,4 +1,15 @@
-"""Optimizers that update parameter arrays in place from gradient dicts."""
+"""Optimizers that update parameter arrays in place from gradient dicts.
+
+Each optimizer's whole state (hyperparameters, step count and per-parameter
+buffers such as Adam's moments) comes out of :meth:`Optimizer.state_dict` as a
+snapshot and goes back in, checked, through :meth:`Optimizer.load_state_dict`,
+as with PyTorch's optimizers.
+"""
+
+import math
+import numbers
+import types
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -15,6 +26,29 @@ def _named(parameters, where):
     return named
 
 
+def _real(value, key, where):
+    """``value`` as a float, or TypeError for anything but a real number (bool included)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {key!r} must be a real number; got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _non_negative(value, key, where):
+    value = _real(value, key, where)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{where}: {key!r} must be a finite number >= 0; got {value!r}")
+    return value
+
+
+def _clip_norm(value, where):
+    if value is None:
+        return None
+    value = _real(value, "clip_norm", where)
+    if not value > 0:
+        raise ValueError(f"{where}: 'clip_norm' must be positive or None; got {value!r}")
+    return value
+
+
 class Optimizer:
     """Base optimizer: ``step(grads)`` applies a dict of gradients (same names as ``parameters``) in place.
 
@@ -26,7 +60,17 @@ class Optimizer:
         Learning rate.
     clip_norm : float, optional
         Rescale the whole gradient so its global L2 norm is at most this.
+
+    Notes
+    -----
+    :meth:`state_dict` and :meth:`load_state_dict` save and restore
+    everything ``step`` depends on, so that an optimizer rebuilt on the same
+    parameters continues exactly where another one stopped. A subclass
+    declares its hyperparameters in ``_hyper_keys`` (checked by
+    ``_check_hyper``) and its per-parameter buffers in ``_buffers()``.
     """
+
+    _hyper_keys = ()
 
     def __init__(self, parameters, lr, *, clip_norm=None):
         where = type(self).__name__
@@ -64,8 +108,116 @@ class Optimizer:
             self._update(name, self.params[name], g * scale if scale != 1.0 else g)
         return norm
 
+    # ------------------------------------------------------------------ state
+    def _buffers(self):
+        """Per-parameter state: buffer name -> {parameter name: live array}."""
+        return {}
+
+    def _hyper(self):
+        """The subclass's hyperparameters, as plain Python values."""
+        return {}
+
+    def _check_hyper(self, state, where):
+        """``state``'s subclass hyperparameters checked and normalized, or TypeError/ValueError."""
+        return {}
+
     def state_dict(self):
-        return {"lr": self.lr, "steps": self.steps}
+        """A snapshot of everything ``step`` depends on.
+
+        Returns
+        -------
+        dict
+            ``"lr"`` (float), ``"steps"`` (int, the updates applied so far),
+            ``"clip_norm"`` (float or None), the subclass's hyperparameters,
+            and one dict per buffer (Adam: ``"m"`` and ``"v"``; SGD:
+            ``"velocity"``) from parameter name to a *copy* of its array: later
+            steps do not change the snapshot, nor does changing the snapshot
+            change the optimizer. Scalars are plain Python values (JSON can
+            store them); buffers have the dtype and shape of their parameter.
+        """
+        state = {"lr": float(self.lr), "steps": int(self.steps), "clip_norm": None if self.clip_norm is None
+                 else float(self.clip_norm)}
+        state.update(self._hyper())
+        for key, arrays in self._buffers().items():
+            state[key] = {name: array.copy() for name, array in arrays.items()}
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a :meth:`state_dict`, checked in full before anything changes.
+
+        The buffers are copied into the optimizer's own arrays, in place (code
+        holding them, such as a compiled trainer, sees the new values); the
+        hyperparameters, ``lr`` and ``steps`` are set. ``state`` is not kept.
+
+        Parameters
+        ----------
+        state : dict
+            Exactly the keys :meth:`state_dict` returns. Each buffer must name
+            exactly this optimizer's parameters, with arrays of their shape and
+            dtype (no casting) holding finite values.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        TypeError
+            ``state`` is not a dict, a buffer not a dict of ndarrays, or a
+            scalar of the wrong type.
+        ValueError
+            Missing or unknown keys or parameter names, a shape or dtype that
+            differs from the parameter's, a non-finite value, or a
+            hyperparameter out of range. The optimizer is then unchanged.
+        """
+        where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{where}: state must be a dict as returned by state_dict(); got {type(state).__name__}")
+        buffers = self._buffers()
+        expected = {"lr", "steps", "clip_norm", *self._hyper_keys, *buffers}
+        missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unknown:
+            raise ValueError(f"{where}: the state has keys {sorted(map(str, state))}; expected {sorted(expected)}"
+                             + (f" (missing {missing})" if missing else "")
+                             + (f" (unknown {unknown})" if unknown else ""))
+        lr = _non_negative(state["lr"], "lr", where)   # 0 is reachable: fit halves lr after each rejected step
+        steps = state["steps"]
+        if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, numbers.Integral):
+            raise TypeError(f"{where}: 'steps' must be an int; got {type(steps).__name__} {steps!r}")
+        if steps < 0:
+            raise ValueError(f"{where}: 'steps' must be >= 0; got {steps}")
+        clip_norm = _clip_norm(state["clip_norm"], where)
+        hyper = self._check_hyper(state, where)
+        for key, live in buffers.items():
+            self._check_buffer(state[key], key, live, where)
+        for key, live in buffers.items():
+            for name, target in live.items():
+                np.copyto(target, state[key][name])
+        for key, value in hyper.items():
+            setattr(self, key, value)
+        self.lr, self.steps, self.clip_norm = lr, int(steps), clip_norm
+
+    def _check_buffer(self, given, key, live, where):
+        if not isinstance(given, Mapping):
+            raise TypeError(f"{where}: {key!r} must be a dict from parameter name to ndarray; got "
+                            f"{type(given).__name__}")
+        missing, unknown = sorted(set(live) - set(given)), sorted(set(given) - set(live))
+        if missing or unknown:
+            raise ValueError(f"{where}: {key!r} names parameters {sorted(map(str, given))}; this optimizer has "
+                             f"{sorted(live)}" + (f" (missing {missing})" if missing else "")
+                             + (f" (unknown {unknown})" if unknown else ""))
+        for name, target in live.items():
+            value = given[name]
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{where}: {key}[{name!r}] must be an ndarray; got {type(value).__name__}")
+            if value.shape != target.shape:
+                raise ValueError(f"{where}: {key}[{name!r}] has shape {value.shape}; the parameter has "
+                                 f"{target.shape}")
+            if value.dtype != target.dtype:
+                raise ValueError(f"{where}: {key}[{name!r}] has dtype {value.dtype}; the parameter has "
+                                 f"{target.dtype}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{where}: {key}[{name!r}] holds NaN or infinity")
 
 
 def global_norm(grads):
@@ -74,7 +226,13 @@ def global_norm(grads):
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with momentum (heavy ball or Nesterov) and L2 weight decay."""
+    """Stochastic gradient descent with momentum (heavy ball or Nesterov) and L2 weight decay.
+
+    ``state_dict()`` holds ``lr``, ``steps``, ``clip_norm``, ``momentum``,
+    ``nesterov``, ``weight_decay`` and ``velocity`` (parameter name -> array).
+    """
+
+    _hyper_keys = ("momentum", "nesterov", "weight_decay")
 
     def __init__(self, parameters, lr=1e-2, *, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
         super().__init__(parameters, lr, clip_norm=clip_norm)
@@ -86,6 +244,29 @@ class SGD(Optimizer):
         self.nesterov = nesterov
         self.weight_decay = weight_decay
         self._velocity = {name: np.zeros_like(p) for name, p in self.params.items()}
+
+    @property
+    def velocity(self):
+        """The momentum buffers, parameter name -> array: the live arrays ``step`` updates (a read-only mapping;
+        use :meth:`state_dict` for a snapshot)."""
+        return types.MappingProxyType(self._velocity)
+
+    def _buffers(self):
+        return {"velocity": self._velocity}
+
+    def _hyper(self):
+        return {"momentum": float(self.momentum), "nesterov": bool(self.nesterov),
+                "weight_decay": float(self.weight_decay)}
+
+    def _check_hyper(self, state, where):
+        momentum = _real(state["momentum"], "momentum", where)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"{where}: 'momentum' must lie in [0, 1); got {momentum!r}")
+        nesterov = state["nesterov"]
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"{where}: 'nesterov' must be a bool; got {type(nesterov).__name__} {nesterov!r}")
+        return {"momentum": momentum, "nesterov": bool(nesterov),
+                "weight_decay": _non_negative(state["weight_decay"], "weight_decay", where)}
 
     def _update(self, name, param, grad):
         if self.weight_decay:
@@ -101,19 +282,57 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015), with decoupled weight decay when ``weight_decay`` > 0 (AdamW).
 
+    ``state_dict()`` holds ``lr``, ``steps``, ``betas``, ``eps``,
+    ``weight_decay``, ``clip_norm`` and the moments ``m`` and ``v``
+    (parameter name -> array); :attr:`m` and :attr:`v` give the live arrays.
+
     References: Kingma, D. P. and Ba, J., "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
+
+    _hyper_keys = ("betas", "eps", "weight_decay")
 
     def __init__(self, parameters, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(parameters, lr, clip_norm=clip_norm)
         b1, b2 = betas
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"Adam: betas must lie in [0, 1); got {betas}")
+        if not (np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"Adam: eps must be a finite number >= 0; got {eps}")
+        if not (np.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"Adam: weight_decay must be a finite number >= 0; got {weight_decay}")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
         self.weight_decay = weight_decay
         self._m = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._v = {name: np.zeros_like(p) for name, p in self.params.items()}
+
+    @property
+    def m(self):
+        """First moments, parameter name -> array: the live arrays ``step`` updates in place (a read-only
+        mapping; writing into an array changes the optimizer's state, unchecked; :meth:`state_dict` gives a
+        snapshot and :meth:`load_state_dict` restores one, checked)."""
+        return types.MappingProxyType(self._m)
+
+    @property
+    def v(self):
+        """Second moments (uncentred variances), parameter name -> array; live, as :attr:`m`."""
+        return types.MappingProxyType(self._v)
+
+    def _buffers(self):
+        return {"m": self._m, "v": self._v}
+
+    def _hyper(self):
+        return {"betas": self.betas, "eps": self.eps, "weight_decay": float(self.weight_decay)}
+
+    def _check_hyper(self, state, where):
+        betas = state["betas"]
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"{where}: 'betas' must be a pair of numbers; got {betas!r}")
+        b1, b2 = (_real(b, "betas", where) for b in betas)
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"{where}: 'betas' must lie in [0, 1); got {tuple(betas)}")
+        return {"betas": (b1, b2), "eps": _non_negative(state["eps"], "eps", where),
+                "weight_decay": _non_negative(state["weight_decay"], "weight_decay", where)}
 
     def _update(self, name, param, grad):
         b1, b2 = self.betas
