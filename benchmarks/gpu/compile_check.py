@@ -87,7 +87,7 @@ def exercise():
             device.draw(9, np.random.default_rng(0))
             set_training(flow, True)
             device.nll_and_grad(x)
-            runner.Trainer(device, Adam(dict(flow.parameters())), 32).epoch(x, np.arange(len(x)))
+            runner.DeviceTrainer(device, Adam(dict(flow.parameters())), 32).epoch(x, np.arange(len(x)))
     # the element-wise spline launchers (the tests' entry points; the layers use the same device functions)
     from nflow_np.kernels.cuda import spline
     for dtype in (np.float32, np.float64):

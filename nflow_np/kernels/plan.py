@@ -16,7 +16,7 @@ from . import specs
 from .autoregressive import degree_groups, maf_forward_scratch_size
 from .mlp import ACTIVATION_CODES, hidden_size
 
-__all__ = ["Program", "compile_flow", "program_for", "supports"]
+__all__ = ["Program", "compile_flow", "program_for", "supports", "AdamExchange", "NumbaTrainer"]
 
 # rows per chunk when BLAS does the products: large enough to amortize the calls, small enough for
 # the caches to stay in L2
@@ -339,19 +339,53 @@ def supports(flow):
     return True, ""
 
 
-class Trainer:
+class AdamExchange:
+    """Adam's state between the optimizer and a compiled trainer's flat buffers, through its public API.
+
+    At an epoch's start :meth:`read` fills flat ``m``/``v`` from ``optimizer.m``/``optimizer.v`` (the live
+    moments) and returns the hyperparameters as the compiled step reads them, float64
+    ``[lr, beta1, beta2, eps, weight_decay, clip_norm, largest]``, with the step count; :meth:`write`
+    copies the moments back in place and sets ``lr`` and ``steps``, so everything between epochs
+    (validation, callbacks, ``state_dict``) sees the usual optimizer.
+    """
+
+    def __init__(self, program, optimizer):
+        self.program = program
+        self.optimizer = optimizer
+
+    def _slots(self):
+        return zip(self.program.names, self.program.slots)
+
+    def read(self, m, v):
+        opt = self.optimizer
+        for (name, (_, _, off, size)) in self._slots():
+            m[off:off + size] = opt.m[name].reshape(-1)
+            v[off:off + size] = opt.v[name].reshape(-1)
+        hyper = np.array([opt.lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay or 0.0, opt.clip_norm or 0.0,
+                          np.finfo(self.program.dtype).max], dtype=np.float64)
+        return hyper, opt.steps
+
+    def write(self, m, v, lr, steps):
+        opt = self.optimizer
+        for (name, (_, _, off, size)) in self._slots():
+            opt.m[name][...] = m[off:off + size].reshape(opt.m[name].shape)
+            opt.v[name][...] = v[off:off + size].reshape(opt.v[name].shape)
+        opt.lr = float(lr)
+        opt.steps = int(steps)
+
+
+class NumbaTrainer:
     """Whole epochs of Adam steps in one compiled call, on buffers allocated once.
 
     The flat parameters and Adam's moments are read from the flow and the
-    optimizer at the start of every epoch and written back at its end, so
-    everything between epochs (validation, callbacks, snapshots, a changed
-    learning rate) sees and may change the usual arrays.
+    optimizer at the start of every epoch and written back at its end
+    (:class:`AdamExchange`), so everything between epochs sees and may change
+    the usual arrays.
     """
 
     def __init__(self, program, optimizer, batch_size):
         self.program = program
-        self.optimizer = optimizer
-        self.keys = program.names
+        self.adam = AdamExchange(program, optimizer)
         size = program.size
         self.theta_eff = np.empty(size, dtype=program.dtype)
         self.gtheta = np.zeros(size, dtype=program.dtype)
@@ -360,37 +394,19 @@ class Trainer:
         self.ws = program.workspace(batch_size)[0]
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)
-        self.hyper = np.zeros(7, dtype=np.float64)
-        self.status = np.zeros(1, dtype=np.int64)
-
-    def _flat(self, arrays, out):
-        for key, (_, _, off, size) in zip(self.keys, self.program.slots):
-            out[off:off + size] = arrays[key].reshape(-1)
-
-    def _unflat(self, flat, arrays):
-        for key, (_, _, off, size) in zip(self.keys, self.program.slots):
-            arrays[key][...] = flat[off:off + size].reshape(arrays[key].shape)
 
     def epoch(self, data, order, context=None):
         """Run one epoch over ``data[order]`` (and ``context[order]``); returns the per-step losses (NaN where a
         step was rejected)."""
-        opt = self.optimizer
-        theta = self.program.theta()
-        self._flat(opt._m, self.m)
-        self._flat(opt._v, self.v)
-        self.hyper[:] = (opt.lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay or 0.0,
-                         opt.clip_norm or 0.0, np.finfo(self.program.dtype).max)
-        self.state[:] = (opt.steps, 0)
-        losses = np.empty(-(-len(data) // self.batch_size), dtype=np.float64)
         from .compiled import BACKWARD, DENSITY, train_epoch
-        train_epoch(
-            self.program.table(DENSITY, BACKWARD), *self.program._arrays(), theta, self.theta_eff, self.program.pmask,
-            data,
-            self.program.context_rows(context, len(data)), order, self.batch_size,
-            self.ws, self.gtheta, self.m, self.v, self.hyper, self.state, losses)
-        self.program.write_back(theta)
-        self._unflat(self.m, opt._m)
-        self._unflat(self.v, opt._v)
-        opt.lr = float(self.hyper[0])
-        opt.steps = int(self.state[0])
+        program = self.program
+        theta = program.theta()
+        hyper, steps = self.adam.read(self.m, self.v)
+        self.state[:] = (steps, 0)
+        losses = np.empty(-(-len(data) // self.batch_size), dtype=np.float64)
+        train_epoch(program.table(DENSITY, BACKWARD), *program._arrays(), theta, self.theta_eff, program.pmask, data,
+                    program.context_rows(context, len(data)), order, self.batch_size, self.ws, self.gtheta, self.m,
+                    self.v, hyper, self.state, losses)
+        program.write_back(theta)
+        self.adam.write(self.m, self.v, hyper[0], self.state[0])
         return losses

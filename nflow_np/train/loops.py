@@ -208,16 +208,15 @@ def _compiled_trainer(flow, optimizer, batch_size):
     name = resolve_backend(None)
     if name not in ("numba", "cuda") or type(optimizer) is not Adam:
         return None
-    from ..kernels.plan import Trainer, program_for
+    from ..kernels.plan import NumbaTrainer, program_for
     program = program_for(flow)
     if program is None:
         return None
     if name == "cuda":
-        from ..kernels.cuda.runner import Trainer as DeviceTrainer
-        from ..kernels.cuda.runner import runner_for
+        from ..kernels.cuda.runner import DeviceTrainer, runner_for
         runner = runner_for(program)
         return None if runner is None else DeviceTrainer(runner, optimizer, batch_size)
-    return Trainer(program, optimizer, batch_size)
+    return NumbaTrainer(program, optimizer, batch_size)
 
 
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,

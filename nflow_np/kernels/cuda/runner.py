@@ -8,7 +8,7 @@ A :class:`DeviceProgram` answers the calls a ``Program`` answers (``log_prob``,
 in the program's place, plus :meth:`DeviceProgram.draw`, sampling with the base
 points drawn on the device.
 
-:class:`Trainer` runs whole Adam epochs on the device: the data are copied
+:class:`DeviceTrainer` runs whole Adam epochs on the device: the data are copied
 once per ``fit``, each epoch's permutation once per epoch, the mini-batches are
 gathered by it on the device, and the parameters, moments and step count stay
 there during the epoch; the host sees the per-step losses (and the parameters,
@@ -23,6 +23,7 @@ for the GPU's native precision; a float64 flow runs in float64, never cast.
 import numpy as np
 
 from .. import program as prog
+from ..plan import AdamExchange
 from ..backend import resolve_backend
 from .device import Scratch, as_device, cuda, empty, is_device_array
 from .elementwise import copy_tail_cuda, gather_rows_cuda, masked_copy_cuda, nll_head_cuda, normal_log_prob_cuda, \
@@ -31,13 +32,13 @@ from .flow import SUPPORTED_OPS, Layer, Workspace, density_backward, density_pas
 from .optim import guarded_adam_step_cuda
 from .reduce import vector_sum
 
-__all__ = ["DeviceProgram", "Trainer", "runner_for", "supports", "log_prob_on_device", "WORKSPACE_BYTES"]
+__all__ = ["DeviceProgram", "DeviceTrainer", "runner_for", "covers", "log_prob_on_device", "WORKSPACE_BYTES"]
 
 # device memory for an inference chunk's workspace; larger inputs are processed in chunks of rows
 WORKSPACE_BYTES = 1 << 29
 
 
-def supports(program):
+def covers(program):
     """``(True, "")`` when the device kernels cover every op of ``program``, else ``(False, reason)``."""
     if getattr(program, "context_size", 0):
         return False, "the CUDA kernels do not cover conditional flows (a context)"
@@ -52,7 +53,7 @@ def supports(program):
 
 def runner_for(program):
     """The program's :class:`DeviceProgram` (built once), or None when the device kernels do not cover it."""
-    if not supports(program)[0]:
+    if not covers(program)[0]:
         return None
     runner = program.__dict__.get("_device_program")
     if runner is None:
@@ -206,15 +207,14 @@ class DeviceProgram:
         density_backward(self.layers, self.theta, self.gtheta, v, self.work)
 
 
-class Trainer:
-    """Whole epochs of guarded Adam steps on the device; the interface of :class:`nflow_np.kernels.plan.Trainer`."""
+class DeviceTrainer:
+    """Whole epochs of guarded Adam steps on the device; the interface of :class:`nflow_np.kernels.plan.NumbaTrainer`."""
 
     def __init__(self, runner, optimizer, batch_size):
         self.runner = runner
         self.program = program = runner.program
-        self.optimizer = optimizer
+        self.adam = AdamExchange(program, optimizer)
         self.batch_size = int(batch_size)
-        self.keys = program.names
         size, dtype = program.size, program.dtype
         self.n_params = p = int(program.n_params)
         self.theta = empty(size, dtype)       # the parameters the optimizer moves, and the running statistics
@@ -229,16 +229,6 @@ class Trainer:
         self.workspace = Workspace(runner.layers, runner.d, self.batch_size, dtype, keep=True)
         self._data = (None, None)
 
-    def _flat(self, arrays):
-        out = np.zeros(self.program.size, dtype=self.program.dtype)
-        for key, (_, _, off, size) in zip(self.keys, self.program.slots):
-            out[off:off + size] = arrays[key].reshape(-1)
-        return out
-
-    def _unflat(self, flat, arrays):
-        for key, (_, _, off, size) in zip(self.keys, self.program.slots):
-            arrays[key][...] = flat[off:off + size].reshape(arrays[key].shape)
-
     def _device_data(self, data):
         # the same array comes back every epoch of a fit: copy it once
         held, device = self._data
@@ -250,15 +240,16 @@ class Trainer:
     def epoch(self, data, order, context=None):
         """Run one epoch over ``data[order]``; returns the per-step losses (NaN where a step was rejected)."""
         DeviceProgram._no_context(context, "epoch")
-        opt, program, runner = self.optimizer, self.program, self.runner
+        program, runner = self.program, self.runner
         n_data = len(data)
         steps = -(-n_data // self.batch_size)
         self.theta.copy_to_device(program.theta())
-        self.m.copy_to_device(self._flat(opt._m))
-        self.v.copy_to_device(self._flat(opt._v))
-        self.hyper.copy_to_device(np.array([opt.lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay or 0.0,
-                                            opt.clip_norm or 0.0, np.finfo(program.dtype).max], dtype=np.float64))
-        self.state.copy_to_device(np.array([opt.steps, 0], dtype=np.int64))
+        m, v = np.zeros(program.size, program.dtype), np.zeros(program.size, program.dtype)
+        hyper, done = self.adam.read(m, v)
+        self.m.copy_to_device(m)
+        self.v.copy_to_device(v)
+        self.hyper.copy_to_device(hyper)
+        self.state.copy_to_device(np.array([done, 0], dtype=np.int64))
         data_device = self._device_data(data)
         order_device = cuda.to_device(np.ascontiguousarray(order, dtype=np.int64))
         losses = empty(max(steps, 1), np.float64)
@@ -274,10 +265,8 @@ class Trainer:
             guarded_adam_step_cuda(*self.params, self.hyper, self.state, self.status, self.scalars, losses, k,
                                    runner.work)
         program.write_back(self.theta.copy_to_host())
-        self._unflat(self.m.copy_to_host(), opt._m)
-        self._unflat(self.v.copy_to_host(), opt._v)
-        opt.lr = float(self.hyper.copy_to_host()[0])
-        opt.steps = int(self.state.copy_to_host()[0])
+        self.adam.write(self.m.copy_to_host(), self.v.copy_to_host(), self.hyper.copy_to_host()[0],
+                        self.state.copy_to_host()[0])
         return losses.copy_to_host()[:steps]
 
 
