@@ -13,7 +13,7 @@ it; so is a benchmark that ran on the first commit and failed on the second.
     python benchmarks/regressions.py before.json after.json       # two result files, as they are
 
 Commits are anything ``git rev-parse`` understands. Exit status: 0 no regression, 1 at least one,
-2 nothing to compare (no results for one of the commits on a common machine and environment).
+2 nothing to compare (an unknown commit, or no results of both commits on one machine and environment).
 ``--ci`` counts a ratio over the threshold only when the two 99 % confidence intervals asv stored
 do not overlap (results of ``--quick`` runs have none; there the threshold alone decides).
 """
@@ -87,7 +87,8 @@ def resolve_commit(rev, repo):
     proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=repo,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"regressions.py: {rev!r} is not a commit of {repo}")
+        print(f"regressions.py: {rev!r} is not a commit of {repo}", file=sys.stderr)
+        raise SystemExit(2)
     return proc.stdout.strip()
 
 

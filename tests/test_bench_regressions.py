@@ -166,3 +166,9 @@ def test_main_finds_commits_in_a_results_folder(tmp_path, capsys, monkeypatch):
     assert "environment virtualenv-py3.11" in out and "existing-py" not in out
     assert reg.main(["A", "B", "--results", str(tmp_path), "--env", "nothing-like-this"]) == 2
     assert "no results to compare" in capsys.readouterr().err
+
+
+def test_main_unknown_commit_exits_2(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        reg.main(["no-such-revision", "HEAD", "--repo", str(tmp_path), "--results", str(tmp_path)])
+    assert exc.value.code == 2
