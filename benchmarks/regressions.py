@@ -13,7 +13,8 @@ it; so is a benchmark that ran on the first commit and failed on the second.
     python benchmarks/regressions.py before.json after.json       # two result files, as they are
 
 Commits are anything ``git rev-parse`` understands. Exit status: 0 no regression, 1 at least one,
-2 nothing to compare (an unknown commit, or no results of both commits on one machine and environment).
+2 nothing to compare (an unknown commit, no results of both commits on one machine and environment, or
+no benchmark with a value on both sides).
 ``--ci`` counts a ratio over the threshold only when the two 99 % confidence intervals asv stored
 do not overlap (results of ``--quick`` runs have none; there the threshold alone decides).
 """
@@ -255,7 +256,7 @@ def main(argv=None):
             print(f"  {label}: {have}", file=sys.stderr)
         return 2
 
-    bad = []
+    bad, compared = [], 0
     units = load_units(args.results)
     for a, b in pairs:
         print(f"machine {b['machine']}, environment {b['env']}")
@@ -263,6 +264,7 @@ def main(argv=None):
         rows = compare(a, b, threshold, use_ci=args.ci)
         print(format_table(rows, units))
         print()
+        compared += sum(ratio is not None for *_, ratio, _ in rows)
         counted = (REGRESSION,) if args.allow_failures else BAD
         bad += [(b["env"], name, combo, status) for name, combo, _, _, _, status in rows if status in counted]
     if bad:
@@ -270,6 +272,9 @@ def main(argv=None):
         for env, name, combo, status in bad:
             print(f"  {status.lower()}: {name}{f'({combo})' if combo else ''}  [{env}]")
         return 1
+    if not compared:
+        print("nothing compared: no benchmark has a value for both commits", file=sys.stderr)
+        return 2
     print(f"no regression over {args.threshold:g} %")
     return 0
 

@@ -168,6 +168,13 @@ def test_main_finds_commits_in_a_results_folder(tmp_path, capsys, monkeypatch):
     assert "no results to compare" in capsys.readouterr().err
 
 
+def test_main_nothing_in_common_exits_2(tmp_path, capsys):
+    before = results_file(tmp_path, BEFORE, {"m.time_a": [[1.0], [], "v"]})
+    after = results_file(tmp_path, AFTER, {"m.time_b": [[1.0], [], "v"]})
+    assert reg.main([before, after]) == 2
+    assert "nothing compared" in capsys.readouterr().err
+
+
 def test_main_unknown_commit_exits_2(tmp_path):
     with pytest.raises(SystemExit) as exc:
         reg.main(["no-such-revision", "HEAD", "--repo", str(tmp_path), "--results", str(tmp_path)])
