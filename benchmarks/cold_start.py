@@ -62,7 +62,7 @@ _times[{name!r}] = time.perf_counter() - _t
 
 def child_source(flow):
     """The Python source one cold-start child runs for ``flow``."""
-    lines = [line for line in wl.cold_start_setup(flow).strip().splitlines()]
+    lines = wl.cold_start_setup(flow).strip().splitlines()
     imports = "\n".join(line for line in lines if line.startswith(("import ", "from ")))
     build = "\n".join(line for line in lines if not line.startswith(("import ", "from ")))
     phases = "".join(_PHASE.format(code=code, name=name) for name, code in wl.COLD_START_PHASES)
