@@ -16,7 +16,8 @@ Commits are anything ``git rev-parse`` understands. Exit status: 0 no regression
 2 nothing to compare (an unknown commit, no results of both commits on one machine and environment, or
 no benchmark with a value on both sides).
 ``--ci`` counts a ratio over the threshold only when the two 99 % confidence intervals asv stored
-do not overlap (results of ``--quick`` runs have none; there the threshold alone decides).
+do not overlap (results of ``--quick`` runs have one sample and an infinite interval; there the
+threshold alone decides).
 """
 
 import argparse
@@ -118,6 +119,11 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
+def _interval(ci):
+    """A usable confidence interval: two finite numbers (a --quick run stores (-inf, inf): one sample)."""
+    return ci is not None and len(ci) == 2 and all(_number(v) and math.isfinite(v) for v in ci)
+
+
 def classify(a, b, threshold, ci_a=None, ci_b=None):
     """Ratio ``b / a`` and status of one benchmark value: "" (within the threshold), REGRESSION,
     "improved", FAILED (ran before, fails after), "fixed", "failed" (both), "skipped"."""
@@ -133,7 +139,7 @@ def classify(a, b, threshold, ci_a=None, ci_b=None):
         return (1.0 if b == 0 else math.inf), ("" if b == 0 else REGRESSION)
     ratio = b / a
     if ratio > 1 + threshold:
-        if ci_a and ci_b and None not in ci_a and None not in ci_b and ci_b[0] <= ci_a[1]:
+        if _interval(ci_a) and _interval(ci_b) and ci_b[0] <= ci_a[1]:
             return ratio, "noise"  # over the threshold, but the confidence intervals overlap
         return ratio, REGRESSION
     if ratio < 1 / (1 + threshold):

@@ -104,6 +104,8 @@ def test_classify_confidence_intervals():
     assert reg.classify(1.0, 1.5, 0.10, (0.9, 1.1), (1.4, 1.6)) == (1.5, "REGRESSION")
     # one side without intervals (a --quick run): the threshold alone decides
     assert reg.classify(1.0, 1.5, 0.10, (0.9, 1.1), (None, None)) == (1.5, "REGRESSION")
+    # a --quick sample: asv stores an infinite interval, which says nothing
+    assert reg.classify(1.0, 1.5, 0.10, (-math.inf, math.inf), (-math.inf, math.inf)) == (1.5, "REGRESSION")
 
 
 def test_compare_rows(tmp_path):
