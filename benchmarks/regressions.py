@@ -211,7 +211,7 @@ def format_table(rows, units=None):
     for name, combo, a, b, ratio, status in rows:
         label = f"{name}({combo})" if combo else name
         unit = _unit(name, units)
-        body.append((label, fmt_value(a, unit), fmt_value(b, unit), "" if ratio is None else f"{ratio:.2f}",
+        body.append((label, fmt_value(a, unit), fmt_value(b, unit), "" if ratio is None else f"{ratio:.3f}",
                      status))
     widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
     line = lambda r: "  ".join(v.ljust(w) if i in (0, 4) else v.rjust(w)  # noqa: E731
