@@ -4,6 +4,8 @@
 #   ./run_asv.sh --quick              # every benchmark once: a smoke test
 #   ./run_asv.sh --quick --bench W2   # only benchmarks whose name matches the regex
 # Extra arguments go to `asv run`. Results: .asv/results; `asv publish && asv preview` for HTML (.asv/html).
+# This is the quick mode. For history (each commit built and installed in an environment asv makes), run
+# asv itself from benchmarks/, e.g. `asv run HEAD~20..HEAD` or `asv continuous main HEAD` (README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python}"

@@ -15,10 +15,22 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The working tree, not an installed copy: asv runs with --python=same and compare/
-# runs from a checkout, and both should time the code that is in front of the reader.
-if ROOT not in sys.path:
+
+# Which nflow_np is timed. asv tells its benchmark processes what kind of environment they run in
+# (ASV_ENV_TYPE). In an environment asv built for one commit ("virtualenv": `asv run A..B`,
+# `asv continuous A B`), the benchmarks time the copy of nflow_np asv installed there, so the working
+# tree must stay off sys.path. Everywhere else (scripts run from a checkout, compare/, and asv with
+# --python=same, whose environment type is "existing") the working tree goes first on sys.path: those
+# time the code that is in front of the reader, not whatever copy the Python has installed.
+USE_WORKING_TREE = os.environ.get("ASV_ENV_TYPE", "existing") == "existing"
+if USE_WORKING_TREE and ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def child_path_code():
+    """Python source that makes a fresh child process import the same nflow_np as this process
+    (the working tree first on sys.path, or nothing when the installed copy is the one timed)."""
+    return f"import sys; sys.path.insert(0, {ROOT!r})" if USE_WORKING_TREE else "import sys"
 
 DTYPE = np.float32
 BACKENDS = ("numpy", "numba")
@@ -142,6 +154,38 @@ def w1_job(flow, train, backend, epochs=None):
     spec = SPECS["W1"]
     return fit(flow, train, epochs=spec["epochs"] if epochs is None else epochs, batch_size=spec["batch"],
                lr=1e-3, rng=2, backend=backend)
+
+
+# ---------------------------------------------------------------------------
+# cold start: the first fit, log_prob and sample in a fresh process with an empty NUMBA_CACHE_DIR
+# (benchmarks/cold_start.py times each phase; suites/startup.py's ColdStart tracks their sum)
+
+# the targets for the sum fit + log_prob + sample, seconds, on 2 cores
+COLD_START_TARGETS = {"RealNVP": 10.0, "NSF": 15.0}
+
+# imports, data and the untrained flow: not part of the timed sum (numba itself is imported by the
+# first compiled call, so its import lands in the first fit)
+COLD_START_SETUP = """
+import numpy as np
+from nflow_np import datasets, flows
+from nflow_np.train import fit
+x = datasets.two_moons(2000, rng=0).astype(np.float32)
+flow = flows.{flow}(2, n_layers=4, hidden=(32, 32), rng=0, dtype=np.float32)
+"""
+
+# the timed phases, in order, each the first call of its kind in the process
+COLD_START_PHASES = (
+    ("fit", "fit(flow, x, epochs=2, batch_size=256, rng=0)"),
+    ("log_prob", "flow.log_prob(x)"),
+    ("sample", "flow.sample(1000, rng=1)"),
+)
+
+
+def cold_start_setup(flow):
+    """The setup source of a cold-start run of ``flow`` ("RealNVP" or "NSF"), imports included."""
+    if flow not in COLD_START_TARGETS:
+        raise ValueError(f"unknown cold-start flow {flow!r}; expected one of {tuple(COLD_START_TARGETS)}")
+    return COLD_START_SETUP.format(flow=flow)
 
 
 # ---------------------------------------------------------------------------
