@@ -424,6 +424,29 @@ def entry_address(op, pass_, dtype):
     return found.address
 
 
+LOOPS = ("log_prob_rows", "sample_rows", "nll_grad", "train_epoch")
+LOOP = -1                     # the "pass" of a loop's key: (index in LOOPS, LOOP, dtype name)
+
+
+def compile_loop(index, dtype):
+    """Compile (or load from the disk cache) loop ``LOOPS[index]`` for ``dtype``, by a call that runs no layer."""
+    ft = np.dtype(dtype)
+    table = np.zeros((0, PASSES), np.int64)
+    meta = pack_meta(np.zeros((0, 8), np.int64), np.zeros(1, np.int64), np.zeros(14, np.int64), 1)
+    clamps, theta, vec = np.zeros(0, ft), np.zeros(1, ft), np.zeros(1, ft)
+    rows, ctx = np.zeros((0, 1), ft), np.zeros((0, 0), ft)
+    name = LOOPS[index]
+    if name == "log_prob_rows":
+        log_prob_rows(table, meta, clamps, theta, rows, ctx, vec, vec, 1, 0, 0)
+    elif name == "sample_rows":
+        sample_rows(table, meta, clamps, theta, rows, ctx, rows, vec, vec, 1, 0, 0)
+    elif name == "nll_grad":
+        nll_grad(table, meta, clamps, theta, theta, rows, ctx, vec, vec)
+    else:
+        train_epoch(table, meta, clamps, theta, theta, theta, rows, ctx, np.zeros(0, np.int64), 1, vec, vec, vec,
+                    vec, np.zeros(7), np.zeros(2, np.int64), np.zeros(0))
+
+
 def pack_meta(fields, idata, layout, theta_size):
     """The ``meta`` array every entry reads (see the module docstring)."""
     n_layers = fields.shape[0]
@@ -569,5 +592,5 @@ def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, 
         k += 1
 
 
-__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "entry_address", "pack_meta", "log_prob_rows",
-           "sample_rows", "nll_grad", "train_epoch"]
+__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "LOOPS", "LOOP", "entry_address", "compile_loop", "pack_meta",
+           "log_prob_rows", "sample_rows", "nll_grad", "train_epoch"]

@@ -219,15 +219,30 @@ class Program:
         from .compiled import pack_meta
         return pack_meta(self.fields, self.idata, self.layout, self.size), self.clamps
 
-    def table(self, *passes):
-        """The entry addresses of every layer (``layers x 3``), with those of ``passes`` compiled and filled in."""
+    def table(self, *passes, loops=()):
+        """The entry addresses of every layer (``layers x 3``), with those of ``passes`` compiled and filled in;
+        ``loops`` (names in :data:`~.compiled.LOOPS`) are compiled alongside, on every core (:mod:`.warm`)."""
         from . import compiled
         table = self.__dict__.setdefault("_table", np.zeros((len(self.ops), compiled.PASSES), dtype=np.int64))
-        for pass_ in passes:
-            for layer, op in enumerate(self.ops):
-                if not table[layer, pass_]:
-                    table[layer, pass_] = compiled.entry_address(op, pass_, self.dtype)
+        done = self.__dict__.setdefault("_loops", set())
+        keys = [(int(op), p, self.dtype.name) for p in passes for layer, op in enumerate(self.ops)
+                if not table[layer, p]]
+        keys += [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops if name not in done]
+        if keys:
+            from .warm import compile_entries
+            compile_entries(keys, _compile_here)
+            for p in passes:
+                for layer, op in enumerate(self.ops):
+                    table[layer, p] = compiled.entry_address(op, p, self.dtype)
+            done.update(loops)
         return table
+
+    def prefetch(self, *passes, loops=()):
+        """Start compiling ``passes`` and ``loops`` in a helper process, for a call that probably comes next."""
+        from . import compiled
+        from .warm import prefetch
+        prefetch([(int(op), p, self.dtype.name) for p in passes for op in set(self.ops.tolist())]
+                 + [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops])
 
     def _geometry(self, n):
         """``(parts, chunk)``: how many threads share ``n`` rows, and the rows per chunk."""
@@ -245,7 +260,7 @@ class Program:
     def _rows(self, kernel, n, pass_, *arrays):
         """Run ``kernel`` over rows ``0..n`` in chunks, split over threads when the batch is large."""
         parts, chunk = self._geometry(n)
-        table = self.table(pass_)
+        table = self.table(pass_, loops=(kernel.__name__,))
         meta, clamps = self._arrays()
         theta = self._effective()
         ws = self.workspace(chunk, parts)
@@ -289,10 +304,19 @@ class Program:
         from .compiled import BACKWARD, DENSITY, nll_grad
         gtheta = np.zeros(self.size, dtype=self.dtype)
         theta = self._effective()
-        loss = nll_grad(self.table(DENSITY, BACKWARD), *self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
+        loss = nll_grad(self.table(DENSITY, BACKWARD, loops=("nll_grad",)), *self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
                         self.context_rows(context, x.shape[0]), self.workspace(x.shape[0])[0], gtheta)
         self.write_back(theta, params=False)   # BatchNorm's running statistics moved
         return float(loss), gtheta
+
+
+def _compile_here(key):
+    from . import compiled
+    op, pass_, dtype = key
+    if pass_ == compiled.LOOP:
+        compiled.compile_loop(op, dtype)
+    else:
+        compiled.entry_address(op, pass_, dtype)
 
 
 _pool_holder = []
@@ -394,6 +418,10 @@ class NumbaTrainer:
         self.ws = program.workspace(batch_size)[0]
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)
+        from .compiled import BACKWARD, DENSITY, SAMPLING
+        program.table(DENSITY, BACKWARD, loops=("train_epoch",))
+        # after a fit come log-densities and samples: compile theirs on a spare core while this one trains
+        program.prefetch(SAMPLING, loops=("log_prob_rows", "sample_rows"))
 
     def epoch(self, data, order, context=None):
         """Run one epoch over ``data[order]`` (and ``context[order]``); returns the per-step losses (NaN where a

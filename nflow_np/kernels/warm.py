@@ -1,0 +1,182 @@
+"""Compiling the runner's entries on every core: helper processes that fill Numba's disk cache.
+
+Numba compiles on one thread, holding the GIL, so a first compiled call on a
+cold cache leaves the other cores idle. When a flow needs several entries
+that were never compiled here (see :mod:`.compiled`), :func:`compile_entries`
+compiles its share of them in this process while helper processes (``python
+-m nflow_np.kernels.warm``) compile the rest into the same on-disk cache; this
+process then loads theirs from disk. :func:`prefetch` starts a helper that
+compiles what a flow will probably need next (the sampling entries and loops
+while a fit trains) without waiting for it.
+
+A manifest beside Numba's cache (``nflow_np-<hash>.json``, the hash taken over
+the kernels' sources and Numba's version) lists the entries compiled so far, so
+a warm process starts no helper. Helpers run only where the cache directory
+can be written; ``NFLOW_NP_COMPILE_WORKERS=0`` turns them off (``N`` sets the
+number of helper processes, by default one per extra core). A helper that
+fails or is off only costs the time to compile its share here instead.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+
+__all__ = ["compile_entries", "prefetch", "workers"]
+
+_lock = threading.Lock()
+_background = []          # (Popen, keys) of prefetching helpers not yet waited for
+_WAIT = 600.0             # seconds a helper may take before this process compiles its share itself
+
+
+def workers():
+    """Helper processes to use: ``NFLOW_NP_COMPILE_WORKERS``, else one per core beyond the first."""
+    setting = os.environ.get("NFLOW_NP_COMPILE_WORKERS")
+    if setting is not None:
+        try:
+            return max(0, int(setting))
+        except ValueError:
+            return 0
+    return max(0, min(3, (os.cpu_count() or 1) - 1))
+
+
+def _kernel_sources():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return sorted(os.path.join(here, name) for name in os.listdir(here) if name.endswith(".py"))
+
+
+_manifest_path_cache = []
+
+
+def _manifest_path():
+    """The manifest's path, or None where the cache directory cannot be written."""
+    if _manifest_path_cache:
+        return _manifest_path_cache[0]
+    import numba
+    digest = hashlib.sha1(numba.__version__.encode())
+    for path in _kernel_sources():
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    folder = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                               "__pycache__")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"nflow_np-{digest.hexdigest()[:16]}.json")
+        if not os.access(folder, os.W_OK):
+            path = None
+    except OSError:
+        path = None
+    _manifest_path_cache.append(path)
+    return path
+
+
+def _encode(key):
+    return f"{key[0]}:{key[1]}:{key[2]}"
+
+
+def _compiled_before():
+    path = _manifest_path()
+    if path is None:
+        return set()
+    try:
+        with open(path) as f:
+            return set(json.load(f))
+    except (OSError, ValueError):
+        return set()
+
+
+def _record(keys):
+    path = _manifest_path()
+    if path is None:
+        return
+    with _lock:
+        known = _compiled_before() | {_encode(k) for k in keys}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(sorted(known), f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+
+def _start(keys):
+    """A helper process compiling ``keys`` (``(op, pass, dtype name)``; pass -1: the loops of that dtype)."""
+    env = dict(os.environ, NFLOW_NP_COMPILE_WORKERS="0")
+    return subprocess.Popen([sys.executable, "-m", "nflow_np.kernels.warm", json.dumps([list(k) for k in keys])],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _wait(process):
+    try:
+        return process.wait(timeout=_WAIT) == 0
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return False
+
+
+def _wait_for_background(keys):
+    """Wait for a prefetching helper that is compiling any of ``keys``."""
+    with _lock:
+        pending = [(p, k) for p, k in _background if set(k) & set(keys)]
+    for process, theirs in pending:
+        _wait(process)
+        with _lock:
+            if (process, theirs) in _background:
+                _background.remove((process, theirs))
+
+
+def compile_entries(keys, compile_here):
+    """Make every key's entry available, compiling a share in helper processes; ``compile_here(key)`` compiles
+    (or loads from the disk cache) one key in this process."""
+    keys = list(dict.fromkeys(keys))
+    _wait_for_background(keys)
+    known = _compiled_before()
+    missing = [k for k in keys if _encode(k) not in known]
+    helpers = min(workers(), len(missing) - 1) if _manifest_path() is not None else 0
+    processes = []
+    if helpers > 0:
+        # the backward passes are the largest: deal keys round-robin after sorting by pass, biggest first
+        order = sorted(missing, key=lambda k: -k[1])
+        shares = [order[i::helpers + 1] for i in range(helpers + 1)]
+        processes = [(_start(share), share) for share in shares[1:]]
+        mine = shares[0]
+    else:
+        mine = missing
+    for key in mine:
+        compile_here(key)
+    for process, share in processes:
+        _wait(process)
+    for key in keys:          # theirs load from the disk cache (or compile here if a helper failed)
+        compile_here(key)
+    _record(missing)
+
+
+def prefetch(keys):
+    """Start a helper compiling ``keys`` now, without waiting, if any of them was never compiled here."""
+    if not workers() or _manifest_path() is None:
+        return
+    known = _compiled_before()
+    missing = [k for k in keys if _encode(k) not in known]
+    if missing:
+        with _lock:
+            _background.append((_start(missing), missing))
+
+
+def _main(argv):
+    from . import compiled
+    keys = [tuple(k) for k in json.loads(argv[1])]
+    for op, pass_, dtype in keys:
+        if pass_ < 0:
+            compiled.compile_loops(dtype)
+        else:
+            compiled.entry_address(op, pass_, dtype)
+    _record(keys)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))

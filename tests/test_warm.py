@@ -1,0 +1,109 @@
+"""Compiling on every core: helper processes share the entries out and a manifest records what was compiled."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from nflow_np.kernels import warm  # noqa: E402
+
+
+class FakeProcess:
+    def __init__(self, keys, started):
+        self.keys = keys
+        started.append(keys)
+
+    def wait(self, timeout=None):
+        return 0
+
+
+@pytest.fixture
+def manifest(tmp_path, monkeypatch):
+    path = tmp_path / "nflow_np-test.json"
+    monkeypatch.setattr(warm, "_manifest_path", lambda: str(path))
+    return path
+
+
+def test_helpers_take_a_share_and_this_process_loads_everything(manifest, monkeypatch):
+    started, here = [], []
+    monkeypatch.setattr(warm, "workers", lambda: 1)
+    monkeypatch.setattr(warm, "_start", lambda keys: FakeProcess(keys, started))
+    keys = [(0, 0, "float32"), (0, 2, "float32"), (2, 0, "float32"), (3, -1, "float32")]
+    warm.compile_entries(keys, here.append)
+    assert len(started) == 1 and started[0]
+    mine = [k for k in keys if k not in started[0]]
+    assert mine and set(mine) | set(started[0]) == set(keys)
+    # this process compiled its share first, then loaded every key (theirs from the disk cache)
+    assert here == sorted(mine, key=lambda k: -k[1]) + keys
+    assert set(json.loads(manifest.read_text())) == {warm._encode(k) for k in keys}
+
+
+def test_a_manifest_entry_starts_no_helper(manifest, monkeypatch):
+    started = []
+    monkeypatch.setattr(warm, "workers", lambda: 3)
+    monkeypatch.setattr(warm, "_start", lambda keys: FakeProcess(keys, started))
+    keys = [(0, 0, "float64"), (5, 2, "float64")]
+    manifest.write_text(json.dumps([warm._encode(k) for k in keys]))
+    here = []
+    warm.compile_entries(keys, here.append)
+    assert started == [] and here == keys
+    warm.prefetch(keys)
+    assert started == []
+
+
+def test_no_helpers_when_turned_off_or_unwritable(manifest, monkeypatch):
+    started = []
+    monkeypatch.setattr(warm, "_start", lambda keys: FakeProcess(keys, started))
+    monkeypatch.setenv("NFLOW_NP_COMPILE_WORKERS", "0")
+    assert warm.workers() == 0
+    warm.compile_entries([(0, 0, "float32"), (0, 1, "float32")], lambda key: None)
+    monkeypatch.setenv("NFLOW_NP_COMPILE_WORKERS", "2")
+    assert warm.workers() == 2
+    monkeypatch.setattr(warm, "_manifest_path", lambda: None)
+    warm.compile_entries([(1, 0, "float32"), (1, 1, "float32")], lambda key: None)
+    warm.prefetch([(1, 2, "float32")])
+    assert started == []
+
+
+def test_a_failed_helper_costs_only_its_share(manifest, monkeypatch):
+    class Failing(FakeProcess):
+        def wait(self, timeout=None):
+            return 1
+
+    started, here = [], []
+    monkeypatch.setattr(warm, "workers", lambda: 1)
+    monkeypatch.setattr(warm, "_start", lambda keys: Failing(keys, started))
+    keys = [(0, 0, "float32"), (0, 2, "float32")]
+    warm.compile_entries(keys, here.append)
+    assert set(keys) <= set(here)     # every key compiled (or loaded) here in the end
+
+
+def test_helper_process_compiles_into_the_cache_and_the_flow_agrees(tmp_path):
+    """A real helper: an empty cache, two permutation entries, then a flow that uses them."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NFLOW_NP_COMPILE_WORKERS="1")
+    script = """
+import numpy as np
+from nflow_np.bijectors import Chain, Reverse, Permute
+from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
+flow = TransformedDistribution(MultivariateNormalDiag(np.zeros(3)), Chain([Reverse(), Permute([1, 2, 0])]))
+x = np.random.default_rng(0).standard_normal((5, 3))
+np.testing.assert_allclose(flow.log_prob(x, backend="numba"), flow.log_prob(x, backend="numpy"), rtol=1e-12)
+"""
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    manifests = [name for name in os.listdir(tmp_path) if name.startswith("nflow_np-")]
+    assert len(manifests) == 1
+    recorded = set(json.loads((tmp_path / manifests[0]).read_text()))
+    assert {"2:0:float64"} <= recorded and any(key.endswith(":-1:float64") for key in recorded)
+    # a second process finds everything compiled
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+
+
+def test_compile_loop_runs_no_layer():
+    from nflow_np.kernels import compiled
+    for index in range(len(compiled.LOOPS)):
+        compiled.compile_loop(index, np.float64)
