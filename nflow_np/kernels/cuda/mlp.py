@@ -22,7 +22,6 @@ Host functions ``mlp_forward_cuda`` / ``mlp_backward_cuda`` take the arguments o
 their NumPy references (``theta``, ``hid``... as device arrays; ``widths`` on the host).
 """
 
-import math
 from types import SimpleNamespace
 
 from .device import blocks, cuda, dummy, family, geometry, jit, launch, scratch_or_default
