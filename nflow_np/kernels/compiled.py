@@ -75,6 +75,16 @@ def compile_loop(index, dtype):
                     vec, np.zeros(7), np.zeros(2, np.int64), np.zeros(0))
 
 
+def compile_key(key):
+    """Compile (or load from the disk cache) what ``key`` names: ``(op, pass, dtype name)`` for an entry,
+    ``(index in LOOPS, LOOP, dtype name)`` for a loop."""
+    index, pass_, dtype = key
+    if pass_ == LOOP:
+        compile_loop(index, dtype)
+    else:
+        entry_address(index, pass_, dtype)
+
+
 def pack_meta(fields, idata, layout, theta_size):
     """The ``meta`` array every entry reads (see the module docstring)."""
     n_layers = fields.shape[0]
@@ -220,5 +230,5 @@ def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, 
         k += 1
 
 
-__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "LOOPS", "LOOP", "entry_address", "compile_loop",
+__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "LOOPS", "LOOP", "entry_address", "compile_loop", "compile_key",
            "pack_meta", "log_prob_rows", "sample_rows", "nll_grad", "train_epoch"]

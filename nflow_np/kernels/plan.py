@@ -230,7 +230,7 @@ class Program:
         keys += [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops if name not in done]
         if keys:
             from .warm import compile_entries
-            compile_entries(keys, _compile_here)
+            compile_entries(keys, compiled.compile_key)
             for p in passes:
                 for layer, op in enumerate(self.ops):
                     table[layer, p] = compiled.entry_address(op, p, self.dtype)
@@ -308,15 +308,6 @@ class Program:
                         self.context_rows(context, x.shape[0]), self.workspace(x.shape[0])[0], gtheta)
         self.write_back(theta, params=False)   # BatchNorm's running statistics moved
         return float(loss), gtheta
-
-
-def _compile_here(key):
-    from . import compiled
-    op, pass_, dtype = key
-    if pass_ == compiled.LOOP:
-        compiled.compile_loop(op, dtype)
-    else:
-        compiled.entry_address(op, pass_, dtype)
 
 
 _pool_holder = []
@@ -419,9 +410,9 @@ class NumbaTrainer:
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)
         from .compiled import BACKWARD, DENSITY, SAMPLING
-        program.table(DENSITY, BACKWARD, loops=("train_epoch",))
-        # after a fit come log-densities and samples: compile theirs on a spare core while this one trains
+        # after a fit come log-densities and samples: theirs compile in a helper while the fit compiles and trains
         program.prefetch(SAMPLING, loops=("log_prob_rows", "sample_rows"))
+        program.table(DENSITY, BACKWARD, loops=("train_epoch",))
 
     def epoch(self, data, order, context=None):
         """Run one epoch over ``data[order]`` (and ``context[order]``); returns the per-step losses (NaN where a

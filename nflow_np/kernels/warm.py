@@ -129,6 +129,23 @@ def _wait_for_background(keys):
                 _background.remove((process, theirs))
 
 
+# rough compile seconds on one core, by pass (backward, sampling, density; -1: a loop), and a helper's start
+_COST = {2: 6.0, 1: 5.0, 0: 5.0, -1: 2.5}
+_STARTUP = 0.6
+
+
+def _deal(keys, parts):
+    """Split ``keys`` into ``parts`` shares of about equal compile time (longest first, each to the least loaded);
+    the first share is this process's, the others start later by a helper's start-up."""
+    shares = [[] for _ in range(parts)]
+    load = [0.0] + [_STARTUP] * (parts - 1)
+    for key in sorted(keys, key=lambda k: -_COST.get(k[1], 1.0)):
+        part = min(range(parts), key=lambda p: load[p])
+        shares[part].append(key)
+        load[part] += _COST.get(key[1], 1.0)
+    return shares
+
+
 def compile_entries(keys, compile_here):
     """Make every key's entry available, compiling a share in helper processes; ``compile_here(key)`` compiles
     (or loads from the disk cache) one key in this process."""
@@ -136,16 +153,10 @@ def compile_entries(keys, compile_here):
     _wait_for_background(keys)
     known = _compiled_before()
     missing = [k for k in keys if _encode(k) not in known]
-    helpers = min(workers(), len(missing) - 1) if _manifest_path() is not None else 0
-    processes = []
-    if helpers > 0:
-        # the backward passes are the largest: deal keys round-robin after sorting by pass, biggest first
-        order = sorted(missing, key=lambda k: -k[1])
-        shares = [order[i::helpers + 1] for i in range(helpers + 1)]
-        processes = [(_start(share), share) for share in shares[1:]]
-        mine = shares[0]
-    else:
-        mine = missing
+    helpers = max(0, min(workers(), len(missing) - 1)) if _manifest_path() is not None else 0
+    shares = _deal(missing, helpers + 1)
+    processes = [(_start(share), share) for share in shares[1:] if share]
+    mine = shares[0]
     for key in mine:
         compile_here(key)
     for process, share in processes:
@@ -167,13 +178,10 @@ def prefetch(keys):
 
 
 def _main(argv):
-    from . import compiled
+    from .compiled import compile_key
     keys = [tuple(k) for k in json.loads(argv[1])]
-    for op, pass_, dtype in keys:
-        if pass_ < 0:
-            compiled.compile_loops(dtype)
-        else:
-            compiled.entry_address(op, pass_, dtype)
+    for key in keys:
+        compile_key(key)
     _record(keys)
     return 0
 
