@@ -253,5 +253,3 @@ class SplineAutoregressive(_Autoregressive):
     def lower(self, d):
         from ..kernels.specs import Autoregressive
         return Autoregressive(net=self.net.lower(), transform=self.spline.lower(), generation=self._generation)
-
-

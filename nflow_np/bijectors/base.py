@@ -312,4 +312,3 @@ class PassBijector(Bijector):
 
     def _inverse_and_log_det(self, y, *context):
         return self._inverse_pass(y, *context)[:2]
-

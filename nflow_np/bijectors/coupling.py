@@ -303,5 +303,3 @@ class SplineCoupling(_Coupling):
 
     def _transform(self):
         return self.spline.lower()
-
-

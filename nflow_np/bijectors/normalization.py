@@ -348,5 +348,3 @@ class ActNorm(_FeatureBijector):
     def lower(self, d):
         from ..kernels.specs import ActNorm as ActNormSpec
         return ActNormSpec(params=self.params, state=self)
-
-
