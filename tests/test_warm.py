@@ -22,6 +22,14 @@ class FakeProcess:
         return 0
 
 
+def manifests_under(root):
+    """The manifests in the folder Numba caches the kernels in, under ``NUMBA_CACHE_DIR=root``."""
+    here = os.path.dirname(os.path.abspath(warm.__file__))
+    import hashlib
+    folder = os.path.join(str(root), f"{os.path.basename(here)}_{hashlib.sha1(here.encode()).hexdigest()}")
+    return [os.path.join(folder, name) for name in os.listdir(folder) if name.startswith("nflow_np-")]
+
+
 @pytest.fixture
 def manifest(tmp_path, monkeypatch):
     path = tmp_path / "nflow_np-test.json"
@@ -95,9 +103,10 @@ x = np.random.default_rng(0).standard_normal((5, 3))
 np.testing.assert_allclose(flow.log_prob(x, backend="numba"), flow.log_prob(x, backend="numpy"), rtol=1e-12)
 """
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
-    manifests = [name for name in os.listdir(tmp_path) if name.startswith("nflow_np-")]
+    manifests = manifests_under(tmp_path)
     assert len(manifests) == 1
-    recorded = set(json.loads((tmp_path / manifests[0]).read_text()))
+    with open(manifests[0]) as f:
+        recorded = set(json.load(f))
     assert {"2:0:float64"} <= recorded and any(key.endswith(":-1:float64") for key in recorded)
     # a second process finds everything compiled
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
@@ -118,8 +127,34 @@ def test_the_helper_command_compiles_and_records(tmp_path):
     done = subprocess.run([sys.executable, "-m", "nflow_np.kernels.warm", json.dumps(keys)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    manifests = [name for name in os.listdir(tmp_path) if name.startswith("nflow_np-")]
-    assert set(json.loads((tmp_path / manifests[0]).read_text())) == {warm._encode(k) for k in keys}
+    manifests = manifests_under(tmp_path)
+    with open(manifests[0]) as f:
+        assert set(json.load(f)) == {warm._encode(k) for k in keys}
+
+
+def test_changed_kernel_sources_drop_the_cached_machine_code(tmp_path, monkeypatch):
+    """Numba checks a cached function against its own file only; a change to any kernel drops the whole cache."""
+    monkeypatch.setattr(warm, "_cache_folder", lambda: str(tmp_path))
+    monkeypatch.setattr(warm, "_manifest_path_cache", [])
+    for name in ("entries.coupling_density-10.py311.nbi", "entries.coupling_density-10.py311.1.nbc",
+                 "nflow_np-0123456789abcdef.json", "unrelated.txt"):
+        (tmp_path / name).write_text("x")
+    path = warm._manifest_path()
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), "unrelated.txt"])
+    # the same sources later: nothing is dropped
+    (tmp_path / "entries.coupling_density-10.py311.nbi").write_text("x")
+    monkeypatch.setattr(warm, "_manifest_path_cache", [])
+    assert warm._manifest_path() == path
+    assert "entries.coupling_density-10.py311.nbi" in os.listdir(tmp_path)
+
+
+def test_numba_cache_folder_is_where_numba_writes(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    script = ("from nflow_np.kernels import warm, compiled; compiled.compile_key((2, 0, 'float64')); "
+              "import os; print(warm._cache_folder())")
+    folder = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True,
+                            timeout=300).stdout.strip()
+    assert any(name.endswith(".nbi") for name in os.listdir(folder))
 
 
 def test_compile_loop_runs_no_layer():

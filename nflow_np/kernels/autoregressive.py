@@ -29,8 +29,8 @@ import numpy as np
 
 from .backend import numba_twin
 from .coupling import _log_scale_numpy
-from .mlp import mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_forward_numpy
-from .scalar import activate, affine_density, affine_density_vjp, affine_sampling, soft_clamp
+from .mlp import activate_values, mlp_backward_numba, mlp_backward_numpy, mlp_forward_numba, mlp_forward_numpy
+from .scalar import affine_density, affine_density_vjp, affine_sampling, soft_clamp
 from .spline import rqs_forward_backward_numba, rqs_forward_backward_numpy, rqs_forward_numba, \
     rqs_forward_numpy, rqs_inverse_numba, rqs_inverse_numpy
 
@@ -221,8 +221,7 @@ def maf_forward_numba(theta, off, widths, act, clamp, generation, groups, x, y, 
                         src = prev[q]
                         for r in range(n):
                             row[r] += wv * src[r]
-                for r in range(n):
-                    row[r] = activate(row[r], act, 0.0)
+                activate_values(row, act)
         i = generation[k]
         fi = widths[last]
         feats = y_t if n_hidden == 0 else hid[n * hoff[n_hidden - 1]:n * hoff[n_hidden]].reshape((fi, n))

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 
-__all__ = ["compile_entries", "prefetch", "workers"]
+__all__ = ["compile_entries", "prefetch", "workers", "check_cache"]
 
 _lock = threading.Lock()
 _background = []          # (Popen, keys) of prefetching helpers not yet waited for
@@ -50,8 +50,33 @@ def _kernel_sources():
 _manifest_path_cache = []
 
 
+def _cache_folder():
+    """Where Numba caches the kernels' machine code: beside them, or under ``NUMBA_CACHE_DIR`` in the sub-folder
+    Numba names after the source folder (its name and the SHA-1 of its path)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.environ.get("NUMBA_CACHE_DIR")
+    if not root:
+        return os.path.join(here, "__pycache__")
+    return os.path.join(root, f"{os.path.basename(here)}_{hashlib.sha1(here.encode()).hexdigest()}")
+
+
+def _forget_stale(folder, manifest):
+    """The kernels' sources changed since the cache was written: drop its machine code and old manifests.
+
+    Numba checks a cached function against its own file only, so an entry whose
+    kernels changed in another file would load stale code.
+    """
+    for name in os.listdir(folder):
+        stale = name.endswith((".nbi", ".nbc")) or (name.startswith("nflow_np-") and name.endswith(".json"))
+        if stale and name != os.path.basename(manifest):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
 def _manifest_path():
-    """The manifest's path, or None where the cache directory cannot be written."""
+    """The manifest's path, or None where the cache folder cannot be written."""
     if _manifest_path_cache:
         return _manifest_path_cache[0]
     import numba
@@ -59,17 +84,25 @@ def _manifest_path():
     for path in _kernel_sources():
         with open(path, "rb") as f:
             digest.update(f.read())
-    folder = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                               "__pycache__")
+    folder = _cache_folder()
+    path = os.path.join(folder, f"nflow_np-{digest.hexdigest()[:16]}.json")
     try:
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"nflow_np-{digest.hexdigest()[:16]}.json")
         if not os.access(folder, os.W_OK):
             path = None
+        elif not os.path.exists(path):
+            _forget_stale(folder, path)
+            with open(path, "w") as f:
+                f.write("[]")
     except OSError:
         path = None
     _manifest_path_cache.append(path)
     return path
+
+
+def check_cache():
+    """Drop the kernels' cached machine code if their sources changed since it was written (once per process)."""
+    _manifest_path()
 
 
 def _encode(key):
