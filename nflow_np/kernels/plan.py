@@ -222,6 +222,9 @@ class Program:
     def table(self, *passes, loops=()):
         """The entry addresses of every layer (``layers x 3``), with those of ``passes`` compiled and filled in;
         ``loops`` (names in :data:`~.compiled.LOOPS`) are compiled alongside, on every core (:mod:`.warm`)."""
+        ready = self.__dict__.setdefault("_ready", set())
+        if (passes, loops) in ready:        # every call after the first: no Python work per layer
+            return self._table
         from . import compiled
         table = self.__dict__.setdefault("_table", np.zeros((len(self.ops), compiled.PASSES), dtype=np.int64))
         done = self.__dict__.setdefault("_loops", set())
@@ -235,6 +238,7 @@ class Program:
                 for layer, op in enumerate(self.ops):
                     table[layer, p] = compiled.entry_address(op, p, self.dtype)
             done.update(loops)
+        ready.add((passes, loops))
         return table
 
     def prefetch(self, *passes, loops=()):
