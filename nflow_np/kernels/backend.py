@@ -30,7 +30,7 @@ BACKENDS = ("numpy", "numba", "cuda")
 
 _state = threading.local()
 _default = None
-_twins = []          # (function, inline), in registration order
+_twins = []          # functions, in registration order
 _compiled = None     # function -> dispatcher, once load_numba has run
 _lock = threading.Lock()
 _cuda_probe = []     # [None] when the CUDA backend can run, else [(exception class, reason)]
@@ -139,32 +139,25 @@ def resolve_backend(name=None, where="backend"):
     return get_backend() if name is None else _check_name(name, where)
 
 
-def numba_twin(fn=None, *, inline=False):
-    """Mark ``fn`` as a compiled twin: plain Python until :func:`load_numba` runs, ``njit`` after.
-
-    ``inline=True`` (scalar math) inlines it into every compiled caller, so
-    that a hot loop calling it vectorizes as if the formula were written there.
-    """
-    def mark(f):
-        with _lock:
-            _twins.append((f, inline))
-            if _compiled is None:
-                return f
-            # a kernel module imported after load_numba ran: its twins are wrapped as they are defined
-            _compiled[f] = _dispatcher(f, inline)
-            return _compiled[f]
-    return mark if fn is None else mark(fn)
+def numba_twin(fn):
+    """Mark ``fn`` as a compiled twin: plain Python until :func:`load_numba` runs, ``njit`` after."""
+    with _lock:
+        _twins.append(fn)
+        if _compiled is None:
+            return fn
+        # a kernel module imported after load_numba ran: its twins are wrapped as they are defined
+        _compiled[fn] = _dispatcher(fn)
+        return _compiled[fn]
 
 
-def _dispatcher(fn, inline):
+def _dispatcher(fn):
     import numba
 
     # error_model="numpy": a division by zero gives inf/NaN like NumPy (caught by the callers'
     # finiteness checks) instead of raising inside a compiled loop. fastmath is limited to
     # reassociation and fused multiply-add, so that dot products vectorize; NaN and inf keep
     # their meaning (no "nnan"/"ninf"), which the finiteness guards rely on.
-    return numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"},
-                      inline="always" if inline else "never")(fn)
+    return numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})(fn)
 
 
 def load_numba():
@@ -183,7 +176,7 @@ def load_numba():
         _check_name("numba", "load_numba")
         from .warm import check_cache
         check_cache()       # before anything loads from the disk cache
-        compiled = {fn: _dispatcher(fn, inline) for fn, inline in _twins}
+        compiled = {fn: _dispatcher(fn) for fn in _twins}
         prefix = __name__.rsplit(".", 1)[0] + "."
         for module_name, module in list(sys.modules.items()):
             if module is None or not module_name.startswith(prefix):

@@ -24,7 +24,7 @@ __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affi
            "affine_density_vjp", "affine_sampling_vjp", "adam_moments", "adam_update"]
 
 
-@numba_twin(inline=True)
+@numba_twin
 def activate(v, act, zero):
     """relu (0), tanh (1), elu (2); anything else is linear."""
     if act == 0:
@@ -36,7 +36,7 @@ def activate(v, act, zero):
     return v
 
 
-@numba_twin(inline=True)
+@numba_twin
 def activation_grad(h, act, zero, one):
     """The derivative of activation ``act``, written through its output ``h``."""
     if act == 0:
@@ -48,13 +48,13 @@ def activation_grad(h, act, zero, one):
     return one
 
 
-@numba_twin(inline=True)
+@numba_twin
 def soft_clamp(raw, clamp, zero):
     """The log-scale ``s = clamp tanh(raw / clamp)`` (``clamp <= 0``: ``s = raw``)."""
     return clamp * math.tanh(raw / clamp) if clamp > zero else raw
 
 
-@numba_twin(inline=True)
+@numba_twin
 def soft_clamp_grad(s, clamp, zero, one):
     """``ds/draw`` of :func:`soft_clamp`, written through the clamped value ``s``: ``1 - (s / clamp)^2``."""
     if clamp > zero:
@@ -63,19 +63,19 @@ def soft_clamp_grad(s, clamp, zero, one):
     return one
 
 
-@numba_twin(inline=True)
+@numba_twin
 def affine_density(y, shift, s):
     """The density direction of ``y = x exp(s) + shift``: ``x = (y - shift) exp(-s)`` (log-det ``-s``)."""
     return (y - shift) * math.exp(-s)
 
 
-@numba_twin(inline=True)
+@numba_twin
 def affine_sampling(x, shift, s):
     """The sampling direction: ``y = x exp(s) + shift`` (log-det ``s``)."""
     return x * math.exp(s) + shift
 
 
-@numba_twin(inline=True)
+@numba_twin
 def affine_density_vjp(g, x, gld, s, clamp, zero, one):
     """VJP of :func:`affine_density` with log-det ``-s``, ``s = soft_clamp(raw)``.
 
@@ -86,7 +86,7 @@ def affine_density_vjp(g, x, gld, s, clamp, zero, one):
     return g * inv_scale, -g * inv_scale, (-g * x - gld) * soft_clamp_grad(s, clamp, zero, one)
 
 
-@numba_twin(inline=True)
+@numba_twin
 def affine_sampling_vjp(g, x, gld, s, clamp, zero, one):
     """VJP of :func:`affine_sampling` with log-det ``s``: ``g = dL/dy`` at input ``x``; returns
     ``(dL/dx, dL/dshift, dL/draw)``."""
@@ -94,13 +94,13 @@ def affine_sampling_vjp(g, x, gld, s, clamp, zero, one):
     return g * scale, g, (g * x * scale + gld) * soft_clamp_grad(s, clamp, zero, one)
 
 
-@numba_twin(inline=True)
+@numba_twin
 def adam_moments(g, m, v, beta1, beta2):
     """Adam's moment updates for one coordinate: ``(beta1 m + (1 - beta1) g, beta2 v + (1 - beta2) g^2)``."""
     return beta1 * m + (1.0 - beta1) * g, beta2 * v + (1.0 - beta2) * g * g
 
 
-@numba_twin(inline=True)
+@numba_twin
 def adam_update(theta, m, v, lr, weight_decay, step, corr2, eps):
     """The new parameter: decoupled weight decay, then ``step m / (sqrt(v / corr2) + eps)`` (``step = lr / corr1``)."""
     return theta - theta * (lr * weight_decay) - step * m / (math.sqrt(v / corr2) + eps)
