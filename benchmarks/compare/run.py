@@ -50,6 +50,8 @@ class Worker:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                     "NFLOW_COMPARE_THREADS"):
             env[var] = str(threads)
+        # no compile helpers: a helper still compiling in the background would share the cores with the timing
+        env["NFLOW_NP_COMPILE_WORKERS"] = "0"
         self.impl = impl
         self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "worker.py"), impl], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
