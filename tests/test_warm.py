@@ -72,6 +72,11 @@ def test_no_helpers_when_turned_off_or_unwritable(manifest, monkeypatch):
     warm.compile_entries([(0, 0, "float32"), (0, 1, "float32")], lambda key: None)
     monkeypatch.setenv("NFLOW_NP_COMPILE_WORKERS", "2")
     assert warm.workers() == 2
+    for bad in ("two", "-1"):
+        monkeypatch.setenv("NFLOW_NP_COMPILE_WORKERS", bad)
+        with pytest.warns(RuntimeWarning, match="NFLOW_NP_COMPILE_WORKERS must be a non-negative int"):
+            assert warm.workers() == 0
+    monkeypatch.setenv("NFLOW_NP_COMPILE_WORKERS", "2")
     monkeypatch.setattr(warm, "_manifest_path", lambda: None)
     warm.compile_entries([(1, 0, "float32"), (1, 1, "float32")], lambda key: None)
     warm.prefetch([(1, 2, "float32")])

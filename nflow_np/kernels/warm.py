@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 
 __all__ = ["compile_entries", "prefetch", "workers", "check_cache"]
 
@@ -34,11 +35,18 @@ _WAIT = 600.0             # seconds a helper may take before this process compil
 def workers():
     """Helper processes to use: ``NFLOW_NP_COMPILE_WORKERS``, else one per core beyond the first."""
     setting = os.environ.get("NFLOW_NP_COMPILE_WORKERS")
+    if getattr(sys, "frozen", False):     # a bundled application: sys.executable is not a Python to start
+        return 0
     if setting is not None:
         try:
-            return max(0, int(setting))
+            count = int(setting)
         except ValueError:
+            count = -1
+        if count < 0:
+            warnings.warn(f"NFLOW_NP_COMPILE_WORKERS must be a non-negative int; got {setting!r}: compiling in this "
+                          f"process only", RuntimeWarning, stacklevel=2)
             return 0
+        return count
     return max(0, min(3, (os.cpu_count() or 1) - 1))
 
 
