@@ -121,8 +121,8 @@ class MaskedAutoregressive(_Autoregressive):
         return autoregressive_forward_backward(self, ctx, grad_y, grad_log_det, 1.0 / ctx[1])
 
     def lower(self, d):
-        from ..kernels.specs import Affine, Autoregressive
-        return Autoregressive(net=self.net.lower(), transform=Affine(self.log_scale_clamp or 0.0),
+        from ..kernels.specs import AffineSpec, AutoregressiveSpec
+        return AutoregressiveSpec(net=self.net.lower(), transform=AffineSpec(self.log_scale_clamp or 0.0),
                               generation=self._generation)
 
 
@@ -251,5 +251,5 @@ class SplineAutoregressive(_Autoregressive):
         return autoregressive_forward_backward(self, ctx, grad_y, grad_log_det, np.exp(-per_element_log_det))
 
     def lower(self, d):
-        from ..kernels.specs import Autoregressive
-        return Autoregressive(net=self.net.lower(), transform=self.spline.lower(), generation=self._generation)
+        from ..kernels.specs import AutoregressiveSpec
+        return AutoregressiveSpec(net=self.net.lower(), transform=self.spline.lower(), generation=self._generation)

@@ -90,8 +90,8 @@ class _Coupling(PassBijector):
         return {k if k == CONTEXT_GRAD else f"net.{k}": v for k, v in grads.items()}
 
     def lower(self, d):
-        from ..kernels.specs import Coupling
-        return Coupling(conditioned=self._a, transformed=self._b, net=self.net.lower(), transform=self._transform())
+        from ..kernels.specs import CouplingSpec
+        return CouplingSpec(conditioned=self._a, transformed=self._b, net=self.net.lower(), transform=self._transform())
 
 
 class AdditiveCoupling(_Coupling):
@@ -142,8 +142,8 @@ class AdditiveCoupling(_Coupling):
         return self._backward(cache, grad_x, -1.0)
 
     def _transform(self):
-        from ..kernels.specs import Additive
-        return Additive()
+        from ..kernels.specs import AdditiveSpec
+        return AdditiveSpec()
 
 
 class AffineCoupling(_Coupling):
@@ -214,8 +214,8 @@ class AffineCoupling(_Coupling):
         return self._assemble(grad_x[..., self._a] + grad_cond, grad_yb), self._wrap_grads(grads)
 
     def _transform(self):
-        from ..kernels.specs import Affine
-        return Affine(self.log_scale_clamp or 0.0)
+        from ..kernels.specs import AffineSpec
+        return AffineSpec(self.log_scale_clamp or 0.0)
 
 
 def spline_transform(kernel, settings, values, params):

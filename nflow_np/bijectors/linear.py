@@ -139,10 +139,10 @@ class Permute(_VolumePreserving):
         return f"{self.name}({self.permutation.tolist()})"
 
     def lower(self, d):
-        from ..kernels.specs import Permutation, Unsupported
+        from ..kernels.specs import PermutationSpec, Unsupported
         if self.permutation.size != d:
             raise Unsupported(f"{self.name} acts on {self.permutation.size} coordinates, the flow on {d}")
-        return Permutation(density=self._inverse_permutation, sampling=self.permutation)
+        return PermutationSpec(density=self._inverse_permutation, sampling=self.permutation)
 
 
 class Reverse(_VolumePreserving):
@@ -170,9 +170,9 @@ class Reverse(_VolumePreserving):
         return grad_x[..., ::-1].copy(), {}
 
     def lower(self, d):
-        from ..kernels.specs import Permutation
+        from ..kernels.specs import PermutationSpec
         order = np.arange(d)[::-1]
-        return Permutation(density=order, sampling=order)
+        return PermutationSpec(density=order, sampling=order)
 
 
 class Rotation(_VolumePreserving):

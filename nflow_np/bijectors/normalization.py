@@ -239,7 +239,7 @@ class BatchNorm(_FeatureBijector):
         return f"{super().__repr__()[:-1]}, mode={mode})"
 
     def lower(self, d):
-        from ..kernels.specs import BatchNorm as BatchNormSpec
+        from ..kernels.specs import BatchNormSpec
         from ..kernels.specs import Unsupported
         if self.features != d:
             raise Unsupported(f"{self.name} acts on {self.features} features, the flow on {d}")
@@ -346,5 +346,5 @@ class ActNorm(_FeatureBijector):
         return grad_y, {"log_scale": grad_log_scale, "shift": -self._rows(grad_y).sum(axis=0)}
 
     def lower(self, d):
-        from ..kernels.specs import ActNorm as ActNormSpec
+        from ..kernels.specs import ActNormSpec
         return ActNormSpec(params=self.params, state=self)

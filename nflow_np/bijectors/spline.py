@@ -63,9 +63,9 @@ class SplineSettings:
         self.per_dim = 3 * self.bins - 1
 
     def lower(self):
-        """The compiled engine's spec of this spline (:class:`nflow_np.kernels.specs.Spline`)."""
-        from ..kernels.specs import Spline
-        return Spline(self.bins, *self.args)
+        """The compiled engine's spec of this spline (:class:`nflow_np.kernels.specs.SplineSpec`)."""
+        from ..kernels.specs import SplineSpec
+        return SplineSpec(self.bins, *self.args)
 
     def split(self, out):
         k = self.bins

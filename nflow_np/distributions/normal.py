@@ -110,11 +110,11 @@ class MultivariateNormalDiag(Distribution):
                 ).sum(axis=-1)
 
     def lower(self):
-        from ..kernels.specs import StandardNormal, Unsupported
+        from ..kernels.specs import StandardNormalSpec, Unsupported
         if self.batch_shape != () or dict(self.parameters()) or not (np.all(self.loc == 0)
                                                                       and np.all(self.scale_diag == 1)):
             raise Unsupported("the base distribution is not a standard MultivariateNormalDiag")
-        return StandardNormal(int(self.event_shape[0]))
+        return StandardNormalSpec(int(self.event_shape[0]))
 
     def __repr__(self):
         return f"MultivariateNormalDiag(loc={self.loc}, scale_diag={self.scale_diag})"

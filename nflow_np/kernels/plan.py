@@ -33,7 +33,7 @@ class Program:
         base = flow.distribution.lower()
         self.dtype = np.dtype(flow.dtype)
         self.d = d = int(flow.event_shape[0]) if flow.event_shape else 0
-        if not isinstance(base, specs.StandardNormal) or base.d != d:
+        if not isinstance(base, specs.StandardNormalSpec) or base.d != d:
             raise prog.Unsupported("the base distribution is not a standard normal over the flow's coordinates")
         self.context_size = c = int(flow.context_size)
         self.layers = flow.bijector.flatten()
@@ -83,34 +83,34 @@ class Program:
             spec = b.lower(d)
             self.specs.append(spec)
             transform = getattr(spec, "transform", None)
-            if isinstance(spec, (specs.Coupling, specs.Autoregressive)):
+            if isinstance(spec, (specs.CouplingSpec, specs.AutoregressiveSpec)):
                 if not isinstance(transform, specs.TRANSFORMS):
                     raise prog.Unsupported(f"{b.name}: transform {type(transform).__name__} is not compiled")
                 f[prog.F_THETA], widths = add_net(spec.net)
                 f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[spec.net.activation]
                 f[prog.F_CACHE] = cache[0]
-            if isinstance(spec, specs.Coupling):
+            if isinstance(spec, specs.CouplingSpec):
                 f[prog.F_A], f[prog.F_B] = ints(spec.conditioned), ints(spec.transformed)
                 widest["cond"] = max(widest["cond"], widths[0])
                 cache[0] += widths[0] + hidden_size(widths) + widths[-1]
-                if isinstance(transform, specs.Spline):
+                if isinstance(transform, specs.SplineSpec):
                     f[prog.F_FLAG] = transform.bins
                     cache[0] += 4 * spec.transformed.size
                     self.splines.append((len(ops), transform))
                     op = prog.OP_SPLINE
                 else:
-                    f[prog.F_FLAG] = int(isinstance(transform, specs.Affine))
-                    clamp = transform.clamp if isinstance(transform, specs.Affine) else 0.0
+                    f[prog.F_FLAG] = int(isinstance(transform, specs.AffineSpec))
+                    clamp = transform.clamp if isinstance(transform, specs.AffineSpec) else 0.0
                     op = prog.OP_COUPLING
-            elif isinstance(spec, specs.Autoregressive):
+            elif isinstance(spec, specs.AutoregressiveSpec):
                 f[prog.F_A], f[prog.F_B] = ints([]), ints(spec.generation)
                 cache[0] += hidden_size(widths) + widths[-1]
-                if isinstance(transform, specs.Spline):
+                if isinstance(transform, specs.SplineSpec):
                     f[prog.F_FLAG] = transform.bins
                     cache[0] += 4 * d
                     self.splines.append((len(ops), transform))
                     op = prog.OP_SPLINE_MAF
-                elif isinstance(transform, specs.Affine):
+                elif isinstance(transform, specs.AffineSpec):
                     f[prog.F_GROUPS] = len(idata)
                     idata.extend(degree_groups(spec.net.degrees, d).tolist())
                     widest["maf_scratch"] = max(widest["maf_scratch"], maf_forward_scratch_size(widths))
@@ -118,14 +118,14 @@ class Program:
                     op = prog.OP_MAF
                 else:
                     raise prog.Unsupported(f"{b.name}: an autoregressive {type(transform).__name__} is not compiled")
-            elif isinstance(spec, specs.Permutation):
+            elif isinstance(spec, specs.PermutationSpec):
                 f[prog.F_A], f[prog.F_B] = ints(spec.density), ints(spec.sampling)
                 op = prog.OP_PERMUTE
-            elif isinstance(spec, specs.ActNorm):
+            elif isinstance(spec, specs.ActNormSpec):
                 f[prog.F_THETA] = add_params(spec.params, ["log_scale", "shift"])
                 self.actnorms.append(spec.state)
                 op = prog.OP_ACTNORM
-            elif isinstance(spec, specs.BatchNorm):
+            elif isinstance(spec, specs.BatchNormSpec):
                 f[prog.F_THETA] = add_params(spec.params, ["log_gamma", "beta"])
                 self.batchnorms.append((len(ops), spec))
                 clamp = spec.eps

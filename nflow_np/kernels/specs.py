@@ -20,8 +20,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Unsupported", "Network", "Affine", "Additive", "Spline", "Coupling", "Autoregressive", "Permutation",
-           "ActNorm", "BatchNorm", "StandardNormal", "TRANSFORMS"]
+__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CouplingSpec",
+           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "StandardNormalSpec", "TRANSFORMS"]
 
 
 class Unsupported(ValueError):
@@ -31,7 +31,7 @@ class Unsupported(ValueError):
 # ---------------------------------------------------------------- conditioners
 
 @dataclass(frozen=True, eq=False)
-class Network:
+class NetworkSpec:
     """A dense conditioner (MLP) or a masked one (MADE) with its parameters ``w0, b0, w1, b1, ...`` in ``params``.
 
     ``widths`` runs from the network's input (coordinates, then ``context``
@@ -53,20 +53,20 @@ class Network:
 # ---------------------------------------------------------------- elementwise transforms of the frames
 
 @dataclass(frozen=True)
-class Affine:
+class AffineSpec:
     """``y = x exp(s) + t``, ``s = clamp tanh(raw / clamp)`` (``clamp`` 0: ``s = raw``); 2 outputs per coordinate."""
     clamp: float = 0.0
     outputs_per_coordinate = 2
 
 
 @dataclass(frozen=True)
-class Additive:
+class AdditiveSpec:
     """``y = x + t``; 1 output per coordinate, no log-det."""
     outputs_per_coordinate = 1
 
 
 @dataclass(frozen=True)
-class Spline:
+class SplineSpec:
     """A rational-quadratic spline on ``[-bound, bound]`` (identity outside); ``3 bins - 1`` outputs per coordinate."""
     bins: int
     bound: float
@@ -83,47 +83,47 @@ class Spline:
         return (self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
 
 
-TRANSFORMS = (Affine, Additive, Spline)
+TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec)
 
 
 # ---------------------------------------------------------------- layers
 
 @dataclass(frozen=True, eq=False)
-class Coupling:
+class CouplingSpec:
     """Coordinates ``conditioned`` pass through and feed ``net``; ``transformed`` go through ``transform``."""
     conditioned: np.ndarray
     transformed: np.ndarray
-    net: Network
+    net: NetworkSpec
     transform: Any
 
 
 @dataclass(frozen=True, eq=False)
-class Autoregressive:
+class AutoregressiveSpec:
     """A MADE ``net`` emitting each coordinate's transform parameters from the coordinates before it.
 
     ``generation`` is the order in which sampling fills the coordinates.
     """
-    net: Network
+    net: NetworkSpec
     transform: Any
     generation: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
-class Permutation:
+class PermutationSpec:
     """``y = x[..., sampling]`` in the sampling direction; ``density`` is its inverse permutation."""
     density: np.ndarray
     sampling: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
-class ActNorm:
+class ActNormSpec:
     """``y = x exp(log_scale) + shift``; ``params`` holds both; ``state.initialized`` says whether it has seen data."""
     params: dict
     state: Any
 
 
 @dataclass(frozen=True, eq=False)
-class BatchNorm:
+class BatchNormSpec:
     """Batch normalization; ``state`` holds ``training``, ``running_mean`` and ``running_var`` (updated in place)."""
     params: dict
     state: Any
@@ -133,6 +133,6 @@ class BatchNorm:
 
 
 @dataclass(frozen=True)
-class StandardNormal:
+class StandardNormalSpec:
     """The base distribution the engine evaluates itself: a standard normal over ``d`` coordinates."""
     d: int

@@ -112,10 +112,10 @@ class _DenseNet:
         return grads
 
     def lower(self):
-        """This network as the compiled engine's :class:`nflow_np.kernels.specs.Network`."""
-        from ..kernels.specs import Network
+        """This network as the compiled engine's :class:`nflow_np.kernels.specs.NetworkSpec`."""
+        from ..kernels.specs import NetworkSpec
         masks = getattr(self, "masks", None)
-        return Network(params=self.params, activation=self.activation, context=self.context_features,
+        return NetworkSpec(params=self.params, activation=self.activation, context=self.context_features,
                        widths=(self.in_features + self.context_features,) + tuple(self.hidden) + (self.out_features,),
                        masks=None if masks is None else tuple(masks),
                        degrees=None if masks is None else tuple(self.degrees))
