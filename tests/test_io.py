@@ -553,3 +553,69 @@ def test_save_refuses_an_optimizer_state_that_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match=rf"v\['{FIRST}'\] holds NaN"):
         io.save(est, tmp_path / "x.npz")
     assert not (tmp_path / "x.npz").exists()
+
+
+# ---------------------------------------------------------------------------- hostile files: nothing big is allocated
+
+def _add_member(path, name, header_shape, payload_chunks=(), compress=zipfile.ZIP_STORED):
+    """Append a .npy member whose header declares ``header_shape`` (float64) and whose data is ``payload_chunks``."""
+    header = {"descr": "<f8", "fortran_order": False, "shape": header_shape}
+    with zipfile.ZipFile(path, "a", compression=compress) as zf, zf.open(name, "w", force_zip64=True) as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for chunk in payload_chunks:
+            fh.write(chunk)
+
+
+def _peak_allocation(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_member_declaring_a_huge_shape_is_refused_before_allocation(saved):
+    path, _ = saved
+    _add_member(path, "smuggled.npy", (10 ** 13,), [np.zeros(4).tobytes()])
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=r"member 'smuggled\.npy' declares shape \(10000000000000,\)"):
+        io.load(path)
+    with pytest.raises(ValueError, match="declares shape"):
+        io.read_spec(path)
+
+
+def test_listed_member_declaring_a_huge_shape_is_refused(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays.pop("bijector.0.net.w0")
+    _write(path, spec, arrays)
+    _add_member(path, "bijector.0.net.w0.npy", (10 ** 13,), [np.zeros(4).tobytes()])
+    with pytest.raises(ValueError, match="damaged.*declares shape"):
+        io.load(path)
+
+
+def test_spec_nested_too_deeply(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    text = json.dumps(spec).replace('"root":', '"root":' + "[" * 100_000 + "]" * 100_000 + ',"was_root":', 1)
+    arrays["__spec__"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    _write(path, None, arrays)
+    for reader in (io.load, io.read_spec):
+        with pytest.raises(ValueError, match="nests too deeply"):
+            reader(path)
+
+
+def test_unlisted_deflated_member_is_refused_unread(saved):
+    path, _ = saved
+    size = 64 * 2 ** 20
+    chunk = bytes(2 ** 20)
+    _add_member(path, "bomb.npy", (size // 8,), [chunk] * (size // len(chunk)), compress=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 2 ** 20
+
+    def load():
+        with pytest.raises(ValueError, match=r"\['bomb'\] are in the file but not in the spec"):
+            io.load(path)
+    assert _peak_allocation(load) < 16 * 2 ** 20
