@@ -265,3 +265,37 @@ def test_python_dash_m_entry_point(model):
     bad = subprocess.run([sys.executable, "-m", "nflow_np", "info", str(model) + ".missing"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("nflow-np: error:") and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------- sample: any -n in bounded memory
+
+def test_sample_draws_in_chunks_the_same_points(tmp_path, model, capsys, monkeypatch):
+    sizes = []
+    est = io.load(model)
+    original = FlowDensity.sample
+
+    def spy(self, n, random_state=None):
+        sizes.append(n)
+        return original(self, n, random_state=random_state)
+    monkeypatch.setattr(FlowDensity, "sample", spy)
+    monkeypatch.setattr(cli, "_SAMPLE_CHUNK", 7)
+    out = tmp_path / "s.csv"
+    assert run(capsys, "sample", model, "-n", "20", "--seed", "3", "--out", out)[0] == 0
+    assert sizes == [7, 7, 6]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.loadtxt(out, delimiter=","), est.sample(20, random_state=3))
+
+
+def test_sample_zero_points_writes_an_empty_file(tmp_path, model, capsys):
+    out = tmp_path / "s.csv"
+    status, _, err = run(capsys, "sample", model, "-n", "0", "--out", out)
+    assert status == 0 and err == "" and out.read_text() == ""
+    status, stdout, err = run(capsys, "sample", model, "-n", "0")
+    assert status == 0 and stdout == "" and err == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_sample_huge_n_streams_instead_of_allocating(model, capsys):
+    # the first chunk is drawn and written (where /dev/full fails the write) without allocating all 10**13 points
+    status, _, err = run(capsys, "sample", model, "-n", str(10 ** 13), "--out", "/dev/full")
+    assert_clean_error(status, err, "/dev/full: cannot write")
