@@ -31,7 +31,8 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 import zlib
 
@@ -156,6 +157,19 @@ def _estimator_spec(estimator, encoder):
     return spec, encoder.encode(estimator.flow_, "flow")
 
 
+def _create_temp(directory):
+    """``(fd, path)`` of a new empty file in ``directory``, created with mode 0666 less the umask (where
+    ``tempfile.mkstemp`` would make it 0600 whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".nflow-np-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"save: cannot create a temporary file in {directory!r}")
+
+
 def save(flow_or_estimator, path):
     """Write a flow, bijector, distribution or fitted ``FlowDensity`` to a ``.npz`` model file.
 
@@ -169,7 +183,9 @@ def save(flow_or_estimator, path):
         (``optimizer_state_``, when it has one) are stored with its flow.
     path : str or os.PathLike
         Written as given (no suffix added), atomically: an interrupted save
-        leaves any previous file in place.
+        leaves any previous file in place. A file it replaces keeps its
+        permissions; a new one gets those the umask leaves. A symlink is
+        written through: the file it points to is replaced, the link stays.
 
     Returns
     -------
@@ -191,11 +207,20 @@ def save(flow_or_estimator, path):
     text = json.dumps(spec, allow_nan=False, separators=(",", ":"))
     arrays = dict(encoder.arrays)
     arrays[_SPEC_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".nflow-np-", suffix=".tmp", dir=directory)
+    # through a symlink to the file it names, so that the link stays a link
+    path = os.path.realpath(os.fspath(path))
+    fd, tmp = _create_temp(os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as fh:
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)   # a replaced file keeps its permissions
+            except FileNotFoundError:
+                mode = None   # a new file keeps those the umask left the temporary file
+            if mode is not None:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fh.fileno(), mode)
+                else:
+                    os.chmod(tmp, mode)
             # a file object, so that NumPy does not append ".npz" to the name
             np.savez(fh, **arrays)
         os.replace(tmp, path)

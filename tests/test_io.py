@@ -1,6 +1,8 @@
 """Model files: bit-exact round trips of every flow and bijector, and a clear ValueError for every damaged file."""
 
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -157,6 +159,60 @@ def test_save_writes_the_given_name_and_replaces_atomically(tmp_path):
     io.save(flow, path)
     io.save(flow, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+@pytest.fixture
+def umask():
+    """Sets the process umask for one test (``umask(0o077)``) and restores it after."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask-022", "umask-077", "umask-002"])
+def test_save_gives_a_new_file_the_mode_the_umask_leaves(tmp_path, umask, mask, expected):
+    umask(mask)
+    path = tmp_path / "m.npz"
+    io.save(FLOWS["IAF"](np.float64), path)
+    assert stat.S_IMODE(path.stat().st_mode) == expected
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_save_keeps_the_mode_of_the_file_it_replaces(tmp_path, umask):
+    umask(0o077)
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    io.save(FLOWS["IAF"](np.float64), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path.chmod(0o640)
+    io.save(FLOWS["IAF"](np.float64), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+@pytest.mark.parametrize("existing", [True, False], ids=["existing-target", "dangling"])
+def test_save_writes_through_a_symlink(tmp_path, existing):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v1.npz"
+    if existing:
+        target.write_bytes(b"old")
+        target.chmod(0o640)
+    link = tmp_path / "current.npz"
+    link.symlink_to(os.path.join("models", "v1.npz"))
+    flow = FLOWS["IAF"](np.float64)
+    io.save(flow, link)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("models", "v1.npz")
+    assert isinstance(io.load(target), TransformedDistribution)
+    if existing:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["v1.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.npz", "models"]
 
 
 def test_inline_is_refused():
