@@ -258,6 +258,8 @@ class _Decoder:
                                   f"{tuple(record['shape'])} in the spec")
         if not np.isfinite(value).all():
             raise self.fail(path, f"array {key!r} holds NaN or infinity")
+        if not value.dtype.isnative:
+            value = value.astype(value.dtype.newbyteorder("="))   # written on (or for) a big-endian machine
         self.used.add(key)
         return value
 

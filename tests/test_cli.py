@@ -299,3 +299,13 @@ def test_sample_huge_n_streams_instead_of_allocating(model, capsys):
     # the first chunk is drawn and written (where /dev/full fails the write) without allocating all 10**13 points
     status, _, err = run(capsys, "sample", model, "-n", str(10 ** 13), "--out", "/dev/full")
     assert_clean_error(status, err, "/dev/full: cannot write")
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", "<f4"])
+def test_npy_input_of_any_byte_order(tmp_path, model, capsys, dtype):
+    X = datasets.load("two-moons", 40, rng=1)
+    path = tmp_path / "x.npy"
+    np.save(path, X.astype(dtype))
+    out = tmp_path / "lp.csv"
+    assert run(capsys, "logprob", model, path, "--out", out)[0] == 0
+    np.testing.assert_array_equal(np.loadtxt(out), io.load(model).score_samples(X.astype(dtype).astype(np.float64)))

@@ -675,3 +675,13 @@ def test_unlisted_deflated_member_is_refused_unread(saved):
         with pytest.raises(ValueError, match=r"\['bomb'\] are in the file but not in the spec"):
             io.load(path)
     assert _peak_allocation(load) < 16 * 2 ** 20
+
+
+def test_big_endian_arrays_load_in_native_byte_order(saved, tmp_path):
+    path, flow = saved
+    spec, arrays = _contents(path)
+    swapped = {key: value.astype(value.dtype.newbyteorder(">")) for key, value in arrays.items()}
+    loaded = io.load(_write(tmp_path / "big-endian.npz", spec, swapped))
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    np.testing.assert_array_equal(loaded.log_prob(x), flow.log_prob(x))
+    assert all(array.dtype.isnative for _, array in loaded.parameters())
