@@ -309,3 +309,12 @@ def test_npy_input_of_any_byte_order(tmp_path, model, capsys, dtype):
     out = tmp_path / "lp.csv"
     assert run(capsys, "logprob", model, path, "--out", out)[0] == 0
     np.testing.assert_array_equal(np.loadtxt(out), io.load(model).score_samples(X.astype(dtype).astype(np.float64)))
+
+
+def test_info_on_a_member_declaring_a_huge_shape(tmp_path, model, capsys):
+    import zipfile
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10 ** 13,)}
+    with zipfile.ZipFile(model, "a") as zf, zf.open("smuggled.npy", "w") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(bytes(32))
+    assert_clean_error(*run(capsys, "info", model)[::2], "smuggled.npy", "declares shape (10000000000000,)")
