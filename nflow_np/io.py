@@ -19,7 +19,10 @@ for a fitted ``FlowDensity``, its optimizer's state
 
 :func:`load` reads it with ``np.load(path, allow_pickle=False)`` and rebuilds
 each object from its constructor arguments before copying the stored arrays
-in: no code from the file runs. Every way a file can be wrong (truncated,
+in: no code from the file runs. Each member's ``.npy`` header is checked
+against the zip directory and the spec before the member is read, so that a
+hostile file cannot make it allocate more than it declares honestly; members
+the spec does not list are never read. Every way a file can be wrong (truncated,
 corrupted, another format version, hand-edited) raises ``ValueError`` naming
 what is wrong and where.
 
