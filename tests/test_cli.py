@@ -318,3 +318,18 @@ def test_info_on_a_member_declaring_a_huge_shape(tmp_path, model, capsys):
         np.lib.format.write_array_header_1_0(fh, header)
         fh.write(bytes(32))
     assert_clean_error(*run(capsys, "info", model)[::2], "smuggled.npy", "declares shape (10000000000000,)")
+
+
+@pytest.mark.parametrize("content", [
+    "\ufeff1.5,2\n3,4\n5,6\n",
+    "\ufeffx,y\n1.5,2\n3,4\n5,6\n",
+    '"1.5","2.0"\n"3","4"\n"5","6"\n',
+    '"x","y"\n"1.5","2.0"\n"3","4"\n"5","6"\n',
+], ids=["bom-no-header", "bom-header", "quoted", "quoted-header"])
+def test_csv_with_a_byte_order_mark_or_quoted_numbers(tmp_path, model, capsys, content):
+    path = tmp_path / "x.csv"
+    path.write_bytes(content.encode("utf-8"))
+    out = tmp_path / "lp.csv"
+    assert run(capsys, "logprob", model, path, "--out", out)[0] == 0
+    expected = io.load(model).score_samples(np.array([[1.5, 2.0], [3, 4], [5, 6]]))
+    np.testing.assert_array_equal(np.loadtxt(out), expected)
