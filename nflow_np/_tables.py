@@ -22,6 +22,13 @@ def _is_number(text):
     return True
 
 
+def _unquote(field):
+    """A CSV field without the double quotes some writers put around every value (``"1.5"``)."""
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        return field[1:-1].strip()
+    return field
+
+
 def check_file(path):
     """Raise ``ValueError`` unless ``path`` names an existing file (not a directory).
 
@@ -76,7 +83,7 @@ def read_data(path):
 
 def _read_text(path):
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:   # -sig: a leading byte-order mark is not data
             lines = fh.read().splitlines()
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file (expected CSV or a .npy array)") from None
@@ -85,7 +92,7 @@ def _read_text(path):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        fields = [f.strip() for f in text.split(",")] if "," in text else text.split()
+        fields = [_unquote(f.strip()) for f in text.split(",")] if "," in text else text.split()
         try:
             values = [float(f) for f in fields]
         except ValueError:

@@ -209,12 +209,44 @@ def _cmd_fit(args):
     return 130 if interrupted else 0
 
 
+_SAMPLE_CHUNK = 65536
+"""Points drawn and written at a time by ``sample``, so that its memory does not grow with ``-n``."""
+
+
+def _write_rows(chunks, out):
+    """Write each 2-D array of ``chunks`` as CSV rows as it comes (format as :func:`write_table`'s)."""
+    try:
+        fh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
+    except OSError as exc:
+        raise CLIError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    try:
+        for chunk in chunks:
+            np.savetxt(fh, np.asarray(chunk, dtype=np.float64), delimiter=",", fmt="%.17g")
+        fh.flush()
+        if fh is not sys.stdout:
+            fh.close()
+    except OSError as exc:
+        raise CLIError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if fh is not sys.stdout and not fh.closed:
+            try:
+                fh.close()
+            except OSError:
+                pass
+
+
 def _cmd_sample(args):
     model = _load_model(args.model)
     if args.n < 0:
         raise CLIError(f"-n must be non-negative; got {args.n}")
     _, sample, _ = _as_sampler_and_scorer(model, args.model)
-    write_table(sample(args.n, args.seed), args.out)
+    # one generator for every chunk: its stream, and so the points, do not depend on the chunk size
+    rng = np.random.default_rng(args.seed)
+
+    def chunks():
+        for start in range(0, args.n, _SAMPLE_CHUNK):
+            yield sample(min(_SAMPLE_CHUNK, args.n - start), rng)
+    _write_rows(chunks(), args.out)
     return 0
 
 
@@ -415,7 +447,8 @@ def _build_parser():
 
     p = command("sample", "draw points from a model, as CSV", _cmd_sample)
     p.add_argument("model", help="model file (.npz)")
-    p.add_argument("-n", type=int, default=1000, help="number of points")
+    p.add_argument("-n", type=int, default=1000, help="number of points (drawn and written in chunks, so any number "
+                                                        "fits in memory; 0 writes an empty file)")
     p.add_argument("--out", default="-", help="CSV file to write; - for stdout")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
 

@@ -19,7 +19,10 @@ for a fitted ``FlowDensity``, its optimizer's state
 
 :func:`load` reads it with ``np.load(path, allow_pickle=False)`` and rebuilds
 each object from its constructor arguments before copying the stored arrays
-in: no code from the file runs. Every way a file can be wrong (truncated,
+in: no code from the file runs. Each member's ``.npy`` header is checked
+against the zip directory and the spec before the member is read, so that a
+hostile file cannot make it allocate more than it declares honestly; members
+the spec does not list are never read. Every way a file can be wrong (truncated,
 corrupted, another format version, hand-edited) raises ``ValueError`` naming
 what is wrong and where.
 
@@ -31,7 +34,8 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 import zlib
 
@@ -156,6 +160,19 @@ def _estimator_spec(estimator, encoder):
     return spec, encoder.encode(estimator.flow_, "flow")
 
 
+def _create_temp(directory):
+    """``(fd, path)`` of a new empty file in ``directory``, created with mode 0666 less the umask (where
+    ``tempfile.mkstemp`` would make it 0600 whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".nflow-np-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"save: cannot create a temporary file in {directory!r}")
+
+
 def save(flow_or_estimator, path):
     """Write a flow, bijector, distribution or fitted ``FlowDensity`` to a ``.npz`` model file.
 
@@ -169,7 +186,9 @@ def save(flow_or_estimator, path):
         (``optimizer_state_``, when it has one) are stored with its flow.
     path : str or os.PathLike
         Written as given (no suffix added), atomically: an interrupted save
-        leaves any previous file in place.
+        leaves any previous file in place. A file it replaces keeps its
+        permissions; a new one gets those the umask leaves. A symlink is
+        written through: the file it points to is replaced, the link stays.
 
     Returns
     -------
@@ -191,11 +210,20 @@ def save(flow_or_estimator, path):
     text = json.dumps(spec, allow_nan=False, separators=(",", ":"))
     arrays = dict(encoder.arrays)
     arrays[_SPEC_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".nflow-np-", suffix=".tmp", dir=directory)
+    # through a symlink to the file it names, so that the link stays a link
+    path = os.path.realpath(os.fspath(path))
+    fd, tmp = _create_temp(os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as fh:
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)   # a replaced file keeps its permissions
+            except FileNotFoundError:
+                mode = None   # a new file keeps those the umask left the temporary file
+            if mode is not None:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fh.fileno(), mode)
+                else:
+                    os.chmod(tmp, mode)
             # a file object, so that NumPy does not append ".npz" to the name
             np.savez(fh, **arrays)
         os.replace(tmp, path)
@@ -233,6 +261,8 @@ class _Decoder:
                                   f"{tuple(record['shape'])} in the spec")
         if not np.isfinite(value).all():
             raise self.fail(path, f"array {key!r} holds NaN or infinity")
+        if not value.dtype.isnative:
+            value = value.astype(value.dtype.newbyteorder("="))   # written on (or for) a big-endian machine
         self.used.add(key)
         return value
 
@@ -259,8 +289,12 @@ class _Decoder:
             raise self.fail(path, f"cannot rebuild {name}: {exc}") from None
 
 
-def _read(path):
-    """The arrays of a model file, every low-level failure turned into one ``ValueError``."""
+# a deflated stream expands at most about 1032-fold; a member declaring more is damaged (or a zip bomb)
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _open(path):
+    """The opened ``NpzFile`` of a model file (nothing read yet but the zip directory)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load: no such file: {path!r}")
@@ -287,20 +321,112 @@ def _read(path):
         npz.close()
         raise ValueError(f"{path}: the model file is damaged: its zip directory names compression method(s) "
                          f"{sorted(methods)}, where model files are stored or deflated")
+    return npz
+
+
+def _member_header(zf, info, where):
+    """``(shape, dtype)`` of one ``.npy`` member, from its header alone, checked against the zip directory's sizes
+    so that reading the member allocates no more than the file can hold."""
+    name = info.filename
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"member {name!r} has .npy format version {version}, which model files never use")
+        header_size = fp.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{where}: holds a pickled object array ({name!r}); model files never do, and loading one "
+                         f"could run code, so it is refused")
+    size = header_size + math.prod(shape) * dtype.itemsize
+    if size != info.file_size:
+        raise ValueError(f"member {name!r} declares shape {shape} of {dtype} ({size} bytes with its header), but "
+                         f"the zip directory says {info.file_size} bytes")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size or \
+            info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise ValueError(f"member {name!r} declares {info.file_size} bytes from {info.compress_size} stored, more "
+                         f"than its compression can hold")
+    return shape, dtype
+
+
+def _array_records(spec):
+    """``{key: record}`` of every array record (a dict with a string ``key``, a list ``shape`` and a string
+    ``dtype``) anywhere in ``spec``; walked without recursion, however deep the spec nests."""
+    records, stack = {}, [spec]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("key"), str) and isinstance(node.get("shape"), list) and \
+                    isinstance(node.get("dtype"), str):
+                records.setdefault(node["key"], node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return records
+
+
+def _read(path, arrays=True):
+    """``(spec, arrays, extra)`` of a model file, every low-level failure turned into one ``ValueError``.
+
+    The spec is read first; every other member is then checked against it from its header and the zip directory
+    alone (members the spec does not name are refused unread, declared shapes and dtypes must match the spec's),
+    so that a damaged or hostile file is refused before its arrays are allocated; ``extra`` names the members
+    left unread because the spec does not list them. With ``arrays=False`` only the
+    spec is read (and ``{}`` stands for the arrays).
+    """
+    where = os.fspath(path)
+    npz = _open(path)
     try:
         with npz:
-            return {key: npz[key] for key in npz.files}
+            headers = {}
+            for info in npz.zip.infolist():
+                if info.filename.endswith("/"):
+                    continue
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                headers[key] = _member_header(npz.zip, info, where) if info.filename.endswith(".npy") else None
+            raw = None
+            if headers.get(_SPEC_KEY) is not None:
+                shape, dtype = headers[_SPEC_KEY]
+                if dtype != np.uint8 or len(shape) != 1:
+                    raise ValueError(f"{where}: {_SPEC_KEY} must be a 1-D uint8 array of JSON; got {dtype} {shape}")
+                raw = npz[_SPEC_KEY]
+            spec = _parse_spec(raw, where)
+            if not arrays:
+                return spec, {}, []
+            records = _array_records(spec)
+            # members the spec does not name are never read; load refuses them once the spec has been decoded
+            # (a spec that lost a record is better told by what the decoder finds missing)
+            extra = sorted(set(headers) - set(records) - {_SPEC_KEY})
+            listed = [key for key in headers if key in records]
+            for key in listed:
+                record, header = records[key], headers[key]
+                if header is None:
+                    raise ValueError(f"{where}: member {key!r} is not a .npy array")
+                shape, dtype = header
+                if record["dtype"] not in _FLOAT_NAMES:
+                    raise ValueError(f"{where}: array {key!r} is declared {record['dtype']!r}; expected float32 or "
+                                     f"float64")
+                if dtype.name != record["dtype"]:
+                    raise ValueError(f"{where}: array {key!r} has dtype {dtype} in the file but {record['dtype']} "
+                                     f"in the spec")
+                if list(shape) != record["shape"]:
+                    raise ValueError(f"{where}: array {key!r} has shape {shape} in the file but "
+                                     f"{tuple(record['shape'])} in the spec")
+            return spec, {key: npz[key] for key in listed}, extra
     except ValueError as exc:
+        if str(exc).startswith(where):
+            raise
         if "allow_pickle" in str(exc):
-            raise ValueError(f"{path}: holds a pickled object array; model files never do, and loading one could "
+            raise ValueError(f"{where}: holds a pickled object array; model files never do, and loading one could "
                              f"run code, so it is refused") from None
-        raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
-    except (OSError, EOFError, KeyError, RuntimeError, zlib.error, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
+        raise ValueError(f"{where}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
+    except (OSError, EOFError, KeyError, RuntimeError, zlib.error, zipfile.BadZipFile, OverflowError) as exc:
+        raise ValueError(f"{where}: the model file is damaged (truncated or corrupted bytes): {exc}") from None
 
 
-def _parse_spec(arrays, where):
-    raw = arrays.pop(_SPEC_KEY, None)
+def _parse_spec(raw, where):
     if raw is None:
         raise ValueError(f"{where}: no {_SPEC_KEY} array; this .npz was not written by nflow_np.io.save")
     if raw.dtype != np.uint8 or raw.ndim != 1:
@@ -309,6 +435,8 @@ def _parse_spec(arrays, where):
         spec = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"{where}: the architecture spec is not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: the architecture spec nests too deeply to be a model") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT_NAME:
         raise ValueError(f"{where}: the spec does not describe an nflow_np model (format "
                          f"{spec.get('format') if isinstance(spec, dict) else None!r})")
@@ -336,7 +464,7 @@ def read_spec(path):
         ``{"type", "config", "arrays"}`` objects) and ``estimator`` (with its
         ``optimizer``: ``{"type": "Adam", "state", "arrays"}``, or None).
     """
-    return _parse_spec(_read(path), os.fspath(path))
+    return _read(path, arrays=False)[0]
 
 
 def _history_from_json(data, where):
@@ -441,8 +569,7 @@ def load(path):
         an optimizer state that does not fit the flow.
     """
     where = os.fspath(path)
-    arrays = _read(path)
-    spec = _parse_spec(arrays, where)
+    spec, arrays, extra = _read(path)
     decoder = _Decoder(arrays, where)
     try:
         root = decoder.decode(spec["root"], "flow" if spec.get("estimator") else "")
@@ -451,7 +578,7 @@ def load(path):
             result = _build_estimator(spec["estimator"], root, decoder, where, spec["format_version"])
     except RecursionError:
         raise ValueError(f"{where}: the spec nests objects too deeply") from None
-    unused = sorted(set(arrays) - decoder.used)
+    unused = sorted(set(arrays) - decoder.used | set(extra))
     if unused:
         raise ValueError(f"{where}: arrays {unused} are in the file but not in the spec (a hand-edited file?)")
     return result

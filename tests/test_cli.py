@@ -265,3 +265,71 @@ def test_python_dash_m_entry_point(model):
     bad = subprocess.run([sys.executable, "-m", "nflow_np", "info", str(model) + ".missing"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("nflow-np: error:") and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------- sample: any -n in bounded memory
+
+def test_sample_draws_in_chunks_the_same_points(tmp_path, model, capsys, monkeypatch):
+    sizes = []
+    est = io.load(model)
+    original = FlowDensity.sample
+
+    def spy(self, n, random_state=None):
+        sizes.append(n)
+        return original(self, n, random_state=random_state)
+    monkeypatch.setattr(FlowDensity, "sample", spy)
+    monkeypatch.setattr(cli, "_SAMPLE_CHUNK", 7)
+    out = tmp_path / "s.csv"
+    assert run(capsys, "sample", model, "-n", "20", "--seed", "3", "--out", out)[0] == 0
+    assert sizes == [7, 7, 6]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.loadtxt(out, delimiter=","), est.sample(20, random_state=3))
+
+
+def test_sample_zero_points_writes_an_empty_file(tmp_path, model, capsys):
+    out = tmp_path / "s.csv"
+    status, _, err = run(capsys, "sample", model, "-n", "0", "--out", out)
+    assert status == 0 and err == "" and out.read_text() == ""
+    status, stdout, err = run(capsys, "sample", model, "-n", "0")
+    assert status == 0 and stdout == "" and err == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_sample_huge_n_streams_instead_of_allocating(model, capsys):
+    # the first chunk is drawn and written (where /dev/full fails the write) without allocating all 10**13 points
+    status, _, err = run(capsys, "sample", model, "-n", str(10 ** 13), "--out", "/dev/full")
+    assert_clean_error(status, err, "/dev/full: cannot write")
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", "<f4"])
+def test_npy_input_of_any_byte_order(tmp_path, model, capsys, dtype):
+    X = datasets.load("two-moons", 40, rng=1)
+    path = tmp_path / "x.npy"
+    np.save(path, X.astype(dtype))
+    out = tmp_path / "lp.csv"
+    assert run(capsys, "logprob", model, path, "--out", out)[0] == 0
+    np.testing.assert_array_equal(np.loadtxt(out), io.load(model).score_samples(X.astype(dtype).astype(np.float64)))
+
+
+def test_info_on_a_member_declaring_a_huge_shape(tmp_path, model, capsys):
+    import zipfile
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10 ** 13,)}
+    with zipfile.ZipFile(model, "a") as zf, zf.open("smuggled.npy", "w") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(bytes(32))
+    assert_clean_error(*run(capsys, "info", model)[::2], "smuggled.npy", "declares shape (10000000000000,)")
+
+
+@pytest.mark.parametrize("content", [
+    "\ufeff1.5,2\n3,4\n5,6\n",
+    "\ufeffx,y\n1.5,2\n3,4\n5,6\n",
+    '"1.5","2.0"\n"3","4"\n"5","6"\n',
+    '"x","y"\n"1.5","2.0"\n"3","4"\n"5","6"\n',
+], ids=["bom-no-header", "bom-header", "quoted", "quoted-header"])
+def test_csv_with_a_byte_order_mark_or_quoted_numbers(tmp_path, model, capsys, content):
+    path = tmp_path / "x.csv"
+    path.write_bytes(content.encode("utf-8"))
+    out = tmp_path / "lp.csv"
+    assert run(capsys, "logprob", model, path, "--out", out)[0] == 0
+    expected = io.load(model).score_samples(np.array([[1.5, 2.0], [3, 4], [5, 6]]))
+    np.testing.assert_array_equal(np.loadtxt(out), expected)

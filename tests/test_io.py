@@ -1,6 +1,8 @@
 """Model files: bit-exact round trips of every flow and bijector, and a clear ValueError for every damaged file."""
 
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -157,6 +159,60 @@ def test_save_writes_the_given_name_and_replaces_atomically(tmp_path):
     io.save(flow, path)
     io.save(flow, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+@pytest.fixture
+def umask():
+    """Sets the process umask for one test (``umask(0o077)``) and restores it after."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask-022", "umask-077", "umask-002"])
+def test_save_gives_a_new_file_the_mode_the_umask_leaves(tmp_path, umask, mask, expected):
+    umask(mask)
+    path = tmp_path / "m.npz"
+    io.save(FLOWS["IAF"](np.float64), path)
+    assert stat.S_IMODE(path.stat().st_mode) == expected
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_save_keeps_the_mode_of_the_file_it_replaces(tmp_path, umask):
+    umask(0o077)
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    io.save(FLOWS["IAF"](np.float64), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path.chmod(0o640)
+    io.save(FLOWS["IAF"](np.float64), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+@pytest.mark.parametrize("existing", [True, False], ids=["existing-target", "dangling"])
+def test_save_writes_through_a_symlink(tmp_path, existing):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v1.npz"
+    if existing:
+        target.write_bytes(b"old")
+        target.chmod(0o640)
+    link = tmp_path / "current.npz"
+    link.symlink_to(os.path.join("models", "v1.npz"))
+    flow = FLOWS["IAF"](np.float64)
+    io.save(flow, link)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("models", "v1.npz")
+    assert isinstance(io.load(target), TransformedDistribution)
+    if existing:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["v1.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.npz", "models"]
 
 
 def test_inline_is_refused():
@@ -553,3 +609,79 @@ def test_save_refuses_an_optimizer_state_that_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match=rf"v\['{FIRST}'\] holds NaN"):
         io.save(est, tmp_path / "x.npz")
     assert not (tmp_path / "x.npz").exists()
+
+
+# ---------------------------------------------------------------------------- hostile files: nothing big is allocated
+
+def _add_member(path, name, header_shape, payload_chunks=(), compress=zipfile.ZIP_STORED):
+    """Append a .npy member whose header declares ``header_shape`` (float64) and whose data is ``payload_chunks``."""
+    header = {"descr": "<f8", "fortran_order": False, "shape": header_shape}
+    with zipfile.ZipFile(path, "a", compression=compress) as zf, zf.open(name, "w", force_zip64=True) as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for chunk in payload_chunks:
+            fh.write(chunk)
+
+
+def _peak_allocation(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_member_declaring_a_huge_shape_is_refused_before_allocation(saved):
+    path, _ = saved
+    _add_member(path, "smuggled.npy", (10 ** 13,), [np.zeros(4).tobytes()])
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=r"member 'smuggled\.npy' declares shape \(10000000000000,\)"):
+        io.load(path)
+    with pytest.raises(ValueError, match="declares shape"):
+        io.read_spec(path)
+
+
+def test_listed_member_declaring_a_huge_shape_is_refused(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    arrays.pop("bijector.0.net.w0")
+    _write(path, spec, arrays)
+    _add_member(path, "bijector.0.net.w0.npy", (10 ** 13,), [np.zeros(4).tobytes()])
+    with pytest.raises(ValueError, match="damaged.*declares shape"):
+        io.load(path)
+
+
+def test_spec_nested_too_deeply(saved):
+    path, _ = saved
+    spec, arrays = _contents(path)
+    text = json.dumps(spec).replace('"root":', '"root":' + "[" * 100_000 + "]" * 100_000 + ',"was_root":', 1)
+    arrays["__spec__"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    _write(path, None, arrays)
+    for reader in (io.load, io.read_spec):
+        with pytest.raises(ValueError, match="nests too deeply"):
+            reader(path)
+
+
+def test_unlisted_deflated_member_is_refused_unread(saved):
+    path, _ = saved
+    size = 64 * 2 ** 20
+    chunk = bytes(2 ** 20)
+    _add_member(path, "bomb.npy", (size // 8,), [chunk] * (size // len(chunk)), compress=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 2 ** 20
+
+    def load():
+        with pytest.raises(ValueError, match=r"\['bomb'\] are in the file but not in the spec"):
+            io.load(path)
+    assert _peak_allocation(load) < 16 * 2 ** 20
+
+
+def test_big_endian_arrays_load_in_native_byte_order(saved, tmp_path):
+    path, flow = saved
+    spec, arrays = _contents(path)
+    swapped = {key: value.astype(value.dtype.newbyteorder(">")) for key, value in arrays.items()}
+    loaded = io.load(_write(tmp_path / "big-endian.npz", spec, swapped))
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    np.testing.assert_array_equal(loaded.log_prob(x), flow.log_prob(x))
+    assert all(array.dtype.isnative for _, array in loaded.parameters())
