@@ -653,3 +653,19 @@ def test_a_parameter_made_nan_after_construction_is_refused(make):
     array[...] = np.nan   # what a diverging optimizer would leave behind
     with pytest.raises(ValueError, match=rf"{b.name}\.forward: parameter {name} must be finite"):
         b.forward(np.array([0.5, 1.5]))
+
+
+# ---------------------------------------------------------------- fit's arguments
+
+def _fit_case():
+    from nflow_np import flows
+    return flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0), np.random.default_rng(0).normal(size=(40, 2))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fit_refuses_empty_validation_data(backend):
+    from nflow_np.train import fit
+    flow, data = _fit_case()
+    with pytest.raises(ValueError, match="fit: validation_data has no rows"):
+        fit(flow, data, epochs=2, validation_data=np.zeros((0, 2)), backend=backend, rng=0)
+

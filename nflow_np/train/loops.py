@@ -219,6 +219,14 @@ def _compiled_trainer(flow, optimizer, batch_size):
     return NumbaTrainer(program, optimizer, batch_size)
 
 
+def _check_validation_data(validation_data, data, flow):
+    """``validation_data`` as a float array of at least one row."""
+    validation_data = as_float_array(validation_data, flow.dtype, "fit", "validation_data")
+    if len(validation_data) == 0:
+        raise ValueError("fit: validation_data has no rows; pass None to train without validation")
+    return validation_data
+
+
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,
          progress, clip_norm, context, validation_context):
     rng = as_generator(rng)
@@ -234,7 +242,7 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if context is not None:
             validation_context, context = context[order[:n_val]], context[order[n_val:]]
     elif validation_data is not None:
-        validation_data = as_float_array(validation_data, flow.dtype, "fit", "validation_data")
+        validation_data = _check_validation_data(validation_data, data, flow)
         validation_context = _rows_context(flow, validation_context, validation_data, "fit", "validation_context")
     if len(data) == 0:
         raise ValueError("fit: no training data")
