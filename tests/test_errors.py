@@ -669,3 +669,13 @@ def test_fit_refuses_empty_validation_data(backend):
     with pytest.raises(ValueError, match="fit: validation_data has no rows"):
         fit(flow, data, epochs=2, validation_data=np.zeros((0, 2)), backend=backend, rng=0)
 
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("shape", [(10, 3), (10, 1), (10,), (10, 2, 1), ()])
+def test_fit_refuses_validation_data_of_the_wrong_shape_before_training(backend, shape):
+    from nflow_np.train import fit
+    flow, data = _fit_case()
+    before = {k: v.copy() for k, v in flow.parameters()}
+    with pytest.raises(ValueError, match=r"fit: validation_data must have shape \(m, 2\)"):
+        fit(flow, data, epochs=2, validation_data=np.zeros(shape), backend=backend, rng=0)
+    assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())

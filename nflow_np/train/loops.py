@@ -220,8 +220,11 @@ def _compiled_trainer(flow, optimizer, batch_size):
 
 
 def _check_validation_data(validation_data, data, flow):
-    """``validation_data`` as a float array of at least one row."""
+    """``validation_data`` as a float array of at least one row shaped like the rows of ``data``."""
     validation_data = as_float_array(validation_data, flow.dtype, "fit", "validation_data")
+    if validation_data.ndim != data.ndim or validation_data.shape[1:] != data.shape[1:]:
+        raise ValueError(f"fit: validation_data must have shape (m, {', '.join(map(str, data.shape[1:]))}) like the "
+                         f"rows of data; got {validation_data.shape}")
     if len(validation_data) == 0:
         raise ValueError("fit: validation_data has no rows; pass None to train without validation")
     return validation_data
