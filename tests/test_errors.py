@@ -679,3 +679,22 @@ def test_fit_refuses_validation_data_of_the_wrong_shape_before_training(backend,
     with pytest.raises(ValueError, match=r"fit: validation_data must have shape \(m, 2\)"):
         fit(flow, data, epochs=2, validation_data=np.zeros(shape), backend=backend, rng=0)
     assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"epochs": 2.5}, TypeError, "fit: epochs must be an int >= 1; got float 2.5"),
+    ({"epochs": True}, TypeError, "fit: epochs must be an int >= 1"),
+    ({"epochs": -1}, ValueError, "fit: epochs must be an int >= 1; got -1"),
+    ({"epochs": 0}, ValueError, "fit: epochs must be an int >= 1; got 0"),
+    ({"lr": "a"}, TypeError, "fit: 'lr' must be a real number; got str"),
+    ({"lr": -0.1}, ValueError, "fit: 'lr' must be a finite number > 0"),
+    ({"lr": np.nan}, ValueError, "fit: 'lr' must be a finite number > 0"),
+    ({"callback": 3}, TypeError, "fit: callback must be callable"),
+    ({"clip_norm": "a"}, TypeError, "fit: 'clip_norm' must be a real number; got str"),
+    ({"clip_norm": -1.0}, ValueError, "fit: 'clip_norm' must be positive or None"),
+])
+def test_fit_names_a_bad_argument_and_what_it_expects(kwargs, error, message):
+    from nflow_np.train import fit
+    flow, data = _fit_case()
+    with pytest.raises(error, match=re.escape(message)):
+        fit(flow, data, **kwargs)

@@ -10,7 +10,7 @@ from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
 from .losses import _check_flow, _check_reparameterizable, nll_and_grad, reverse_kl_and_grad
-from .optim import Adam, Optimizer
+from .optim import Adam, Optimizer, _clip_norm, _real
 
 
 @dataclass
@@ -158,9 +158,11 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     ----------
     flow : TransformedDistribution
     data : array, shape (n, ...) matching the flow's event shape
-    epochs, batch_size : int
+    epochs : int
+        At least 1.
+    batch_size : int
     lr : float
-        Learning rate of the default Adam optimizer (ignored when ``optimizer`` is given).
+        Positive. Learning rate of the default Adam optimizer (ignored when ``optimizer`` is given).
     optimizer : Optimizer, optional
         Built on ``flow.parameters()``.
     validation_data : array, optional
@@ -174,7 +176,7 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     progress : bool
         Print a progress line per epoch to stderr.
     clip_norm : float, optional
-        Clip the global gradient norm (default Adam only).
+        Positive. Clip the global gradient norm (default Adam only).
     backend : {"numpy", "numba", "cuda"}, optional
         Default :func:`nflow_np.get_backend`. With ``"numba"`` and a flow the
         compiled program covers, each epoch of Adam steps is one compiled call
@@ -197,9 +199,24 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         loss or gradient is not finite is skipped and the learning rate halved.
     """
     _check_flow(flow, "fit")
+    _check_fit_arguments(epochs, lr, callback, clip_norm)
     with use_backend(resolve_backend(backend, "fit")):
         return _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
                     callback, progress, clip_norm, context, validation_context)
+
+
+def _check_fit_arguments(epochs, lr, callback, clip_norm):
+    if isinstance(epochs, (bool, np.bool_)) or not isinstance(epochs, (int, np.integer)):
+        raise TypeError(f"fit: epochs must be an int >= 1; got {type(epochs).__name__} {epochs!r}")
+    if epochs < 1:
+        raise ValueError(f"fit: epochs must be an int >= 1; got {epochs!r}")
+    lr_value = _real(lr, "lr", "fit")
+    if not (np.isfinite(lr_value) and lr_value > 0):
+        raise ValueError(f"fit: 'lr' must be a finite number > 0; got {lr!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable(epoch, history) or None; got {type(callback).__name__} "
+                        f"{callback!r}")
+    _clip_norm(clip_norm, "fit")
 
 
 def _compiled_trainer(flow, optimizer, batch_size):
