@@ -161,6 +161,9 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     epochs : int
         At least 1.
     batch_size : int
+        Rows per step. A batch is at most the training data: a larger value
+        is clamped to the number of training rows (one step per epoch), on
+        every backend.
     lr : float
         Positive. Learning rate of the default Adam optimizer (ignored when ``optimizer`` is given).
     optimizer : Optimizer, optional
@@ -268,6 +271,7 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         raise ValueError("fit: no training data")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
+    batch_size = min(int(batch_size), len(data))    # a batch is at most the training data, on every backend
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     if trainer is not None:
