@@ -519,3 +519,17 @@ def test_fit_clamps_a_huge_batch_size_to_the_training_rows(backend, monkeypatch)
     assert sizes == [40]
     assert history.steps == 3 and history.rejected_steps == 0
     assert np.isfinite(history.train_loss).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("validation", [False, True])
+def test_fit_raises_and_leaves_the_flow_unchanged_when_every_step_is_rejected(backend, validation):
+    data = np.random.default_rng(0).normal(size=(40, 2)) * 1e150
+    flow = flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0)
+    before = {k: v.copy() for k, v in flow.parameters()}
+    kwargs = {"validation_data": data[:10]} if validation else {}
+    with pytest.raises(RuntimeError, match=r"fit: every training step was rejected \(\d+ steps, 3 epochs\).*"
+                                           r"standardize it first"):
+        fit(flow, data, epochs=3, batch_size=16, backend=backend, rng=0, **kwargs)
+    assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
+

@@ -200,6 +200,13 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         At the end the parameters of the best validation epoch (or of the
         last finite epoch without validation data) are restored. A step whose
         loss or gradient is not finite is skipped and the learning rate halved.
+
+    Raises
+    ------
+    RuntimeError
+        When every step was rejected (typically data far from unit scale,
+        whose loss overflows): nothing was learned, the flow is left as it
+        was before the call.
     """
     _check_flow(flow, "fit")
     _check_fit_arguments(epochs, lr, callback, clip_norm)
@@ -273,6 +280,8 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
     batch_size = min(int(batch_size), len(data))    # a batch is at most the training data, on every backend
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
+    initial = _Snapshot(best.params)
+    initialized = [(m, m.initialized) for m in modules(flow) if hasattr(m, "initialized")]
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     if trainer is not None:
         data = np.ascontiguousarray(data.reshape(len(data), -1))
@@ -311,6 +320,19 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if patience is not None and validation_data is not None and since_best >= patience:
             history.stopped_early = True
             break
+    if history.steps == 0:
+        # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
+        initial.restore()
+        for m, flag in initialized:
+            m.initialized = flag
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise RuntimeError(
+            f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
+            f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
+            f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
+            f"or lower lr")
     return _finish(flow, history, best, start, progress)
 
 
