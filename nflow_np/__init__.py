@@ -3,7 +3,9 @@
 ``import nflow_np`` needs NumPy alone; SciPy and Numba load on first use.
 The estimator, the model files and the checkers load on first access
 (``nflow_np.FlowDensity``, ``nflow_np.save``/``load``, ``nflow_np.testing``),
-which keeps the import itself close to NumPy's.
+which keeps the import itself close to NumPy's. Every subpackage is an
+attribute (``nflow_np.flows``, ``nflow_np.train``, ``nflow_np.datasets``,
+``nflow_np.plot``, ...), loaded on first access.
 """
 
 import importlib
@@ -14,11 +16,14 @@ from .kernels import backend, get_backend, set_backend
 
 __version__ = "0.1.0"
 
-__all__ = ["bijectors", "distributions", "testing", "TransformedDistribution", "__version__", "backend", "get_backend",
+_SUBMODULES = ("bijectors", "distributions", "nn", "kernels", "flows", "train", "datasets", "plot", "testing", "io",
+               "estimator")
+
+__all__ = ["bijectors", "distributions", "nn", "kernels", "flows", "train", "datasets", "plot", "testing", "TransformedDistribution", "__version__", "backend", "get_backend",
            "set_backend", "FlowDensity", "save", "load"]
 
 _LAZY = {"FlowDensity": ("estimator", "FlowDensity"), "save": ("io", "save"), "load": ("io", "load"),
-         "testing": ("testing", None)}
+         **{name: (name, None) for name in _SUBMODULES}}
 
 
 def __getattr__(name):

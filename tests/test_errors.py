@@ -653,3 +653,48 @@ def test_a_parameter_made_nan_after_construction_is_refused(make):
     array[...] = np.nan   # what a diverging optimizer would leave behind
     with pytest.raises(ValueError, match=rf"{b.name}\.forward: parameter {name} must be finite"):
         b.forward(np.array([0.5, 1.5]))
+
+
+# ---------------------------------------------------------------- fit's arguments
+
+def _fit_case():
+    from nflow_np import flows
+    return flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0), np.random.default_rng(0).normal(size=(40, 2))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fit_refuses_empty_validation_data(backend):
+    from nflow_np.train import fit
+    flow, data = _fit_case()
+    with pytest.raises(ValueError, match="fit: validation_data has no rows"):
+        fit(flow, data, epochs=2, validation_data=np.zeros((0, 2)), backend=backend, rng=0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("shape", [(10, 3), (10, 1), (10,), (10, 2, 1), ()])
+def test_fit_refuses_validation_data_of_the_wrong_shape_before_training(backend, shape):
+    from nflow_np.train import fit
+    flow, data = _fit_case()
+    before = {k: v.copy() for k, v in flow.parameters()}
+    with pytest.raises(ValueError, match=r"fit: validation_data must have shape \(m, 2\)"):
+        fit(flow, data, epochs=2, validation_data=np.zeros(shape), backend=backend, rng=0)
+    assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"epochs": 2.5}, TypeError, "fit: epochs must be an int >= 1; got float 2.5"),
+    ({"epochs": True}, TypeError, "fit: epochs must be an int >= 1"),
+    ({"epochs": -1}, ValueError, "fit: epochs must be an int >= 1; got -1"),
+    ({"epochs": 0}, ValueError, "fit: epochs must be an int >= 1; got 0"),
+    ({"lr": "a"}, TypeError, "fit: 'lr' must be a real number; got str"),
+    ({"lr": -0.1}, ValueError, "fit: 'lr' must be a finite number > 0"),
+    ({"lr": np.nan}, ValueError, "fit: 'lr' must be a finite number > 0"),
+    ({"callback": 3}, TypeError, "fit: callback must be callable"),
+    ({"clip_norm": "a"}, TypeError, "fit: 'clip_norm' must be a real number; got str"),
+    ({"clip_norm": -1.0}, ValueError, "fit: 'clip_norm' must be positive or None"),
+])
+def test_fit_names_a_bad_argument_and_what_it_expects(kwargs, error, message):
+    from nflow_np.train import fit
+    flow, data = _fit_case()
+    with pytest.raises(error, match=re.escape(message)):
+        fit(flow, data, **kwargs)

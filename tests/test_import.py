@@ -34,3 +34,19 @@ def test_the_default_backend_loads_numba_on_the_first_compiled_call():
 
 def test_normal_cdf_loads_scipy_on_first_use():
     assert "scipy" in _loaded_after("import nflow_np; nflow_np.bijectors.NormalCDF().forward(0.5)")
+
+
+SUBPACKAGES = ("flows", "train", "datasets", "plot", "nn", "bijectors", "distributions", "kernels", "testing", "io",
+               "estimator")
+
+
+def test_every_subpackage_is_an_attribute_loaded_on_first_access():
+    code = ("import importlib, nflow_np; "
+            f"names = {SUBPACKAGES!r}; "
+            "assert all(getattr(nflow_np, n) is importlib.import_module('nflow_np.' + n) for n in names); "
+            "assert set(names) <= set(dir(nflow_np)); "
+            "assert callable(nflow_np.train.fit) and callable(nflow_np.flows.RealNVP)")
+    assert "matplotlib" not in _loaded_after(code)
+    lazy = _loaded_after("import sys, nflow_np; assert 'nflow_np.flows' not in sys.modules; "
+                         "assert 'nflow_np.train' not in sys.modules; nflow_np.flows")
+    assert lazy == []

@@ -499,3 +499,37 @@ def test_float32_flows_train_in_float32(build):
     assert x.dtype == np.float32 and lp.dtype == np.float32
     with pytest.raises(TypeError, match="float64"):
         flow.log_prob(data.astype(np.float64))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fit_clamps_a_huge_batch_size_to_the_training_rows(backend, monkeypatch):
+    data = np.random.default_rng(0).normal(size=(40, 2))
+    flow = flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0)
+    real = fit_module._compiled_trainer
+    sizes = []
+
+    def spy(flow, optimizer, batch_size):
+        sizes.append(batch_size)
+        # a workspace sized by batch_size=10**9 would need hundreds of GiB: refuse before allocating it
+        assert batch_size <= len(data), "the compiled trainer is sized by batch_size, not by the rows"
+        return real(flow, optimizer, batch_size)
+
+    monkeypatch.setattr(fit_module, "_compiled_trainer", spy)
+    history = fit(flow, data, epochs=3, batch_size=10**9, lr=1e-2, backend=backend, rng=0)
+    assert sizes == [40]
+    assert history.steps == 3 and history.rejected_steps == 0
+    assert np.isfinite(history.train_loss).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("validation", [False, True])
+def test_fit_raises_and_leaves_the_flow_unchanged_when_every_step_is_rejected(backend, validation):
+    data = np.random.default_rng(0).normal(size=(40, 2)) * 1e150
+    flow = flows.RealNVP(2, n_layers=2, hidden=(4,), rng=0)
+    before = {k: v.copy() for k, v in flow.parameters()}
+    kwargs = {"validation_data": data[:10]} if validation else {}
+    with pytest.raises(RuntimeError, match=r"fit: every training step was rejected \(\d+ steps, 3 epochs\).*"
+                                           r"standardize it first"):
+        fit(flow, data, epochs=3, batch_size=16, backend=backend, rng=0, **kwargs)
+    assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
+

@@ -10,7 +10,7 @@ from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
 from .losses import _check_flow, _check_reparameterizable, nll_and_grad, reverse_kl_and_grad
-from .optim import Adam, Optimizer
+from .optim import Adam, Optimizer, _clip_norm, _real
 
 
 @dataclass
@@ -158,9 +158,14 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     ----------
     flow : TransformedDistribution
     data : array, shape (n, ...) matching the flow's event shape
-    epochs, batch_size : int
+    epochs : int
+        At least 1.
+    batch_size : int
+        Rows per step. A batch is at most the training data: a larger value
+        is clamped to the number of training rows (one step per epoch), on
+        every backend.
     lr : float
-        Learning rate of the default Adam optimizer (ignored when ``optimizer`` is given).
+        Positive. Learning rate of the default Adam optimizer (ignored when ``optimizer`` is given).
     optimizer : Optimizer, optional
         Built on ``flow.parameters()``.
     validation_data : array, optional
@@ -174,7 +179,7 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     progress : bool
         Print a progress line per epoch to stderr.
     clip_norm : float, optional
-        Clip the global gradient norm (default Adam only).
+        Positive. Clip the global gradient norm (default Adam only).
     backend : {"numpy", "numba", "cuda"}, optional
         Default :func:`nflow_np.get_backend`. With ``"numba"`` and a flow the
         compiled program covers, each epoch of Adam steps is one compiled call
@@ -195,11 +200,33 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         At the end the parameters of the best validation epoch (or of the
         last finite epoch without validation data) are restored. A step whose
         loss or gradient is not finite is skipped and the learning rate halved.
+
+    Raises
+    ------
+    RuntimeError
+        When every step was rejected (typically data far from unit scale,
+        whose loss overflows): nothing was learned, the flow is left as it
+        was before the call.
     """
     _check_flow(flow, "fit")
+    _check_fit_arguments(epochs, lr, callback, clip_norm)
     with use_backend(resolve_backend(backend, "fit")):
         return _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
                     callback, progress, clip_norm, context, validation_context)
+
+
+def _check_fit_arguments(epochs, lr, callback, clip_norm):
+    if isinstance(epochs, (bool, np.bool_)) or not isinstance(epochs, (int, np.integer)):
+        raise TypeError(f"fit: epochs must be an int >= 1; got {type(epochs).__name__} {epochs!r}")
+    if epochs < 1:
+        raise ValueError(f"fit: epochs must be an int >= 1; got {epochs!r}")
+    lr_value = _real(lr, "lr", "fit")
+    if not (np.isfinite(lr_value) and lr_value > 0):
+        raise ValueError(f"fit: 'lr' must be a finite number > 0; got {lr!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable(epoch, history) or None; got {type(callback).__name__} "
+                        f"{callback!r}")
+    _clip_norm(clip_norm, "fit")
 
 
 def _compiled_trainer(flow, optimizer, batch_size):
@@ -219,6 +246,17 @@ def _compiled_trainer(flow, optimizer, batch_size):
     return NumbaTrainer(program, optimizer, batch_size)
 
 
+def _check_validation_data(validation_data, data, flow):
+    """``validation_data`` as a float array of at least one row shaped like the rows of ``data``."""
+    validation_data = as_float_array(validation_data, flow.dtype, "fit", "validation_data")
+    if validation_data.ndim != data.ndim or validation_data.shape[1:] != data.shape[1:]:
+        raise ValueError(f"fit: validation_data must have shape (m, {', '.join(map(str, data.shape[1:]))}) like the "
+                         f"rows of data; got {validation_data.shape}")
+    if len(validation_data) == 0:
+        raise ValueError("fit: validation_data has no rows; pass None to train without validation")
+    return validation_data
+
+
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,
          progress, clip_norm, context, validation_context):
     rng = as_generator(rng)
@@ -234,13 +272,16 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if context is not None:
             validation_context, context = context[order[:n_val]], context[order[n_val:]]
     elif validation_data is not None:
-        validation_data = as_float_array(validation_data, flow.dtype, "fit", "validation_data")
+        validation_data = _check_validation_data(validation_data, data, flow)
         validation_context = _rows_context(flow, validation_context, validation_data, "fit", "validation_context")
     if len(data) == 0:
         raise ValueError("fit: no training data")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
+    batch_size = min(int(batch_size), len(data))    # a batch is at most the training data, on every backend
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
+    initial = _Snapshot(best.params)
+    initialized = [(m, m.initialized) for m in modules(flow) if hasattr(m, "initialized")]
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     if trainer is not None:
         data = np.ascontiguousarray(data.reshape(len(data), -1))
@@ -279,6 +320,19 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if patience is not None and validation_data is not None and since_best >= patience:
             history.stopped_early = True
             break
+    if history.steps == 0:
+        # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
+        initial.restore()
+        for m, flag in initialized:
+            m.initialized = flag
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise RuntimeError(
+            f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
+            f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
+            f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
+            f"or lower lr")
     return _finish(flow, history, best, start, progress)
 
 
