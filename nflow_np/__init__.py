@@ -19,8 +19,9 @@ __version__ = "0.1.0"
 _SUBMODULES = ("bijectors", "distributions", "nn", "kernels", "flows", "train", "datasets", "plot", "testing", "io",
                "estimator")
 
-__all__ = ["bijectors", "distributions", "nn", "kernels", "flows", "train", "datasets", "plot", "testing", "TransformedDistribution", "__version__", "backend", "get_backend",
-           "set_backend", "FlowDensity", "save", "load"]
+__all__ = ["bijectors", "distributions", "nn", "kernels", "flows", "train", "datasets", "plot", "testing",
+           "TransformedDistribution", "__version__", "backend", "get_backend", "set_backend", "FlowDensity", "save",
+           "load"]
 
 _LAZY = {"FlowDensity": ("estimator", "FlowDensity"), "save": ("io", "save"), "load": ("io", "load"),
          **{name: (name, None) for name in _SUBMODULES}}
