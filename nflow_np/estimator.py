@@ -15,7 +15,8 @@ import numbers
 
 import numpy as np
 
-from ._estimator_checks import _as_generator, _check_int, _equal, _finite_moments, _is_seed, _is_sparse, _merge_histories
+from ._estimator_checks import _as_generator, _check_int, _equal, _finite_moments, _is_seed, _is_sparse, \
+    _merge_histories
 
 __all__ = ["FlowDensity", "NotFittedError"]
 

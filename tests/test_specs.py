@@ -60,7 +60,8 @@ def test_ready_made_flows_lower_to_frames_and_transforms(dtype):
     assert couplings and all(isinstance(s.transform, specs.AffineSpec) for s in couplings)
     assert any(isinstance(s, specs.ActNormSpec) for s in lowered)
     net = couplings[0].net
-    assert isinstance(net, specs.NetworkSpec) and net.masks is None and net.widths[-1] == 2 * couplings[0].transformed.size
+    assert isinstance(net, specs.NetworkSpec) and net.masks is None
+    assert net.widths[-1] == 2 * couplings[0].transformed.size
     # specs hold the layer's own arrays, so optimizers keep updating what the engine reads
     layer = next(b for b in nvp.bijector.flatten() if isinstance(b.lower(3), specs.CouplingSpec))
     assert couplings[0].net.params is layer.net.params

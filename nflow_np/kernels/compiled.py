@@ -230,5 +230,5 @@ def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, 
         k += 1
 
 
-__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "LOOPS", "LOOP", "entry_address", "compile_loop", "compile_key",
-           "pack_meta", "log_prob_rows", "sample_rows", "nll_grad", "train_epoch"]
+__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "LOOPS", "LOOP", "entry_address", "compile_loop",
+           "compile_key", "pack_meta", "log_prob_rows", "sample_rows", "nll_grad", "train_epoch"]

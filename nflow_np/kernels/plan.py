@@ -308,7 +308,8 @@ class Program:
         from .compiled import BACKWARD, DENSITY, nll_grad
         gtheta = np.zeros(self.size, dtype=self.dtype)
         theta = self._effective()
-        loss = nll_grad(self.table(DENSITY, BACKWARD, loops=("nll_grad",)), *self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
+        table = self.table(DENSITY, BACKWARD, loops=("nll_grad",))
+        loss = nll_grad(table, *self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
                         self.context_rows(context, x.shape[0]), self.workspace(x.shape[0])[0], gtheta)
         self.write_back(theta, params=False)   # BatchNorm's running statistics moved
         return float(loss), gtheta

@@ -208,7 +208,8 @@ class DeviceProgram:
 
 
 class DeviceTrainer:
-    """Whole epochs of guarded Adam steps on the device; the interface of :class:`nflow_np.kernels.plan.NumbaTrainer`."""
+    """Whole epochs of guarded Adam steps on the device; the interface of
+    :class:`nflow_np.kernels.plan.NumbaTrainer`."""
 
     def __init__(self, runner, optimizer, batch_size):
         self.runner = runner
