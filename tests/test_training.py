@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nflow_np import bijectors as nb
-from nflow_np import flows
+from nflow_np import datasets, flows
 from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
 from nflow_np.testing import check_gradients
 from nflow_np.train import SGD, Adam, fit, fit_to_target, value_and_grad
@@ -533,3 +533,20 @@ def test_fit_raises_and_leaves_the_flow_unchanged_when_every_step_is_rejected(ba
         fit(flow, data, epochs=3, batch_size=16, backend=backend, rng=0, **kwargs)
     assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
 
+
+@pytest.mark.parametrize("make", [lambda: flows.RealNVP(2, hidden=(8,), rng=0),
+                                  lambda: flows.MAF(2, hidden=(8,), rng=0)], ids=["realnvp", "maf"])
+def test_an_overflowing_row_is_a_rejected_step_on_every_backend(make):
+    """One row at 1e154 overflows the loss of its batch: each backend rejects that step and trains on."""
+    x = np.vstack([datasets.two_moons(300, rng=0), [[1e154, -1e154]]])
+    runs = {}
+    for backend in ("numpy", "numba"):
+        flow = make()
+        history = fit(flow, x, epochs=2, batch_size=64, rng=0, backend=backend)
+        assert all(np.isfinite(p).all() for _, p in flow.parameters())
+        runs[backend] = (history.steps, history.rejected_steps)
+        # the overflowing batch gives an answer, not an exception, and the answer is not finite somewhere
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, grads = value_and_grad(flow, x[-70:], backend=backend)
+        assert not (np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values()))
+    assert runs["numpy"] == runs["numba"] and runs["numpy"][1] == 2

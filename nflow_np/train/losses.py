@@ -44,7 +44,9 @@ def nll_and_grad(flow, x, backend=None, context=None):
     One inverse (density) pass through the bijector and one backward pass:
     ``loss = -mean(log p(x))`` (``log p(x | context)`` for a conditional flow).
     With ``backend="numba"`` a flow the compiled program covers takes both
-    passes in one compiled call.
+    passes in one compiled call. A loss that is not finite (extreme data
+    overflowing) comes back as it is, with NaN gradients, on every backend;
+    :func:`fit` rejects such a step and goes on.
     """
     where = "value_and_grad"
     x = flow._prepare(x, where)
@@ -57,6 +59,10 @@ def nll_and_grad(flow, x, backend=None, context=None):
     z, log_det, ctx = bijector._inverse_pass(x, *extra)
     log_prob = flow._base_log_prob(z) + bijector._reduce(log_det, flow.event_ndims)
     loss = -float(np.mean(log_prob))
+    if not np.isfinite(loss):
+        # as the compiled backends do: the loss says what went wrong, and the gradient is NaN (a training loop
+        # rejects the step); the backward passes would refuse their non-finite upstream gradients
+        return loss, {name: np.full_like(p, np.nan) for name, p in flow.parameters()}
     grad_lp = np.full(log_prob.shape, -1.0 / log_prob.size, dtype=log_prob.dtype)
     grad_z, base_grads = _base_grads(flow, z, grad_lp)
     _, grads = bijector._inverse_backward(ctx, grad_z.astype(z.dtype, copy=False),
