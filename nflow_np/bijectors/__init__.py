@@ -18,8 +18,9 @@ from .elementwise import (
 )
 from .inline import Inline
 from .affine import Affine
-from .autoregressive import InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
-from .coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
+from .autoregressive import Autoregressive, InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
+from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
+from .transforms import AdditiveTransform, AffineTransform, SinhArcsinhTransform, SplineTransform, Transform
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
 from .normalization import ActNorm, BatchNorm
@@ -30,6 +31,8 @@ __all__ = [
     "Identity", "Shift", "Scale", "Exp", "Sigmoid", "Tanh", "Softsign", "Softplus", "LeakyReLU",
     "NormalCDF", "Power",
     "Permute", "Reverse", "Rotation", "ScaleMatvecTriL", "Affine",
+    "Coupling", "Autoregressive", "Transform", "AffineTransform", "AdditiveTransform", "SplineTransform",
+    "SinhArcsinhTransform",
     "AdditiveCoupling", "AffineCoupling", "SplineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
     "SplineAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",

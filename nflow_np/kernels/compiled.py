@@ -24,7 +24,7 @@ from . import elementwise as _elementwise
 from . import optim as _optim
 from .entries import BACKWARD, DENSITY, ENTRIES, HEAD, PASSES, SAMPLING, _block, _jit, _jit_nogil, _row, \
     entry_address
-from .program import W_CTX, W_CTXW, W_G0, W_GLD, W_LD, W_PARAMS, W_Z
+from .program import N_FIELDS, W_CTX, W_CTXW, W_G0, W_GLD, W_LD, W_PARAMS, W_Z
 
 _normal_log_prob = _elementwise.normal_log_prob_numba
 _adam_step = _optim.adam_step_numba
@@ -60,7 +60,7 @@ def compile_loop(index, dtype):
     """Compile (or load from the disk cache) loop ``LOOPS[index]`` for ``dtype``, by a call that runs no layer."""
     ft = np.dtype(dtype)
     table = np.zeros((0, PASSES), np.int64)
-    meta = pack_meta(np.zeros((0, 8), np.int64), np.zeros(1, np.int64), np.zeros(14, np.int64), 1)
+    meta = pack_meta(np.zeros((0, N_FIELDS), np.int64), np.zeros(1, np.int64), np.zeros(14, np.int64), 1)
     clamps, theta, vec = np.zeros(0, ft), np.zeros(1, ft), np.zeros(1, ft)
     rows, ctx = np.zeros((0, 1), ft), np.zeros((0, 0), ft)
     name = LOOPS[index]
@@ -76,7 +76,7 @@ def compile_loop(index, dtype):
 
 
 def compile_key(key):
-    """Compile (or load from the disk cache) what ``key`` names: ``(op, pass, dtype name)`` for an entry,
+    """Compile (or load from the disk cache) what ``key`` names: ``(entry name, pass, dtype name)`` for an entry,
     ``(index in LOOPS, LOOP, dtype name)`` for a loop."""
     index, pass_, dtype = key
     if pass_ == LOOP:
@@ -96,7 +96,7 @@ def pack_meta(fields, idata, layout, theta_size):
 
 @_jit
 def _layout(meta):
-    start = HEAD + 8 * meta[0] + meta[3]
+    start = HEAD + N_FIELDS * meta[0] + meta[3]
     return meta[start:]
 
 

@@ -2,8 +2,8 @@
 
 Each entry rebuilds the arrays of a :class:`~nflow_np.kernels.plan.Program`
 from raw pointers and runs one layer's pass over one chunk, calling the layer
-kernels of :mod:`.coupling`, :mod:`.autoregressive`, :mod:`.elementwise` and
-:mod:`.normalization`. :func:`entry_address` compiles an entry with
+kernels of :mod:`.elementwise` and :mod:`.normalization`; the coupling and
+autoregressive frames' entries are in :mod:`.frames`, one per transform. :func:`entry_address` compiles an entry with
 :func:`numba.cfunc` the first time it is asked for, per dtype, and caches the
 machine code on disk; :mod:`.compiled` calls entries through their addresses.
 
@@ -12,7 +12,7 @@ Every entry has the same C signature::
     void entry(int64 *meta, T *clamps, T *theta, T *gtheta, T *w, int64 w_size, int64 layer, int64 n, int64 d)
 
 ``meta`` packs ``[layers, total, theta size, idata size]``, then ``fields``
-(``layers x 8``), ``idata`` and ``layout`` (see :mod:`.program`); ``w`` is one
+(``layers x N_FIELDS``), ``idata`` and ``layout`` (see :mod:`.program`); ``w`` is one
 chunk's workspace of ``n`` rows. Density passes run ``Z_layer -> Z_layer+1``,
 sampling passes the reverse; backward passes read their upstream gradient from
 ``G0`` or ``G1`` (alternating, ``G0`` for the last layer) and write the other.
@@ -26,14 +26,11 @@ import numba
 import numpy as np
 from numba import carray, types
 
-from . import autoregressive as _ar
-from . import coupling as _coupling
 from . import elementwise as _elementwise
 from . import normalization as _normalization
 from .backend import load_numba
-from .program import F_A, F_ACT, F_B, F_CACHE, F_FLAG, F_GROUPS, F_THETA, F_WIDTHS, OP_ACTNORM, OP_BATCHNORM, \
-    OP_COUPLING, OP_MAF, OP_PERMUTE, OP_SPLINE, OP_SPLINE_MAF, W_CTX, W_CTXW, W_D1, W_D2, W_G0, W_G1, W_GCOND, W_GLD, \
-    W_GNET, W_LD, W_ROW, W_Z
+from .program import F_A, F_B, F_CACHE, F_FLAG, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, W_G0, W_G1, W_GLD, \
+    W_LD, W_Z
 
 # the twins become compiled dispatchers before anything below binds them
 load_numba()
@@ -46,19 +43,6 @@ _permute_backward = _elementwise.permute_backward_numba
 _batchnorm_forward = _normalization.batchnorm_forward_numba
 _batchnorm_inverse = _normalization.batchnorm_inverse_numba
 _batchnorm_inverse_backward = _normalization.batchnorm_inverse_backward_numba
-_coupling_forward = _coupling.coupling_forward_numba
-_coupling_inverse = _coupling.coupling_inverse_numba
-_coupling_inverse_backward = _coupling.coupling_inverse_backward_numba
-_spline_coupling_forward = _coupling.spline_coupling_forward_numba
-_spline_coupling_inverse = _coupling.spline_coupling_inverse_numba
-_spline_coupling_inverse_backward = _coupling.spline_coupling_inverse_backward_numba
-_maf_forward = _ar.maf_forward_numba
-_maf_inverse = _ar.maf_inverse_numba
-_maf_inverse_backward = _ar.maf_inverse_backward_numba
-_spline_maf_forward = _ar.spline_maf_forward_numba
-_spline_maf_inverse = _ar.spline_maf_inverse_numba
-_spline_maf_inverse_backward = _ar.spline_maf_inverse_backward_numba
-
 HEAD = 4                      # meta: [layers, total, theta size, idata size]
 DENSITY, SAMPLING, BACKWARD = 0, 1, 2
 PASSES = 3
@@ -74,8 +58,8 @@ def _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size):
     head = carray(meta_p, (HEAD,))
     n_layers = head[0]
     meta = carray(meta_p, (head[1],))
-    fields = meta[HEAD:HEAD + 8 * n_layers].reshape((n_layers, 8))
-    start = HEAD + 8 * n_layers
+    fields = meta[HEAD:HEAD + N_FIELDS * n_layers].reshape((n_layers, N_FIELDS))
+    start = HEAD + N_FIELDS * n_layers
     idata = meta[start:start + head[3]]
     layout = meta[start + head[3]:]
     return (fields, idata, layout, carray(clamps_p, (n_layers,)), carray(theta_p, (head[2],)),
@@ -144,24 +128,6 @@ def _network_caches(f, idata, layout, w, n):
             for j in range(na, cond.shape[1]):
                 cond[i, j] = ctx[i, j - na]
     return widths, cond, hid, net
-
-
-@_jit
-def _backward_scratch(f, layout, w, n, widths, cond_width):
-    """``(gnet, gcond, d1, d2)``: a network layer's backward buffers."""
-    return (_block(w, n, layout[W_GNET], widths[widths.size - 1]), _block(w, n, layout[W_GCOND], cond_width),
-            w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
-
-
-@_jit
-def _spline(f, idata, theta, w, n):
-    """A spline layer's scratch (``4 x n x nb``, after its network output) and ``[bound, minima...]``."""
-    widths = _ints(idata, f[F_WIDTHS])
-    nb = idata[f[F_B]]
-    start = f[F_CACHE] + (widths[0] if idata[f[F_A]] > 0 else 0)
-    for k in range(1, widths.size):
-        start += widths[k]
-    return w[n * start:n * (start + 4 * nb)].reshape((4, n, nb)), theta[f[F_GROUPS]:f[F_GROUPS] + 4]
 
 
 def permute_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
@@ -235,145 +201,29 @@ def batchnorm_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, 
                                 zin, gout, gld, gin, gtheta[o:o + d], gtheta[o + d:o + 2 * d])
 
 
-def coupling_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
-    _coupling_inverse(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer], _ints(idata, f[F_A]),
-                      _ints(idata, f[F_B]), zin, zout, ld, cond, hid, net)
-
-
-def coupling_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
-    _coupling_forward(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer], _ints(idata, f[F_A]),
-                      _ints(idata, f[F_B]), zin, zout, ld, cond, hid, net)
-
-
-def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    gout, gin, gld = _grads(layout, w, fields.shape[0], layer, n, d)
-    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    gnet, gcond, d1, d2 = _backward_scratch(f, layout, w, n, widths, cond.shape[1])
-    _coupling_inverse_backward(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG] == 1, clamps[layer],
-                               _ints(idata, f[F_A]), _ints(idata, f[F_B]), zout, gout, gld, cond, hid, net, gin,
-                               gtheta, gnet, gcond, d1, d2)
-
-
-def spline_coupling_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
-    scratch, sp = _spline(f, idata, theta, w, n)
-    _spline_coupling_inverse(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints(idata, f[F_A]),
-                             _ints(idata, f[F_B]), zin, zout, ld, cond, hid, net, scratch)
-
-
-def spline_coupling_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
-    scratch, sp = _spline(f, idata, theta, w, n)
-    _spline_coupling_forward(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints(idata, f[F_A]),
-                             _ints(idata, f[F_B]), zin, zout, ld, cond, hid, net, scratch)
-
-
-def spline_coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    gout, gin, gld = _grads(layout, w, fields.shape[0], layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    gnet, gcond, d1, d2 = _backward_scratch(f, layout, w, n, widths, cond.shape[1])
-    scratch, sp = _spline(f, idata, theta, w, n)
-    _spline_coupling_inverse_backward(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints(idata, f[F_A]),
-                                      _ints(idata, f[F_B]), gout, gld, cond, hid, net, scratch, gin, gtheta, gnet,
-                                      gcond, d1, d2)
-
-
-def maf_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    _maf_inverse(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, ld, hid, net)
-
-
-def maf_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    _maf_forward(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], _ints(idata, f[F_B]), idata[f[F_GROUPS]:],
-                 zin, zout, ld, hid, net, w[n * layout[W_ROW]:])
-
-
-def maf_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    gout, gin, gld = _grads(layout, w, fields.shape[0], layer, n, d)
-    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    gnet, gcond, d1, d2 = _backward_scratch(f, layout, w, n, widths, 0)
-    _maf_inverse_backward(theta, f[F_THETA], widths, f[F_ACT], clamps[layer], zin, zout, gout, gld, hid, net, gin,
-                          gtheta, gnet, d1, d2)
-
-
-def spline_maf_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    scratch, sp = _spline(f, idata, theta, w, n)
-    _spline_maf_inverse(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, zin, zout, ld, hid, net, scratch)
-
-
-def spline_maf_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    zin, zout, ld = _pass_arrays(1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    scratch, sp = _spline(f, idata, theta, w, n)
-    _spline_maf_forward(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, _ints(idata, f[F_B]), zin, zout, ld,
-                        hid, net, scratch)
-
-
-def spline_maf_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
-    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
-    gout, gin, gld = _grads(layout, w, fields.shape[0], layer, n, d)
-    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
-    f = fields[layer]
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    gnet, gcond, d1, d2 = _backward_scratch(f, layout, w, n, widths, 0)
-    scratch, sp = _spline(f, idata, theta, w, n)
-    _spline_maf_inverse_backward(theta, f[F_THETA], widths, f[F_ACT], f[F_FLAG], sp, zin, gout, gld, hid, net,
-                                 scratch, gin, gtheta, gnet, d1, d2)
-
-
 # each op's entries, in the order of the passes
 ENTRIES = {
-    OP_PERMUTE: (permute_density, permute_sampling, permute_backward),
-    OP_ACTNORM: (actnorm_density, actnorm_sampling, actnorm_backward),
-    OP_BATCHNORM: (batchnorm_density, batchnorm_sampling, batchnorm_backward),
-    OP_COUPLING: (coupling_density, coupling_sampling, coupling_backward),
-    OP_SPLINE: (spline_coupling_density, spline_coupling_sampling, spline_coupling_backward),
-    OP_MAF: (maf_density, maf_sampling, maf_backward),
-    OP_SPLINE_MAF: (spline_maf_density, spline_maf_sampling, spline_maf_backward),
+    "permute": (permute_density, permute_sampling, permute_backward),
+    "actnorm": (actnorm_density, actnorm_sampling, actnorm_backward),
+    "batchnorm": (batchnorm_density, batchnorm_sampling, batchnorm_backward),
 }
 
-_entries = {}                 # (op, pass, dtype) -> compiled cfunc, kept alive so its address stays valid
+_entries = {}                 # (name, pass, dtype) -> compiled cfunc, kept alive so its address stays valid
 _entries_lock = threading.Lock()
 
 
-def entry_address(op, pass_, dtype):
-    """The address of the compiled entry for ``op``'s ``pass_`` in ``dtype``, compiling it on first use."""
-    key = (int(op), int(pass_), np.dtype(dtype).name)
+def entry_function(name, pass_):
+    """The Python function of entry ``name`` (an op's, or ``"frame.transform"``) for ``pass_``."""
+    if name in ENTRIES:
+        return ENTRIES[name][pass_]
+    from . import frames, transforms
+    frame, transform = name.split(".")
+    return frames.specialize(frame, pass_, transform, transforms.module_for(transform))
+
+
+def entry_address(name, pass_, dtype):
+    """The address of the compiled entry ``name`` for ``pass_`` in ``dtype``, compiling it on first use."""
+    key = (str(name), int(pass_), np.dtype(dtype).name)
     found = _entries.get(key)
     if found is None:
         with _entries_lock:
@@ -383,10 +233,10 @@ def entry_address(op, pass_, dtype):
                 ptr = types.CPointer(real)
                 sig = types.void(types.CPointer(types.int64), ptr, ptr, ptr, ptr, types.int64, types.int64,
                                  types.int64, types.int64)
-                found = _entries[key] = numba.cfunc(sig, cache=True, **_OPTIONS)(ENTRIES[key[0]][key[1]])
+                found = _entries[key] = numba.cfunc(sig, cache=True, **_OPTIONS)(entry_function(key[0], key[1]))
     return found.address
 
 
 
 
-__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "HEAD", "entry_address"]
+__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "HEAD", "entry_function", "entry_address"]

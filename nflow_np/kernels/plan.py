@@ -12,8 +12,7 @@ import threading
 import numpy as np
 
 from . import program as prog
-from . import specs
-from .autoregressive import degree_groups, maf_forward_scratch_size
+from . import specs, transforms
 from .mlp import ACTIVATION_CODES, hidden_size
 
 __all__ = ["Program", "compile_flow", "program_for", "supports", "AdamExchange", "NumbaTrainer"]
@@ -24,6 +23,27 @@ CHUNK = 256
 # Up to this many multiply-adds per product, OpenBLAS runs a product on the calling thread, so
 # chunks can run on all threads at once; above it BLAS spreads each product over its own threads.
 BLAS_SINGLE_THREAD = 65536
+
+
+def weights_size(widths):
+    """Entries of a network's weight matrices: the autoregressive sampling entry keeps them transposed."""
+    return int(sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)))
+
+
+def degree_groups(degrees, d):
+    """Flat int64 array: for each hidden layer of a MADE, ``d + 1`` offsets then its units sorted by degree.
+
+    Offsets ``o[k]..o[k+1]`` (relative to the start of the unit list) select
+    the units of degree ``k`` (``k = 1..d-1``; degree 0 and ``d`` are empty).
+    """
+    parts = []
+    for deg in degrees[1:]:
+        order = np.argsort(deg, kind="stable")
+        counts = np.bincount(deg, minlength=d + 1)[:d + 1]
+        offsets = np.concatenate([[0], np.cumsum(counts)])[:d + 1]
+        parts.append(offsets)
+        parts.append(order)
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 class Program:
@@ -41,7 +61,9 @@ class Program:
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
         self.batchnorms = []   # (layer index, spec); their running statistics follow the parameters
-        self.splines = []      # (layer index, spec); their bound and minima follow, as constants
+        self.transform_constants = []    # (layer index, floats): each frame's transform constants follow, in theta
+        self.entry_names = []  # each layer's compiled entry: its op, and a frame's transform ("coupling.affine")
+        self.transforms = []   # each layer's transform name (None: not a frame)
         self.actnorms = []     # each ActNorm's state: compiled calls wait until it has seen data
         cache = [0]            # per-row cache floats so far
         widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "weights": 1}
@@ -76,48 +98,36 @@ class Program:
             return off, widths
 
         for b in self.layers:
-            f = [0] * 8
+            f = [0] * prog.N_FIELDS
             clamp = 0.0
             if b.dtype is not None and b.dtype != self.dtype:
                 raise prog.Unsupported(f"{b.name} has dtype {b.dtype}")
             spec = b.lower(d)
             self.specs.append(spec)
-            transform = getattr(spec, "transform", None)
+            name = None
             if isinstance(spec, (specs.CouplingSpec, specs.AutoregressiveSpec)):
-                if not isinstance(transform, specs.TRANSFORMS):
-                    raise prog.Unsupported(f"{b.name}: transform {type(transform).__name__} is not compiled")
+                name = transforms.name_for(spec.transform)
+                if name is None:
+                    raise prog.Unsupported(f"{b.name}: transform {type(spec.transform).__name__} is not compiled")
                 f[prog.F_THETA], widths = add_net(spec.net)
                 f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[spec.net.activation]
                 f[prog.F_CACHE] = cache[0]
+                f[prog.F_PARAMS] = spec.transform.outputs_per_coordinate
+                self.transform_constants.append((len(ops), transforms.module_for(name).constants(spec.transform)))
             if isinstance(spec, specs.CouplingSpec):
                 f[prog.F_A], f[prog.F_B] = ints(spec.conditioned), ints(spec.transformed)
+                f[prog.F_FLAG] = int(bool(spec.by_coordinate))
                 widest["cond"] = max(widest["cond"], widths[0])
                 cache[0] += widths[0] + hidden_size(widths) + widths[-1]
-                if isinstance(transform, specs.SplineSpec):
-                    f[prog.F_FLAG] = transform.bins
-                    cache[0] += 4 * spec.transformed.size
-                    self.splines.append((len(ops), transform))
-                    op = prog.OP_SPLINE
-                else:
-                    f[prog.F_FLAG] = int(isinstance(transform, specs.AffineSpec))
-                    clamp = transform.clamp if isinstance(transform, specs.AffineSpec) else 0.0
-                    op = prog.OP_COUPLING
+                op = prog.OP_COUPLING
             elif isinstance(spec, specs.AutoregressiveSpec):
                 f[prog.F_A], f[prog.F_B] = ints([]), ints(spec.generation)
+                f[prog.F_GROUPS] = len(idata)
+                idata.extend(degree_groups(spec.net.degrees, d).tolist())
+                widest["maf_scratch"] = max(widest["maf_scratch"], weights_size(widths))
+                widest["cond"] = max(widest["cond"], d)     # the backward keeps its direct gradients there
                 cache[0] += hidden_size(widths) + widths[-1]
-                if isinstance(transform, specs.SplineSpec):
-                    f[prog.F_FLAG] = transform.bins
-                    cache[0] += 4 * d
-                    self.splines.append((len(ops), transform))
-                    op = prog.OP_SPLINE_MAF
-                elif isinstance(transform, specs.AffineSpec):
-                    f[prog.F_GROUPS] = len(idata)
-                    idata.extend(degree_groups(spec.net.degrees, d).tolist())
-                    widest["maf_scratch"] = max(widest["maf_scratch"], maf_forward_scratch_size(widths))
-                    clamp = transform.clamp
-                    op = prog.OP_MAF
-                else:
-                    raise prog.Unsupported(f"{b.name}: an autoregressive {type(transform).__name__} is not compiled")
+                op = prog.OP_AUTOREGRESSIVE
             elif isinstance(spec, specs.PermutationSpec):
                 f[prog.F_A], f[prog.F_B] = ints(spec.density), ints(spec.sampling)
                 op = prog.OP_PERMUTE
@@ -133,11 +143,13 @@ class Program:
             else:
                 raise prog.Unsupported(f"{b.name}: spec {type(spec).__name__} is not compiled")
             ops.append(op)
+            self.entry_names.append(prog.OP_NAMES[op] + ("" if name is None else "." + name))
+            self.transforms.append(name)
             fields.append(f)
             clamps.append(clamp)
 
         self.ops = np.array(ops, dtype=np.int64)
-        self.fields = np.array(fields, dtype=np.int64).reshape(len(ops), 8)
+        self.fields = np.array(fields, dtype=np.int64).reshape(len(ops), prog.N_FIELDS)
         # in the parameters' dtype, so float32 programs evaluate tanh and exp in single precision
         self.clamps = np.array(clamps, dtype=self.dtype)
         self.idata = np.array(idata, dtype=np.int64)
@@ -151,11 +163,11 @@ class Program:
                                   (spec.state.__dict__, "running_var", start + d, d)]
             self.constants.append((start + 2 * d, spec.momentum))
             pmask.extend([1.0] * (2 * d + 1))
-        for layer, spline in self.splines:
+        for layer, values in self.transform_constants:
             start = len(pmask)
-            self.fields[layer, prog.F_GROUPS] = start
-            self.constants += [(start + k, value) for k, value in enumerate(spline.constants)]
-            pmask.extend([1.0] * len(spline.constants))
+            self.fields[layer, prog.F_CONSTS] = start
+            self.constants += [(start + k, value) for k, value in enumerate(values)]
+            pmask.extend([1.0] * len(values))
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)
         n_layers = len(ops)
@@ -228,15 +240,15 @@ class Program:
         from . import compiled
         table = self.__dict__.setdefault("_table", np.zeros((len(self.ops), compiled.PASSES), dtype=np.int64))
         done = self.__dict__.setdefault("_loops", set())
-        keys = [(int(op), p, self.dtype.name) for p in passes for layer, op in enumerate(self.ops)
+        keys = [(name, p, self.dtype.name) for p in passes for layer, name in enumerate(self.entry_names)
                 if not table[layer, p]]
         keys += [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops if name not in done]
         if keys:
             from .warm import compile_entries
             compile_entries(keys, compiled.compile_key)
             for p in passes:
-                for layer, op in enumerate(self.ops):
-                    table[layer, p] = compiled.entry_address(op, p, self.dtype)
+                for layer, name in enumerate(self.entry_names):
+                    table[layer, p] = compiled.entry_address(name, p, self.dtype)
             done.update(loops)
         ready.add((passes, loops))
         return table
@@ -245,7 +257,7 @@ class Program:
         """Start compiling ``passes`` and ``loops`` in a helper process, for a call that probably comes next."""
         from . import compiled
         from .warm import prefetch
-        prefetch([(int(op), p, self.dtype.name) for p in passes for op in set(self.ops.tolist())]
+        prefetch([(name, p, self.dtype.name) for p in passes for name in sorted(set(self.entry_names))]
                  + [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops])
 
     def _geometry(self, n):

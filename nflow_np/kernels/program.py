@@ -5,15 +5,15 @@ base, a ``Chain`` of supported layers) into plain arrays that compiled code
 walks with one loop over layers:
 
 ``ops``      int64 ``(L,)``: the op of each layer, in density order (data -> base);
-``fields``   int64 ``(L, 8)``: per-layer offsets and flags (``F_*`` below);
+``fields``   int64 ``(L, N_FIELDS)``: per-layer offsets and flags (``F_*`` below);
 ``clamps``   ``(L,)`` in the parameters' dtype: log-scale clamps (0: none);
 ``idata``    int64: index arrays and network widths, each stored as ``[count, values...]``;
 ``theta``    the parameters, flat, in ``flow.parameters()``'s shapes; ``pmask``
              multiplies them (MADE masks; ones elsewhere) into ``theta_eff``;
 ``layout``   int64: per-row offsets of the workspace regions (``W_*`` below).
 
-Supported layers: AffineCoupling, AdditiveCoupling, SplineCoupling, MaskedAutoregressive,
-SplineAutoregressive, Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks;
+Supported layers: whatever lowers to a coupling or autoregressive frame with a transform of
+:mod:`.transforms`, Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks;
 couplings may be conditional (a context appended to their network input), autoregressive
 layers not. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
@@ -32,10 +32,15 @@ from .specs import Unsupported
 
 __all__ = ["Unsupported"]
 
-OP_COUPLING, OP_MAF, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM, OP_SPLINE, OP_SPLINE_MAF = 0, 1, 2, 3, 4, 5, 6
-# fields columns: parameter offset, widths, activation, index arrays a / b, cache offset, affine flag (spline:
-# bins), MADE groups (spline: offset in theta of [bound, min_bin_width, min_bin_height, min_derivative])
-F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS = range(8)
+OP_COUPLING, OP_AUTOREGRESSIVE, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM = range(5)
+# the ops' entry names; a frame's is completed by its transform's (:mod:`.transforms`): "coupling.affine"
+OP_NAMES = ("coupling", "autoregressive", "permute", "actnorm", "batchnorm")
+# fields columns: parameter offset, widths, activation, index arrays a / b (an autoregressive layer: none /
+# its generation order), cache offset, a flag (a coupling: its network emits parameters by coordinate; a
+# BatchNorm: training mode), MADE's degree groups, the offset in theta of the transform's constants, and the
+# transform's parameters per coordinate
+F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS, F_CONSTS, F_PARAMS = range(10)
+N_FIELDS = 10
 # layout entries (per-row offsets), the two totals, and the number of trainable entries of theta (the
 # rest holds BatchNorm's running statistics, which the optimizer leaves alone)
 W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST, W_PARAMS = range(12)

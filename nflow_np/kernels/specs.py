@@ -20,7 +20,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CouplingSpec",
+__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "SinhArcsinhSpec", "CouplingSpec",
            "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "StandardNormalSpec", "TRANSFORMS"]
 
 
@@ -83,18 +83,31 @@ class SplineSpec:
         return (self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
 
 
-TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec)
+@dataclass(frozen=True)
+class SinhArcsinhSpec:
+    """``y = sinh((asinh(x) + a) exp(s))``, ``s = clamp tanh(raw / clamp)`` (``clamp`` 0: ``s = raw``); 2 outputs
+    per coordinate, ``(a, raw)``."""
+    clamp: float = 0.0
+    outputs_per_coordinate = 2
+
+
+TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec)
 
 
 # ---------------------------------------------------------------- layers
 
 @dataclass(frozen=True, eq=False)
 class CouplingSpec:
-    """Coordinates ``conditioned`` pass through and feed ``net``; ``transformed`` go through ``transform``."""
+    """Coordinates ``conditioned`` pass through and feed ``net``; ``transformed`` go through ``transform``.
+
+    ``net`` emits ``P`` parameters per transformed coordinate, ``(parameter, coordinate)``-major (parameter
+    ``q`` of coordinate ``j`` at output ``q * nb + j``) unless ``by_coordinate`` (at ``j * P + q``).
+    """
     conditioned: np.ndarray
     transformed: np.ndarray
     net: NetworkSpec
     transform: Any
+    by_coordinate: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -51,8 +51,12 @@ def workers():
 
 
 def _kernel_sources():
+    """The CPU kernels' sources: this folder's and the transforms' (the frames' entries compile theirs in)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    return sorted(os.path.join(here, name) for name in os.listdir(here) if name.endswith(".py"))
+    found = []
+    for folder in (here, os.path.join(here, "transforms")):
+        found += [os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".py")]
+    return sorted(found)
 
 
 _manifest_path_cache = []

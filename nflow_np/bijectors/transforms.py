@@ -1,0 +1,251 @@
+"""Elementwise monotone transforms, the pluggable part of the coupling and autoregressive frames.
+
+A transform maps each coordinate on its own, with ``P`` parameters per
+coordinate that a conditioner computes. The frames
+(:class:`~nflow_np.bijectors.Coupling`, :class:`~nflow_np.bijectors.Autoregressive`)
+hand it values ``(..., m)`` and parameters ``(..., m, P)``; it returns the
+transformed values, the per-coordinate log-dets and what its backward needs.
+Its passes here are the NumPy reference; ``lower()`` names the compiled
+version (:mod:`nflow_np.kernels.transforms`), which both frames run on the CPU
+and the GPU.
+
+Each transform's parameters are zero at initialization (the conditioners' last
+layers start at zero), and zero parameters give the identity.
+"""
+
+import math
+
+import numpy as np
+
+from ..kernels.spline import (rqs_forward_backward_numpy, rqs_forward_numpy, rqs_inverse_backward_numpy,
+                              rqs_inverse_numpy)
+from .spline import SplineSettings
+
+__all__ = ["Transform", "AffineTransform", "AdditiveTransform", "SplineTransform", "SinhArcsinhTransform"]
+
+
+def _clamp_setting(value, where, name):
+    if value is not None and not value > 0:
+        raise ValueError(f"{where}: {name} must be positive or None; got {value}")
+    return None if value is None else float(value)
+
+
+class Transform:
+    """The interface of the frames' elementwise transforms.
+
+    ``density(y, params) -> (x, log_det, ctx)`` maps data to base,
+    ``sampling(x, params) -> (y, log_det, ctx)`` base to data, with per-coordinate
+    log-dets; ``density_backward(ctx, grad_x, grad_log_det)`` and
+    ``sampling_backward(ctx, grad_y, grad_log_det)`` return the input's gradient
+    and the parameters' (``(..., m, P)``), from per-coordinate upstream gradients.
+    """
+
+    #: parameters per coordinate
+    params_per_coordinate = 1
+    #: a coupling's network emits each coordinate's parameters contiguously (else parameter-major)
+    by_coordinate = False
+
+    def lower(self):
+        """The compiled engine's spec of this transform; without one, its frames run the NumPy passes."""
+        from ..kernels.specs import Unsupported
+        raise Unsupported(f"transform {type(self).__name__} has no compiled version")
+
+    def config(self):
+        """Constructor keywords that rebuild this transform (model files)."""
+        return {}
+
+
+class _SoftClamped(Transform):
+    """A transform with a log-scale ``s = clamp tanh(raw / clamp)`` (``clamp`` None: ``s = raw``)."""
+
+    clamp = None
+
+    def _log_scale(self, raw):
+        if self.clamp is None:
+            return raw, None
+        squashed = np.tanh(raw / self.clamp)
+        return self.clamp * squashed, squashed
+
+    @staticmethod
+    def _raw_grad(grad_log_scale, squashed):
+        return grad_log_scale if squashed is None else grad_log_scale * (1.0 - squashed * squashed)
+
+
+class AffineTransform(_SoftClamped):
+    """``y = x exp(s) + shift`` with ``s`` the soft-clamped second parameter (RealNVP, MAF).
+
+    Parameters per coordinate: ``(shift, raw)``. ``log_scale_clamp`` (3 by
+    default) bounds one layer's scaling to ``e^c`` either way; None disables it.
+    """
+
+    params_per_coordinate = 2
+
+    def __init__(self, log_scale_clamp=3.0, where="AffineTransform"):
+        self.clamp = _clamp_setting(log_scale_clamp, where, "log_scale_clamp")
+
+    def density(self, y, params):
+        s, squashed = self._log_scale(params[..., 1])
+        inv_scale = np.exp(-s)
+        x = (y - params[..., 0]) * inv_scale
+        return x, -s, (x, inv_scale, squashed)
+
+    def density_backward(self, ctx, grad_x, grad_log_det):
+        x, inv_scale, squashed = ctx
+        grad_y = grad_x * inv_scale
+        grad_raw = self._raw_grad(-grad_x * x - grad_log_det, squashed)
+        return grad_y, np.stack([-grad_y, grad_raw], axis=-1)
+
+    def sampling(self, x, params):
+        s, squashed = self._log_scale(params[..., 1])
+        scale = np.exp(s)
+        return x * scale + params[..., 0], s, (x, scale, squashed)
+
+    def sampling_backward(self, ctx, grad_y, grad_log_det):
+        x, scale, squashed = ctx
+        grad_raw = self._raw_grad(grad_y * x * scale + grad_log_det, squashed)
+        return grad_y * scale, np.stack([grad_y, grad_raw], axis=-1)
+
+    def lower(self):
+        from ..kernels.specs import AffineSpec
+        return AffineSpec(self.clamp or 0.0)
+
+    def config(self):
+        return {"log_scale_clamp": self.clamp}
+
+
+class AdditiveTransform(Transform):
+    """``y = x + shift`` (NICE): one parameter per coordinate, log-det 0."""
+
+    def density(self, y, params):
+        return y - params[..., 0], np.zeros_like(y), None
+
+    def density_backward(self, ctx, grad_x, grad_log_det):
+        return grad_x, -grad_x[..., None]
+
+    def sampling(self, x, params):
+        return x + params[..., 0], np.zeros_like(x), None
+
+    def sampling_backward(self, ctx, grad_y, grad_log_det):
+        return grad_y, grad_y[..., None].copy()
+
+    def lower(self):
+        from ..kernels.specs import AdditiveSpec
+        return AdditiveSpec()
+
+
+class SplineTransform(Transform):
+    """A monotone rational-quadratic spline per coordinate on ``[-bound, bound]``, the identity outside (NSF).
+
+    Parameters per coordinate: ``bins`` unnormalized widths, ``bins`` heights
+    and ``bins - 1`` interior-knot derivatives (``3 bins - 1``); see
+    :class:`~nflow_np.bijectors.RationalQuadraticSpline`. The density
+    direction evaluates the spline, sampling inverts it in closed form. A
+    coupling's network emits each coordinate's parameters contiguously.
+    """
+
+    by_coordinate = True
+
+    def __init__(self, bins=8, bound=5.0, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
+                 where="SplineTransform"):
+        self.spline = SplineSettings(bins, bound, min_bin_width, min_bin_height, min_derivative, where)
+        self.params_per_coordinate = self.spline.per_dim
+
+    def _run(self, kernel, values, params):
+        m = values.shape[-1]
+        flat = np.ascontiguousarray(values.reshape(-1, m))
+        flat_params = params.reshape(-1, m, self.params_per_coordinate)
+        out, log_det = np.empty_like(flat), np.empty_like(flat)
+        kernel(flat, *self.spline.split(flat_params), *self.spline.args, out, log_det)
+        return out.reshape(values.shape), log_det.reshape(values.shape), (flat, flat_params, values.shape)
+
+    def _backward(self, kernel, ctx, grad_out, grad_log_det):
+        flat, flat_params, shape = ctx
+        m = flat.shape[1]
+        grad_in = np.empty_like(flat)
+        grad_params = np.empty_like(flat_params)
+        kernel(flat, *self.spline.split(flat_params), *self.spline.args,
+               np.ascontiguousarray(grad_out.reshape(-1, m)),
+               np.ascontiguousarray(np.broadcast_to(grad_log_det, shape).reshape(-1, m)), grad_in,
+               *self.spline.split(grad_params))
+        return grad_in.reshape(shape), grad_params.reshape(shape + (self.params_per_coordinate,))
+
+    def density(self, y, params):
+        return self._run(rqs_forward_numpy, y, params)
+
+    def density_backward(self, ctx, grad_x, grad_log_det):
+        return self._backward(rqs_forward_backward_numpy, ctx, grad_x, grad_log_det)
+
+    def sampling(self, x, params):
+        return self._run(rqs_inverse_numpy, x, params)
+
+    def sampling_backward(self, ctx, grad_y, grad_log_det):
+        return self._backward(rqs_inverse_backward_numpy, ctx, grad_y, grad_log_det)
+
+    def lower(self):
+        return self.spline.lower()
+
+    def config(self):
+        sp = self.spline
+        return {"bins": sp.bins, "bound": sp.bound, "min_bin_width": sp.min_bin_width,
+                "min_bin_height": sp.min_bin_height, "min_derivative": sp.min_derivative}
+
+
+def _log_cosh(w):
+    a = np.abs(w)
+    return a + np.log1p(np.exp(-2.0 * a)) - math.log(2.0)
+
+
+class SinhArcsinhTransform(_SoftClamped):
+    """``y = sinh((asinh(x) + a) tau)``, ``tau = exp(s)``: skewness ``a`` and tail weight ``tau`` per coordinate.
+
+    Parameters per coordinate: ``(a, raw)``, with ``s = c tanh(raw / c)``,
+    ``c = log_tail_clamp`` (2 by default, so ``tau`` lies in ``(e^-2, e^2)``;
+    None: ``s = raw``). Tail weights above 1 make the tails heavier, below 1
+    lighter; zero parameters give the identity. Both directions are closed
+    form: the density direction is ``x = sinh(asinh(y) / tau - a)``.
+
+    References: Jones and Pewsey, "Sinh-arcsinh distributions", Biometrika 2009.
+    """
+
+    params_per_coordinate = 2
+
+    def __init__(self, log_tail_clamp=2.0, where="SinhArcsinhTransform"):
+        self.clamp = _clamp_setting(log_tail_clamp, where, "log_tail_clamp")
+
+    def density(self, y, params):
+        s, squashed = self._log_scale(params[..., 1])
+        u = np.arcsinh(y)
+        w = u * np.exp(-s) - params[..., 0]
+        return np.sinh(w), _log_cosh(w) - s - np.log(np.hypot(1.0, y)), (y, u, w, s, squashed)
+
+    def density_backward(self, ctx, grad_x, grad_log_det):
+        y, u, w, s, squashed = ctx
+        inv_tau = np.exp(-s)
+        grad_w = grad_x * np.cosh(w) + grad_log_det * np.tanh(w)
+        grad_raw = self._raw_grad(-grad_w * u * inv_tau - grad_log_det, squashed)
+        h = np.hypot(1.0, y)
+        return grad_w * inv_tau / h - grad_log_det * (y / h) / h, np.stack([-grad_w, grad_raw], axis=-1)
+
+    def sampling(self, x, params):
+        s, squashed = self._log_scale(params[..., 1])
+        q = (np.arcsinh(x) + params[..., 0]) * np.exp(s)
+        return np.sinh(q), _log_cosh(q) + s - np.log(np.hypot(1.0, x)), (x, q, s, squashed)
+
+    def sampling_backward(self, ctx, grad_y, grad_log_det):
+        x, q, s, squashed = ctx
+        tau = np.exp(s)
+        grad_q = grad_y * np.cosh(q) + grad_log_det * np.tanh(q)
+        grad_raw = self._raw_grad(grad_q * q + grad_log_det, squashed)
+        h = np.hypot(1.0, x)
+        return grad_q * tau / h - grad_log_det * (x / h) / h, np.stack([grad_q * tau, grad_raw], axis=-1)
+
+    def lower(self):
+        from ..kernels.specs import SinhArcsinhSpec
+        return SinhArcsinhSpec(self.clamp or 0.0)
+
+    def config(self):
+        return {"log_tail_clamp": self.clamp}
+
+
+TRANSFORMS = {"affine": AffineTransform, "additive": AdditiveTransform, "spline": SplineTransform,
+              "sinh_arcsinh": SinhArcsinhTransform}

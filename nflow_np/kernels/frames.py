@@ -1,0 +1,239 @@
+"""The coupling frame and the autoregressive frame of the Numba runner, one source for every transform.
+
+A coupling layer is a mask, a conditioner and an elementwise transform; an
+autoregressive layer is a MADE and an elementwise transform. The functions
+below are the frames' entries (see :mod:`.entries` for their C signature),
+written once against four names that are not defined here:
+
+``SETTINGS(c)``, ``STEP(v, p, r, base, stride, st)`` and ``STEP_VJP(v, g, gld, p, gp, r, base, stride, st)``
+    a transform's scalar math (:mod:`.transforms`): ``STEP`` is its density or
+    its sampling direction, as the entry runs;
+``DIRECTION``
+    ``-1`` for a density entry (it reads ``Z_layer``), ``1`` for a sampling one.
+
+:func:`specialize` makes a copy of an entry whose globals bind those names to
+one transform's compiled functions, under a name of its own, so that Numba
+compiles and caches one entry per (frame, transform, pass). The frames hold no
+transform-specific code: a new transform module is all a new transform needs.
+
+Parameters of a transformed element are read from the network output ``net``
+at row ``r``, columns ``base + q * stride``: a coupling emits them
+``(parameter, coordinate)``-major (``base = j``, ``stride = nb``) unless its
+layout flag says by coordinate (``base = j * P``, ``stride = 1``); a MADE emits
+``(parameter, feature)`` (``base = j``, ``stride = d``).
+"""
+
+import types
+
+import numpy as np
+
+from .entries import _caches, _frame, _jit, _grads, _ints, _network_caches, _pass_arrays
+from .mlp import activate_values, mlp_backward_numba, mlp_forward_numba
+from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_GCOND, W_GNET, W_ROW
+
+__all__ = ["FRAMES", "specialize"]
+
+
+@_jit
+def _layout(f, j, nb):
+    """``(base, stride)`` of transformed coordinate ``j`` of a coupling (see the module docstring)."""
+    if f[F_FLAG] == 1:
+        return j * f[F_PARAMS], 1
+    return j, nb
+
+
+def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    zin, zout, ld = _pass_arrays(DIRECTION, layout, w, layer, n, d)  # noqa: F821 (bound by specialize)
+    f = fields[layer]
+    widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
+    a = _ints(idata, f[F_A])
+    b = _ints(idata, f[F_B])
+    for i in range(n):
+        for j in range(a.size):
+            cond[i, j] = zin[i, a[j]]
+    mlp_forward_numba(theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
+    st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
+    nb = b.size
+    for i in range(n):
+        for j in range(a.size):
+            zout[i, a[j]] = cond[i, j]
+        total = st[0]
+        for j in range(nb):
+            base, stride = _layout(f, j, nb)
+            out, l = STEP(zin[i, b[j]], net, i, base, stride, st)  # noqa: F821
+            zout[i, b[j]] = out
+            total += l
+        ld[i] += total
+
+
+def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    gout, gin, gld = _grads(layout, w, fields.shape[0], layer, n, d)
+    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
+    f = fields[layer]
+    widths, cond, hid, net = _caches(f, idata, w, n)
+    a = _ints(idata, f[F_A])
+    b = _ints(idata, f[F_B])
+    gnet = w[n * layout[W_GNET]:n * (layout[W_GNET] + widths[widths.size - 1])].reshape((n, widths[widths.size - 1]))
+    gcond = w[n * layout[W_GCOND]:n * (layout[W_GCOND] + widths[0])].reshape((n, widths[0]))
+    st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
+    nb = b.size
+    for i in range(n):
+        for j in range(nb):
+            base, stride = _layout(f, j, nb)
+            gin[i, b[j]] = STEP_VJP(zin[i, b[j]], gout[i, b[j]], gld[i], net, gnet, i, base, stride, st)  # noqa: F821
+    mlp_backward_numba(theta, f[F_THETA], widths, f[F_ACT], cond, hid, gnet, gcond, gtheta,
+                       w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
+    for i in range(n):
+        for j in range(a.size):
+            gin[i, a[j]] = gout[i, a[j]] + gcond[i, j]
+
+
+def autoregressive_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
+    f = fields[layer]
+    widths, cond, hid, net = _caches(f, idata, w, n)
+    mlp_forward_numba(theta, f[F_THETA], widths, f[F_ACT], zin, hid, net)
+    st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
+    for i in range(n):
+        total = st[0]
+        for j in range(d):
+            out, l = STEP(zin[i, j], net, i, j, d, st)  # noqa: F821
+            zout[i, j] = out
+            total += l
+        ld[i] += total
+
+
+def autoregressive_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    gout, gin, gld = _grads(layout, w, fields.shape[0], layer, n, d)
+    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
+    f = fields[layer]
+    widths, cond, hid, net = _caches(f, idata, w, n)
+    gnet = w[n * layout[W_GNET]:n * (layout[W_GNET] + widths[widths.size - 1])].reshape((n, widths[widths.size - 1]))
+    direct = w[n * layout[W_GCOND]:n * (layout[W_GCOND] + d)].reshape((n, d))
+    st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
+    for i in range(n):
+        for j in range(d):
+            direct[i, j] = STEP_VJP(zin[i, j], gout[i, j], gld[i], net, gnet, i, j, d, st)  # noqa: F821
+    mlp_backward_numba(theta, f[F_THETA], widths, f[F_ACT], zin, hid, gnet, gin, gtheta,
+                       w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
+    for i in range(n):
+        for j in range(d):
+            gin[i, j] += direct[i, j]
+
+
+def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    """Sampling fills the coordinates in generation order, computing every hidden unit exactly once.
+
+    MADE gives a unit of degree ``k`` inputs of order ``< k`` only, so once the
+    coordinates of orders ``0..k-1`` are known, the units of degree ``k`` are
+    final: step ``k`` finishes them in each layer, then reads the ``P`` outputs
+    of the order-``k`` coordinate. The whole loop costs one network pass instead
+    of ``d`` (less: it skips the masked weights). Activations are kept
+    transposed, one contiguous row of ``n`` values per unit, so that the inner
+    loops run over the chunk's rows. ``groups`` lists each hidden layer's units
+    sorted by degree with CSR-style offsets (:func:`~.plan.degree_groups`);
+    the transposed weights go to the workspace's constant part.
+    """
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    x, y, ld = _pass_arrays(1, layout, w, layer, n, d)
+    f = fields[layer]
+    widths, cond, hid, net = _caches(f, idata, w, n)
+    generation = _ints(idata, f[F_B])
+    groups = idata[f[F_GROUPS]:]
+    scratch = w[n * layout[W_ROW]:]
+    act = f[F_ACT]
+    st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
+    n_hidden = widths.size - 2
+    last = widths.size - 2
+    n_out = widths[widths.size - 1] // d
+    # transposed weights (one row per unit) and the parameter offsets of each layer
+    woff = np.empty(widths.size - 1, np.int64)
+    toff = np.empty(widths.size - 1, np.int64)
+    p = f[F_THETA]
+    t = 0
+    for lyr in range(widths.size - 1):
+        fi = widths[lyr]
+        fo = widths[lyr + 1]
+        woff[lyr] = p
+        toff[lyr] = t
+        for u in range(fi):
+            for v in range(fo):
+                scratch[t + v * fi + u] = theta[p + u * fo + v]
+        p += fi * fo + fo
+        t += fi * fo
+    y_t = net.reshape(net.size)[:d * n].reshape((d, n))
+    y_t[:, :] = 0.0
+    hoff = np.zeros(n_hidden + 1, np.int64)
+    for lyr in range(n_hidden):
+        hoff[lyr + 1] = hoff[lyr] + widths[lyr + 1]
+    hid[:n * hoff[n_hidden]] = 0.0
+    goff = np.zeros(n_hidden + 1, np.int64)
+    for lyr in range(n_hidden):
+        goff[lyr + 1] = goff[lyr] + d + 1 + widths[lyr + 1]
+    out = np.empty((n_out, n), dtype=x.dtype)
+    params = out.T
+    for k in range(d):
+        # the hidden units of degree k see only coordinates of order < k, all final by now
+        for lyr in range(n_hidden):
+            fi = widths[lyr]
+            fo = widths[lyr + 1]
+            prev = y_t if lyr == 0 else hid[n * hoff[lyr - 1]:n * hoff[lyr]].reshape((fi, n))
+            cur = hid[n * hoff[lyr]:n * hoff[lyr + 1]].reshape((fo, n))
+            g = goff[lyr]
+            for at in range(groups[g + k], groups[g + k + 1]):
+                u = groups[g + d + 1 + at]
+                row = cur[u]
+                row[:] = theta[woff[lyr] + fi * fo + u]
+                for q in range(fi):
+                    wv = scratch[toff[lyr] + u * fi + q]
+                    if wv != 0.0:    # masked connections are exact zeros: skip them
+                        src = prev[q]
+                        for r in range(n):
+                            row[r] += wv * src[r]
+                activate_values(row, act)
+        i = generation[k]
+        fi = widths[last]
+        fo = widths[last + 1]
+        feats = y_t if n_hidden == 0 else hid[n * hoff[n_hidden - 1]:n * hoff[n_hidden]].reshape((fi, n))
+        for q_out in range(n_out):
+            unit = i + q_out * d
+            acc = out[q_out]
+            acc[:] = theta[woff[last] + fi * fo + unit]
+            for q in range(fi):
+                wv = scratch[toff[last] + unit * fi + q]
+                if wv != 0.0:
+                    src = feats[q]
+                    for r in range(n):
+                        acc[r] += wv * src[r]
+        for r in range(n):
+            value, l = STEP(x[r, i], params, r, 0, 1, st)  # noqa: F821
+            y_t[i, r] = value
+            y[r, i] = value
+            ld[r] += l
+
+
+# frame -> its entries in the order of the passes (density, sampling, backward), each with the transform
+# functions it binds: (template, {global name: name of the transform's function}, DIRECTION)
+FRAMES = {
+    "coupling": ((coupling_pass, "density", -1), (coupling_pass, "sampling", 1), (coupling_backward, None, -1)),
+    "autoregressive": ((autoregressive_density, "density", -1), (autoregressive_sampling, "sampling", 1),
+                       (autoregressive_backward, None, -1)),
+}
+
+
+def specialize(frame, pass_, transform_name, module):
+    """Entry ``pass_`` of ``frame`` for one transform: a copy of its template whose globals bind the transform."""
+    template, step, direction = FRAMES[frame][pass_]
+    bound = dict(template.__globals__, SETTINGS=module.settings, STEP_VJP=module.density_vjp, DIRECTION=direction)
+    if step is not None:
+        bound["STEP"] = getattr(module, step)
+    name = f"{frame}_{('density', 'sampling', 'backward')[pass_]}__{transform_name}"
+    fn = types.FunctionType(template.__code__, bound, name, template.__defaults__)
+    fn.__qualname__ = name      # Numba names a function's disk cache after its qualified name
+    fn.__module__ = template.__module__
+    fn.__doc__ = template.__doc__
+    return fn

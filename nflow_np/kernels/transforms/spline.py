@@ -1,0 +1,238 @@
+"""The rational-quadratic spline of NSF (Durkan et al. 2019), one element at a time.
+
+Parameters per element: ``K`` unnormalized widths, ``K`` heights and ``K - 1``
+interior-knot derivatives (``3K - 1``), in that order. The parameterization,
+the bin search, the evaluation anchored at the nearer end of the bin and the
+stable root of the inverse are those of the NumPy reference,
+:mod:`nflow_np.kernels.spline` (whose docstring has the formulas), step for
+step. Nothing is kept per element: the knots are rebuilt while scanning for
+the bin, and the softmax weights recomputed from the parameters where the
+backward needs them (``K`` is small, and the parameters sit in cache).
+
+``st`` is ``(0, 1, 2, B, 2B, min_width, min_height, min_derivative,
+1 - min_width K, 1 - min_height K, c0, K)``, the derived values computed in
+float64 on the host and rounded once to the dtype.
+"""
+
+import math
+
+from ..backend import numba_twin
+from ..specs import SplineSpec
+
+SPEC = SplineSpec
+
+
+def constants(spec):
+    k = spec.bins
+    mw, mh, md = spec.min_bin_width, spec.min_bin_height, spec.min_derivative
+    return (0.0, 1.0, 2.0, spec.bound, 2.0 * spec.bound, mw, mh, md, 1.0 - mw * k, 1.0 - mh * k,
+            math.log(math.expm1(1.0 - md)), float(k))
+
+
+@numba_twin
+def settings(c):
+    return c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], int(c[11])
+
+
+@numba_twin
+def _softmax_stats(p, r, base, stride, nbins):
+    """The max of ``K`` unnormalized sizes and the sum of ``exp(u - max)``: weight ``q`` is ``exp(u_q - top) / total``."""
+    top = p[r, base]
+    for q in range(1, nbins):
+        v = p[r, base + q * stride]
+        if v > top:
+            top = v
+    total = top - top
+    for q in range(nbins):
+        total += math.exp(p[r, base + q * stride] - top)
+    return top, total
+
+
+@numba_twin
+def _knot_derivative(p, r, bd, stride, j, st):
+    """``d_j`` and its derivative with respect to ``ud_{j-1}`` (0 at the fixed ends ``j = 0, K``)."""
+    zero, one, md, shift, nbins = st[0], st[1], st[7], st[10], st[11]
+    if j == 0 or j == nbins:
+        return one, zero
+    z = p[r, bd + (j - 1) * stride] + shift
+    if z > zero:     # softplus without overflow
+        e = math.exp(-z)
+        return md + z + math.log1p(e), one / (one + e)
+    e = math.exp(z)
+    return md + math.log1p(e), e / (one + e)
+
+
+@numba_twin
+def _locate(v, p, r, base, stride, st, inverse):
+    """The bin of ``v`` (searched in x, or in y for the inverse) and its quantities, anchored at the nearer end.
+
+    Returns ``(k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1, top_w, total_w, top_h, total_h)``.
+    """
+    zero, one, bound, two_bound, mw, mh, sw, sh, nbins = st[0], st[1], st[3], st[4], st[5], st[6], st[8], st[9], st[11]
+    bh = base + nbins * stride
+    top_w, total_w = _softmax_stats(p, r, base, stride, nbins)
+    top_h, total_h = _softmax_stats(p, r, bh, stride, nbins)
+    cx = zero
+    cy = zero
+    x0 = -bound
+    y0 = -bound
+    x1 = bound
+    y1 = bound
+    k = 0
+    for q in range(nbins):
+        # knot q + 1 as the cumulative sum builds it, the last pinned to B
+        cx += mw + sw * (math.exp(p[r, base + q * stride] - top_w) / total_w)
+        cy += mh + sh * (math.exp(p[r, bh + q * stride] - top_h) / total_h)
+        if q + 1 == nbins:
+            x1 = bound
+            y1 = bound
+            break
+        x1 = -bound + two_bound * cx
+        y1 = -bound + two_bound * cy
+        # a knot opens its bin: v on knot q + 1 lies in bin q + 1
+        if v >= (y1 if inverse else x1):
+            x0 = x1
+            y0 = y1
+            k = q + 1
+        else:
+            break
+    bd = base + 2 * nbins * stride
+    d_k, sig_k = _knot_derivative(p, r, bd, stride, k, st)
+    d_k1, sig_k1 = _knot_derivative(p, r, bd, stride, k + 1, st)
+    w = x1 - x0
+    h = y1 - y0
+    lo = y0 if inverse else x0
+    hi = y1 if inverse else x1
+    if v - lo <= hi - v:
+        return k, True, one, x0, y0, d_k, d_k1, w, h, v - lo, sig_k, sig_k1, top_w, total_w, top_h, total_h
+    return k, False, -one, x1, y1, d_k1, d_k, w, h, hi - v, sig_k, sig_k1, top_w, total_w, top_h, total_h
+
+
+@numba_twin
+def _partials(xi, s, da, db, one, two):
+    """``(R, f_x, ld, R_s, R_da, R_db, ld_xi, ld_s, ld_da, ld_db)`` at anchored position ``xi``."""
+    t = xi * (one - xi)
+    u = one - xi
+    delta = da + db - two * s
+    inv_d = one / (s + delta * t)
+    pp = s * xi * xi + da * t
+    q = db * xi * xi + two * s * t + da * u * u
+    rr = s * inv_d
+    one_m_2t = one - two * t
+    return (pp * inv_d, q * rr * rr, math.log(q) + two * math.log(rr),
+            (xi * xi - pp * inv_d * one_m_2t) * inv_d,
+            t * (s * u * u + db * t) * inv_d * inv_d,
+            -pp * t * inv_d * inv_d,
+            two * (db * xi + s * (one - two * xi) - da * u) / q - two * delta * (one - two * xi) * inv_d,
+            two / s + two * t / q - two * one_m_2t * inv_d,
+            u * u / q - two * t * inv_d,
+            xi * xi / q - two * t * inv_d)
+
+
+@numba_twin
+def _solve(dist, h, s, da, db, zero, two):
+    """The inverse's anchored ``xi``: the root ``2c / (-b - sqrt(b^2 - 4ac))``, which does not cancel."""
+    delta = da + db - two * s
+    qa = h * (s - da) + dist * delta
+    qb = h * da - dist * delta
+    qc = -s * dist
+    disc = qb * qb - two * two * qa * qc
+    if disc < zero:
+        disc = zero
+    return two * qc / (-qb - math.sqrt(disc))
+
+
+@numba_twin
+def _softmax_backward(p, gp, r, base, stride, nbins, top, total, k, g_left, g_right, scale, st):
+    """From the gradients of bin ``k``'s two knots to those of the ``K`` unnormalized sizes (into ``gp``)."""
+    zero, two_bound = st[0], st[4]
+    if k < 1:
+        g_left = zero              # x_0 = -B is fixed
+    if k + 1 > nbins - 1:
+        g_right = zero             # x_K = B is fixed
+    mean = zero
+    for i in range(nbins):
+        g = zero
+        if i < k:
+            g += g_left
+        if i <= k:
+            g += g_right
+        mean += (math.exp(p[r, base + i * stride] - top) / total) * g
+    for i in range(nbins):
+        g = zero
+        if i < k:
+            g += g_left
+        if i <= k:
+            g += g_right
+        weight = math.exp(p[r, base + i * stride] - top) / total
+        gp[r, base + i * stride] = scale * weight * two_bound * (g - mean)
+
+
+@numba_twin
+def density(v, p, r, base, stride, st):
+    """``(g(v), log g'(v))``; the identity (and 0) outside ``[-B, B]`` or at NaN."""
+    bound = st[3]
+    if not (v >= -bound and v <= bound):
+        return v, st[0]
+    b = _locate(v, p, r, base, stride, st, False)
+    w, h = b[7], b[8]
+    q = _partials(b[9] / w, h / w, b[5], b[6], st[1], st[2])
+    return b[4] + b[2] * h * q[0], q[2]
+
+
+@numba_twin
+def sampling(v, p, r, base, stride, st):
+    """``(g^-1(v), log dg^-1/dv)``; the identity outside ``[-B, B]``."""
+    bound = st[3]
+    if not (v >= -bound and v <= bound):
+        return v, st[0]
+    b = _locate(v, p, r, base, stride, st, True)
+    w, h = b[7], b[8]
+    s = h / w
+    xi = _solve(b[9], h, s, b[5], b[6], st[0], st[2])
+    q = _partials(xi, s, b[5], b[6], st[1], st[2])
+    return b[3] + b[2] * xi * w, -q[2]
+
+
+@numba_twin
+def density_vjp(v, g, gld, p, gp, r, base, stride, st):
+    zero, one, two, bound, sw, sh, nbins = st[0], st[1], st[2], st[3], st[8], st[9], st[11]
+    bh = base + nbins * stride
+    bd = base + 2 * nbins * stride
+    if not (v >= -bound and v <= bound):
+        for q in range(3 * nbins - 1):
+            gp[r, base + q * stride] = zero
+        return g
+    k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1, top_w, total_w, top_h, total_h = _locate(
+        v, p, r, base, stride, st, False)
+    s = h / w
+    xi = dist / w
+    big_r, f_x, _, r_s, r_da, r_db, ld_xi, ld_s, ld_da, ld_db = _partials(xi, s, da, db, one, two)
+    sg = sigma * g
+    g_xi = sg * w * f_x + gld * ld_xi
+    g_s = sg * h * r_s + gld * ld_s
+    g_da = sg * h * r_da + gld * ld_da
+    g_db = sg * h * r_db + gld * ld_db
+    g_sh = g_s / w + sg * big_r          # through s = h / w and h, per unit of the far knot's height
+    g_xa = sigma * (g_xi * (xi - one) + g_s * s) / w
+    g_xb = -sigma * (g_xi * xi + g_s * s) / w
+    g_ya = g - sigma * g_sh
+    g_yb = sigma * g_sh
+    if left:
+        _softmax_backward(p, gp, r, base, stride, nbins, top_w, total_w, k, g_xa, g_xb, sw, st)
+        _softmax_backward(p, gp, r, bh, stride, nbins, top_h, total_h, k, g_ya, g_yb, sh, st)
+        g_dk = g_da
+        g_dk1 = g_db
+    else:
+        _softmax_backward(p, gp, r, base, stride, nbins, top_w, total_w, k, g_xb, g_xa, sw, st)
+        _softmax_backward(p, gp, r, bh, stride, nbins, top_h, total_h, k, g_yb, g_ya, sh, st)
+        g_dk = g_db
+        g_dk1 = g_da
+    # d_{j+1} comes from ud_j; the end derivatives d_0 = d_K = 1 are constants
+    for q in range(nbins - 1):
+        gp[r, bd + q * stride] = zero
+    if k >= 1:
+        gp[r, bd + (k - 1) * stride] = g_dk * sig_k
+    if k < nbins - 1:
+        gp[r, bd + k * stride] = g_dk1 * sig_k1
+    return sigma * g_xi / w
