@@ -10,10 +10,12 @@ any array whose name, shape or dtype the rebuilt object does not have.
 import numpy as np
 
 from .bijectors import (
-    ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Chain, Exp, Identity, InverseAutoregressive,
+    ActNorm, AdditiveCoupling, Affine, AffineCoupling, Autoregressive, BatchNorm, Chain, Coupling, Exp, Identity,
+    InverseAutoregressive,
     Invert, LeakyReLU, LULinear, MaskedAutoregressive, NormalCDF, Permute, Power, RationalQuadraticSpline, Reverse,
     Rotation, Scale, ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, SplineAutoregressive, SplineCoupling, Tanh,
 )
+from .bijectors.transforms import TRANSFORMS
 from .distributions import (
     GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
 )
@@ -209,6 +211,52 @@ def _made_build(cls):
     return build
 
 
+def _transform_config(transform):
+    """A frame's transform as ``{"kind": name, "by_coordinate": ..., **constructor keywords}``."""
+    names = {cls: name for name, cls in TRANSFORMS.items()}
+    kind = names.get(type(transform))
+    if kind is None:
+        raise TypeError(f"transform {type(transform).__name__} cannot be saved: model files hold the transforms of "
+                        f"nflow_np.bijectors.transforms ({', '.join(sorted(TRANSFORMS))})")
+    return dict(transform.config(), kind=kind, by_coordinate=bool(transform.by_coordinate))
+
+
+def _transform_build(c):
+    c = dict(c)
+    kind = c.pop("kind", None)
+    if kind not in TRANSFORMS:
+        raise ValueError(f"unknown transform kind {kind!r}; expected one of {sorted(TRANSFORMS)}")
+    by_coordinate = c.pop("by_coordinate", TRANSFORMS[kind].by_coordinate)
+    transform = TRANSFORMS[kind](**c)
+    transform.by_coordinate = bool(by_coordinate)
+    return transform
+
+
+def _frame_config(obj):
+    config = _named(obj)
+    config.update(hidden=list(obj.net.hidden), activation=obj.net.activation, context=obj.context_size,
+                  transform=_transform_config(obj.transform))
+    if isinstance(obj, Coupling):
+        config["mask"] = obj.mask.tolist()
+    else:
+        config.update(features=obj.features, order=obj.net.order.tolist())
+    return config
+
+
+def _frame_build(cls):
+    def build(c, a):
+        transform = _transform_build(c["transform"])
+        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"])
+        if cls is Coupling:
+            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
+            return Coupling(np.array(c["mask"], dtype=bool), transform, tuple(c["hidden"]), c["activation"],
+                            **common)
+        _check_net(a, "net.", c["hidden"], c["features"] + _context(c))
+        return Autoregressive(int(c["features"]), transform, tuple(c["hidden"]), c["activation"],
+                              order=np.array(c["order"], dtype=np.int64), **common)
+    return build
+
+
 def _batch_norm_config(obj):
     config = _named(obj)
     config.update(features=obj.features, momentum=obj.momentum, eps=obj.eps, training=obj.training)
@@ -345,6 +393,8 @@ register("Permute", Permute, *_permute_entry())
 register("Reverse", Reverse, *_leaf(lambda c, a: Reverse(name=c["name"]), lambda b: {"name": b.name}))
 register("Chain", Chain, *_chain_entry())
 register("Invert", Invert, *_invert_entry())
+register("Coupling", Coupling, *_leaf(_frame_build(Coupling), _frame_config))
+register("Autoregressive", Autoregressive, *_leaf(_frame_build(Autoregressive), _frame_config))
 register("AdditiveCoupling", AdditiveCoupling, *_leaf(_coupling_build(AdditiveCoupling), _coupling_config))
 register("AffineCoupling", AffineCoupling, *_leaf(_coupling_build(AffineCoupling), _coupling_config))
 register("SplineCoupling", SplineCoupling, *_leaf(_coupling_build(SplineCoupling), _coupling_config))

@@ -282,6 +282,19 @@ CASES.update({
     "InverseAutoregressive": Case(
         lambda rng, dt: _randomized(InverseAutoregressive(3, (6,), "silu", rng=rng, dtype=dt), rng),
         _vectors(3), dim=3),
+    # the frames with a transform no named layer uses
+    "Coupling(SinhArcsinh)": Case(
+        lambda rng, dt: _randomized(nb.Coupling([False, True, True, False], nb.SinhArcsinhTransform(), (5,), "tanh",
+                                                rng=rng, dtype=dt), rng),
+        _vectors(4), dim=4),
+    "Autoregressive(SinhArcsinh)": Case(
+        lambda rng, dt: _randomized(nb.Autoregressive(3, nb.SinhArcsinhTransform(log_tail_clamp=None), (5,), "tanh",
+                                                      order=rng.permutation(3), rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "Autoregressive(Additive)": Case(
+        lambda rng, dt: _randomized(nb.Autoregressive(3, nb.AdditiveTransform(), (4,), "elu", rng=rng, dtype=dt),
+                                    rng),
+        _vectors(3), dim=3),
     "BatchNorm(eval)": Case(lambda rng, dt: _batch_norm_eval(rng, dt), _vectors(3), dim=3),
     "ActNorm": Case(lambda rng, dt: _act_norm(rng, dt), _vectors(3), dim=3),
     "LULinear": Case(lambda rng, dt: _randomized(nb.LULinear(4, rng=rng, dtype=dt), rng, scale=0.2),

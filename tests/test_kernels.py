@@ -12,8 +12,7 @@ import pytest
 
 import nflow_np
 from nflow_np import flows
-from nflow_np.kernels import autoregressive as ar
-from nflow_np.kernels import coupling, elementwise, mlp, optim, plan
+from nflow_np.kernels import elementwise, mlp, optim, plan
 from nflow_np.kernels import program as prog
 from nflow_np.kernels.backend import load_numba
 from nflow_np.train import Adam, fit, value_and_grad
@@ -118,208 +117,14 @@ def test_mlp_twins(dtype, widths, n, act):
     assert np.all(bwd[1][0]["gtheta"][:off] == 7.0)
 
 
-# ---------------------------------------------------------------- couplings
-
-def coupling_case(rng, dtype, d, hidden, n, affine, clamp, act=0):
-    a = np.sort(rng.choice(d, size=max(1, d // 2), replace=False)).astype(np.int64)
-    b = np.setdiff1d(np.arange(d), a).astype(np.int64)
-    widths = (a.size,) + hidden + ((2 if affine else 1) * b.size,)
-    theta, w = random_net(rng, widths, dtype)
-    hmax = max(list(hidden) + [1])
-    common = [("theta", theta), ("off", 0), ("w", w), ("act", act), ("affine", affine), ("clamp", clamp),
-              ("a", a), ("b", b)]
-    caches = {"cond": np.zeros((n, a.size), dtype), "hid": np.zeros(n * sum(hidden), dtype),
-              "net": np.zeros((n, widths[-1]), dtype)}
-    grads = {"gtheta": np.zeros(theta.size, dtype), "gnet": np.zeros((n, widths[-1]), dtype),
-             "gcond": np.zeros((n, a.size), dtype), "d1": np.zeros(n * hmax, dtype), "d2": np.zeros(n * hmax, dtype)}
-    return common, caches, grads
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d,hidden,n", [(2, (8, 8), 9), (5, (3,), 1), (7, (), 4), (3, (1, 1), 6), (9, (40, 33), 17)])
-@pytest.mark.parametrize("affine,clamp", [(True, 3.0), (True, 0.0), (False, 0.0)])
-def test_coupling_twins(dtype, d, hidden, n, affine, clamp):
-    rng = np.random.default_rng(d * 31 + n + int(affine) + int(clamp))
-    common, caches, grads = coupling_case(rng, dtype, d, hidden, n, affine, clamp, act=(d % 3))
-    y = (rng.standard_normal((n, d)) * 2).astype(dtype)
-    for direction, start, other in (("inverse", "y", "x"), ("forward", "x", "y")):
-        outs = {other: np.zeros((n, d), dtype), "ld": np.full(n, 0.5, dtype), **caches}
-        inputs = common + [(start, y), (other, None), ("ld", None), ("cond", None), ("hid", None), ("net", None)]
-        res = run_both(coupling, f"coupling_{direction}", inputs, outs)
-        assert_same(res, dtype)
-        state = res[0][0]
-        g_out = rng.standard_normal((n, d)).astype(dtype)
-        gld = rng.standard_normal(n).astype(dtype)
-        # the backward takes the *output* of the inverse pass, the *input* of the forward pass
-        point = state[other] if direction == "inverse" else y
-        bufs = {"gin": np.zeros((n, d), dtype), **grads}
-        inputs = common + [("point", point), ("g_out", g_out), ("gld", gld), ("cond", state["cond"]),
-                           ("hid", state["hid"]), ("net", state["net"]), ("gin", None), ("gtheta", None),
-                           ("gnet", None), ("gcond", None), ("d1", None), ("d2", None)]
-        res = run_both(coupling, f"coupling_{direction}_backward", inputs, bufs)
-        assert_same(res, dtype, ["gin", "gtheta"])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d,hidden,n,bins,context", [(2, (8,), 9, 4, 0), (5, (3, 4), 1, 2, 0), (4, (), 6, 8, 2),
-                                                     (7, (40, 33), 17, 5, 1)])
-def test_spline_coupling_twins(dtype, d, hidden, n, bins, context):
-    """Fused spline couplings (the conditioner's output read as spline parameters) against their references."""
-    rng = np.random.default_rng(d * 13 + n + bins + context)
-    a = np.sort(rng.choice(d, size=max(1, d // 2), replace=False)).astype(np.int64)
-    b = np.setdiff1d(np.arange(d), a).astype(np.int64)
-    # a conditional layer's network input is its coordinates then the context (filled in by the program)
-    widths = (a.size + context,) + hidden + ((3 * bins - 1) * b.size,)
-    # moderate weights: wide random networks with O(1) weights emit spline parameters so extreme that
-    # float32 rounding of the products (BLAS in one twin, loops in the other) moves the steep bins visibly
-    theta, w = random_net(rng, widths, dtype, scale=0.3)
-    sp = np.array([3.0, 1e-3, 1e-3, 1e-3], dtype=dtype)
-    hmax = max(list(hidden) + [1])
-    common = [("theta", theta), ("off", 0), ("w", w), ("act", d % 3), ("bins", bins), ("sp", sp), ("a", a), ("b", b)]
-    ctx = rng.standard_normal((n, context)).astype(dtype)
-    y = (rng.standard_normal((n, d)) * 2).astype(dtype)
-    y[0, b[0]] = 3.0                       # exactly the bound
-    if n > 1:
-        y[1, b[-1]] = -4.5                 # outside: the identity
-    for direction, other in (("inverse", "x"), ("forward", "y")):
-        cond = np.zeros((n, widths[0]), dtype)
-        cond[:, a.size:] = ctx
-        outs = {other: np.zeros((n, d), dtype), "ld": np.full(n, 0.5, dtype), "cond": cond,
-                "hid": np.zeros(n * sum(hidden), dtype), "net": np.zeros((n, widths[-1]), dtype),
-                "scratch": np.zeros((4, n, b.size), dtype)}
-        inputs = common + [("point", y), (other, None), ("ld", None), ("cond", None), ("hid", None), ("net", None),
-                           ("scratch", None)]
-        res = run_both(coupling, f"spline_coupling_{direction}", inputs, outs)
-        assert_same(res, dtype, [other, "ld", "net"])
-        np.testing.assert_array_equal(res[1][0]["cond"][:, a.size:], ctx)
-    # the density direction's backward, from the inverse pass's caches
-    state = run_both(coupling, "spline_coupling_inverse", common + [
-        ("point", y), ("x", None), ("ld", None), ("cond", None), ("hid", None), ("net", None), ("scratch", None)],
-        {"x": np.zeros((n, d), dtype), "ld": np.zeros(n, dtype), "cond": cond,
-         "hid": np.zeros(n * sum(hidden), dtype), "net": np.zeros((n, widths[-1]), dtype),
-         "scratch": np.zeros((4, n, b.size), dtype)})[0][0]
-    bufs = {"gy": np.zeros((n, d), dtype), "gtheta": np.zeros(theta.size, dtype),
-            "gnet": np.zeros((n, widths[-1]), dtype), "gcond": np.zeros((n, widths[0]), dtype),
-            "d1": np.zeros(n * hmax, dtype), "d2": np.zeros(n * hmax, dtype), "scratch": state["scratch"]}
-    inputs = common + [("gx", rng.standard_normal((n, d)).astype(dtype)), ("gld", rng.standard_normal(n).astype(dtype)),
-                       ("cond", state["cond"]), ("hid", state["hid"]), ("net", state["net"]), ("scratch", None),
-                       ("gy", None), ("gtheta", None), ("gnet", None), ("gcond", None), ("d1", None), ("d2", None)]
-    res = run_both(coupling, "spline_coupling_inverse_backward", inputs, bufs)
-    assert_same(res, dtype, ["gy", "gtheta", "gcond"])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d,hidden,n,bins", [(1, (4,), 3, 3), (3, (8, 6), 5, 4), (5, (), 2, 2), (6, (30,), 9, 8)])
-def test_spline_maf_twins(dtype, d, hidden, n, bins):
-    """Autoregressive spline layers (MADE output read as spline parameters) against their references."""
-    from nflow_np.nn.mlp import MaskedMLP
-
-    rng = np.random.default_rng(d * 7 + n + bins)
-    order = rng.permutation(d)
-    # gentle splines (zeroed last layer plus noise): a nearly flat bin makes sampling's inverse so steep that
-    # the twins' last-bit differences in the network would show up as visible differences downstream
-    net = MaskedMLP(d, hidden, out_per_feature=3 * bins - 1, order=order, rng=rng, dtype=dtype, zero_last=True)
-    widths = np.array((d,) + tuple(hidden) + ((3 * bins - 1) * d,), dtype=np.int64)
-    theta = np.concatenate([((net.params[f"{k}{i}"] + 0.2 * rng.standard_normal(net.params[f"{k}{i}"].shape))
-                             * (net.masks[i] if k == "w" else 1)).astype(dtype).ravel()
-                            for i in range(len(hidden) + 1) for k in "wb"])
-    sp = np.array([3.0, 1e-3, 1e-3, 1e-3], dtype=dtype)
-    hmax = max(list(hidden) + [1])
-    common = [("theta", theta), ("off", 0), ("w", widths), ("act", d % 3), ("bins", bins), ("sp", sp)]
-    caches = {"ld": np.full(n, 0.5, dtype), "hid": np.zeros(n * sum(hidden), dtype),
-              "net": np.zeros((n, widths[-1]), dtype), "scratch": np.zeros((4, n, d), dtype)}
-    y = (rng.standard_normal((n, d)) * 2).astype(dtype)
-    y[0, 0] = -3.0
-    res = run_both(ar, "spline_maf_inverse", common + [("y", y), ("x", None), ("ld", None), ("hid", None),
-                                                       ("net", None), ("scratch", None)],
-                   {"x": np.zeros((n, d), dtype), **caches})
-    assert_same(res, dtype, ["x", "ld", "net"])
-    state = res[0][0]
-    bufs = {"gy": np.zeros((n, d), dtype), "gtheta": np.zeros(theta.size, dtype),
-            "gnet": np.zeros((n, widths[-1]), dtype), "d1": np.zeros(n * hmax, dtype),
-            "d2": np.zeros(n * hmax, dtype), "scratch": state["scratch"]}
-    inputs = common + [("y", y), ("gx", rng.standard_normal((n, d)).astype(dtype)),
-                       ("gld", rng.standard_normal(n).astype(dtype)), ("hid", state["hid"]), ("net", state["net"]),
-                       ("scratch", None), ("gy", None), ("gtheta", None), ("gnet", None), ("d1", None), ("d2", None)]
-    assert_same(run_both(ar, "spline_maf_inverse_backward", inputs, bufs), dtype, ["gy", "gtheta"])
-    # sampling inverts the density pass (to the round trip's conditioning, looser than twin agreement)
-    res = run_both(ar, "spline_maf_forward", common + [("generation", np.argsort(order).astype(np.int64)),
-                                                       ("x", state["x"]), ("y", None), ("ld", None), ("hid", None),
-                                                       ("net", None), ("scratch", None)],
-                   {"y": np.zeros((n, d), dtype), **caches})
-    # Where a spline is nearly flat (log g' << 0) its inverse is steep, and the sequential pass amplifies
-    # last-bit differences of the networks by 1 / g': compare the rows that are well conditioned.
-    good = state["scratch"][0].min(axis=1) > -3.0
-    assert good.sum() >= n // 2
-    (ref, _), (got, _) = res
-    close(got["y"][good], ref["y"][good], dtype)
-    close(got["ld"][good], ref["ld"][good], dtype)
-    trip = dict(rtol=1e-7, atol=1e-8) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-3)
-    np.testing.assert_allclose(got["y"][good], y[good], **trip)
-    np.testing.assert_allclose(got["ld"][good] - 0.5, -(state["ld"][good] - 0.5), **trip)
-
-
-# ---------------------------------------------------------------- MAF
-
-def maf_case(rng, dtype, d, hidden, n):
-    from nflow_np.nn.mlp import MaskedMLP
-
-    order = rng.permutation(d)
-    net = MaskedMLP(d, hidden, out_per_feature=2, order=order, rng=rng, dtype=dtype)
-    widths = np.array((d,) + tuple(hidden) + (2 * d,), dtype=np.int64)
-    theta = np.concatenate([(net.params[f"{k}{i}"] * (net.masks[i] if k == "w" else 1)
-                             + (0.3 * rng.standard_normal(net.params[f"{k}{i}"].shape)
-                                * (net.masks[i] if k == "w" else 1))).astype(dtype).ravel()
-                            for i in range(len(hidden) + 1) for k in "wb"])
-    return theta, widths, np.argsort(order).astype(np.int64), ar.degree_groups(net.degrees, d)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d,hidden,n", [(1, (4,), 3), (2, (8, 8), 5), (5, (7,), 1), (6, (1, 9), 4), (8, (), 6),
-                                        (7, (33, 40), 11)])
-def test_maf_twins(dtype, d, hidden, n):
-    rng = np.random.default_rng(d * 7 + n)
-    theta, widths, generation, groups = maf_case(rng, dtype, d, hidden, n)
-    act = d % 3
-    y = rng.standard_normal((n, d)).astype(dtype)
-    caches = {"x": np.zeros((n, d), dtype), "ld": np.full(n, -0.25, dtype),
-              "hid": np.zeros(n * max(sum(hidden), 1), dtype), "net": np.zeros((n, 2 * d), dtype)}
-    common = [("theta", theta), ("off", 0), ("w", widths), ("act", act), ("clamp", 3.0)]
-    res = run_both(ar, "maf_inverse", common + [("y", y), ("x", None), ("ld", None), ("hid", None), ("net", None)],
-                   caches)
-    assert_same(res, dtype)
-    state = res[0][0]
-    hmax = max(list(hidden) + [1])
-    bufs = {"gy": np.zeros((n, d), dtype), "gtheta": np.zeros(theta.size, dtype), "gnet": np.zeros((n, 2 * d), dtype),
-            "d1": np.zeros(n * hmax, dtype), "d2": np.zeros(n * hmax, dtype)}
-    gx = rng.standard_normal((n, d)).astype(dtype)
-    gld = rng.standard_normal(n).astype(dtype)
-    res = run_both(ar, "maf_inverse_backward",
-                   common + [("y", y), ("x", state["x"]), ("gx", gx), ("gld", gld), ("hid", state["hid"]),
-                             ("net", state["net"]), ("gy", None), ("gtheta", None), ("gnet", None), ("d1", None),
-                             ("d2", None)], bufs)
-    assert_same(res, dtype, ["gy", "gtheta"])
-    # sampling: the twin's one-pass-per-unit loop against the reference's d full passes; and it inverts
-    x = rng.standard_normal((n, d)).astype(dtype)
-    bufs = {"y": np.zeros((n, d), dtype), "ld": np.zeros(n, dtype), "hid": np.zeros(n * max(sum(hidden), 1), dtype),
-            "net": np.zeros((n, 2 * d), dtype), "scratch": np.zeros(ar.maf_forward_scratch_size(widths), dtype)}
-    res = run_both(ar, "maf_forward", common + [("gen", generation), ("groups", groups), ("x", x), ("y", None),
-                                                ("ld", None), ("hid", None), ("net", None), ("scratch", None)], bufs)
-    assert_same(res, dtype, ["y", "ld"])
-    back = np.zeros((n, d), dtype)
-    ld = np.zeros(n, dtype)
-    ar.maf_inverse_numpy(theta, 0, widths, act, 3.0, res[1][0]["y"], back, ld, np.zeros(n * max(sum(hidden), 1), dtype),
-                         np.zeros((n, 2 * d), dtype))
-    np.testing.assert_allclose(back, x, **tol(dtype))
-    np.testing.assert_allclose(-ld, res[1][0]["ld"], **tol(dtype))
-
+# ---------------------------------------------------------------- MADE's degree groups (autoregressive sampling)
 
 def test_degree_groups_cover_every_unit_once():
     from nflow_np.nn.mlp import made_degrees
 
     d, hidden = 5, (7, 3)
     degrees = made_degrees(np.array([2, 0, 4, 1, 3]), hidden)
-    groups = ar.degree_groups(degrees, d)
+    groups = plan.degree_groups(degrees, d)
     at = 0
     for width, deg in zip(hidden, degrees[1:]):
         offsets, units = groups[at:at + d + 1], groups[at + d + 1:at + d + 1 + width]
@@ -424,7 +229,35 @@ FLOWS = {
                                 activation="tanh", rng=0, dtype=dt),
     "nsf-ar": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8, 5), autoregressive=True,
                                    batch_norm=True, activation="elu", rng=0, dtype=dt),
+    # the frames with the transforms no ready-made flow uses
+    "coupling-sinh": lambda dt: frame_flow("coupling", "sinh_arcsinh", 5, dt),
+    "ar-sinh": lambda dt: frame_flow("autoregressive", "sinh_arcsinh", 4, dt),
+    "ar-additive": lambda dt: frame_flow("autoregressive", "additive", 3, dt),
+    "coupling-spline-by-parameter": lambda dt: frame_flow("coupling", "spline-by-parameter", 4, dt),
 }
+
+
+def frame_flow(frame, transform, d, dtype):
+    """Two layers of ``frame`` with ``transform``, reversed in between, over a standard normal."""
+    from nflow_np.bijectors import Autoregressive, Chain, Coupling, Reverse
+    from nflow_np.bijectors.coupling import alternating_mask
+    from nflow_np.bijectors.transforms import TRANSFORMS, SplineTransform
+    from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
+
+    layers = []
+    for i in range(2):
+        if transform == "spline-by-parameter":      # the other output layout of a coupling's network
+            made = SplineTransform(bins=3, bound=2.0)
+            made.by_coordinate = False
+        else:
+            made = TRANSFORMS[transform]()
+        if frame == "coupling":
+            layers.append(Coupling(alternating_mask(d, i % 2), made, (7,), rng=i, dtype=dtype))
+        else:
+            layers.append(Autoregressive(d, made, (7, 5), activation="tanh", rng=i, dtype=dtype))
+        layers.append(Reverse())
+    base = MultivariateNormalDiag(np.zeros(d, dtype), np.ones(d, dtype))
+    return TransformedDistribution(base, Chain(layers))
 
 
 def initialized(flow, x):

@@ -112,7 +112,7 @@ np.testing.assert_allclose(flow.log_prob(x, backend="numba"), flow.log_prob(x, b
     assert len(manifests) == 1
     with open(manifests[0]) as f:
         recorded = set(json.load(f))
-    assert {"2:0:float64"} <= recorded and any(key.endswith(":-1:float64") for key in recorded)
+    assert {"permute:0:float64"} <= recorded and any(key.endswith(":-1:float64") for key in recorded)
     # a second process finds everything compiled
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
 
@@ -128,7 +128,7 @@ def test_shares_balance_the_compile_time():
 
 def test_the_helper_command_compiles_and_records(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    keys = [[2, 0, "float32"], [2, 2, "float32"], [0, -1, "float32"]]
+    keys = [["permute", 0, "float32"], ["permute", 2, "float32"], [0, -1, "float32"]]
     done = subprocess.run([sys.executable, "-m", "nflow_np.kernels.warm", json.dumps(keys)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -139,13 +139,17 @@ def test_the_helper_command_compiles_and_records(tmp_path):
 
 def test_changed_kernel_sources_drop_the_cached_machine_code(tmp_path, monkeypatch):
     """Numba checks a cached function against its own file only; a change to any kernel drops the whole cache."""
-    monkeypatch.setattr(warm, "_cache_folder", lambda: str(tmp_path))
+    transforms = tmp_path / "transforms"
+    transforms.mkdir()
+    monkeypatch.setattr(warm, "_cache_folder", lambda here=None: str(transforms if here else tmp_path))
     monkeypatch.setattr(warm, "_manifest_path_cache", [])
     for name in ("entries.coupling_density-10.py311.nbi", "entries.coupling_density-10.py311.1.nbc",
                  "nflow_np-0123456789abcdef.json", "unrelated.txt"):
         (tmp_path / name).write_text("x")
+    (transforms / "affine.density-20.py311.nbi").write_text("x")
     path = warm._manifest_path()
-    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), "unrelated.txt"])
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), "transforms", "unrelated.txt"])
+    assert os.listdir(transforms) == []
     # the same sources later: nothing is dropped
     (tmp_path / "entries.coupling_density-10.py311.nbi").write_text("x")
     monkeypatch.setattr(warm, "_manifest_path_cache", [])
@@ -155,7 +159,7 @@ def test_changed_kernel_sources_drop_the_cached_machine_code(tmp_path, monkeypat
 
 def test_numba_cache_folder_is_where_numba_writes(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    script = ("from nflow_np.kernels import warm, compiled; compiled.compile_key((2, 0, 'float64')); "
+    script = ("from nflow_np.kernels import warm, compiled; compiled.compile_key(('permute', 0, 'float64')); "
               "import os; print(warm._cache_folder())")
     folder = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True,
                             timeout=300).stdout.strip()

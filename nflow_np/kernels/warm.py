@@ -62,10 +62,11 @@ def _kernel_sources():
 _manifest_path_cache = []
 
 
-def _cache_folder():
-    """Where Numba caches the kernels' machine code: beside them, or under ``NUMBA_CACHE_DIR`` in the sub-folder
-    Numba names after the source folder (its name and the SHA-1 of its path)."""
-    here = os.path.dirname(os.path.abspath(__file__))
+def _cache_folder(here=None):
+    """Where Numba caches the machine code of the kernels in ``here`` (this folder by default): beside them, or
+    under ``NUMBA_CACHE_DIR`` in the sub-folder Numba names after the source folder (its name and the SHA-1 of
+    its path)."""
+    here = here or os.path.dirname(os.path.abspath(__file__))
     root = os.environ.get("NUMBA_CACHE_DIR")
     if not root:
         return os.path.join(here, "__pycache__")
@@ -76,15 +77,22 @@ def _forget_stale(folder, manifest):
     """The kernels' sources changed since the cache was written: drop its machine code and old manifests.
 
     Numba checks a cached function against its own file only, so an entry whose
-    kernels changed in another file would load stale code.
+    kernels changed in another file would load stale code. The transforms'
+    cache goes too: their functions call the shared scalar math.
     """
-    for name in os.listdir(folder):
-        stale = name.endswith((".nbi", ".nbc")) or (name.startswith("nflow_np-") and name.endswith(".json"))
-        if stale and name != os.path.basename(manifest):
-            try:
-                os.remove(os.path.join(folder, name))
-            except OSError:
-                pass
+    transforms = _cache_folder(os.path.join(os.path.dirname(os.path.abspath(__file__)), "transforms"))
+    for where in (folder, transforms):
+        try:
+            names = os.listdir(where)
+        except OSError:
+            continue
+        for name in names:
+            stale = name.endswith((".nbi", ".nbc")) or (name.startswith("nflow_np-") and name.endswith(".json"))
+            if stale and name != os.path.basename(manifest):
+                try:
+                    os.remove(os.path.join(where, name))
+                except OSError:
+                    pass
 
 
 def _manifest_path():

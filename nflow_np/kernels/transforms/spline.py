@@ -36,7 +36,7 @@ def settings(c):
 
 @numba_twin
 def _softmax_stats(p, r, base, stride, nbins):
-    """The max of ``K`` unnormalized sizes and the sum of ``exp(u - max)``: weight ``q`` is ``exp(u_q - top) / total``."""
+    """The max of ``K`` unnormalized sizes and the sum of ``exp(u - max)`` (softmax weight ``exp(u - top) / total``)."""
     top = p[r, base]
     for q in range(1, nbins):
         v = p[r, base + q * stride]

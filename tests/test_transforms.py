@@ -1,0 +1,87 @@
+"""The transforms' compiled scalar math (nflow_np.kernels.transforms) against the bijectors' NumPy passes.
+
+Each transform's ``density``, ``sampling`` and ``density_vjp`` run compiled, one
+element at a time, on random parameters and values (edge values included:
+zero, the spline's bound and beyond, large magnitudes), read from a network-like
+output at the frames' two layouts, and must match the NumPy reference of
+``nflow_np.bijectors.transforms`` in both dtypes. Whole flows of every frame and
+transform are compared across backends in test_kernels.py (CPU) and test_cuda.py.
+"""
+
+import numpy as np
+import pytest
+
+from nflow_np.bijectors.transforms import TRANSFORMS
+from nflow_np.kernels import specs, transforms
+from nflow_np.kernels.backend import load_numba
+
+DTYPES = [np.float64, np.float32]
+EDGES = np.array([0.0, 2.0, -2.0, 2.5, -7.0, 1e3, -1e-7, 1.9999])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled():
+    load_numba()
+
+
+def reference(name):
+    made = TRANSFORMS[name]()
+    if name == "spline":
+        made = TRANSFORMS[name](bins=4, bound=2.0)
+    return made
+
+
+def tol(dtype):
+    return dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+
+
+def test_every_transform_is_registered_once_and_lowers_to_its_module():
+    assert set(transforms.MODULES) == set(TRANSFORMS)
+    assert {m.SPEC for m in transforms.MODULES.values()} == set(specs.TRANSFORMS)
+    for name, cls in TRANSFORMS.items():
+        spec = reference(name).lower()
+        assert transforms.name_for(spec) == name
+        assert spec.outputs_per_coordinate == reference(name).params_per_coordinate
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("by_coordinate", [True, False])
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_scalar_math_matches_the_reference(name, by_coordinate, dtype):
+    rng = np.random.default_rng(len(name) + 7 * by_coordinate)
+    made = reference(name)
+    module = transforms.module_for(name)
+    per = made.params_per_coordinate
+    n, m = 5, EDGES.size
+    values = np.concatenate([EDGES[None], 1.5 * rng.standard_normal((n - 1, m))]).astype(dtype)
+    params = (0.8 * rng.standard_normal((n, m, per))).astype(dtype)
+    st = module.settings(np.array(module.constants(made.lower()), dtype=dtype))
+    # the network output the frames read: by coordinate (j * P + q) or by parameter (q * m + j)
+    net = params.reshape(n, m * per) if by_coordinate else np.ascontiguousarray(params.transpose(0, 2, 1)).reshape(
+        n, m * per)
+
+    def place(j):
+        return (j * per, 1) if by_coordinate else (j, m)
+
+    g = rng.standard_normal((n, m)).astype(dtype)
+    gld = rng.standard_normal((n, m)).astype(dtype)
+    for direction in ("density", "sampling"):
+        want, want_ld, ctx = getattr(made, direction)(values, params)
+        got = np.empty_like(values)
+        got_ld = np.empty_like(values)
+        for r in range(n):
+            for j in range(m):
+                got[r, j], got_ld[r, j] = getattr(module, direction)(values[r, j], net, r, *place(j), st)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, **tol(dtype), err_msg=direction)
+        np.testing.assert_allclose(got_ld, want_ld, **tol(dtype), err_msg=direction)
+    want_gv, want_gp = made.density_backward(made.density(values, params)[2], g, gld)
+    got_gv = np.empty_like(values)
+    gnet = np.full_like(net, np.nan)
+    for r in range(n):
+        for j in range(m):
+            got_gv[r, j] = module.density_vjp(values[r, j], g[r, j], gld[r, j], net, gnet, r, *place(j), st)
+    got_gp = gnet.reshape(n, m, per) if by_coordinate else gnet.reshape(n, per, m).transpose(0, 2, 1)
+    scale = max(1.0, float(np.abs(want_gp).max()))
+    np.testing.assert_allclose(got_gv, want_gv, **tol(dtype))
+    np.testing.assert_allclose(got_gp, want_gp, rtol=tol(dtype)["rtol"], atol=tol(dtype)["atol"] * scale)
