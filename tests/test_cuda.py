@@ -20,15 +20,14 @@ import numpy as np
 import pytest
 
 import nflow_np
-from nflow_np import flows
-from nflow_np.kernels import autoregressive as ar_ref
-from nflow_np.kernels import coupling as coupling_ref
+from nflow_np import bijectors, flows
 from nflow_np.kernels import elementwise as elementwise_ref
 from nflow_np.kernels import mlp as mlp_ref
 from nflow_np.kernels import normalization as normalization_ref
 from nflow_np.kernels import optim as optim_ref
-from nflow_np.kernels import plan
-from nflow_np.kernels import spline as spline_ref
+from nflow_np.kernels import plan, specs, transforms
+from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
+from nflow_np.kernels import scalar as scalar_ref
 from nflow_np.kernels.backend import cuda_available
 from nflow_np.train import Adam, fit, nll_and_grad
 
@@ -40,16 +39,14 @@ DTYPES = [np.float64, np.float32]
 if READY:
     from numba import cuda
 
-    from nflow_np.kernels.cuda import autoregressive as ar_dev
-    from nflow_np.kernels.cuda import coupling as coupling_dev
     from nflow_np.kernels.cuda import device as device_mod
     from nflow_np.kernels.cuda import elementwise as elementwise_dev
+    from nflow_np.kernels.cuda import frames as frames_dev
     from nflow_np.kernels.cuda import mlp as mlp_dev
     from nflow_np.kernels.cuda import normalization as normalization_dev
     from nflow_np.kernels.cuda import optim as optim_dev
     from nflow_np.kernels.cuda import reduce as reduce_dev
     from nflow_np.kernels.cuda import runner as runner_mod
-    from nflow_np.kernels.cuda import spline as spline_dev
     if SIMULATED:
         # simulated threads hand the interpreter lock around at every switch interval: switch often
         sys.setswitchinterval(1e-4)
@@ -180,222 +177,6 @@ def test_sums_match_numpy(dtype, n, m):
     out = dev(np.zeros(1))
     reduce_dev.vector_sum(dev(x.ravel()), out, reduce_dev.SQUARE, scale=-2.0)
     close(host(out), [-2.0 * (x.astype(np.float64) ** 2).sum()], dtype)
-
-
-# ---------------------------------------------------------------- couplings and MAF
-
-@cuda_test
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("affine,clamp", [(True, 3.0), (True, 0.0), (False, 0.0)])
-def test_coupling_matches_numpy(dtype, affine, clamp):
-    rng = np.random.default_rng(int(affine) + int(clamp))
-    n, d, hidden = 6, 5, (4,)
-    a, b = np.array([0, 3]), np.array([1, 2, 4])
-    widths = (a.size,) + hidden + ((2 if affine else 1) * b.size,)
-    theta, off = random_net(rng, widths, dtype)
-    y = rng.standard_normal((n, d)).astype(dtype)
-    caches = lambda: [np.zeros((n, a.size), dtype), np.zeros(n * sum(hidden), dtype),  # noqa: E731
-                      np.zeros((n, widths[-1]), dtype)]
-    for direction in ("inverse", "forward"):
-        ref_fn = getattr(coupling_ref, f"coupling_{direction}_numpy")
-        dev_fn = getattr(coupling_dev, f"coupling_{direction}_cuda")
-        x, ld, ref_caches = np.zeros_like(y), np.full(n, 0.25, dtype), caches()
-        ref_fn(theta, off, np.array(widths), 0, affine, clamp, a, b, y, x, ld, *ref_caches)
-        dx, dld, dcaches = dev(np.zeros_like(y)), dev(np.full(n, 0.25, dtype)), [dev(c) for c in caches()]
-        dev_fn(dev(theta), off, widths, 0, affine, clamp, dev(a), dev(b), dev(y), dx, dld, *dcaches)
-        close(host(dx), x, dtype, direction)
-        close(host(dld), ld, dtype, direction + " log-det")
-        for got, ref in zip(dcaches, ref_caches):
-            close(host(got), ref, dtype, direction + " caches")
-        # the VJP: from the pass's caches, gradients of its outputs and log-det
-        g_out, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
-        point = x if direction == "inverse" else y      # the reference's backward reads the output / the input
-        grads = lambda: [np.zeros((n, d), dtype), np.zeros_like(theta), np.zeros((n, widths[-1]), dtype),  # noqa
-                         np.zeros((n, a.size), dtype), np.zeros(n * 4, dtype), np.zeros(n * 4, dtype)]
-        ref_grads = grads()
-        getattr(coupling_ref, f"coupling_{direction}_backward_numpy")(
-            theta, off, np.array(widths), 0, affine, clamp, a, b, point, g_out, gld, *ref_caches, *ref_grads)
-        dev_grads = [dev(g) for g in grads()]
-        getattr(coupling_dev, f"coupling_{direction}_backward_cuda")(
-            dev(theta), off, widths, 0, affine, clamp, dev(a), dev(b), dev(point), dev(g_out), dev(gld), *dcaches,
-            *dev_grads)
-        for got, ref, name in zip(dev_grads[:3], ref_grads[:3], ("input", "theta", "net")):
-            close(host(got), ref, dtype, f"{direction} backward: {name}")
-
-
-def maf_layer(dtype, d=3, hidden=(5,)):
-    """The first MAF layer of a program: masked parameters, widths, generation order."""
-    flow = flows.MAF(d, n_layers=1, hidden=hidden, rng=0, dtype=dtype)
-    rng = np.random.default_rng(1)
-    for _, p in flow.parameters():
-        p[...] = (rng.standard_normal(p.shape) * 0.5).astype(dtype)
-    program = plan.program_for(flow)
-    layer = runner_mod.Layer(program, 0)
-    return (program.theta() * program.pmask).astype(dtype), layer
-
-
-@cuda_test
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_maf_matches_numpy(dtype):
-    theta, layer = maf_layer(dtype)
-    widths, off, clamp, n, d = layer.widths, layer.off, layer.clamp, 5, 3
-    rng = np.random.default_rng(2)
-    y = rng.standard_normal((n, d)).astype(dtype)
-    hid, net = np.zeros(n * layer.hidden, dtype), np.zeros((n, 2 * d), dtype)
-    x, ld = np.zeros_like(y), np.zeros(n, dtype)
-    ar_ref.maf_inverse_numpy(theta, off, np.array(widths), 0, clamp, y, x, ld, hid, net)
-    dx, dld = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
-    dhid, dnet = dev(np.zeros_like(hid)), dev(np.zeros_like(net))
-    ar_dev.maf_inverse_cuda(dev(theta), off, widths, 0, clamp, dev(y), dx, dld, dhid, dnet)
-    close(host(dx), x, dtype, "inverse")
-    close(host(dld), ld, dtype, "log-det")
-    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
-    gy, gtheta, gnet, scratch = np.zeros_like(y), np.zeros_like(theta), np.zeros_like(net), np.zeros(n * 5, dtype)
-    ar_ref.maf_inverse_backward_numpy(theta, off, np.array(widths), 0, clamp, y, x, gx, gld, hid, net, gy, gtheta,
-                                      gnet, scratch, scratch.copy())
-    dgy, dgtheta = dev(np.zeros_like(y)), dev(np.zeros_like(theta))
-    ar_dev.maf_inverse_backward_cuda(dev(theta), off, widths, 0, clamp, dev(y), dx, dev(gx), dev(gld), dhid, dnet, dgy,
-                                     dgtheta, dev(gnet), dev(scratch), dev(scratch))
-    close(host(dgy), gy, dtype, "backward: input")
-    close(host(dgtheta), gtheta, dtype, "backward: theta")
-    # sampling inverts the density pass
-    out, ld_f = np.zeros_like(y), np.zeros(n, dtype)
-    ar_ref.maf_forward_numpy(theta, off, np.array(widths), 0, clamp, layer.generation, None, x, out, ld_f, hid.copy(),
-                             net.copy(), None)
-    dy, dld_f = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
-    ar_dev.maf_forward_cuda(dev(theta), off, widths, 0, clamp, layer.generation, None, dx, dy, dld_f, dhid, dnet)
-    close(host(dy), out, dtype, "forward")
-    close(host(dy), y, dtype, "round trip")
-    close(host(dld_f), ld_f, dtype, "forward log-det")
-
-
-# ---------------------------------------------------------------- rational-quadratic splines
-
-SPLINE_SETTINGS = (2.0, 1e-3, 2e-3, 1e-3)      # bound, min_bin_width, min_bin_height, min_derivative
-
-
-def spline_points(rng, shape, dtype, bound=SPLINE_SETTINGS[0]):
-    """Points in the bins, exactly on both ends of the interval, and outside it."""
-    v = rng.uniform(-1.2 * bound, 1.2 * bound, shape).reshape(-1)
-    v[:4] = [bound, -bound, 1.5 * bound, -3 * bound]
-    return v.reshape(shape).astype(dtype)
-
-
-@cuda_test
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_rqs_elements_match_numpy(dtype):
-    rng = np.random.default_rng(20)
-    n, m, bins = 4, 3, 5
-    x = spline_points(rng, (n, m), dtype)
-    uw, uh = (rng.standard_normal((n, m, bins)).astype(dtype) for _ in range(2))
-    ud = rng.standard_normal((n, m, bins - 1)).astype(dtype)
-    sp = np.array(SPLINE_SETTINGS, dtype)     # the settings as a program holds them, in its dtype
-    params = [dev(uw), dev(uh), dev(ud)]
-    for name in ("forward", "inverse"):
-        out, ld = np.zeros_like(x), np.zeros_like(x)
-        getattr(spline_ref, f"rqs_{name}_numpy")(x, uw, uh, ud, *sp, out, ld)
-        dout, dld = dev(np.zeros_like(x)), dev(np.zeros_like(x))
-        getattr(spline_dev, f"rqs_{name}_cuda")(dev(x), *params, *sp, dout, dld)
-        close(host(dout), out, dtype, name)
-        close(host(dld), ld, dtype, name + " log-det")
-        assert np.array_equal(host(dout).ravel()[2:4], x.ravel()[2:4]), "identity outside [-B, B]"
-    # the inverse inverts the forward pass
-    y, ld, back, ldi = (dev(np.zeros_like(x)) for _ in range(4))
-    spline_dev.rqs_forward_cuda(dev(x), *params, *sp, y, ld)
-    spline_dev.rqs_inverse_cuda(y, *params, *sp, back, ldi)
-    close(host(back), x, dtype, "round trip")
-    close(host(ldi), -host(ld), dtype, "round trip log-det")
-    gy, gld = rng.standard_normal((n, m)).astype(dtype), rng.standard_normal((n, m)).astype(dtype)
-    grads = lambda: [np.zeros_like(x), np.zeros_like(uw), np.zeros_like(uh), np.zeros_like(ud)]  # noqa: E731
-    ref_grads, dev_grads = grads(), [dev(g) for g in grads()]
-    spline_ref.rqs_forward_backward_numpy(x, uw, uh, ud, *sp, gy, gld, *ref_grads)
-    spline_dev.rqs_forward_backward_cuda(dev(x), *params, *sp, dev(gy), dev(gld), *dev_grads)
-    for got, ref, name in zip(dev_grads, ref_grads, ("x", "widths", "heights", "derivatives")):
-        close(host(got), ref, dtype, f"backward: {name}")
-
-
-def spline_program_layer(dtype, autoregressive):
-    """The first spline layer of a small NSF's program, perturbed: ``(theta, Layer, d)``."""
-    flow = perturbed(flows.NSF(3, n_layers=1, bins=4, bound=SPLINE_SETTINGS[0], hidden=(4,),
-                               autoregressive=autoregressive, rng=0, dtype=dtype), scale=0.5)
-    program = plan.program_for(flow)
-    layer = runner_mod.Layer(program, 0)
-    return (program.theta() * program.pmask).astype(dtype), layer, 3
-
-
-@cuda_test
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_spline_coupling_matches_numpy(dtype):
-    theta, layer, d = spline_program_layer(dtype, False)
-    rng = np.random.default_rng(21)
-    n, widths, bins, sp = 5, layer.widths, layer.bins, np.array(layer.sp, dtype)
-    a, b = layer.a.copy_to_host(), layer.b.copy_to_host()
-    y = spline_points(rng, (n, d), dtype)
-    caches = lambda: [np.zeros((n, a.size), dtype), np.zeros(n * layer.hidden, dtype),  # noqa: E731
-                      np.zeros((n, widths[-1]), dtype)]
-    args = (theta, layer.off, np.array(widths), layer.act, bins, sp, a, b)
-    dargs = (dev(theta), layer.off, widths, layer.act, bins, layer.sp, layer.a, layer.b)
-    for direction in ("inverse", "forward"):
-        x, ld, ref_caches = np.zeros_like(y), np.full(n, 0.25, dtype), caches()
-        scratch = np.zeros((4, n, b.size), dtype)
-        getattr(coupling_ref, f"spline_coupling_{direction}_numpy")(*args, y, x, ld, *ref_caches, scratch)
-        dx, dld, dcaches = dev(np.zeros_like(y)), dev(np.full(n, 0.25, dtype)), [dev(c) for c in caches()]
-        getattr(spline_dev, f"spline_coupling_{direction}_cuda")(*dargs, dev(y), dx, dld, *dcaches,
-                                                                 dev(np.zeros((n, d), dtype)))
-        close(host(dx), x, dtype, direction)
-        close(host(dld), ld, dtype, direction + " log-det")
-        if direction == "inverse":
-            ref_scratch = scratch
-            ref_pass = ref_caches
-            dev_pass = dcaches
-    # the VJP of the density pass, from its caches (the reference's scratch still holds its inputs)
-    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
-    grads = lambda: [np.zeros((n, d), dtype), np.zeros_like(theta), np.zeros((n, widths[-1]), dtype),  # noqa
-                     np.zeros((n, a.size), dtype), np.zeros(n * 4, dtype), np.zeros(n * 4, dtype)]
-    ref_grads = grads()
-    spline_ref_backward = coupling_ref.spline_coupling_inverse_backward_numpy
-    spline_ref_backward(*args, gx, gld, *ref_pass, ref_scratch, *ref_grads)
-    dev_grads = [dev(g) for g in grads()]
-    spline_dev.spline_coupling_inverse_backward_cuda(*dargs, dev(y), dev(gx), dev(gld), *dev_pass, *dev_grads)
-    for got, ref, name in zip(dev_grads[:3], ref_grads[:3], ("input", "theta", "net")):
-        close(host(got), ref, dtype, f"backward: {name}")
-
-
-@cuda_test
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_spline_maf_matches_numpy(dtype):
-    theta, layer, d = spline_program_layer(dtype, True)
-    rng = np.random.default_rng(22)
-    n, widths, bins, sp = 5, layer.widths, layer.bins, np.array(layer.sp, dtype)
-    y = spline_points(rng, (n, d), dtype)
-    args = (theta, layer.off, np.array(widths), layer.act, bins, sp)
-    dargs = (dev(theta), layer.off, widths, layer.act, bins, layer.sp)
-    hid, net, scratch = np.zeros(n * layer.hidden, dtype), np.zeros((n, widths[-1]), dtype), np.zeros((4, n, d), dtype)
-    x, ld = np.zeros_like(y), np.zeros(n, dtype)
-    ar_ref.spline_maf_inverse_numpy(*args, y, x, ld, hid, net, scratch)
-    dx, dld = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
-    dhid, dnet = dev(np.zeros_like(hid)), dev(np.zeros_like(net))
-    dscratch = dev(np.zeros((n, d), dtype))
-    spline_dev.spline_maf_inverse_cuda(*dargs, dev(y), dx, dld, dhid, dnet, dscratch)
-    close(host(dx), x, dtype, "inverse")
-    close(host(dld), ld, dtype, "log-det")
-    gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
-    gy, gtheta, gnet, d1 = np.zeros_like(y), np.zeros_like(theta), np.zeros_like(net), np.zeros(n * 4, dtype)
-    ar_ref.spline_maf_inverse_backward_numpy(*args, y, gx, gld, hid, net, scratch, gy, gtheta, gnet, d1, d1.copy())
-    dgy, dgtheta, dgnet = dev(np.zeros_like(y)), dev(np.zeros_like(theta)), dev(np.zeros_like(net))
-    spline_dev.spline_maf_inverse_backward_cuda(*dargs, dev(y), dev(gx), dev(gld), dhid, dnet, dscratch, dgy, dgtheta,
-                                                dgnet, dev(d1), dev(d1))
-    close(host(dgy), gy, dtype, "backward: input")
-    close(host(dgtheta), gtheta, dtype, "backward: theta")
-    close(host(dgnet), gnet, dtype, "backward: net")
-    # sampling inverts the density pass
-    out, ld_f = np.zeros_like(y), np.zeros(n, dtype)
-    ar_ref.spline_maf_forward_numpy(*args, layer.generation, x, out, ld_f, hid.copy(), net.copy(), scratch)
-    dy, dld_f = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
-    spline_dev.spline_maf_forward_cuda(*dargs, layer.generation, dx, dy, dld_f, dhid, dnet, dscratch)
-    close(host(dy), out, dtype, "forward")
-    close(host(dy), y, dtype, "round trip")
-    close(host(dld_f), ld_f, dtype, "forward log-det")
 
 
 # ---------------------------------------------------------------- per-feature layers, normal, optimizer, draws
@@ -610,6 +391,81 @@ def test_flows_the_kernels_do_not_cover_run_their_numpy_passes():
     x = np.random.default_rng(10).standard_normal((4, 3))
     assert plan.program_for(flow) is None or runner_mod.runner_for(plan.program_for(flow)) is None
     close(flow.log_prob(x, backend="cuda"), flow.log_prob(x, backend="numpy"), np.float64)
+
+
+# ---------------------------------------------------------------- the frames, with every transform
+
+def transform_for(name, frame):
+    """Each transform, with settings that differ between the frames (soft clamps on and off)."""
+    coupling = frame == "coupling"
+    return {"affine": lambda: bijectors.AffineTransform(log_scale_clamp=3.0 if coupling else None),
+            "additive": bijectors.AdditiveTransform,
+            # bound 1.5: the test points fall inside the spline, outside it and on both ends
+            "spline": lambda: bijectors.SplineTransform(bins=3 if coupling else 4, bound=1.5),
+            "sinh_arcsinh": lambda: bijectors.SinhArcsinhTransform(log_tail_clamp=2.0 if coupling else None)}[name]()
+
+
+def frame_flow(frame, name, dtype, d=3):
+    """A small flow of one frame and one transform: two couplings with complementary (non-contiguous) masks, or one
+    autoregressive layer in a shuffled order."""
+    if frame == "coupling":
+        mask = np.array([False, True, False])
+        layers = [bijectors.Coupling(mask, transform_for(name, frame), (4,), "tanh", rng=0, dtype=dtype),
+                  bijectors.Coupling(~mask, transform_for(name, frame), (3,), "relu", rng=1, dtype=dtype)]
+    else:
+        layers = [bijectors.Autoregressive(d, transform_for(name, frame), (5,), "elu", order=[2, 0, 1], rng=0,
+                                           dtype=dtype)]
+    base = MultivariateNormalDiag(np.zeros(d, dtype=dtype), np.ones(d, dtype=dtype))
+    return perturbed(TransformedDistribution(base, bijectors.Chain(layers)), scale=0.4)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(transforms.MODULES))
+@pytest.mark.parametrize("frame", ["coupling", "autoregressive"])
+def test_frames_on_the_device_match_numpy(frame, name, dtype):
+    """Every transform in both frames, against the bijectors' NumPy passes: log_prob, sampling, the NLL gradient."""
+    flow = frame_flow(frame, name, dtype)
+    program = plan.program_for(flow)
+    assert program.transforms == [name] * len(program.ops)
+    runner = runner_mod.runner_for(program)
+    assert runner is not None
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((6, 3)).astype(dtype)
+    x.ravel()[:3] = [1.5, -1.5, 4.0]     # a spline's ends, and beyond
+    close(flow.log_prob(x, backend="cuda"), flow.log_prob(x, backend="numpy"), dtype, "log_prob")
+    z = rng.standard_normal((5, 3)).astype(dtype)
+    xs, lp = runner.sample(z)
+    ref_x, _ = flow.bijector.forward_and_log_det(z)
+    close(xs, ref_x, dtype, "sample")
+    close(lp, flow.log_prob(ref_x, backend="numpy"), dtype, "sample log_prob")
+    loss, grads = nll_and_grad(flow, x, backend="cuda")
+    ref_loss, ref_grads = nll_and_grad(flow, x, backend="numpy")
+    close(loss, ref_loss, dtype, "loss")
+    assert set(grads) == set(ref_grads)
+    for key in ref_grads:
+        close(grads[key], ref_grads[key], dtype, f"gradient {key}")
+
+
+@cuda_test
+def test_transforms_become_device_functions_with_their_callees():
+    """A transform's device function calls the device versions of the kernels' functions it calls; the sources'
+    modules keep theirs."""
+    affine = transforms.module_for("affine")
+    density = device_mod.device_version(affine.density)
+    assert device_mod.device_version(affine.density) is density        # built once
+    compiled = getattr(density, "py_func", None) or density.fn         # the GPU's dispatcher, or the simulator's
+    assert compiled.__globals__["soft_clamp"] is device_mod.device_version(scalar_ref.soft_clamp)
+    source = getattr(affine.density, "py_func", affine.density)
+    assert source.__globals__["soft_clamp"] is scalar_ref.soft_clamp     # the CPU's namespace is left alone
+    spline = transforms.module_for("spline")
+    located = (getattr(device_mod.device_version(spline.density), "py_func", None)
+               or device_mod.device_version(spline.density).fn)
+    assert located.__globals__["_locate"] is device_mod.device_version(spline._locate)
+    # settings: the constants rounded to the dtype, then the transform's own settings
+    st = frames_dev.transform_settings("spline", spline.constants(specs.SplineSpec(3, 1.5, 1e-3, 1e-3, 1e-3)),
+                                       np.float32)
+    assert all(type(v) is np.float32 for v in st[:-1]) and st[-1] == 3
 
 
 # ---------------------------------------------------------------- training

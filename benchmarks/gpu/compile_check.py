@@ -76,7 +76,8 @@ def exercise():
                      lambda: flows.NICE(4, n_layers=2, hidden=(8, 8), activation="tanh", rng=0, dtype=dtype),
                      lambda: flows.MAF(3, n_layers=2, hidden=(8,), activation="elu", rng=0, dtype=dtype),
                      lambda: flows.NSF(4, n_layers=2, bins=4, hidden=(8,), rng=0, dtype=dtype),
-                     lambda: flows.NSF(3, n_layers=2, bins=4, hidden=(8,), autoregressive=True, rng=0, dtype=dtype)):
+                     lambda: flows.NSF(3, n_layers=2, bins=4, hidden=(8,), autoregressive=True, rng=0, dtype=dtype),
+                     lambda: frames_flow(dtype)):
             flow = make()
             x = np.random.default_rng(0).standard_normal((70, flow.event_shape[0])).astype(dtype)
             flow.log_prob(x, backend="numpy")      # ActNorm's first batch
@@ -88,19 +89,16 @@ def exercise():
             set_training(flow, True)
             device.nll_and_grad(x)
             runner.DeviceTrainer(device, Adam(dict(flow.parameters())), 32).epoch(x, np.arange(len(x)))
-    # the element-wise spline launchers (the tests' entry points; the layers use the same device functions)
-    from nflow_np.kernels.cuda import spline
-    for dtype in (np.float32, np.float64):
-        v, gv = cuda_zeros((5, 3), dtype), cuda_zeros((5, 3), dtype)
-        u, gu, ud, gud = (cuda_zeros((5, 3, k), dtype) for k in (4, 4, 3, 3))
-        spline.rqs_forward_cuda(v, u, u, ud, 3.0, 1e-3, 1e-3, 1e-3, gv, gv)
-        spline.rqs_inverse_cuda(v, u, u, ud, 3.0, 1e-3, 1e-3, 1e-3, gv, gv)
-        spline.rqs_forward_backward_cuda(v, u, u, ud, 3.0, 1e-3, 1e-3, 1e-3, v, v, gv, gu, gu, gud)
 
 
-def cuda_zeros(shape, dtype):
-    from numba import cuda
-    return cuda.device_array(shape, dtype=dtype)
+def frames_flow(dtype):
+    """Both frames with the transforms no ready-made flow uses."""
+    from nflow_np import bijectors as nb
+    from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
+    layers = [nb.Coupling([True, False, True, False], nb.SinhArcsinhTransform(), (8,), rng=0, dtype=dtype),
+              nb.Autoregressive(4, nb.SinhArcsinhTransform(), (8,), rng=1, dtype=dtype),
+              nb.Autoregressive(4, nb.AdditiveTransform(), (8,), rng=2, dtype=dtype)]
+    return TransformedDistribution(MultivariateNormalDiag(np.zeros(4, dtype), np.ones(4, dtype)), nb.Chain(layers))
 
 
 def main():

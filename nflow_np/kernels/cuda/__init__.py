@@ -6,13 +6,15 @@ or the GPU's, chosen at import): a separate package keeps that out of every CPU 
 and lets the simulator tests (``NUMBA_ENABLE_CUDASIM=1``) import the twins alone.
 
 Each module mirrors its CPU family: ``mlp`` (a tiled shared-memory matrix product with
-bias and activation fused, and the backward products), ``coupling``, ``autoregressive``,
-``spline`` (rational-quadratic splines, elementwise and as coupling or autoregressive layers),
-``elementwise`` (permutations, ActNorm, the normal log-density and base draws),
+bias and activation fused, and the backward products), ``frames`` (the coupling and the
+autoregressive frame, calling any transform of :mod:`nflow_np.kernels.transforms` per
+element), ``elementwise`` (permutations, ActNorm, the normal log-density and base draws),
 ``normalization`` (BatchNorm), ``optim`` (guarded Adam), ``reduce`` (deterministic
-column and vector sums), with ``device`` (launch geometry, per-dtype kernel families,
-scratch buffers). Their public functions are named ``<reference>_cuda`` and take the
-NumPy reference's arguments with device arrays in place of NumPy arrays. ``flow`` walks
+column and vector sums), ``scalar`` (the shared scalar math as device functions), with
+``device`` (launch geometry, per-dtype kernel families, device versions of plain-Python
+scalar functions, scratch buffers). Their public functions are named ``<reference>_cuda``
+and take the NumPy reference's arguments with device arrays in place of NumPy arrays
+(the frames' take the CPU frames' arguments, unpacked from the program). ``flow`` walks
 a :class:`nflow_np.kernels.plan.Program`'s layers on the device, and ``runner`` answers a
 program's calls there (``log_prob``, ``sample``, ``nll_and_grad``, training epochs).
 ``benchmarks/gpu/compile_check.py`` compiles every kernel for a GPU without one.

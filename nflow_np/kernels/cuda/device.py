@@ -2,7 +2,8 @@
 
 Kernels are built by *family factories*: ``factory(ft, geometry)`` returns the
 kernels of one family compiled for the float type ``ft`` (``np.float32`` or
-``np.float64``) and one launch geometry. Inside a kernel every constant is written
+``np.float64``) and one launch geometry (the frames' factories take the transform's
+name too). Inside a kernel every constant is written
 ``ft(0.5)``: a bare ``0.5`` is a float64 literal, and a float32 kernel that touches
 one computes in double precision (2x slower on a data-centre card, up to 64x on
 others). :func:`family` builds each (dtype, geometry) once.
@@ -10,12 +11,17 @@ others). :func:`family` builds each (dtype, geometry) once.
 The geometry differs under the simulator (``NUMBA_ENABLE_CUDASIM=1``), where every
 CUDA thread is a Python thread: small tiles keep the tests fast while running the
 same code; :func:`use_geometry` lets a test run the GPU geometry too.
+
+Scalar math written once in plain Python (:mod:`nflow_np.kernels.scalar`, the
+transforms of :mod:`nflow_np.kernels.transforms`) becomes device functions through
+:func:`device_version`.
 """
 
 import contextlib
 import functools
 import sys
 import threading
+import types
 import warnings
 from collections import namedtuple
 
@@ -24,7 +30,8 @@ from numba import config as _numba_config
 from numba import cuda
 
 __all__ = ["cuda", "SIMULATED", "Geometry", "GPU", "SIM", "geometry", "use_geometry", "family", "jit", "blocks",
-           "launch", "launch_rows", "Scratch", "is_device_array", "as_device", "empty", "dummy"]
+           "launch", "launch_rows", "device_version", "Scratch", "is_device_array", "as_device", "empty",
+           "dummy"]
 
 SIMULATED = bool(_numba_config.ENABLE_CUDASIM)
 
@@ -102,24 +109,78 @@ def jit(fn):
     return cuda.jit(fn) if SIMULATED else cuda.jit(fn, cache=True)
 
 
-def device_function(fn):
-    """``fn`` (plain Python, or a CPU twin of one: its Python source is used) as a CUDA device function."""
-    return cuda.jit(getattr(fn, "py_func", fn), device=True)
+_PACKAGE = __name__.rsplit(".", 2)[0] + "."     # "nflow_np.kernels."
+_device_versions = {}    # Python function -> its CUDA device function
+_versions_lock = threading.RLock()
+
+
+def _python_function(value):
+    """The plain-Python function behind ``value`` when it is one of ``nflow_np.kernels`` (or a Numba CPU twin of
+    one), else None: CUDA device functions, builtins and everything else are left as they are."""
+    if not isinstance(value, types.FunctionType):
+        if type(value).__name__ != "CPUDispatcher":
+            return None
+        value = value.py_func
+    return value if getattr(value, "__module__", "").startswith(_PACKAGE) else None
+
+
+def _global_names(code):
+    """The global names ``code`` (and any code nested in it) reads."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def device_version(fn):
+    """``fn``, plain Python on scalars (or a Numba CPU twin of such a function), as a CUDA device function.
+
+    The device function is compiled from a copy of ``fn`` whose globals are its module's, except that every
+    global it calls that is itself a function of ``nflow_np.kernels`` (a :mod:`~nflow_np.kernels.scalar`
+    helper, a transform's private helper...) is replaced by *its* device version, recursively: the one
+    Python source then runs on the GPU whatever the module's namespace holds (plain functions before
+    :func:`~nflow_np.kernels.backend.load_numba`, CPU dispatchers after). Built once per function; a
+    function is cached before its callees are converted, so recursion through the globals terminates.
+    """
+    py = _python_function(fn)
+    if py is None:
+        py = getattr(fn, "py_func", fn)
+    with _versions_lock:
+        found = _device_versions.get(py)
+        if found is not None:
+            return found
+        bound = dict(py.__globals__)
+        copy = types.FunctionType(py.__code__, bound, py.__name__, py.__defaults__, py.__closure__)
+        copy.__qualname__ = py.__qualname__
+        copy.__module__ = py.__module__
+        copy.__doc__ = py.__doc__
+        version = _device_versions[py] = cuda.jit(copy, device=True)
+        for name in _global_names(py.__code__):
+            callee = _python_function(bound.get(name))
+            if callee is not None:
+                bound[name] = device_version(callee)
+        return version
+
+
+# the name the sources' docstrings use
+device_function = device_version
 
 
 def family(factory):
-    """Decorator: ``factory(ft, geometry)`` becomes ``get(dtype)``, built once per dtype and geometry."""
+    """Decorator: ``factory(ft, geometry, *extra)`` becomes ``get(dtype, *extra)``, built once per dtype, geometry
+    and (hashable) ``extra`` arguments: a frame's kernels are built per transform, for example."""
     built = {}
 
     @functools.wraps(factory)
-    def get(dtype):
+    def get(dtype, *extra):
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"{factory.__name__}: CUDA kernels run in float32 or float64; got {dtype}")
-        key = (dtype.char, geometry())
+        key = (dtype.char, geometry()) + extra
         kernels = built.get(key)
         if kernels is None:
-            kernels = built[key] = factory(dtype.type, geometry())
+            kernels = built[key] = factory(dtype.type, geometry(), *extra)
         return kernels
 
     return get

@@ -3,16 +3,18 @@
 The CPU walks a program inside one compiled function; a GPU cannot launch a
 layer's products from a kernel, so here the host walks the layers and each
 layer launches its kernels (a coupling layer: a gather, one fused product per
-network layer, a row kernel; a spline layer adds one element kernel, its
-per-element log-dets held in the workspace's ``lde`` block until a row kernel sums them). Launches queue asynchronously on one stream, so
-the host runs ahead of the device and never waits inside a pass.
+network layer, an element kernel of its transform, a row kernel; see
+:mod:`.frames`), the per-element log-dets of a frame held in the workspace's
+``lde`` block until a row kernel sums them. Launches queue asynchronously on one
+stream, so the host runs ahead of the device and never waits inside a pass.
 
 :class:`Layer` reads one layer's fields from the program (offsets into
-``theta``, widths, index arrays, copied to the device once). :class:`Workspace`
-is one device allocation for ``rows`` rows, carved into per-layer views for any
-``m <= rows`` (cached, so a training step builds no views): with ``keep`` every
-layer's input and caches survive for the backward (training), without it two
-ping-pong blocks and one set of caches serve every layer (inference).
+``theta``, widths, index arrays, copied to the device once, a frame's transform
+and its settings). :class:`Workspace` is one device allocation for ``rows``
+rows, carved into per-layer views for any ``m <= rows`` (cached, so a training
+step builds no views): with ``keep`` every layer's input and caches survive for
+the backward (training), without it two ping-pong blocks and one set of caches
+serve every layer (inference).
 """
 
 from types import SimpleNamespace
@@ -20,21 +22,18 @@ from types import SimpleNamespace
 import numpy as np
 
 from .. import program as prog
-from .autoregressive import maf_forward_cuda, maf_inverse_backward_cuda, maf_inverse_cuda
-from .coupling import coupling_forward_cuda, coupling_inverse_backward_cuda, coupling_inverse_cuda
 from .device import cuda, empty
 from .elementwise import actnorm_forward_cuda, actnorm_inverse_backward_cuda, actnorm_inverse_cuda, fill_cuda, \
     permute_backward_cuda, permute_cuda
+from .frames import autoregressive_backward_cuda, autoregressive_density_cuda, autoregressive_sampling_cuda, \
+    coupling_backward_cuda, coupling_density_cuda, coupling_sampling_cuda, transform_settings
 from .normalization import batchnorm_forward_cuda, batchnorm_inverse_backward_cuda, batchnorm_inverse_cuda
-from .spline import spline_coupling_forward_cuda, spline_coupling_inverse_backward_cuda, spline_coupling_inverse_cuda, \
-    spline_maf_forward_cuda, spline_maf_inverse_backward_cuda, spline_maf_inverse_cuda
 
 __all__ = ["SUPPORTED_OPS", "Layer", "Workspace", "density_pass", "density_backward", "sampling_pass"]
 
-SUPPORTED_OPS = frozenset({prog.OP_COUPLING, prog.OP_MAF, prog.OP_PERMUTE, prog.OP_ACTNORM, prog.OP_BATCHNORM,
-                           prog.OP_SPLINE, prog.OP_SPLINE_MAF})
-_NETWORK_OPS = (prog.OP_COUPLING, prog.OP_MAF, prog.OP_SPLINE, prog.OP_SPLINE_MAF)
-_SPLINE_OPS = (prog.OP_SPLINE, prog.OP_SPLINE_MAF)
+SUPPORTED_OPS = frozenset({prog.OP_COUPLING, prog.OP_AUTOREGRESSIVE, prog.OP_PERMUTE, prog.OP_ACTNORM,
+                           prog.OP_BATCHNORM})
+FRAME_OPS = (prog.OP_COUPLING, prog.OP_AUTOREGRESSIVE)
 
 
 class Layer:
@@ -53,18 +52,20 @@ class Layer:
         self.off = int(f[prog.F_THETA])
         self.clamp = float(program.clamps[index])
         self.na, self.widths = 0, (d,)
-        if self.op in _NETWORK_OPS:
+        if self.op in FRAME_OPS:
             self.widths = tuple(int(w) for w in ints(f[prog.F_WIDTHS]))
             self.act = int(f[prog.F_ACT])
-        if self.op in _SPLINE_OPS:
-            # bins, and the bound and minima: constants of the program, read once on the host
-            constants = dict(program.constants)
-            self.bins = int(f[prog.F_FLAG])
-            self.sp = tuple(float(constants[int(f[prog.F_GROUPS]) + k]) for k in range(4))
-        if self.op in (prog.OP_COUPLING, prog.OP_SPLINE):
+            # the transform, its parameters per coordinate, and its settings from the constants the program
+            # stores in theta (from F_CONSTS), rounded to the dtype
+            self.transform = program.transforms[index]
+            self.per = int(f[prog.F_PARAMS])
+            self.settings = transform_settings(self.transform, dict(program.transform_constants)[index],
+                                               program.dtype)
+        if self.op == prog.OP_COUPLING:
             a, b = ints(f[prog.F_A]), ints(f[prog.F_B])
-            self.a, self.b, self.na, self.affine = cuda.to_device(a), cuda.to_device(b), a.size, bool(f[prog.F_FLAG])
-        elif self.op in (prog.OP_MAF, prog.OP_SPLINE_MAF):
+            self.a, self.b, self.na = cuda.to_device(a), cuda.to_device(b), a.size
+            self.by_coordinate = bool(f[prog.F_FLAG])
+        elif self.op == prog.OP_AUTOREGRESSIVE:
             self.generation = ints(f[prog.F_B])
         elif self.op == prog.OP_PERMUTE:
             self.density_index = cuda.to_device(ints(f[prog.F_A]))
@@ -72,8 +73,12 @@ class Layer:
         elif self.op == prog.OP_BATCHNORM:
             self.stats_off = int(f[prog.F_B])
         self.hidden = sum(self.widths[1:-1])
-        self.nout = self.widths[-1] if self.op in _NETWORK_OPS else 0
+        self.nout = self.widths[-1] if self.op in FRAME_OPS else 0
         self.widest = max(self.widths[1:-1], default=1)
+
+    def frame(self):
+        """The leading arguments of this frame's launchers in :mod:`.frames`."""
+        return self.transform, self.settings
 
     def bind(self, theta, gtheta, d):
         """Views of this layer's slices of the device vectors ``theta`` and ``gtheta``."""
@@ -108,8 +113,8 @@ class Workspace:
         widest = {"cond": max([l.na for l in layers] + [1]), "hidden": max([l.hidden for l in layers] + [1]),
                   "net": max([l.nout for l in layers] + [1]), "delta": max([l.widest for l in layers] + [1])}
         regions = [("z", (len(layers) + 1 if keep else 2) * d), ("ld", 1)]
-        if any(l.op in _SPLINE_OPS for l in layers):
-            regions += [("lde", d)]     # a spline layer's per-element log-dets (its backward: direct gradients)
+        if any(l.op in FRAME_OPS for l in layers):
+            regions += [("lde", d)]     # a frame's per-element log-dets (an autoregressive backward: direct gradients)
         if keep:
             regions += [(("cache", i), l.na + l.hidden + l.nout) for i, l in enumerate(layers)]
             regions += [("g", 2 * d), ("gld", 1), ("gnet", widest["net"]), ("gcond", widest["cond"]),
@@ -138,7 +143,7 @@ class Workspace:
                             ld=self._block("ld", m, 0, 1), cond=[], hid=[], net=[], gnet=[], gcond=[])
         v.lde = self._block("lde", m, 0, d).reshape(m, d) if "lde" in self.offsets else None
         for i, layer in enumerate(self.layers):
-            if layer.op not in _NETWORK_OPS:     # no caches (and no zero-width views)
+            if layer.op not in FRAME_OPS:     # no caches (and no zero-width views)
                 for views in (v.cond, v.hid, v.net, v.gnet, v.gcond):
                     views.append(None)
                 continue
@@ -176,17 +181,12 @@ def density_pass(layers, theta, v, x, ld, work):
             batchnorm_inverse_cuda(layer.p0, layer.p1, layer.stats, layer.clamp, layer.batch(v.m), zin, zout, ld,
                                    work)
         elif op == prog.OP_COUPLING:
-            coupling_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.affine, layer.clamp, layer.a,
-                                  layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], work)
-        elif op == prog.OP_SPLINE:
-            spline_coupling_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, layer.a,
-                                         layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], v.lde, work)
-        elif op == prog.OP_SPLINE_MAF:
-            spline_maf_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, zin, zout, ld,
-                                    v.hid[i], v.net[i], v.lde, work)
+            coupling_density_cuda(*layer.frame(), theta, layer.off, layer.widths, layer.act, layer.by_coordinate,
+                                  layer.per, layer.a, layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], v.lde,
+                                  work)
         else:
-            maf_inverse_cuda(theta, layer.off, layer.widths, layer.act, layer.clamp, zin, zout, ld, v.hid[i],
-                             v.net[i], work)
+            autoregressive_density_cuda(*layer.frame(), theta, layer.off, layer.widths, layer.act, zin, zout, ld,
+                                        v.hid[i], v.net[i], v.lde, work)
         zin = zout
     return zin
 
@@ -209,20 +209,12 @@ def density_backward(layers, theta, gtheta, v, work):
             batchnorm_inverse_backward_cuda(layer.p0, layer.stats, layer.clamp, layer.batch(v.m), zin, gout, v.gld,
                                             gin, layer.g0, layer.g1, work)
         elif op == prog.OP_COUPLING:
-            coupling_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.affine, layer.clamp,
-                                           layer.a, layer.b, zout, gout, v.gld, v.cond[i], v.hid[i], v.net[i], gin,
-                                           gtheta, v.gnet[i], v.gcond[i], v.d1, v.d2, work)
-        elif op == prog.OP_SPLINE:
-            spline_coupling_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp,
-                                                  layer.a, layer.b, zin, gout, v.gld, v.cond[i], v.hid[i], v.net[i],
-                                                  gin, gtheta, v.gnet[i], v.gcond[i], v.d1, v.d2, work)
-        elif op == prog.OP_SPLINE_MAF:
-            spline_maf_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, zin, gout,
-                                             v.gld, v.hid[i], v.net[i], v.lde, gin, gtheta, v.gnet[i], v.d1, v.d2,
-                                             work)
+            coupling_backward_cuda(*layer.frame(), theta, layer.off, layer.widths, layer.act, layer.by_coordinate,
+                                   layer.per, layer.a, layer.b, zin, gout, v.gld, v.cond[i], v.hid[i], v.net[i], gin,
+                                   gtheta, v.gnet[i], v.gcond[i], v.d1, v.d2, work)
         else:
-            maf_inverse_backward_cuda(theta, layer.off, layer.widths, layer.act, layer.clamp, zin, zout, gout, v.gld,
-                                      v.hid[i], v.net[i], gin, gtheta, v.gnet[i], v.d1, v.d2, work)
+            autoregressive_backward_cuda(*layer.frame(), theta, layer.off, layer.widths, layer.act, zin, gout, v.gld,
+                                         v.hid[i], v.net[i], v.lde, gin, gtheta, v.gnet[i], v.d1, v.d2, work)
         gout, gin = gin, gout
 
 
@@ -242,15 +234,10 @@ def sampling_pass(layers, theta, v, z, x, ld, work):
         elif op == prog.OP_BATCHNORM:
             batchnorm_forward_cuda(layer.p0, layer.p1, layer.stats, layer.clamp, zin, zout, ld)
         elif op == prog.OP_COUPLING:
-            coupling_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.affine, layer.clamp, layer.a,
-                                  layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], work)
-        elif op == prog.OP_SPLINE:
-            spline_coupling_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, layer.a,
-                                         layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], v.lde, work)
-        elif op == prog.OP_SPLINE_MAF:
-            spline_maf_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.bins, layer.sp, layer.generation,
-                                    zin, zout, ld, v.hid[i], v.net[i], v.lde, work)
+            coupling_sampling_cuda(*layer.frame(), theta, layer.off, layer.widths, layer.act, layer.by_coordinate,
+                                   layer.per, layer.a, layer.b, zin, zout, ld, v.cond[i], v.hid[i], v.net[i], v.lde,
+                                   work)
         else:
-            maf_forward_cuda(theta, layer.off, layer.widths, layer.act, layer.clamp, layer.generation, None, zin,
-                             zout, ld, v.hid[i], v.net[i], None, work)
+            autoregressive_sampling_cuda(*layer.frame(), theta, layer.off, layer.widths, layer.act, layer.generation,
+                                         zin, zout, ld, v.hid[i], v.net[i], work)
         zin = zout

@@ -23,6 +23,7 @@ for the GPU's native precision; a float64 flow runs in float64, never cast.
 import numpy as np
 
 from .. import program as prog
+from .. import transforms
 from ..plan import AdamExchange
 from ..backend import resolve_backend
 from .device import Scratch, as_device, cuda, empty, is_device_array
@@ -46,6 +47,10 @@ def covers(program):
     if missing:
         names = {getattr(prog, k): k for k in dir(prog) if k.startswith("OP_")}
         return False, "the CUDA kernels do not cover " + ", ".join(names.get(op, str(op)) for op in missing)
+    # the frames run any transform with a module in kernels.transforms
+    unknown = sorted(set(name for name in program.transforms if name is not None) - set(transforms.MODULES))
+    if unknown:
+        return False, "the CUDA frames do not cover the transforms " + ", ".join(unknown)
     if program.dtype not in (np.float32, np.float64):
         return False, f"the CUDA kernels run float32 or float64, not {program.dtype}"
     return True, ""
@@ -72,7 +77,9 @@ class DeviceProgram:
         batchnorms = {layer: spec.state for layer, spec in program.batchnorms}
         self.layers = [Layer(program, i, batchnorms.get(i)) for i in range(len(program.ops))]
         self.theta = empty(program.size, self.dtype)       # effective (masked) parameters and running statistics
-        self.gtheta = empty(program.size, self.dtype)
+        # zeros: the kernels write the parameters' slots only, and the tail (running statistics, transform
+        # constants) goes through the masked copies; garbage there could be a signalling NaN
+        self.gtheta = cuda.to_device(np.zeros(program.size, self.dtype))
         for layer in self.layers:
             layer.bind(self.theta, self.gtheta, self.d)
         self._inference = None
