@@ -87,6 +87,8 @@ def run_compiled(name, point, uw, uh, ud, upstream, settings):
         out = np.array([step(v, p, r, 0, 1, st) for r, v in enumerate(values)], dtype=point.dtype).reshape(n * m, 2)
         return out[:, 0].reshape(n, m), out[:, 1].reshape(n, m)
     gy, gld = (u.reshape(-1) for u in upstream)
+    for r, v in enumerate(values):      # the VJP reads the parameters as the density pass leaves them
+        scalar.density(v, p, r, 0, 1, st)
     gp = np.empty_like(p)
     g_in = np.array([scalar.density_vjp(v, gy[r], gld[r], p, gp, r, 0, 1, st) for r, v in enumerate(values)],
                     dtype=point.dtype).reshape(n, m)

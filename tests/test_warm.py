@@ -117,13 +117,18 @@ np.testing.assert_allclose(flow.log_prob(x, backend="numba"), flow.log_prob(x, b
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
 
 
-def test_shares_balance_the_compile_time():
-    keys = [(0, 2, "float32"), (0, 0, "float32"), (3, -1, "float32"), (0, 1, "float32")]
-    shares = warm._deal(keys, 2)
-    assert sorted(shares[0] + shares[1]) == sorted(keys) and shares[0] and shares[1]
-    # the largest (a backward pass) stays here; the helper, which starts later, gets less
-    assert (0, 2, "float32") in shares[0]
-    assert warm._deal(keys, 1) == [sorted(keys, key=lambda k: -warm._COST[k[1]])]
+def test_shares_keep_families_together_and_balance_the_compile_time():
+    entries = [("coupling.affine", 2, "float32"), ("coupling.affine", 0, "float32"), ("coupling.affine", 1, "float32")]
+    loops = [(3, -1, "float32"), (0, -1, "float32"), (1, -1, "float32")]
+    shares = warm._deal(loops[:1] + entries + loops[1:], 2)
+    # an entry's passes share their network's code, the loops theirs: each family compiles in one process,
+    # the largest here (the helper starts later)
+    assert shares == [entries, loops]
+    small = [("permute", 0, "float32"), ("permute", 2, "float32")]
+    shares = warm._deal(entries + loops + small, 2)
+    assert sorted(map(str, shares[0] + shares[1])) == sorted(map(str, entries + loops + small))
+    assert all(set(family) <= set(shares[0]) or set(family) <= set(shares[1]) for family in (entries, loops, small))
+    assert warm._deal(entries + loops, 1) == [entries + loops]
 
 
 def test_the_helper_command_compiles_and_records(tmp_path):

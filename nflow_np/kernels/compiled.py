@@ -85,10 +85,12 @@ def compile_key(key):
         entry_address(index, pass_, dtype)
 
 
-def pack_meta(fields, idata, layout, theta_size):
-    """The ``meta`` array every entry reads (see the module docstring)."""
+def pack_meta(fields, idata, layout, theta_size, networks=(0, 0)):
+    """The ``meta`` array every entry reads (see :mod:`.entries`); ``networks`` are the addresses of the compiled
+    network forward and backward passes."""
     n_layers = fields.shape[0]
-    head = np.array([n_layers, HEAD + fields.size + idata.size + layout.size, theta_size, idata.size], np.int64)
+    head = np.array([n_layers, HEAD + fields.size + idata.size + layout.size, theta_size, idata.size, *networks],
+                    np.int64)
     return np.concatenate([head, fields.reshape(-1), idata, layout]).astype(np.int64)
 
 

@@ -7,11 +7,17 @@ autoregressive frames' entries are in :mod:`.frames`, one per transform. :func:`
 :func:`numba.cfunc` the first time it is asked for, per dtype, and caches the
 machine code on disk; :mod:`.compiled` calls entries through their addresses.
 
-Every entry has the same C signature::
+Every layer entry has the same C signature::
 
     void entry(int64 *meta, T *clamps, T *theta, T *gtheta, T *w, int64 w_size, int64 layer, int64 n, int64 d)
 
-``meta`` packs ``[layers, total, theta size, idata size]``, then ``fields``
+The frames' networks are entries too (``"network"``: forward, and backward as
+its ``BACKWARD`` pass), with signatures of their own: compiled once per dtype,
+they are called through the addresses the program keeps in ``meta``, so that
+no frame entry compiles the network's code again (:func:`mlp_forward_at`).
+
+``meta`` packs ``[layers, total, theta size, idata size, network forward,
+network backward]``, then ``fields``
 (``layers x N_FIELDS``), ``idata`` and ``layout`` (see :mod:`.program`); ``w`` is one
 chunk's workspace of ``n`` rows. Density passes run ``Z_layer -> Z_layer+1``,
 sampling passes the reverse; backward passes read their upstream gradient from
@@ -24,9 +30,12 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import carray, types
+from numba.extending import intrinsic
 
 from . import elementwise as _elementwise
+from . import mlp as _mlp
 from . import normalization as _normalization
 from .backend import load_numba
 from .program import F_A, F_B, F_CACHE, F_FLAG, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, W_G0, W_G1, W_GLD, \
@@ -35,6 +44,8 @@ from .program import F_A, F_B, F_CACHE, F_FLAG, F_THETA, F_WIDTHS, N_FIELDS, W_C
 # the twins become compiled dispatchers before anything below binds them
 load_numba()
 
+_mlp_forward = _mlp.mlp_forward_numba
+_mlp_backward = _mlp.mlp_backward_numba
 _actnorm_forward = _elementwise.actnorm_forward_numba
 _actnorm_inverse = _elementwise.actnorm_inverse_numba
 _actnorm_inverse_backward = _elementwise.actnorm_inverse_backward_numba
@@ -43,7 +54,7 @@ _permute_backward = _elementwise.permute_backward_numba
 _batchnorm_forward = _normalization.batchnorm_forward_numba
 _batchnorm_inverse = _normalization.batchnorm_inverse_numba
 _batchnorm_inverse_backward = _normalization.batchnorm_inverse_backward_numba
-HEAD = 4                      # meta: [layers, total, theta size, idata size]
+HEAD = 6                      # meta: [layers, total, theta size, idata size, network forward, network backward]
 DENSITY, SAMPLING, BACKWARD = 0, 1, 2
 PASSES = 3
 
@@ -64,6 +75,62 @@ def _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size):
     layout = meta[start + head[3]:]
     return (fields, idata, layout, carray(clamps_p, (n_layers,)), carray(theta_p, (head[2],)),
             carray(gtheta_p, (head[2],)), carray(w_p, (w_size,)))
+
+
+@intrinsic
+def call_address(typingctx, address, args):
+    """Call the C function at ``address`` (an int64) with the tuple ``args``: arrays as their data pointers,
+    scalars as they are."""
+    sig = types.void(address, args)
+
+    def codegen(context, builder, signature, llargs):
+        values = []
+        for k, ty in enumerate(signature.args[1].types):
+            value = builder.extract_value(llargs[1], k)
+            if isinstance(ty, types.Array):
+                value = context.make_array(ty)(context, builder, value).data
+            values.append(value)
+        fnty = ir.FunctionType(ir.VoidType(), [v.type for v in values])
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@_jit
+def mlp_forward_at(meta_p, theta, off, widths, act, inp, hid, out):
+    """The network's forward pass (:func:`~.mlp.mlp_forward_numba`) through the program's compiled copy."""
+    address = carray(meta_p, (HEAD,))[4]
+    call_address(address, (theta, theta.size, off, widths, widths.size, act, inp, hid, out, inp.shape[0]))
+
+
+@_jit
+def mlp_backward_at(meta_p, theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2):
+    """The network's backward pass (:func:`~.mlp.mlp_backward_numba`) through the program's compiled copy."""
+    address = carray(meta_p, (HEAD,))[5]
+    call_address(address, (theta, theta.size, off, widths, widths.size, act, inp, hid, gout, gin, gtheta, d1,
+                           d1.size, d2, d2.size, inp.shape[0]))
+
+
+def network_forward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, out_p, n):
+    widths = carray(widths_p, (n_widths,))
+    hidden = 0
+    for k in range(1, n_widths - 1):
+        hidden += widths[k]
+    _mlp_forward(carray(theta_p, (theta_size,)), off, widths, act, carray(inp_p, (n, widths[0])),
+                 carray(hid_p, (n * hidden,)), carray(out_p, (n, widths[n_widths - 1])))
+
+
+def network_backward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, gout_p, gin_p, gtheta_p,
+                     d1_p, d1_size, d2_p, d2_size, n):
+    widths = carray(widths_p, (n_widths,))
+    hidden = 0
+    for k in range(1, n_widths - 1):
+        hidden += widths[k]
+    _mlp_backward(carray(theta_p, (theta_size,)), off, widths, act, carray(inp_p, (n, widths[0])),
+                  carray(hid_p, (n * hidden,)), carray(gout_p, (n, widths[n_widths - 1])),
+                  carray(gin_p, (n, widths[0])), carray(gtheta_p, (theta_size,)), carray(d1_p, (d1_size,)),
+                  carray(d2_p, (d2_size,)))
 
 
 @_jit
@@ -203,6 +270,8 @@ def batchnorm_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, 
 
 # each op's entries, in the order of the passes
 ENTRIES = {
+    # the networks of the frames, one compiled copy per dtype that every frame entry calls (see mlp_forward_at)
+    "network": (network_forward, network_forward, network_backward),
     "permute": (permute_density, permute_sampling, permute_backward),
     "actnorm": (actnorm_density, actnorm_sampling, actnorm_backward),
     "batchnorm": (batchnorm_density, batchnorm_sampling, batchnorm_backward),
@@ -221,6 +290,16 @@ def entry_function(name, pass_):
     return frames.specialize(frame, pass_, transform, transforms.module_for(transform))
 
 
+def _signature(name, pass_, dtype):
+    ptr = types.CPointer(numba.from_dtype(np.dtype(dtype)))
+    i64, ints = types.int64, types.CPointer(types.int64)
+    if name == "network" and pass_ == BACKWARD:
+        return types.void(ptr, i64, i64, ints, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i64)
+    if name == "network":
+        return types.void(ptr, i64, i64, ints, i64, i64, ptr, ptr, ptr, i64)
+    return types.void(ints, ptr, ptr, ptr, ptr, i64, i64, i64, i64)
+
+
 def entry_address(name, pass_, dtype):
     """The address of the compiled entry ``name`` for ``pass_`` in ``dtype``, compiling it on first use."""
     key = (str(name), int(pass_), np.dtype(dtype).name)
@@ -229,14 +308,12 @@ def entry_address(name, pass_, dtype):
         with _entries_lock:
             found = _entries.get(key)
             if found is None:
-                real = numba.from_dtype(np.dtype(dtype))
-                ptr = types.CPointer(real)
-                sig = types.void(types.CPointer(types.int64), ptr, ptr, ptr, ptr, types.int64, types.int64,
-                                 types.int64, types.int64)
-                found = _entries[key] = numba.cfunc(sig, cache=True, **_OPTIONS)(entry_function(key[0], key[1]))
+                found = _entries[key] = numba.cfunc(_signature(key[0], key[1], dtype), cache=True, **_OPTIONS)(
+                    entry_function(key[0], key[1]))
     return found.address
 
 
 
 
-__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "HEAD", "entry_function", "entry_address"]
+__all__ = ["ENTRIES", "DENSITY", "SAMPLING", "BACKWARD", "PASSES", "HEAD", "entry_function", "entry_address",
+           "call_address", "mlp_forward_at", "mlp_backward_at"]

@@ -27,19 +27,21 @@ import types
 
 import numpy as np
 
-from .entries import _caches, _frame, _jit, _grads, _ints, _network_caches, _pass_arrays
-from .mlp import activate_values, mlp_backward_numba, mlp_forward_numba
+from .entries import _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, mlp_backward_at, \
+    mlp_forward_at
+from .mlp import activate_values
 from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_GCOND, W_GNET, W_ROW
 
 __all__ = ["FRAMES", "specialize"]
 
 
 @_jit
-def _layout(f, j, nb):
-    """``(base, stride)`` of transformed coordinate ``j`` of a coupling (see the module docstring)."""
+def _layout(f, nb):
+    """``(step, stride)`` of a coupling's transformed coordinates: coordinate ``j``'s parameters start at
+    ``j * step``, ``stride`` apart (see the module docstring)."""
     if f[F_FLAG] == 1:
-        return j * f[F_PARAMS], 1
-    return j, nb
+        return f[F_PARAMS], 1
+    return 1, nb
 
 
 def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
@@ -52,16 +54,16 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
     for i in range(n):
         for j in range(a.size):
             cond[i, j] = zin[i, a[j]]
-    mlp_forward_numba(theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
+    mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     nb = b.size
+    step, stride = _layout(f, nb)
     for i in range(n):
         for j in range(a.size):
             zout[i, a[j]] = cond[i, j]
         total = st[0]
         for j in range(nb):
-            base, stride = _layout(f, j, nb)
-            out, l = STEP(zin[i, b[j]], net, i, base, stride, st)  # noqa: F821
+            out, l = STEP(zin[i, b[j]], net, i, j * step, stride, st)  # noqa: F821
             zout[i, b[j]] = out
             total += l
         ld[i] += total
@@ -79,11 +81,12 @@ def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n
     gcond = w[n * layout[W_GCOND]:n * (layout[W_GCOND] + widths[0])].reshape((n, widths[0]))
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     nb = b.size
+    step, stride = _layout(f, nb)
     for i in range(n):
         for j in range(nb):
-            base, stride = _layout(f, j, nb)
-            gin[i, b[j]] = STEP_VJP(zin[i, b[j]], gout[i, b[j]], gld[i], net, gnet, i, base, stride, st)  # noqa: F821
-    mlp_backward_numba(theta, f[F_THETA], widths, f[F_ACT], cond, hid, gnet, gcond, gtheta,
+            gin[i, b[j]] = STEP_VJP(zin[i, b[j]], gout[i, b[j]], gld[i], net, gnet, i, j * step, stride,  # noqa: F821
+                                    st)
+    mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, gnet, gcond, gtheta,
                        w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
     for i in range(n):
         for j in range(a.size):
@@ -95,7 +98,7 @@ def autoregressive_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, lay
     zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
     f = fields[layer]
     widths, cond, hid, net = _caches(f, idata, w, n)
-    mlp_forward_numba(theta, f[F_THETA], widths, f[F_ACT], zin, hid, net)
+    mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], zin, hid, net)
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     for i in range(n):
         total = st[0]
@@ -118,7 +121,7 @@ def autoregressive_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
     for i in range(n):
         for j in range(d):
             direct[i, j] = STEP_VJP(zin[i, j], gout[i, j], gld[i], net, gnet, i, j, d, st)  # noqa: F821
-    mlp_backward_numba(theta, f[F_THETA], widths, f[F_ACT], zin, hid, gnet, gin, gtheta,
+    mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], zin, hid, gnet, gin, gtheta,
                        w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
     for i in range(n):
         for j in range(d):
@@ -175,7 +178,8 @@ def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
     for lyr in range(n_hidden):
         goff[lyr + 1] = goff[lyr] + d + 1 + widths[lyr + 1]
     out = np.empty((n_out, n), dtype=x.dtype)
-    params = out.T
+    # the transform reads row r's parameter q at out[q, r]: one row of the flat buffer, base r, stride n
+    params = out.reshape((1, n_out * n))
     for k in range(d):
         # the hidden units of degree k see only coordinates of order < k, all final by now
         for lyr in range(n_hidden):
@@ -210,7 +214,7 @@ def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
                     for r in range(n):
                         acc[r] += wv * src[r]
         for r in range(n):
-            value, l = STEP(x[r, i], params, r, 0, 1, st)  # noqa: F821
+            value, l = STEP(x[r, i], params, 0, r, n, st)  # noqa: F821
             y_t[i, r] = value
             y[r, i] = value
             ld[r] += l

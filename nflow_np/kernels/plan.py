@@ -229,7 +229,8 @@ class Program:
         for layer, spec in self.batchnorms:
             self.fields[layer, prog.F_FLAG] = int(spec.state.training)
         from .compiled import pack_meta
-        return pack_meta(self.fields, self.idata, self.layout, self.size), self.clamps
+        networks = self.__dict__.get("_networks", (0, 0))
+        return pack_meta(self.fields, self.idata, self.layout, self.size, networks), self.clamps
 
     def table(self, *passes, loops=()):
         """The entry addresses of every layer (``layers x 3``), with those of ``passes`` compiled and filled in;
@@ -240,18 +241,37 @@ class Program:
         from . import compiled
         table = self.__dict__.setdefault("_table", np.zeros((len(self.ops), compiled.PASSES), dtype=np.int64))
         done = self.__dict__.setdefault("_loops", set())
-        keys = [(name, p, self.dtype.name) for p in passes for layer, name in enumerate(self.entry_names)
-                if not table[layer, p]]
-        keys += [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops if name not in done]
+        keys = self.keys(*passes, loops=loops)
         if keys:
             from .warm import compile_entries
             compile_entries(keys, compiled.compile_key)
             for p in passes:
                 for layer, name in enumerate(self.entry_names):
                     table[layer, p] = compiled.entry_address(name, p, self.dtype)
+            networks = self.__dict__.setdefault("_networks", np.zeros(2, dtype=np.int64))
+            for name, p, _ in keys:
+                if name == "network":
+                    networks[int(p == compiled.BACKWARD)] = compiled.entry_address(name, p, self.dtype)
             done.update(loops)
         ready.add((passes, loops))
         return table
+
+    def keys(self, *passes, loops=()):
+        """The compile keys (:mod:`.warm`) of ``passes`` and ``loops`` that this program has not loaded yet."""
+        from . import compiled
+        table = self.__dict__.get("_table")
+        done = self.__dict__.get("_loops", set())
+        keys = [(name, p, self.dtype.name) for p in passes for layer, name in enumerate(self.entry_names)
+                if table is None or not table[layer, p]]
+        if any(spec_name in self.transforms for spec_name in transforms.MODULES):
+            # the frames call their networks' compiled forward (density, sampling) and backward passes
+            networks = self.__dict__.get("_networks", np.zeros(2, dtype=np.int64))
+            keys += [("network", compiled.DENSITY, self.dtype.name) for p in passes
+                     if p != compiled.BACKWARD and not networks[0]]
+            keys += [("network", compiled.BACKWARD, self.dtype.name) for p in passes
+                     if p == compiled.BACKWARD and not networks[1]]
+        keys += [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops if name not in done]
+        return list(dict.fromkeys(keys))
 
     def prefetch(self, *passes, loops=()):
         """Start compiling ``passes`` and ``loops`` in a helper process, for a call that probably comes next."""
@@ -427,8 +447,14 @@ class NumbaTrainer:
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)
         from .compiled import BACKWARD, DENSITY, SAMPLING
-        # after a fit come log-densities and samples: theirs compile in a helper while the fit compiles and trains
-        program.prefetch(SAMPLING, loops=("log_prob_rows", "sample_rows"))
+        from .warm import uncompiled
+        after = dict(loops=("log_prob_rows", "sample_rows"))      # after a fit come log-densities and samples
+        if uncompiled(program.keys(DENSITY, BACKWARD, loops=("train_epoch",))):
+            # a cold cache: compile theirs too, now, in one deal, so that the passes of an entry, which share
+            # its network and transform code, compile in one process and the loops in another
+            program.table(DENSITY, BACKWARD, SAMPLING, loops=("train_epoch",) + after["loops"])
+        else:
+            program.prefetch(SAMPLING, **after)
         program.table(DENSITY, BACKWARD, loops=("train_epoch",))
 
     def epoch(self, data, order, context=None):

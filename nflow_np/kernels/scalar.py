@@ -1,5 +1,5 @@
-"""Scalar math written once and compiled for both targets: activations, the soft clamp, the affine transform and
-its derivatives, and the Adam update.
+"""Scalar math written once and compiled for both targets: activations, the soft clamp, the affine map (the
+affine transform's and ActNorm's), and the Adam update; the frames' transforms are in :mod:`.transforms`.
 
 Every function here is plain Python on scalars (``math`` only), and each is
 compiled twice from this one source: as a Numba CPU function (a
@@ -21,7 +21,7 @@ import math
 from .backend import numba_twin
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
-           "affine_density_vjp", "affine_sampling_vjp", "adam_moments", "adam_update"]
+           "adam_moments", "adam_update"]
 
 
 @numba_twin
@@ -73,25 +73,6 @@ def affine_density(y, shift, s):
 def affine_sampling(x, shift, s):
     """The sampling direction: ``y = x exp(s) + shift`` (log-det ``s``)."""
     return x * math.exp(s) + shift
-
-
-@numba_twin
-def affine_density_vjp(g, x, gld, s, clamp, zero, one):
-    """VJP of :func:`affine_density` with log-det ``-s``, ``s = soft_clamp(raw)``.
-
-    ``g = dL/dx`` at the output ``x``, ``gld = dL/d(log-det)``; returns
-    ``(dL/dy, dL/dshift, dL/draw)``.
-    """
-    inv_scale = math.exp(-s)
-    return g * inv_scale, -g * inv_scale, (-g * x - gld) * soft_clamp_grad(s, clamp, zero, one)
-
-
-@numba_twin
-def affine_sampling_vjp(g, x, gld, s, clamp, zero, one):
-    """VJP of :func:`affine_sampling` with log-det ``s``: ``g = dL/dy`` at input ``x``; returns
-    ``(dL/dx, dL/dshift, dL/draw)``."""
-    scale = math.exp(s)
-    return g * scale, g, (g * x * scale + gld) * soft_clamp_grad(s, clamp, zero, one)
 
 
 @numba_twin

@@ -20,7 +20,13 @@ on the GPU) call it per element and know nothing else about it. A module defines
     the sampling direction (base to data);
 ``density_vjp(v, g, gld, p, gp, r, base, stride, st) -> dL/dv``
     the density direction's VJP at input ``v``, from ``g = dL/dout`` and ``gld = dL/dlog-det``;
-    it writes the parameters' gradients into ``gp`` at their places.
+    it writes the gradients of the (raw) parameters into ``gp`` at their places.
+
+A pass may leave the element's parameters in ``p`` *prepared*: rewritten, in
+place, into a form that is cheaper for the VJP (the affine transform's clamped
+log-scale, the spline's softmax weights). ``density_vjp`` reads the parameters
+as ``density`` left them: the frames run it on the network output of the pass
+it differentiates, which is never evaluated twice.
 
 An element's ``P`` parameters (``SPEC.outputs_per_coordinate``) are read from the 2-D
 conditioner output ``p`` at row ``r``, columns ``base + q * stride`` (``q = 0..P-1``): the

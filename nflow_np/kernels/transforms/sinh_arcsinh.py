@@ -3,7 +3,8 @@
 Parameters per element: ``(a, raw)``, the skewness and the log tail weight
 before its soft clamp, ``s = clamp tanh(raw / clamp)`` (``clamp`` 0: ``s = raw``).
 Zero parameters give the identity. With ``w = asinh(y) / tau - a`` the density
-direction is ``x = sinh(w)``, with log-det ``log cosh(w) - s - log hypot(1, y)``.
+direction is ``x = sinh(w)``, with log-det ``log cosh(w) - s - log hypot(1, y)``. A pass leaves ``s`` in
+place of ``raw`` for the VJP.
 """
 
 import math
@@ -35,6 +36,7 @@ def _log_cosh(w, log2):
 def density(v, p, r, base, stride, st):
     zero, one, clamp, log2 = st
     s = soft_clamp(p[r, base + stride], clamp, zero)
+    p[r, base + stride] = s
     w = math.asinh(v) * math.exp(-s) - p[r, base]
     return math.sinh(w), _log_cosh(w, log2) - s - math.log(math.hypot(one, v))
 
@@ -43,6 +45,7 @@ def density(v, p, r, base, stride, st):
 def sampling(v, p, r, base, stride, st):
     zero, one, clamp, log2 = st
     s = soft_clamp(p[r, base + stride], clamp, zero)
+    p[r, base + stride] = s
     q = (math.asinh(v) + p[r, base]) * math.exp(s)
     return math.sinh(q), _log_cosh(q, log2) + s - math.log(math.hypot(one, v))
 
@@ -50,7 +53,7 @@ def sampling(v, p, r, base, stride, st):
 @numba_twin
 def density_vjp(v, g, gld, p, gp, r, base, stride, st):
     zero, one, clamp, log2 = st
-    s = soft_clamp(p[r, base + stride], clamp, zero)
+    s = p[r, base + stride]
     inv_tau = math.exp(-s)
     u = math.asinh(v)
     w = u * inv_tau - p[r, base]

@@ -5,9 +5,10 @@ interior-knot derivatives (``3K - 1``), in that order. The parameterization,
 the bin search, the evaluation anchored at the nearer end of the bin and the
 stable root of the inverse are those of the NumPy reference,
 :mod:`nflow_np.kernels.spline` (whose docstring has the formulas), step for
-step. Nothing is kept per element: the knots are rebuilt while scanning for
-the bin, and the softmax weights recomputed from the parameters where the
-backward needs them (``K`` is small, and the parameters sit in cache).
+step. A pass leaves the element's widths and heights replaced by their softmax
+weights (:func:`_prepare`), which the VJP reads: nothing else is kept per
+element, and the knots are rebuilt from the weights while scanning for the
+bin (``K`` is small, and the parameters sit in cache).
 
 ``st`` is ``(0, 1, 2, B, 2B, min_width, min_height, min_derivative,
 1 - min_width K, 1 - min_height K, c0, K)``, the derived values computed in
@@ -35,8 +36,8 @@ def settings(c):
 
 
 @numba_twin
-def _softmax_stats(p, r, base, stride, nbins):
-    """The max of ``K`` unnormalized sizes and the sum of ``exp(u - max)`` (softmax weight ``exp(u - top) / total``)."""
+def _softmax(p, r, base, stride, nbins):
+    """Overwrite ``K`` unnormalized sizes with their softmax weights."""
     top = p[r, base]
     for q in range(1, nbins):
         v = p[r, base + q * stride]
@@ -44,8 +45,19 @@ def _softmax_stats(p, r, base, stride, nbins):
             top = v
     total = top - top
     for q in range(nbins):
-        total += math.exp(p[r, base + q * stride] - top)
-    return top, total
+        e = math.exp(p[r, base + q * stride] - top)
+        p[r, base + q * stride] = e
+        total += e
+    for q in range(nbins):
+        p[r, base + q * stride] = p[r, base + q * stride] / total
+
+
+@numba_twin
+def _prepare(p, r, base, stride, st):
+    """The element's widths and heights as softmax weights, in place (the derivatives stay raw)."""
+    nbins = st[11]
+    _softmax(p, r, base, stride, nbins)
+    _softmax(p, r, base + nbins * stride, stride, nbins)
 
 
 @numba_twin
@@ -66,12 +78,11 @@ def _knot_derivative(p, r, bd, stride, j, st):
 def _locate(v, p, r, base, stride, st, inverse):
     """The bin of ``v`` (searched in x, or in y for the inverse) and its quantities, anchored at the nearer end.
 
-    Returns ``(k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1, top_w, total_w, top_h, total_h)``.
+    ``p`` holds the element's parameters as :func:`_prepare` leaves them. Returns
+    ``(k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1)``.
     """
     zero, one, bound, two_bound, mw, mh, sw, sh, nbins = st[0], st[1], st[3], st[4], st[5], st[6], st[8], st[9], st[11]
     bh = base + nbins * stride
-    top_w, total_w = _softmax_stats(p, r, base, stride, nbins)
-    top_h, total_h = _softmax_stats(p, r, bh, stride, nbins)
     cx = zero
     cy = zero
     x0 = -bound
@@ -81,8 +92,8 @@ def _locate(v, p, r, base, stride, st, inverse):
     k = 0
     for q in range(nbins):
         # knot q + 1 as the cumulative sum builds it, the last pinned to B
-        cx += mw + sw * (math.exp(p[r, base + q * stride] - top_w) / total_w)
-        cy += mh + sh * (math.exp(p[r, bh + q * stride] - top_h) / total_h)
+        cx += mw + sw * p[r, base + q * stride]
+        cy += mh + sh * p[r, bh + q * stride]
         if q + 1 == nbins:
             x1 = bound
             y1 = bound
@@ -104,8 +115,8 @@ def _locate(v, p, r, base, stride, st, inverse):
     lo = y0 if inverse else x0
     hi = y1 if inverse else x1
     if v - lo <= hi - v:
-        return k, True, one, x0, y0, d_k, d_k1, w, h, v - lo, sig_k, sig_k1, top_w, total_w, top_h, total_h
-    return k, False, -one, x1, y1, d_k1, d_k, w, h, hi - v, sig_k, sig_k1, top_w, total_w, top_h, total_h
+        return k, True, one, x0, y0, d_k, d_k1, w, h, v - lo, sig_k, sig_k1
+    return k, False, -one, x1, y1, d_k1, d_k, w, h, hi - v, sig_k, sig_k1
 
 
 @numba_twin
@@ -143,8 +154,9 @@ def _solve(dist, h, s, da, db, zero, two):
 
 
 @numba_twin
-def _softmax_backward(p, gp, r, base, stride, nbins, top, total, k, g_left, g_right, scale, st):
-    """From the gradients of bin ``k``'s two knots to those of the ``K`` unnormalized sizes (into ``gp``)."""
+def _softmax_backward(p, gp, r, base, stride, nbins, k, g_left, g_right, scale, st):
+    """From the gradients of bin ``k``'s two knots to those of the ``K`` unnormalized sizes (into ``gp``);
+    ``p`` holds their softmax weights."""
     zero, two_bound = st[0], st[4]
     if k < 1:
         g_left = zero              # x_0 = -B is fixed
@@ -157,23 +169,23 @@ def _softmax_backward(p, gp, r, base, stride, nbins, top, total, k, g_left, g_ri
             g += g_left
         if i <= k:
             g += g_right
-        mean += (math.exp(p[r, base + i * stride] - top) / total) * g
+        mean += p[r, base + i * stride] * g
     for i in range(nbins):
         g = zero
         if i < k:
             g += g_left
         if i <= k:
             g += g_right
-        weight = math.exp(p[r, base + i * stride] - top) / total
-        gp[r, base + i * stride] = scale * weight * two_bound * (g - mean)
+        gp[r, base + i * stride] = scale * p[r, base + i * stride] * two_bound * (g - mean)
 
 
 @numba_twin
 def density(v, p, r, base, stride, st):
-    """``(g(v), log g'(v))``; the identity (and 0) outside ``[-B, B]`` or at NaN."""
+    """``(g(v), log g'(v))``; the identity (and 0) outside ``[-B, B]`` or at NaN. Leaves ``p`` prepared."""
     bound = st[3]
     if not (v >= -bound and v <= bound):
         return v, st[0]
+    _prepare(p, r, base, stride, st)
     b = _locate(v, p, r, base, stride, st, False)
     w, h = b[7], b[8]
     q = _partials(b[9] / w, h / w, b[5], b[6], st[1], st[2])
@@ -186,6 +198,7 @@ def sampling(v, p, r, base, stride, st):
     bound = st[3]
     if not (v >= -bound and v <= bound):
         return v, st[0]
+    _prepare(p, r, base, stride, st)
     b = _locate(v, p, r, base, stride, st, True)
     w, h = b[7], b[8]
     s = h / w
@@ -203,8 +216,7 @@ def density_vjp(v, g, gld, p, gp, r, base, stride, st):
         for q in range(3 * nbins - 1):
             gp[r, base + q * stride] = zero
         return g
-    k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1, top_w, total_w, top_h, total_h = _locate(
-        v, p, r, base, stride, st, False)
+    k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1 = _locate(v, p, r, base, stride, st, False)
     s = h / w
     xi = dist / w
     big_r, f_x, _, r_s, r_da, r_db, ld_xi, ld_s, ld_da, ld_db = _partials(xi, s, da, db, one, two)
@@ -219,13 +231,13 @@ def density_vjp(v, g, gld, p, gp, r, base, stride, st):
     g_ya = g - sigma * g_sh
     g_yb = sigma * g_sh
     if left:
-        _softmax_backward(p, gp, r, base, stride, nbins, top_w, total_w, k, g_xa, g_xb, sw, st)
-        _softmax_backward(p, gp, r, bh, stride, nbins, top_h, total_h, k, g_ya, g_yb, sh, st)
+        _softmax_backward(p, gp, r, base, stride, nbins, k, g_xa, g_xb, sw, st)
+        _softmax_backward(p, gp, r, bh, stride, nbins, k, g_ya, g_yb, sh, st)
         g_dk = g_da
         g_dk1 = g_db
     else:
-        _softmax_backward(p, gp, r, base, stride, nbins, top_w, total_w, k, g_xb, g_xa, sw, st)
-        _softmax_backward(p, gp, r, bh, stride, nbins, top_h, total_h, k, g_yb, g_ya, sh, st)
+        _softmax_backward(p, gp, r, base, stride, nbins, k, g_xb, g_xa, sw, st)
+        _softmax_backward(p, gp, r, bh, stride, nbins, k, g_yb, g_ya, sh, st)
         g_dk = g_db
         g_dk1 = g_da
     # d_{j+1} comes from ud_j; the end derivatives d_0 = d_K = 1 are constants
