@@ -8,8 +8,11 @@ simulator subprocess, so a plain CI run exercises them:
 
     NUMBA_ENABLE_CUDASIM=1 python -m pytest -p no:cacheprovider -m cuda tests/test_cuda.py
 
-References are the NumPy kernels and the bijectors' own NumPy passes (no Numba
-compilation here, which would cost more than the simulator).
+References are the package's own NumPy passes: :class:`nflow_np.nn.MLP` for the
+networks, the bijectors for the per-feature layers and whole flows, and
+:class:`nflow_np.train.Adam` under ``fit``'s guard for the optimizer step (see
+``kernel_references.py``); no Numba compilation here, which would cost more than
+the simulator.
 """
 
 import os
@@ -19,16 +22,16 @@ import sys
 import numpy as np
 import pytest
 
+from kernel_references import (activated, activation_derivative, flat, guarded_adam_step, hidden_activations,
+                               reference_actnorm, reference_batchnorm, reference_net)
 import nflow_np
 from nflow_np import bijectors, flows
-from nflow_np.kernels import elementwise as elementwise_ref
-from nflow_np.kernels import mlp as mlp_ref
-from nflow_np.kernels import normalization as normalization_ref
-from nflow_np.kernels import optim as optim_ref
 from nflow_np.kernels import plan, specs, transforms
 from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
 from nflow_np.kernels import scalar as scalar_ref
 from nflow_np.kernels.backend import cuda_available
+from nflow_np.kernels.mlp import hidden_size
+from nflow_np.kernels.optim import ACCEPTED, REJECTED_GRADIENT, REJECTED_OVERFLOW
 from nflow_np.train import Adam, fit, nll_and_grad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,17 +84,12 @@ def host(a):
     return a.copy_to_host()
 
 
-def random_net(rng, widths, dtype, off=2):
-    theta = (rng.standard_normal(off + mlp_ref.param_count(widths)) * 0.7).astype(dtype)
-    return theta, off
-
-
 # ---------------------------------------------------------------- products and networks
 
 @cuda_test
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,m", [(1, 1, 1), (9, 5, 3), (13, 7, 10)])
-def test_products_match_numpy(dtype, n, k, m):
+def test_products_match_the_networks_arithmetic(dtype, n, k, m):
     rng = np.random.default_rng(n + k + m)
     a = rng.standard_normal((n, k)).astype(dtype)
     w = rng.standard_normal((k, m)).astype(dtype)
@@ -100,14 +98,14 @@ def test_products_match_numpy(dtype, n, k, m):
         out = dev(np.zeros((n, m), dtype))
         mlp_dev.matmul_bias_act_cuda(dev(a), dev(w), dev(bias), out, act)
         ref = a @ w + bias
-        close(host(out), ref if act < 0 else mlp_ref._act_numpy(act, ref), dtype, f"nn act {act}")
+        close(host(out), ref if act < 0 else activated(act, ref), dtype, f"nn act {act}")
     delta = rng.standard_normal((n, m)).astype(dtype)
     h = np.tanh(rng.standard_normal((n, k))).astype(dtype)
     for act in (None, 0, 1):
         back = dev(np.zeros((n, k), dtype))
         mlp_dev.backward_product_cuda(dev(delta), dev(w), back, None if act is None else dev(h),
                                       -1 if act is None else act)
-        ref = delta @ w.T if act is None else (delta @ w.T) * mlp_ref._act_grad_numpy(act, h)
+        ref = delta @ w.T if act is None else (delta @ w.T) * activation_derivative(act, h)
         close(host(back), ref, dtype, f"nt act {act}")
     # [a, 1].T @ delta: the weight and bias gradients, summed over split row ranges when n is long
     grad = dev(np.zeros((k + 1) * m, dtype))
@@ -136,26 +134,29 @@ def test_products_in_the_gpu_geometry():
 @cuda_test
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("widths,n,act", [((3, 5, 4), 1, 0), ((2, 9, 9, 2), 7, 1), ((5, 11, 6), 13, 2), ((3, 4), 5, 0)])
-def test_mlp_matches_numpy(dtype, widths, n, act):
+def test_mlp_matches_the_network(dtype, widths, n, act):
+    """The network kernels against :class:`nflow_np.nn.MLP` with the same parameters."""
     rng = np.random.default_rng(n)
-    theta, off = random_net(rng, widths, dtype)
+    net = reference_net(rng, widths, act, dtype)
+    off = 2     # entries of theta before the network's: not read, not written
+    theta = np.concatenate([rng.standard_normal(off).astype(dtype), flat(net.params)])
     inp = rng.standard_normal((n, widths[0])).astype(dtype)
-    hid, out = np.zeros(n * mlp_ref.hidden_size(widths), dtype), np.zeros((n, widths[-1]), dtype)
-    mlp_ref.mlp_forward_numpy(theta, off, np.array(widths), act, inp, hid, out)
-    d_theta, d_inp, d_hid, d_out = dev(theta), dev(inp), dev(np.zeros_like(hid)), dev(np.zeros_like(out))
+    d_theta, d_inp = dev(theta), dev(inp)
+    d_hid, d_out = dev(np.zeros(n * hidden_size(widths), dtype)), dev(np.zeros((n, widths[-1]), dtype))
     mlp_dev.mlp_forward_cuda(d_theta, off, widths, act, d_inp, d_hid, d_out)
+    out, cache = net.forward_with_cache(inp)
     close(host(d_out), out, dtype, "out")
-    close(host(d_hid), hid, dtype, "hid")
+    close(host(d_hid), hidden_activations(net, inp), dtype, "hid")
     gout = rng.standard_normal(out.shape).astype(dtype)
     scratch = n * max(list(widths[1:-1]) + [1])
-    gin, gtheta = np.zeros_like(inp), np.full_like(theta, 7.0)
-    mlp_ref.mlp_backward_numpy(theta, off, np.array(widths), act, inp, hid, gout, gin, gtheta, np.zeros(scratch, dtype),
-                               np.zeros(scratch, dtype))
     d_gin, d_gtheta = dev(np.zeros_like(inp)), dev(np.full_like(theta, 7.0))
     mlp_dev.mlp_backward_cuda(d_theta, off, widths, act, d_inp, d_hid, dev(gout), d_gin, d_gtheta,
                               dev(np.zeros(scratch, dtype)), dev(np.zeros(scratch, dtype)))
+    gin, grads = net.backward(cache, gout)
     close(host(d_gin), gin, dtype, "gin")
-    close(host(d_gtheta), gtheta, dtype, "gtheta")     # the entries before `off` stay untouched
+    gtheta = host(d_gtheta)
+    close(gtheta[off:], flat({k: grads[k] for k in net.params}), dtype, "gtheta")
+    assert np.all(gtheta[:off] == 7.0)      # the entries before `off` stay untouched
 
 
 # ---------------------------------------------------------------- reductions
@@ -183,38 +184,37 @@ def test_sums_match_numpy(dtype, n, m):
 
 @cuda_test
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_elementwise_matches_numpy(dtype):
+def test_elementwise_matches_the_bijectors(dtype):
+    """Permutations, ActNorm and the normal log-density against ``Permute``, ``ActNorm`` and the standard normal."""
     rng = np.random.default_rng(3)
     n, d = 7, 5
     y, g = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((n, d)).astype(dtype)
     idx = rng.permutation(d)
+    permute = bijectors.Permute(idx)
     out = dev(np.zeros_like(y))
     elementwise_dev.permute_cuda(dev(y), dev(idx), out)
-    close(host(out), y[:, idx], dtype, "permute")
+    close(host(out), permute.forward(y), dtype, "permute")
     elementwise_dev.permute_backward_cuda(dev(g), dev(idx), out)
-    ref = np.zeros_like(g)
-    elementwise_ref.permute_backward_numpy(g, idx, ref)
-    close(host(out), ref, dtype, "permute backward")
+    close(host(out), permute.forward_vjp(y, g)[0], dtype, "permute backward")
     log_scale, shift = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
-    for name in ("actnorm_inverse", "actnorm_forward"):
-        x, ld = np.zeros_like(y), np.ones(n, dtype)
-        getattr(elementwise_ref, f"{name}_numpy")(log_scale, shift, y, x, ld)
+    actnorm = reference_actnorm(log_scale, shift)
+    for name, reference in (("actnorm_inverse", actnorm.inverse_and_log_det),
+                            ("actnorm_forward", actnorm.forward_and_log_det)):
+        x, ld = reference(y)
         dx, dld = dev(np.zeros_like(y)), dev(np.ones(n, dtype))
         getattr(elementwise_dev, f"{name}_cuda")(dev(log_scale), dev(shift), dev(y), dx, dld)
         close(host(dx), x, dtype, name)
-        close(host(dld), ld, dtype, name)
+        close(host(dld), 1.0 + ld, dtype, name)      # added to ld
     gld = rng.standard_normal(n).astype(dtype)
-    ref = [np.zeros_like(y), np.zeros(d, dtype), np.zeros(d, dtype)]
-    elementwise_ref.actnorm_inverse_backward_numpy(log_scale, y, g, gld, *ref)
-    got = [dev(r) for r in ref]
-    elementwise_dev.actnorm_inverse_backward_cuda(dev(log_scale), dev(y), dev(g), dev(gld), *got)
-    for a, b, name in zip(got, ref, ("gy", "g_log_scale", "g_shift")):
+    gy, grads = actnorm.inverse_vjp(y, g, gld)
+    got = [dev(np.zeros_like(y)), dev(np.full(d, 7.0, dtype)), dev(np.full(d, 7.0, dtype))]
+    elementwise_dev.actnorm_inverse_backward_cuda(dev(log_scale), dev(actnorm.inverse(y)), dev(g), dev(gld), *got)
+    for a, b, name in zip(got, (gy, grads["log_scale"], grads["shift"]), ("gy", "g_log_scale", "g_shift")):
         close(host(a), b, dtype, name)
-    lp = np.full(n, 0.5, dtype)
-    elementwise_ref.normal_log_prob_numpy(y, lp)
+    lp = MultivariateNormalDiag(np.zeros(d, dtype), np.ones(d, dtype)).log_prob(y)
     dlp = dev(np.full(n, 0.5, dtype))
     elementwise_dev.normal_log_prob_cuda(dev(y), dlp)
-    close(host(dlp), lp, dtype, "normal log-prob")
+    close(host(dlp), 0.5 + lp, dtype, "normal log-prob")
     order = np.array([4, 0, 6])
     rows = dev(np.zeros((2, d), dtype))
     elementwise_dev.gather_rows_cuda(dev(y), dev(order), 1, rows)
@@ -224,29 +224,28 @@ def test_elementwise_matches_numpy(dtype):
 @cuda_test
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [True, False])
-def test_batchnorm_matches_numpy(dtype, batch):
+def test_batchnorm_matches_the_bijector(dtype, batch):
+    """BatchNorm's kernels against the bijector: training mode (batch statistics) with ``batch``, else eval mode."""
     rng = np.random.default_rng(4)
     n, d, eps = 6, 3, 1e-4
     y = (rng.standard_normal((n, d)) * 2 + 1).astype(dtype)
     log_gamma, beta = rng.standard_normal(d).astype(dtype) * 0.3, rng.standard_normal(d).astype(dtype)
     stats = np.concatenate([rng.standard_normal(d), np.abs(rng.standard_normal(d)) + 0.5, [0.1]]).astype(dtype)
-    x, ld, s = np.zeros_like(y), np.zeros(n, dtype), stats.copy()
-    normalization_ref.batchnorm_inverse_numpy(log_gamma, beta, s, eps, batch, y, x, ld)
+    bn = reference_batchnorm(log_gamma, beta, stats, eps, batch)
+    x, ld = bn.inverse_and_log_det(y)       # moves the running statistics in training mode
     dx, dld, ds = dev(np.zeros_like(y)), dev(np.zeros(n, dtype)), dev(stats)
     normalization_dev.batchnorm_inverse_cuda(dev(log_gamma), dev(beta), ds, eps, batch, dev(y), dx, dld)
     close(host(dx), x, dtype, "inverse")
     close(host(dld), ld, dtype, "log-det")
-    close(host(ds), s, dtype, "running statistics")
+    close(host(ds), np.concatenate([bn.running_mean, bn.running_var, stats[2 * d:]]), dtype, "running statistics")
     gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
-    ref = [np.zeros_like(y), np.zeros(d, dtype), np.zeros(d, dtype)]
-    normalization_ref.batchnorm_inverse_backward_numpy(log_gamma, stats, eps, batch, y, gx, gld, *ref)
-    got = [dev(r) for r in ref]
+    gy, grads = reference_batchnorm(log_gamma, beta, stats, eps, batch).inverse_vjp(y, gx, gld)
+    got = [dev(np.zeros_like(y)), dev(np.zeros(d, dtype)), dev(np.zeros(d, dtype))]
     normalization_dev.batchnorm_inverse_backward_cuda(dev(log_gamma), dev(stats), eps, batch, dev(y), dev(gx),
                                                       dev(gld), *got)
-    for a, b, name in zip(got, ref, ("gy", "g_log_gamma", "g_beta")):
+    for a, b, name in zip(got, (gy, grads["log_gamma"], grads["beta"]), ("gy", "g_log_gamma", "g_beta")):
         close(host(a), b, dtype, name)
-    out, ld = np.zeros_like(y), np.zeros(n, dtype)
-    normalization_ref.batchnorm_forward_numpy(log_gamma, beta, stats, eps, y, out, ld)
+    out, ld = reference_batchnorm(log_gamma, beta, stats, eps, batch).forward_and_log_det(y)
     dout, dld = dev(np.zeros_like(y)), dev(np.zeros(n, dtype))
     normalization_dev.batchnorm_forward_cuda(dev(log_gamma), dev(beta), dev(stats), eps, dev(y), dout, dld)
     close(host(dout), out, dtype, "forward")
@@ -257,7 +256,9 @@ def test_batchnorm_matches_numpy(dtype, batch):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")     # the simulator computes inf * 0 in Python
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ["plain", "clip-decay", "nan-gradient", "overflow"])
-def test_adam_matches_numpy(dtype, case):
+def test_adam_matches_the_guarded_optimizer(dtype, case):
+    """One step against ``fit``'s NumPy path (Adam under its guard); the status code, which only the compiled
+    steps report, by hand."""
     rng = np.random.default_rng(6)
     p = 9
     theta, grad = rng.standard_normal(p).astype(dtype), rng.standard_normal(p).astype(dtype)
@@ -266,17 +267,23 @@ def test_adam_matches_numpy(dtype, case):
     if case == "nan-gradient":
         grad[2] = np.nan
     if case == "overflow":
-        lr = 2.0 * float(np.finfo(dtype).max)
+        # an update beyond the dtype's range (twice its largest value is not enough: the bias correction and the
+        # moments' ratio shrink it back into range, and the step is accepted); inf for float64
+        lr = 1e3 * float(np.finfo(dtype).max)
     decay, clip = (0.01, 0.5) if case == "clip-decay" else (0.0, 0.0)
     hyper = np.array([lr, 0.9, 0.999, 1e-8, decay, clip, np.finfo(dtype).max])
     arrays = [theta, grad, m, v, hyper, np.array([3, 1]), np.zeros(1, np.int64)]
-    ref = [a.copy() for a in arrays]
-    with np.errstate(over="ignore", invalid="ignore"):
-        optim_ref.adam_step_numpy(*ref)
+    ref_theta, ref_m, ref_v, ref_hyper, ref_state = guarded_adam_step(*arrays[:6])
     got = [dev(a) for a in arrays]
     optim_dev.adam_step_cuda(*got)
-    for a, b, name in zip(got, ref, ("theta", "grad", "m", "v", "hyper", "state", "status")):
-        np.testing.assert_allclose(host(a), b, rtol=tol(dtype)["rtol"], err_msg=name)
+    for a, b, name in zip(got, (ref_theta, grad, ref_m, ref_v), ("theta", "grad", "m", "v")):
+        close(host(a), b, dtype, name)
+    np.testing.assert_array_equal(host(got[4]), ref_hyper, err_msg="hyper")
+    np.testing.assert_array_equal(host(got[5]), ref_state, err_msg="state")
+    expected = {"plain": ACCEPTED, "clip-decay": ACCEPTED, "nan-gradient": REJECTED_GRADIENT,
+                "overflow": REJECTED_OVERFLOW}[case]
+    assert list(host(got[6])) == [expected]
+    assert (ref_state[1] == 1) == (expected == ACCEPTED)     # rejected steps counted, accepted ones not
     # a non-finite loss: nothing moves, the learning rate halves, the step's loss reads NaN
     got = [dev(a) for a in arrays]
     scalars, losses = dev(np.array([np.inf, 0.0, 0.0])), dev(np.zeros(2))

@@ -1,21 +1,28 @@
-"""Compiled twins against their NumPy references, and whole flows across backends.
+"""Compiled kernels against the package's NumPy passes, and whole flows across backends.
 
-Every ``*_numba`` kernel runs on the same random inputs as its ``*_numpy``
-reference (both dtypes, odd sizes: one row, width one, odd dimensions) and
-must write the same outputs. Then whole flows: log_prob, samples, gradients
-and training runs must agree between ``backend="numpy"`` (the bijectors' own
+Every ``*_numba`` kernel runs on random inputs (both dtypes, odd sizes: one
+row, width one, odd dimensions) and must write what its reference computes:
+:class:`nflow_np.nn.MLP` for the networks, the ``Permute``, ``ActNorm`` and
+``BatchNorm`` bijectors and the standard normal for the per-feature layers,
+:class:`nflow_np.train.Adam` under ``fit``'s guard for the optimizer step (see
+``kernel_references.py``). Then whole flows: log_prob, samples, gradients and
+training runs must agree between ``backend="numpy"`` (the bijectors' own
 passes) and ``backend="numba"``.
 """
 
 import numpy as np
 import pytest
 
+from kernel_references import (flat, guarded_adam_step, hidden_activations, reference_actnorm, reference_batchnorm,
+                               reference_net)
 import nflow_np
 from nflow_np import flows
-from nflow_np.kernels import elementwise, mlp, optim, plan
+from nflow_np.bijectors import Permute
+from nflow_np.distributions import MultivariateNormalDiag
+from nflow_np.kernels import elementwise, mlp, normalization, optim, plan
 from nflow_np.kernels import program as prog
 from nflow_np.kernels.backend import load_numba
-from nflow_np.train import Adam, fit, value_and_grad
+from nflow_np.train import Adam, fit, global_norm, value_and_grad
 
 DTYPES = [np.float64, np.float32]
 
@@ -29,38 +36,11 @@ def tol(dtype):
     return dict(rtol=1e-10, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
 
 
-def twin(module, name):
-    return getattr(module, f"{name}_numpy"), getattr(module, f"{name}_numba")
-
-
-def run_both(module, name, inputs, outputs):
-    """Run reference and twin on copies of the same buffers; return both sets of outputs."""
-    results = []
-    for fn in twin(module, name):
-        bufs = {k: v.copy() for k, v in outputs.items()}
-        ret = fn(*[bufs.get(k, v) for k, v in inputs])
-        results.append((bufs, ret))
-    return results
-
-
 def close(got, ref, dtype, err_msg=""):
     """Relative agreement, with the absolute floor scaled to the array (sums of many terms round to it)."""
     t = tol(dtype)
     scale = max(1.0, float(np.max(np.abs(ref)))) if np.size(ref) else 1.0
     np.testing.assert_allclose(got, ref, rtol=t["rtol"], atol=t["atol"] * scale, err_msg=err_msg)
-
-
-def assert_same(results, dtype, keys=None):
-    (ref, ref_ret), (got, got_ret) = results
-    for k in keys or ref:
-        close(got[k], ref[k], dtype, err_msg=k)
-    if ref_ret is not None:
-        close(got_ret, ref_ret, dtype)
-
-
-def random_net(rng, widths, dtype, scale=0.7):
-    size = mlp.param_count(widths)
-    return (rng.standard_normal(size + 3) * scale).astype(dtype), np.array(widths, dtype=np.int64)
 
 
 # ---------------------------------------------------------------- backend switch
@@ -94,27 +74,31 @@ def test_backend_switch_scoping_and_errors():
                                       ((2, 3, 70, 5), 3)])
 @pytest.mark.parametrize("act", [0, 1, 2])
 def test_mlp_twins(dtype, widths, n, act):
+    """The network kernels against :class:`nflow_np.nn.MLP` with the same parameters: output, hidden activations,
+    input and parameter gradients."""
     rng = np.random.default_rng(len(widths) * 100 + n + act)
-    theta, w = random_net(rng, widths, dtype)
-    off = 3 if theta.size > mlp.param_count(widths) + 2 else 0
-    theta = np.concatenate([np.zeros(off, dtype), theta[:mlp.param_count(widths)]])
+    net = reference_net(rng, widths, act, dtype)
+    w = np.array(widths, dtype=np.int64)
+    off = 3     # entries of theta before the network's: not read, not written
+    theta = np.concatenate([rng.standard_normal(off).astype(dtype), flat(net.params)])
+    assert theta.size == off + mlp.param_count(widths)
     inp = rng.standard_normal((n, widths[0])).astype(dtype)
     hid = np.zeros(n * mlp.hidden_size(widths), dtype)
     out = np.zeros((n, widths[-1]), dtype)
-    fwd = run_both(mlp, "mlp_forward", [("theta", theta), ("off", off), ("w", w), ("act", act), ("inp", inp),
-                                        ("hid", None), ("out", None)], {"hid": hid, "out": out})
-    assert_same(fwd, dtype)
-    hid = fwd[0][0]["hid"]
+    mlp.mlp_forward_numba(theta, off, w, act, inp, hid, out)
+    ref_out, cache = net.forward_with_cache(inp)
+    close(out, ref_out, dtype, "out")
+    close(hid, hidden_activations(net, inp), dtype, "hid")
     gout = rng.standard_normal((n, widths[-1])).astype(dtype)
     scratch = n * max(list(widths[1:-1]) + [1])
-    bufs = {"gin": np.zeros((n, widths[0]), dtype), "gtheta": np.full(theta.size, 7.0, dtype),
-            "d1": np.zeros(scratch, dtype), "d2": np.zeros(scratch, dtype)}
-    bwd = run_both(mlp, "mlp_backward", [("theta", theta), ("off", off), ("w", w), ("act", act), ("inp", inp),
-                                         ("hid", hid), ("gout", gout), ("gin", None), ("gtheta", None),
-                                         ("d1", None), ("d2", None)], bufs)
-    assert_same(bwd, dtype, ["gin", "gtheta"])
+    gin, gtheta = np.zeros((n, widths[0]), dtype), np.full(theta.size, 7.0, dtype)
+    mlp.mlp_backward_numba(theta, off, w, act, inp, hid, gout, gin, gtheta, np.zeros(scratch, dtype),
+                           np.zeros(scratch, dtype))
+    ref_gin, ref_grads = net.backward(cache, gout)
+    close(gin, ref_gin, dtype, "gin")
+    close(gtheta[off:], flat({k: ref_grads[k] for k in net.params}), dtype, "gtheta")
     # the parameters before `off` belong to someone else: untouched
-    assert np.all(bwd[1][0]["gtheta"][:off] == 7.0)
+    assert np.all(gtheta[:off] == 7.0)
 
 
 # ---------------------------------------------------------------- MADE's degree groups (autoregressive sampling)
@@ -139,67 +123,110 @@ def test_degree_groups_cover_every_unit_once():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,d", [(1, 1), (6, 5)])
 def test_elementwise_twins(dtype, n, d):
+    """Permutations against :class:`~nflow_np.bijectors.Permute`, ActNorm against
+    :class:`~nflow_np.bijectors.ActNorm`, the normal's log-density against the standard normal's."""
     rng = np.random.default_rng(n + d)
     y = rng.standard_normal((n, d)).astype(dtype)
+    y[0, 0] = 0.0
     idx = rng.permutation(d).astype(np.int64)
-    assert_same(run_both(elementwise, "permute", [("y", y), ("idx", idx), ("out", None)],
-                         {"out": np.zeros((n, d), dtype)}), dtype)
-    assert_same(run_both(elementwise, "permute_backward", [("g", y), ("idx", idx), ("gin", None)],
-                         {"gin": np.zeros((n, d), dtype)}), dtype)
+    permute = Permute(idx)
+    out = np.zeros((n, d), dtype)
+    elementwise.permute_numba(y, idx, out)
+    np.testing.assert_array_equal(out, permute.forward(y), err_msg="permute")
+    g = rng.standard_normal((n, d)).astype(dtype)
+    gin = np.zeros((n, d), dtype)
+    elementwise.permute_backward_numba(g, idx, gin)
+    np.testing.assert_array_equal(gin, permute.forward_vjp(y, g)[0], err_msg="permute backward")
+
     log_scale = rng.standard_normal(d).astype(dtype)
     shift = rng.standard_normal(d).astype(dtype)
-    for name in ("actnorm_inverse", "actnorm_forward"):
-        assert_same(run_both(elementwise, name, [("ls", log_scale), ("sh", shift), ("y", y), ("x", None),
-                                                 ("ld", None)],
-                             {"x": np.zeros((n, d), dtype), "ld": np.ones(n, dtype)}), dtype)
+    actnorm = reference_actnorm(log_scale, shift)
+    for name, reference in (("actnorm_inverse", actnorm.inverse_and_log_det),
+                            ("actnorm_forward", actnorm.forward_and_log_det)):
+        x, ld = np.zeros((n, d), dtype), np.ones(n, dtype)
+        getattr(elementwise, f"{name}_numba")(log_scale, shift, y, x, ld)
+        ref_x, ref_ld = reference(y)
+        close(x, ref_x, dtype, name)
+        close(ld, 1.0 + ref_ld, dtype, f"{name} log-det")       # added to ld
     gx = rng.standard_normal((n, d)).astype(dtype)
     gld = rng.standard_normal(n).astype(dtype)
-    assert_same(run_both(elementwise, "actnorm_inverse_backward",
-                         [("ls", log_scale), ("x", y), ("gx", gx), ("gld", gld), ("gy", None), ("gls", None),
-                          ("gsh", None)],
-                         {"gy": np.zeros((n, d), dtype), "gls": np.zeros(d, dtype), "gsh": np.zeros(d, dtype)}), dtype)
-    assert_same(run_both(elementwise, "normal_log_prob", [("z", y), ("out", None)], {"out": np.ones(n, dtype)}), dtype)
+    gy, g_log_scale, g_shift = np.zeros((n, d), dtype), np.full(d, 7.0, dtype), np.full(d, 7.0, dtype)
+    # the kernel takes the inverse's output x, the VJP's cache
+    elementwise.actnorm_inverse_backward_numba(log_scale, actnorm.inverse(y), gx, gld, gy, g_log_scale, g_shift)
+    ref_gy, ref_grads = actnorm.inverse_vjp(y, gx, gld)
+    close(gy, ref_gy, dtype, "gy")
+    close(g_log_scale, ref_grads["log_scale"], dtype, "g_log_scale")     # written, not accumulated
+    close(g_shift, ref_grads["shift"], dtype, "g_shift")
+
+    lp = np.ones(n, dtype)
+    elementwise.normal_log_prob_numba(y, lp)
+    close(lp, 1.0 + MultivariateNormalDiag(np.zeros(d, dtype), np.ones(d, dtype)).log_prob(y), dtype, "log-prob")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("clip,decay", [(0.0, 0.0), (0.5, 0.01)])
-def test_adam_twin_matches_reference_and_the_optimizer(dtype, clip, decay):
+def test_adam_twin_matches_the_optimizer(dtype, clip, decay):
+    """Step by step, the compiled step on the flat vector and :class:`nflow_np.train.Adam` on the named parameters
+    (the global norm, and the clipping, span them all)."""
     rng = np.random.default_rng(5)
-    theta = rng.standard_normal(13).astype(dtype)
-    grads = [rng.standard_normal(13).astype(dtype) for _ in range(4)]
-    hyper = np.array([1e-2, 0.9, 0.999, 1e-8, decay, clip, np.finfo(dtype).max])
-    runs = []
-    for fn in twin(optim, "adam_step"):
-        th, m, v, hy, st, status = theta.copy(), np.zeros_like(theta), np.zeros_like(theta), hyper.copy(), \
-            np.zeros(2, np.int64), np.zeros(1, np.int64)
-        for g in grads:
-            fn(th, g, m, v, hy, st, status)
-            assert status[0] == optim.ACCEPTED
-        runs.append((th, m, v, st))
-    for a, b in zip(runs[0], runs[1]):
-        np.testing.assert_allclose(b, a, **tol(dtype))
-    # the Python optimizer takes the same steps
-    param = theta.copy()
-    opt = Adam([("p", param)], lr=1e-2, weight_decay=decay, clip_norm=clip or None)
+    shapes = {"w": (3, 4), "b": (1,)}
+    params = {k: rng.standard_normal(shape).astype(dtype) for k, shape in shapes.items()}
+    grads = [{k: rng.standard_normal(shape).astype(dtype) for k, shape in shapes.items()} for _ in range(4)]
+    theta, hyper = flat(params), np.array([1e-2, 0.9, 0.999, 1e-8, decay, clip, np.finfo(dtype).max])
+    m, v, state, status = np.zeros_like(theta), np.zeros_like(theta), np.zeros(2, np.int64), np.ones(1, np.int64)
+    opt = Adam(params.items(), lr=1e-2, weight_decay=decay, clip_norm=clip or None)
     for g in grads:
-        opt.step({"p": g})
-    np.testing.assert_allclose(runs[1][0], param, **tol(dtype))
+        norm = optim.adam_step_numba(theta, flat(g), m, v, hyper, state, status)
+        assert status[0] == optim.ACCEPTED
+        close(norm, opt.step(g), dtype, "norm")
+        close(theta, flat(opt.params), dtype, "theta")
+        close(m, flat(opt.m), dtype, "m")
+        close(v, flat(opt.v), dtype, "v")
+        assert tuple(state) == (opt.steps, 0) and hyper[0] == opt.lr
 
 
-@pytest.mark.parametrize("name", ["adam_step_numpy", "adam_step_numba"])
-def test_adam_rejects_non_finite_gradients_and_overflow(name):
-    fn = getattr(optim, name)
-    theta = np.ones(3, np.float32)
-    m, v = np.zeros(3, np.float32), np.zeros(3, np.float32)
-    hyper = np.array([1e-2, 0.9, 0.999, 1e-8, 0.0, 0.0, np.finfo(np.float32).max])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_twin_rejects_non_finite_gradients_and_overflow(dtype):
+    """What each step leaves is what ``fit``'s NumPy path leaves (Adam under its guard); the status codes, which
+    only the compiled step reports, and the values are also checked by hand."""
+    big = float(np.finfo(dtype).max)
+    theta, m, v = np.ones(3, dtype), np.zeros(3, dtype), np.zeros(3, dtype)
+    hyper = np.array([1e-2, 0.9, 0.999, 1e-8, 0.0, 0.0, big])
     state, status = np.zeros(2, np.int64), np.zeros(1, np.int64)
-    fn(theta, np.array([1.0, np.nan, 0.0], np.float32), m, v, hyper, state, status)
-    assert status[0] == optim.REJECTED_GRADIENT and np.all(theta == 1) and np.all(m == 0)
+
+    def step(grad, expected_status):
+        grad = np.array(grad, dtype)
+        ref = guarded_adam_step(theta, grad, m, v, hyper, state)
+        norm = optim.adam_step_numba(theta, grad, m, v, hyper, state, status)
+        assert status[0] == expected_status
+        for got, want, name in zip((theta, m, v), ref, ("theta", "m", "v")):
+            close(got, want, dtype, name)
+        np.testing.assert_array_equal(hyper, ref[3], err_msg="hyper")     # lr halved exactly, or kept
+        np.testing.assert_array_equal(state, ref[4], err_msg="state")
+        with np.errstate(over="ignore", invalid="ignore"):
+            want_norm = global_norm({"p": grad})
+        if np.isfinite(want_norm):
+            close(norm, want_norm, dtype, "norm")
+        else:
+            assert not np.isfinite(norm)
+
+    step([1.0, np.nan, 0.0], optim.REJECTED_GRADIENT)
+    assert np.all(theta == 1) and np.all(m == 0) and np.all(v == 0)
     assert hyper[0] == 5e-3 and tuple(state) == (0, 1)
-    theta[0] = 3e38     # one more step would overflow float32
-    hyper[0] = 1e38
-    fn(theta, np.array([-1.0, 0.0, 0.0], np.float32), m, v, hyper, state, status)
-    assert status[0] == optim.REJECTED_OVERFLOW and np.isfinite(theta).all() and theta[0] == np.float32(3e38)
+    step([np.inf, 0.0, 0.0], optim.REJECTED_GRADIENT)
+    assert hyper[0] == 2.5e-3 and tuple(state) == (0, 2)
+    theta[0] = 0.9 * big     # a step of size lr = big / 2 would overflow
+    hyper[0] = 0.5 * big
+    step([-1.0, 0.0, 0.0], optim.REJECTED_OVERFLOW)
+    assert theta[0] == dtype(0.9 * big) and np.all(theta[1:] == 1) and np.isfinite(theta).all()
+    # the moments and the step count moved (as the NumPy path's optimizer step did before the guard undid it)
+    close(m, [-0.1, 0.0, 0.0], dtype)
+    close(v, [1e-3, 0.0, 0.0], dtype)
+    assert hyper[0] == 0.25 * big and tuple(state) == (1, 3)
+    # an ordinary step after, from those moments
+    theta[0], hyper[0] = 1.0, 1e-2
+    step([0.5, -0.5, 0.25], optim.ACCEPTED)
+    assert tuple(state) == (2, 3) and not np.all(theta == 1)
 
 
 # ---------------------------------------------------------------- whole flows
@@ -440,21 +467,38 @@ def test_batchnorm_in_training_mode_runs_log_prob_on_the_whole_batch():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,d,batch", [(1, 1, False), (7, 3, True), (7, 3, False), (2, 5, True)])
 def test_batchnorm_twins(dtype, n, d, batch):
-    from nflow_np.kernels import normalization
-
+    """The BatchNorm kernels against the :class:`~nflow_np.bijectors.BatchNorm` bijector's passes: training mode
+    (batch statistics, the running ones moved) with ``batch``, eval mode without."""
     rng = np.random.default_rng(n * 10 + d)
     y = (rng.standard_normal((n, d)) * 2 + 1).astype(dtype)
     log_gamma, beta = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
     stats = np.concatenate([rng.standard_normal(d), rng.uniform(0.5, 2, d), [0.1]]).astype(dtype)
-    assert_same(run_both(normalization, "batchnorm_inverse",
-                         [("lg", log_gamma), ("b", beta), ("stats", None), ("eps", 1e-5), ("batch", batch),
-                          ("y", y), ("x", None), ("ld", None)],
-                         {"stats": stats, "x": np.zeros((n, d), dtype), "ld": np.ones(n, dtype)}), dtype)
-    assert_same(run_both(normalization, "batchnorm_forward",
-                         [("lg", log_gamma), ("b", beta), ("stats", stats), ("eps", 1e-5), ("x", y), ("y", None),
-                          ("ld", None)], {"y": np.zeros((n, d), dtype), "ld": np.ones(n, dtype)}), dtype)
+    eps = 1e-5
+
+    s, x, ld = stats.copy(), np.zeros((n, d), dtype), np.ones(n, dtype)
+    normalization.batchnorm_inverse_numba(log_gamma, beta, s, eps, batch, y, x, ld)
+    bn = reference_batchnorm(log_gamma, beta, stats, eps, batch)
+    ref_x, ref_ld = bn.inverse_and_log_det(y)
+    close(x, ref_x, dtype, "inverse")
+    close(ld, 1.0 + ref_ld, dtype, "inverse log-det")
+    close(s[:d], bn.running_mean, dtype, "running mean")
+    close(s[d:2 * d], bn.running_var, dtype, "running var")
+    assert s[2 * d] == stats[2 * d]
+    if batch:
+        assert not np.allclose(s[:2 * d], stats[:2 * d])
+    else:
+        np.testing.assert_array_equal(s, stats)
+
+    out, ld = np.zeros((n, d), dtype), np.ones(n, dtype)
+    normalization.batchnorm_forward_numba(log_gamma, beta, stats, eps, y, out, ld)
+    ref_y, ref_ld = reference_batchnorm(log_gamma, beta, stats, eps, batch).forward_and_log_det(y)
+    close(out, ref_y, dtype, "forward")
+    close(ld, 1.0 + ref_ld, dtype, "forward log-det")
+
     gx, gld = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal(n).astype(dtype)
-    assert_same(run_both(normalization, "batchnorm_inverse_backward",
-                         [("lg", log_gamma), ("stats", stats), ("eps", 1e-5), ("batch", batch), ("y", y), ("gx", gx),
-                          ("gld", gld), ("gy", None), ("glg", None), ("gb", None)],
-                         {"gy": np.zeros((n, d), dtype), "glg": np.zeros(d, dtype), "gb": np.zeros(d, dtype)}), dtype)
+    gy, g_log_gamma, g_beta = np.zeros((n, d), dtype), np.full(d, 7.0, dtype), np.full(d, 7.0, dtype)
+    normalization.batchnorm_inverse_backward_numba(log_gamma, stats, eps, batch, y, gx, gld, gy, g_log_gamma, g_beta)
+    ref_gy, ref_grads = reference_batchnorm(log_gamma, beta, stats, eps, batch).inverse_vjp(y, gx, gld)
+    close(gy, ref_gy, dtype, "gy")
+    close(g_log_gamma, ref_grads["log_gamma"], dtype, "g_log_gamma")
+    close(g_beta, ref_grads["beta"], dtype, "g_beta")

@@ -6,10 +6,13 @@ and ``fit``). The default is ``"numba"`` when Numba is installed, else
 ``"numpy"``; ``"cuda"`` is never chosen by default.
 
 Numba is imported on the first compiled call, never by ``import nflow_np``.
-Kernel modules mark their compiled twins with :func:`numba_twin`; the marked
-functions stay plain Python until :func:`load_numba` compiles them all at once
-(lazily, per dtype, cached on disk) and swaps the compiled dispatchers into
-every kernel module, so that twins calling twins call compiled code.
+Kernel modules mark the functions Numba compiles with :func:`numba_twin`: each
+is the compiled twin of a NumPy pass that lives outside the kernels (a
+bijector's, :class:`nflow_np.nn.MLP`'s, :class:`nflow_np.train.Adam`'s), the
+reference the tests hold it to. The marked functions stay plain Python until
+:func:`load_numba` compiles them all at once (lazily, per dtype, cached on disk)
+and swaps the compiled dispatchers into every kernel module, so that twins
+calling twins call compiled code.
 
 ``"cuda"`` is checked when it is first asked for (:func:`cuda_available`): it
 needs ``numba.cuda`` (from the ``numba-cuda`` package, ``pip install
@@ -140,7 +143,8 @@ def resolve_backend(name=None, where="backend"):
 
 
 def numba_twin(fn):
-    """Mark ``fn`` as a compiled twin: plain Python until :func:`load_numba` runs, ``njit`` after."""
+    """Mark ``fn`` for Numba, as the compiled twin of a NumPy pass kept elsewhere (a bijector's, a network's, the
+    optimizer's): plain Python until :func:`load_numba` runs, ``njit`` after."""
     with _lock:
         _twins.append(fn)
         if _compiled is None:

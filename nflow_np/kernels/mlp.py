@@ -14,8 +14,9 @@ scratch buffers of at least ``n * max(hidden)`` entries for the backward
 deltas. Activations are codes: 0 relu, 1 tanh, 2 elu (the derivative of each
 is a function of its output, so only outputs are kept).
 
-Each kernel comes as ``*_numpy`` (the reference) and ``*_numba`` (its
-compiled twin, same signature).
+The kernels here are the compiled ones (``*_numba``); their reference is
+:class:`nflow_np.nn.MLP` (and :class:`nflow_np.nn.MaskedMLP` for MADE), whose
+``forward_with_cache`` and ``backward`` the tests hold them to.
 """
 
 import numpy as np
@@ -39,75 +40,7 @@ def param_count(widths):
     return int(sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1)))
 
 
-# ---------------------------------------------------------------- NumPy reference
-
-def _act_numpy(code, z):
-    if code == 0:
-        return np.maximum(z, 0.0)
-    if code == 1:
-        return np.tanh(z)
-    return np.where(z > 0.0, z, np.expm1(np.minimum(z, 0.0)))
-
-
-def _act_grad_numpy(code, h):
-    if code == 0:
-        return (h > 0.0).astype(h.dtype)
-    if code == 1:
-        return 1.0 - h * h
-    return np.minimum(h, 0.0) + 1.0
-
-
-def _layers_numpy(theta, off, widths):
-    layers, p = [], off
-    for fi, fo in zip(widths[:-1], widths[1:]):
-        w = theta[p:p + fi * fo].reshape(fi, fo)
-        p += fi * fo
-        layers.append((w, theta[p:p + fo]))
-        p += fo
-    return layers
-
-
-def _hidden_blocks_numpy(hid, widths, n):
-    blocks, p = [], 0
-    for w in widths[1:-1]:
-        blocks.append(hid[p:p + n * w].reshape(n, w))
-        p += n * w
-    return blocks
-
-
-def mlp_forward_numpy(theta, off, widths, act, inp, hid, out):
-    """``out = net(inp)``; hidden activations into ``hid``."""
-    n = inp.shape[0]
-    layers = _layers_numpy(theta, off, widths)
-    blocks = _hidden_blocks_numpy(hid, widths, n)
-    h = inp
-    for (w, b), block in zip(layers[:-1], blocks):
-        block[...] = _act_numpy(act, h @ w + b)
-        h = block
-    w, b = layers[-1]
-    out[...] = h @ w + b
-
-
-def mlp_backward_numpy(theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2):
-    """Given ``gout = dL/dout``: write ``gin = dL/dinp`` and the weight gradients into ``gtheta`` (same offsets)."""
-    n = inp.shape[0]
-    layers = _layers_numpy(theta, off, widths)
-    grads = _layers_numpy(gtheta, off, widths)
-    blocks = _hidden_blocks_numpy(hid, widths, n)
-    inputs = [inp] + blocks
-    delta = gout
-    for layer in range(len(layers) - 1, -1, -1):
-        gw, gb = grads[layer]
-        gw[...] = inputs[layer].T @ delta
-        gb[...] = delta.sum(axis=0)
-        back = delta @ layers[layer][0].T
-        if layer:
-            delta = back * _act_grad_numpy(act, blocks[layer - 1])
-        else:
-            gin[...] = back
-
-
-# ---------------------------------------------------------------- Numba twin
+# ---------------------------------------------------------------- compiled kernels
 
 @numba_twin
 def _mm_numba(a, b, out):

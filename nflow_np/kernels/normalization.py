@@ -6,6 +6,10 @@ updates the running statistics in place (the unbiased variance, as the
 bijector does); without it, it uses the running statistics. The backward
 recomputes the statistics from the pass's input ``y`` instead of caching them.
 Log-dets are added to ``ld``.
+
+The kernels here are the compiled ones; their reference is the NumPy passes
+of the :class:`nflow_np.bijectors.BatchNorm` bijector (training mode for the
+batch statistics, eval mode for the running ones), which the tests hold them to.
 """
 
 import numpy as np
@@ -13,57 +17,7 @@ import numpy as np
 from .backend import numba_twin
 
 
-# ---------------------------------------------------------------- NumPy reference
-
-def _moments_numpy(y, stats, batch, eps):
-    d = y.shape[1]
-    if batch:
-        mu = y.mean(axis=0)
-        var = ((y - mu) ** 2).mean(axis=0)
-    else:
-        mu, var = stats[:d], stats[d:2 * d]
-    return mu, var, np.sqrt(var + eps)
-
-
-def batchnorm_inverse_numpy(log_gamma, beta, stats, eps, batch, y, x, ld):
-    d = y.shape[1]
-    mu, var, std = _moments_numpy(y, stats, batch, eps)
-    x[...] = np.exp(log_gamma) * (y - mu) / std + beta
-    ld += (log_gamma - 0.5 * np.log(var + eps)).sum()
-    if batch:
-        n, m = y.shape[0], stats[2 * d]
-        stats[:d] = (1.0 - m) * stats[:d] + m * mu
-        stats[d:2 * d] = (1.0 - m) * stats[d:2 * d] + (m * n / (n - 1.0)) * var
-    return None
-
-
-def batchnorm_inverse_backward_numpy(log_gamma, stats, eps, batch, y, gx, gld, gy, g_log_gamma, g_beta):
-    """VJP of the density pass at input ``y``; with ``batch`` the statistics are those of ``y``."""
-    n = y.shape[0]
-    mu, _, std = _moments_numpy(y, stats, batch, eps)
-    xhat = (y - mu) / std
-    total = gld.sum()
-    gamma = np.exp(log_gamma)
-    g_beta[...] = gx.sum(axis=0)
-    g_log_gamma[...] = (gx * xhat).sum(axis=0) * gamma + total
-    g = gx * gamma
-    if batch:
-        gy[...] = (g - g.mean(axis=0) - xhat * ((g * xhat).mean(axis=0) + total / n)) / std
-    else:
-        gy[...] = g / std
-    return None
-
-
-def batchnorm_forward_numpy(log_gamma, beta, stats, eps, x, y, ld):
-    """Sampling: always the running statistics."""
-    d = x.shape[1]
-    mean, var = stats[:d], stats[d:2 * d]
-    y[...] = (x - beta) * np.exp(-log_gamma) * np.sqrt(var + eps) + mean
-    ld -= (log_gamma - 0.5 * np.log(var + eps)).sum()
-    return None
-
-
-# ---------------------------------------------------------------- Numba twin
+# ---------------------------------------------------------------- compiled kernels
 
 @numba_twin
 def _moments_numba(y, stats, batch, eps, mu, var):

@@ -143,12 +143,13 @@ def scatter_cuda(src, idx, dst):
 
 
 def permute_cuda(inp, idx, out):
-    """See :func:`nflow_np.kernels.elementwise.permute_numpy`."""
+    """See :func:`nflow_np.kernels.elementwise.permute_numba` (reference: :class:`nflow_np.bijectors.Permute`)."""
     gather_cuda(inp, idx, out)
 
 
 def permute_backward_cuda(gout, idx, gin):
-    """See :func:`nflow_np.kernels.elementwise.permute_backward_numpy`."""
+    """See :func:`nflow_np.kernels.elementwise.permute_backward_numba` (reference: the VJP of
+    :class:`nflow_np.bijectors.Permute`)."""
     scatter_cuda(gout, idx, gin)
 
 
@@ -163,7 +164,7 @@ def actnorm_forward_cuda(log_scale, shift, x, y, ld):
 
 
 def actnorm_inverse_backward_cuda(log_scale, x, gx, gld, gy, g_log_scale, g_shift, work=None):
-    """VJP of the inverse; the parameter gradients are written, not accumulated (as the reference)."""
+    """VJP of the inverse; the parameter gradients are written, not accumulated (as the Numba twin's)."""
     work = scratch_or_default(work)
     _rows(3, x.dtype, x.shape[0], log_scale, gx, gy)
     total = work.get("actnorm_gld", 1, np.float64)
@@ -174,7 +175,7 @@ def actnorm_inverse_backward_cuda(log_scale, x, gx, gld, gy, g_log_scale, g_shif
 
 
 def normal_log_prob_cuda(z, out, sign=1):
-    """``out = sign * out + log N(z; 0, I)`` per row (``sign`` 1: the reference's ``+=``)."""
+    """``out = sign * out + log N(z; 0, I)`` per row (``sign`` 1: the Numba twin's ``+=``)."""
     _rows(4, z.dtype, z.shape[0], z, out, z.dtype.type(sign))
 
 

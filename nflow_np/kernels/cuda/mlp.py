@@ -19,7 +19,8 @@ output columns. The staged tiles are padded by one column against bank conflicts
 when a transposed operand is stored.
 
 Host functions ``mlp_forward_cuda`` / ``mlp_backward_cuda`` take the arguments of
-their NumPy references (``theta``, ``hid``... as device arrays; ``widths`` on the host).
+their Numba twins (``theta``, ``hid``... as device arrays; ``widths`` on the host); the
+reference of both is :class:`nflow_np.nn.MLP`.
 """
 
 from types import SimpleNamespace
@@ -202,7 +203,8 @@ def _layers(theta, off, widths):
 
 
 def mlp_forward_cuda(theta, off, widths, act, inp, hid, out, work=None):
-    """``out = net(inp)``, hidden activations into ``hid``; see :func:`nflow_np.kernels.mlp.mlp_forward_numpy`."""
+    """``out = net(inp)``, hidden activations into ``hid``; see :func:`nflow_np.kernels.mlp.mlp_forward_numba`
+    (reference: :meth:`nflow_np.nn.MLP.forward_with_cache`)."""
     n = inp.shape[0]
     layers = _layers(theta, off, widths)
     h, hp = inp, 0
@@ -217,7 +219,8 @@ def mlp_forward_cuda(theta, off, widths, act, inp, hid, out, work=None):
 
 
 def mlp_backward_cuda(theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2, work=None):
-    """``gin = dL/dinp`` and the weight gradients into ``gtheta``; see the NumPy reference."""
+    """``gin = dL/dinp`` and the weight gradients into ``gtheta``; see :func:`nflow_np.kernels.mlp.mlp_backward_numba`
+    (reference: :meth:`nflow_np.nn.MLP.backward`)."""
     n = inp.shape[0]
     layers = _layers(theta, off, widths)
     inputs, hp = [inp], 0

@@ -5,7 +5,7 @@ Batch moments come from :mod:`.reduce` (float64 column sums: the mean, then the
 centred squares); one single-thread kernel turns the column sums into the
 per-feature constants (and, in the density pass with batch statistics, moves the
 running statistics), so every row kernel reads ready constants. The backward
-recomputes the moments from the pass's input, as the reference does.
+recomputes the moments from the pass's input, as the Numba twin does.
 """
 
 import math
@@ -115,14 +115,17 @@ def _moments(log_gamma, stats, eps, batch, update, y, work):
 
 
 def batchnorm_inverse_cuda(log_gamma, beta, stats, eps, batch, y, x, ld, work=None):
-    """Density pass; see :func:`nflow_np.kernels.normalization.batchnorm_inverse_numpy` (``stats`` moves in place)."""
+    """Density pass; see :func:`nflow_np.kernels.normalization.batchnorm_inverse_numba` (``stats`` moves in place;
+    reference: :meth:`nflow_np.bijectors.BatchNorm.inverse_and_log_det`)."""
     work = scratch_or_default(work)
     moments = _moments(log_gamma, stats, eps, batch, True, y, work)
     _rows(1, y.dtype, y.shape[0], beta, moments, y, x, ld)
 
 
 def batchnorm_inverse_backward_cuda(log_gamma, stats, eps, batch, y, gx, gld, gy, g_log_gamma, g_beta, work=None):
-    """VJP of the density pass at input ``y``; see the NumPy reference."""
+    """VJP of the density pass at input ``y``; see
+    :func:`nflow_np.kernels.normalization.batchnorm_inverse_backward_numba` (reference:
+    :meth:`nflow_np.bijectors.BatchNorm.inverse_vjp`)."""
     work = scratch_or_default(work)
     n, d = y.shape
     moments = _moments(log_gamma, stats, eps, batch, False, y, work)
@@ -136,5 +139,6 @@ def batchnorm_inverse_backward_cuda(log_gamma, stats, eps, batch, y, gx, gld, gy
 
 
 def batchnorm_forward_cuda(log_gamma, beta, stats, eps, x, y, ld):
-    """Sampling with the running statistics; see :func:`nflow_np.kernels.normalization.batchnorm_forward_numpy`."""
+    """Sampling with the running statistics; see :func:`nflow_np.kernels.normalization.batchnorm_forward_numba`
+    (reference: :meth:`nflow_np.bijectors.BatchNorm.forward_and_log_det`)."""
     _rows(4, x.dtype, x.shape[0], log_gamma, beta, stats, x.dtype.type(eps), x, y, ld)

@@ -3,14 +3,15 @@
 ``hyper`` (float64 ``[lr, beta1, beta2, eps, weight_decay, clip_norm, largest]``),
 ``state`` (int64 ``[steps, rejected]``) and ``status`` live on the device, so a
 whole epoch of steps runs without the host looking at a number. The guards are
-the reference's, decided on the device: a step whose loss or gradient norm is not
+those of ``fit``'s NumPy path (:class:`nflow_np.train.Adam` under its guard),
+decided on the device: a step whose loss or gradient norm is not
 finite changes nothing but halves the learning rate; a step that would leave a
 parameter beyond ``largest`` (or NaN) updates the moments and the step count but
 not the parameters, and halves the learning rate.
 
 A step is four launches: the squared gradient norm (:func:`.reduce.vector_sum`,
 float64), clearing the overflow flag, the moments and candidate parameters
-(arithmetic in float64, as the reference's), and the commit: parameters copied
+(arithmetic in float64, as the Numba twin's), and the commit: parameters copied
 where the step is accepted, and one thread doing the bookkeeping.
 """
 
@@ -101,7 +102,8 @@ def guarded_adam_step_cuda(theta, grad, m, v, hyper, state, status, scalars, los
 
 
 def adam_step_cuda(theta, grad, m, v, hyper, state, status, work=None):
-    """The twin of :func:`nflow_np.kernels.optim.adam_step_numpy` on device arrays (the norm is not returned)."""
+    """The twin of :func:`nflow_np.kernels.optim.adam_step_numba` on device arrays (the norm is not returned): one
+    step of :class:`nflow_np.train.Adam` under the NumPy path's guard."""
     work = scratch_or_default(work)
     scalars = work.get("adam_scalars", 3, np.float64)
     fill_cuda(scalars[LOSS:LOSS + 1], 0.0)
