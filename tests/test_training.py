@@ -550,3 +550,72 @@ def test_an_overflowing_row_is_a_rejected_step_on_every_backend(make):
             loss, grads = value_and_grad(flow, x[-70:], backend=backend)
         assert not (np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values()))
     assert runs["numpy"] == runs["numba"] and runs["numpy"][1] == 2
+
+
+def test_the_divergence_rule_fires_only_far_above_the_level():
+    from nflow_np.kernels.scalar import DIVERGENCE_FACTOR, loss_diverged, loss_level
+
+    diverged = getattr(loss_diverged, "py_func", loss_diverged)
+    level = getattr(loss_level, "py_func", loss_level)
+    assert not diverged(1e300, 0.0, 0.0, 0.0)                   # nothing seen yet: no level to compare with
+    assert level(5.0, 0.0, 0.0, 0.0) == (5.0, 0.0, 1.0)       # the first loss sets the level
+    threshold = 5.0 + DIVERGENCE_FACTOR * (5.0 + 0.0 + 1.0)
+    assert not diverged(threshold, 5.0, 0.0, 1.0) and diverged(threshold * 1.001, 5.0, 0.0, 1.0)
+    assert not diverged(-50.0 + DIVERGENCE_FACTOR * 50.0, -50.0, 0.0, 3.0)   # a negative level: a margin of |level|
+    assert level(7.0, 5.0, 0.0, -1.0) == (5.0, 0.0, -1.0)     # a rule turned off stays off
+    lv, spread, seen = level(7.0, 5.0, 1.0, 1.0)
+    assert (lv, spread, seen) == pytest.approx((5.2, 1.1, 2.0))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_diverging_fit_is_caught_reverted_and_slowed(backend):
+    """lr=1e4 throws the loss up by tens of orders of magnitude at the first update: the next step sees it, puts
+    the parameters back, halves the rate and counts the step, until the rate is small enough to train. Three steps
+    per epoch and no validation data: epochs end on an update that blew up, which is not the state kept."""
+    x = datasets.two_moons(120, rng=0)
+    x = (x - x.mean(0)) / x.std(0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=4)
+    initial_nll = -flow.log_prob(x, backend="numpy").mean()
+    history = fit(flow, x, epochs=4, batch_size=40, lr=1e4, rng=4, backend=backend)
+    assert history.diverged_steps > 0 and history.rejected_steps == history.diverged_steps
+    assert history.steps + history.rejected_steps == 4 * 3
+    assert history.lr[-1] == 1e4 * 0.5 ** history.rejected_steps
+    assert all(np.isfinite(p).all() for _, p in flow.parameters())
+    assert -flow.log_prob(x, backend="numpy").mean() < initial_nll + 0.5     # not the 1e20 of a diverged state
+    assert np.all(np.array(history.train_loss) < initial_nll + 0.5)
+
+
+def test_the_divergence_rule_acts_alike_on_every_cpu_backend():
+    x = datasets.two_moons(120, rng=0)
+    x = (x - x.mean(0)) / x.std(0)
+    runs = {}
+    for backend in ("numpy", "numba"):
+        flow = flows.MAF(2, n_layers=2, hidden=(8,), rng=0)
+        history = fit(flow, x, epochs=3, batch_size=20, lr=1e3, validation_data=x[:30], rng=0, backend=backend)
+        runs[backend] = (history, {k: v.copy() for k, v in flow.parameters()})
+    (ref, ref_params), (got, got_params) = runs["numpy"], runs["numba"]
+    assert ref.diverged_steps > 0
+    assert (got.steps, got.rejected_steps, got.diverged_steps, got.best_epoch, got.lr) == \
+        (ref.steps, ref.rejected_steps, ref.diverged_steps, ref.best_epoch, ref.lr)
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=1e-6)
+    for k in ref_params:
+        np.testing.assert_allclose(got_params[k], ref_params[k], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["batch of one", "unscaled data", "batch_norm", "heavy tails"])
+def test_normal_training_never_trips_the_divergence_rule(case):
+    rng = np.random.default_rng(0)
+    x = datasets.two_moons(200, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    settings = dict(epochs=3, batch_size=32, lr=1e-2)
+    if case == "batch of one":
+        x, settings["batch_size"] = x[:60], 1
+    elif case == "unscaled data":
+        x = x * 300.0 + 1000.0
+    elif case == "batch_norm":
+        flow = flows.RealNVP(2, n_layers=2, hidden=(8,), batch_norm=True, rng=0)
+    else:
+        x, settings["batch_size"] = rng.standard_t(1.5, size=(200, 2)), 4
+    history = fit(flow, x, rng=0, backend="numpy", **settings)
+    assert history.diverged_steps == 0 and history.rejected_steps == 0
+    assert history.steps == 3 * -(-len(x) // settings["batch_size"])

@@ -9,6 +9,7 @@ import numpy as np
 from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
+from ..kernels.scalar import loss_diverged, loss_level
 from .losses import _check_flow, _check_reparameterizable, nll_and_grad, reverse_kl_and_grad
 from .optim import Adam, Optimizer, _clip_norm, _real
 
@@ -19,9 +20,13 @@ class History:
 
     ``train_loss`` and ``val_loss`` hold one mean loss per epoch (per
     ``log_every`` steps for ``fit_to_target``); ``rejected_steps`` counts
-    steps whose loss or gradient was not finite and that were skipped (the
-    learning rate was halved each time); ``best_epoch`` is the epoch whose
-    parameters were kept.
+    steps that were skipped (the learning rate was halved each time): their
+    loss or gradient was not finite, their update would have left a
+    parameter non-finite, or their loss had diverged; ``diverged_steps``
+    counts those of them rejected by the divergence rule (see :func:`fit`);
+    ``rejected_samples`` counts the samples ``fit_to_target`` left out because
+    the target's log-density (or its gradient) was not finite there;
+    ``best_epoch`` is the epoch whose parameters were kept.
     """
 
     train_loss: list = field(default_factory=list)
@@ -29,6 +34,8 @@ class History:
     lr: list = field(default_factory=list)
     steps: int = 0
     rejected_steps: int = 0
+    diverged_steps: int = 0
+    rejected_samples: int = 0
     best_epoch: int = -1
     wall_time: float = 0.0
     stopped_early: bool = False
@@ -90,19 +97,54 @@ def _all_finite(params):
     return all(np.isfinite(v).all() for v in params.values())
 
 
-def _guarded_step(optimizer, loss, grads, snapshot, history):
-    """Apply a step unless it is not finite; never leave NaN parameters behind."""
-    if not np.isfinite(loss) or not all(np.isfinite(g).all() for g in grads.values()):
-        history.rejected_steps += 1
-        optimizer.lr *= 0.5
-        return False
+def _python(fn):
+    """A scalar twin as plain Python (after :func:`~nflow_np.kernels.backend.load_numba` the module holds its
+    compiled dispatcher)."""
+    return getattr(fn, "py_func", fn)
+
+
+class _Watch:
+    """The divergence rule's state, ``[level, spread, seen]`` (:func:`nflow_np.kernels.scalar.loss_diverged`, the
+    rule every backend applies, run here as plain Python)."""
+
+    def __init__(self):
+        self.state = np.zeros(3, dtype=np.float64)
+
+    def diverged(self, loss):
+        return bool(_python(loss_diverged)(float(loss), *self.state))
+
+    def accept(self, loss):
+        self.state[:] = _python(loss_level)(float(loss), *self.state)
+
+
+def _reject(optimizer, history):
+    history.rejected_steps += 1
+    optimizer.lr *= 0.5
+    return False
+
+
+def _guarded_step(optimizer, loss, grads, snapshot, history, watch=None):
+    """Apply a step unless it is not finite or its loss has diverged; never leave NaN parameters behind.
+
+    In order: a loss that is not finite rejects the step; a loss that ``watch`` finds diverged rejects it and
+    puts the state (parameters and buffers) back to where the last loss that passed was measured, undoing the
+    update that blew up; a gradient that is not finite rejects it; so does an update that leaves a parameter
+    non-finite (undone). The compiled trainers keep the same order."""
+    if not np.isfinite(loss):
+        return _reject(optimizer, history)
+    if watch is not None:
+        if watch.diverged(loss):
+            snapshot.restore()
+            history.diverged_steps += 1
+            return _reject(optimizer, history)
+        watch.accept(loss)
     snapshot.save()
+    if not all(np.isfinite(g).all() for g in grads.values()):
+        return _reject(optimizer, history)
     optimizer.step(grads)
     if not _all_finite(optimizer.params):
         snapshot.restore()
-        history.rejected_steps += 1
-        optimizer.lr *= 0.5
-        return False
+        return _reject(optimizer, history)
     history.steps += 1
     return True
 
@@ -113,13 +155,15 @@ def _progress_line(epoch, epochs, train, val, steps_per_s):
 
 
 def _begin(flow, optimizer, lr, clip_norm, where):
-    """The optimizer, an empty History, the per-step snapshot and the best-state snapshot."""
+    """The optimizer, an empty History, the per-step snapshot and the best-state snapshot (both of the parameters
+    and the buffers)."""
     params = dict(flow.parameters())
     if optimizer is None:
         optimizer = Adam(params.items(), lr=lr, clip_norm=clip_norm)
     elif not isinstance(optimizer, Optimizer):
         raise TypeError(f"{where}: optimizer must be an nflow_np Optimizer; got {type(optimizer).__name__}")
-    return optimizer, History(), _Snapshot(params), _Snapshot(_state_arrays(flow, params))
+    state = _state_arrays(flow, params)
+    return optimizer, History(), _Snapshot(state), _Snapshot(state)
 
 
 def _finish(flow, history, best, start, progress):
@@ -198,8 +242,25 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     -------
     History
         At the end the parameters of the best validation epoch (or of the
-        last finite epoch without validation data) are restored. A step whose
-        loss or gradient is not finite is skipped and the learning rate halved.
+        epoch with the lowest training loss, without validation data) are
+        restored, and the flow is left in evaluation mode. A step whose loss
+        or gradient is not finite is skipped and the learning rate halved
+        (``rejected_steps``).
+
+    Notes
+    -----
+    Divergence: a step whose loss is finite but has exploded is rejected like
+    a non-finite one, on every backend alike. The level is a moving average of
+    the accepted steps' losses (weight 0.1, the first loss sets it) and the
+    spread a moving average of their distance to it; a loss above ``level +
+    1000 * (|level| + spread + 1)`` has diverged (normal training, whose
+    losses fall or wander by a few spreads, never comes near: a learning rate
+    too large throws the loss up by tens of orders of magnitude). Such a step
+    puts the parameters and buffers back to where the last loss that passed
+    was measured (undoing the update that blew up), halves the learning rate
+    and counts in ``rejected_steps`` and ``diverged_steps``. Without
+    validation data an epoch whose last update diverged is not the one kept:
+    the state before that update is.
 
     Raises
     ------
@@ -285,18 +346,56 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     if trainer is not None:
         data = np.ascontiguousarray(data.reshape(len(data), -1))
+    watch = _Watch()
+    start = time.perf_counter()
+    _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
+            patience, rng, callback, progress, history, snapshot, best, watch)
+    if history.steps == 0:
+        # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
+        _restore_kept(history, None, initial, initialized)
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise RuntimeError(
+            f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
+            f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
+            f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
+            f"or lower lr")
+    return _finish(flow, history, best, start, progress)
+
+
+def _restore_kept(history, best, initial, initialized):
+    """The best state when an epoch was kept, else the state before the fit (ActNorm's initialization too)."""
+    if best is not None and history.best_epoch >= 0:
+        best.restore()
+        return
+    initial.restore()
+    for m, flag in initialized:
+        m.initialized = flag
+
+
+def _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
+            patience, rng, callback, progress, history, snapshot, best, watch):
+    """The epochs of :func:`fit`, with its best-state bookkeeping."""
     best_loss = np.inf
     since_best = 0
-    start = time.perf_counter()
+    # Without validation data an epoch is scored by its training losses, measured before each update, so an epoch
+    # whose last update blew up would still look good: ``verified`` keeps the state where the last loss that passed
+    # the divergence rule was measured, and replaces the kept best one when the next loss (the next epoch's first,
+    # or a probe after the last epoch) says that the epoch ended diverged.
+    verified = None
     for epoch in range(epochs):
         set_training(flow, True)
         order = rng.permutation(len(data))
         epoch_start = time.perf_counter()
         if trainer is not None:
-            losses = _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
+            losses, first_diverged = _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
         else:
-            losses = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context)
+            losses, first_diverged = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history,
+                                                  context, watch)
         set_training(flow, False)
+        if first_diverged and verified is not None and history.best_epoch == epoch - 1:
+            verified.restore_into(best)
         train_loss = float(np.mean(losses)) if losses else np.nan
         history.train_loss.append(train_loss)
         history.lr.append(optimizer.lr)
@@ -304,6 +403,8 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if validation_data is not None:
             score = _safe_nll(flow, validation_data, batch_size, validation_context)
             history.val_loss.append(score)
+        else:
+            verified = _verified_state(flow, trainer, snapshot, watch)
         if np.isfinite(score) and score < best_loss:
             best_loss, since_best = score, 0
             history.best_epoch = epoch
@@ -320,34 +421,65 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if patience is not None and validation_data is not None and since_best >= patience:
             history.stopped_early = True
             break
-    if history.steps == 0:
-        # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
-        initial.restore()
-        for m, flag in initialized:
-            m.initialized = flag
-        set_training(flow, False)
-        if progress:
-            print(file=sys.stderr)
-        raise RuntimeError(
-            f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
-            f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
-            f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
-            f"or lower lr")
-    return _finish(flow, history, best, start, progress)
+    if verified is not None and history.best_epoch == history.epochs - 1:
+        level = watch.state if trainer is None else trainer.level()
+        probe = order[:min(batch_size, _PROBE_ROWS)]
+        with use_backend("numpy"):
+            loss = _safe_nll(flow, data[probe], len(probe), None if context is None else context[probe])
+        if not np.isfinite(loss) or _python(loss_diverged)(float(loss), *level):
+            verified.restore_into(best)
 
 
-def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None):
+# rows of the last epoch's first batch whose loss checks, after a fit without validation data, that the last
+# update did not diverge
+_PROBE_ROWS = 256
+
+
+class _State:
+    """A copy of a flow's state (parameters and buffers, keyed as a :class:`_Snapshot`'s)."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def restore_into(self, snapshot):
+        for key, value in self.arrays.items():
+            np.copyto(snapshot.saved[key], value)
+
+
+def _verified_state(flow, trainer, snapshot, watch):
+    """The state where the last loss that passed the divergence rule was measured; None before any did."""
+    if trainer is None:
+        if watch.state[2] <= 0:
+            return None
+        return _State({key: value.copy() for key, value in snapshot.saved.items()})
+    if trainer.level()[2] <= 0:
+        return None
+    program = trainer.program
+    current = program.theta()
+    program.write_back(trainer.kept_state())
+    try:
+        return _State({key: value.copy() for key, value in snapshot.params.items()})
+    finally:
+        program.write_back(current)
+
+
+def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None, watch=None):
+    """The accepted steps' losses, and whether the first step was rejected by the divergence rule."""
     losses = []
+    first_diverged = False
     for i in range(0, len(data), batch_size):
         rows = order[i:i + batch_size]
         batch = data[rows]
+        diverged = history.diverged_steps
         # overflow is caught by the guard below, which rejects the step: no warning spam
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss, grads = nll_and_grad(flow, batch, context=None if context is None else context[rows])
-            accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
+            accepted = _guarded_step(optimizer, loss, grads, snapshot, history, watch)
         if accepted:
             losses.append(loss)
-    return losses
+        if i == 0:
+            first_diverged = history.diverged_steps > diverged
+    return losses, first_diverged
 
 
 def _compiled_epoch(flow, trainer, data, order, batch_size, history, context=None):
@@ -363,7 +495,8 @@ def _compiled_epoch(flow, trainer, data, order, batch_size, history, context=Non
     accepted = np.isfinite(step_losses)
     history.steps += int(accepted.sum())
     history.rejected_steps += int((~accepted).sum())
-    return step_losses[accepted].tolist()
+    history.diverged_steps += int(np.isposinf(step_losses).sum())
+    return step_losses[accepted].tolist(), bool(len(step_losses) and np.isposinf(step_losses[0]))
 
 
 def _safe_nll(flow, data, batch_size, context=None):
