@@ -619,3 +619,75 @@ def test_normal_training_never_trips_the_divergence_rule(case):
     history = fit(flow, x, rng=0, backend="numpy", **settings)
     assert history.diverged_steps == 0 and history.rejected_steps == 0
     assert history.steps == 3 * -(-len(x) // settings["batch_size"])
+
+
+def _state(flow):
+    return {k: v.copy() for k, v in flow.parameters()}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_exception_from_a_callback_leaves_the_best_epoch(backend):
+    x = datasets.two_moons(200, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    seen = {}
+
+    def interrupt_after_a_worse_epoch(epoch, history):
+        seen[epoch], seen["history"] = _state(flow), history
+        if history.best_epoch < epoch:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(flow, x, epochs=200, batch_size=20, lr=0.05, validation_data=x[:50] + 0.3, rng=0, backend=backend,
+            callback=interrupt_after_a_worse_epoch)
+    history, kept = seen["history"], _state(flow)
+    last = history.epochs - 1
+    assert 0 <= history.best_epoch < last
+    assert all(np.array_equal(kept[k], seen[history.best_epoch][k]) for k in kept)
+    assert not all(np.array_equal(kept[k], seen[last][k]) for k in kept)    # not the last epoch's parameters
+
+
+def test_ctrl_c_mid_epoch_leaves_the_best_epoch_in_evaluation_mode(monkeypatch):
+    import os
+    import signal
+
+    x = datasets.two_moons(200, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), batch_norm=True, rng=0)
+    real, calls, kept = fit_module.nll_and_grad, [], {}
+
+    def sigint_in_the_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * 5 + 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    def remember_the_best(epoch, history):
+        if history.best_epoch == epoch:
+            kept.update({k: v.copy() for k, v in fit_module._state_arrays(flow, dict(flow.parameters())).items()})
+    monkeypatch.setattr(fit_module, "nll_and_grad", sigint_in_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(flow, x, epochs=10, batch_size=40, lr=1e-2, rng=0, backend="numpy", callback=remember_the_best)
+    assert len(calls) < 3 * 5
+    norms = [m for m in fit_module.modules(flow) if hasattr(m, "training")]
+    assert norms and not any(m.training for m in norms)
+    # evaluation mode: one point's log-density does not depend on the batch it comes in
+    np.testing.assert_allclose(flow.log_prob(x[:1]), flow.log_prob(x[:30])[:1], rtol=1e-12)
+    state = fit_module._state_arrays(flow, dict(flow.parameters()))
+    assert state.keys() == kept.keys() and all(np.array_equal(state[k], kept[k]) for k in kept)
+
+
+def test_an_interrupt_before_any_epoch_ends_leaves_the_flow_as_it_came(monkeypatch):
+    x = datasets.two_moons(100, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), act_norm=True, rng=0)
+    before = _state(flow)
+    real, calls = fit_module.nll_and_grad, []
+
+    def interrupt_at_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fit_module, "nll_and_grad", interrupt_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(flow, x, epochs=3, batch_size=20, lr=1e-2, rng=0, backend="numpy")
+    after = _state(flow)
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    assert not any(m.initialized for m in fit_module.modules(flow) if hasattr(m, "initialized"))

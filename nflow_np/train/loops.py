@@ -262,6 +262,11 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     validation data an epoch whose last update diverged is not the one kept:
     the state before that update is.
 
+    Interrupts: when anything raises during training (Ctrl-C, a callback),
+    the best state so far is restored (the state before the call when no
+    epoch was kept) and the flow left in evaluation mode before the exception
+    propagates.
+
     Raises
     ------
     RuntimeError
@@ -348,8 +353,17 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         data = np.ascontiguousarray(data.reshape(len(data), -1))
     watch = _Watch()
     start = time.perf_counter()
-    _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
-            patience, rng, callback, progress, history, snapshot, best, watch)
+    try:
+        _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
+                patience, rng, callback, progress, history, snapshot, best, watch)
+    except BaseException:
+        # an interrupt (Ctrl-C, a callback raising): the best state so far (or the flow as it came, when no epoch
+        # was kept), in evaluation mode, and then the exception
+        _restore_kept(history, best, initial, initialized)
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise
     if history.steps == 0:
         # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
         _restore_kept(history, None, initial, initialized)
