@@ -691,3 +691,62 @@ def test_an_interrupt_before_any_epoch_ends_leaves_the_flow_as_it_came(monkeypat
     after = _state(flow)
     assert all(np.array_equal(after[k], before[k]) for k in before)
     assert not any(m.initialized for m in fit_module.modules(flow) if hasattr(m, "initialized"))
+
+
+def test_fit_to_target_rejects_steps_with_a_sample_outside_the_support_or_a_nan():
+    calls = []
+
+    def target(x):
+        calls.append(1)
+        out = -0.5 * (x * x).sum(-1)
+        if len(calls) % 5 == 0:
+            out[3] = -np.inf                     # a sample outside the support
+        if len(calls) % 7 == 0:
+            out[5] = np.nan                      # a sample where the target is undefined
+        return out
+
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    history = fit_to_target(flow, target, grad_fn=lambda x: -x, steps=20, n_samples=16, lr=1e-2, rng=0,
+                            log_every=5)
+    assert history.target_rejected_steps == history.rejected_steps == 4 + 2 and history.steps == 20 - 6
+    assert history.lr[-1] == 1e-2 * 0.5 ** 6
+    assert np.isfinite(history.train_loss).all() and all(np.isfinite(p).all() for _, p in flow.parameters())
+
+
+def test_fit_to_target_with_finite_differences_survives_a_target_that_is_minus_inf_somewhere():
+    def target(x):       # a standard normal cut to x0 > -3: -inf outside its support
+        with np.errstate(divide="ignore"):
+            return np.where(x[..., 0] > -3.0, -0.5 * (x * x).sum(-1), -np.inf)
+
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    history = fit_to_target(flow, target, steps=40, n_samples=64, lr=1e-3, rng=0, log_every=10)
+    assert 0 < history.target_rejected_steps == history.rejected_steps < 40
+    assert history.steps == 40 - history.rejected_steps and all(np.isfinite(p).all() for _, p in flow.parameters())
+
+
+def test_fit_to_target_raises_when_no_sample_is_ever_in_the_support():
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    before = {k: v.copy() for k, v in flow.parameters()}
+    with pytest.raises(RuntimeError, match=r"fit_to_target: every step was rejected \(5 steps, 5 of them because "
+                                           r"log_prob_fn was not finite"):
+        fit_to_target(flow, lambda x: np.full(x.shape[0], -np.inf), steps=5, n_samples=8, rng=0)
+    assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
+
+
+def test_an_exception_in_fit_to_target_leaves_the_best_state():
+    seen = {}
+
+    def interrupt_at_the_third_report(step, history):
+        seen[history.epochs - 1] = {k: v.copy() for k, v in flow.parameters()}
+        seen["history"] = history
+        if history.epochs == 3:
+            raise KeyboardInterrupt
+
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    with pytest.raises(KeyboardInterrupt):
+        fit_to_target(flow, lambda x: -0.5 * ((x - 2.0) ** 2).sum(-1), grad_fn=lambda x: 2.0 - x, steps=300,
+                      n_samples=32, lr=1.0, rng=0, log_every=10, callback=interrupt_at_the_third_report)
+    history = seen["history"]
+    assert 0 <= history.best_epoch < 2 and history.train_loss[2] > history.train_loss[history.best_epoch]
+    kept = dict(flow.parameters())
+    assert all(np.array_equal(kept[k], seen[history.best_epoch][k]) for k in kept)

@@ -10,7 +10,7 @@ from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
 from ..kernels.scalar import loss_diverged, loss_level
-from .losses import _check_flow, _check_reparameterizable, nll_and_grad, reverse_kl_and_grad
+from .losses import _check_flow, _check_reparameterizable, _reverse_kl, nll_and_grad
 from .optim import Adam, Optimizer, _clip_norm, _real
 
 
@@ -24,9 +24,9 @@ class History:
     loss or gradient was not finite, their update would have left a
     parameter non-finite, or their loss had diverged; ``diverged_steps``
     counts those of them rejected by the divergence rule (see :func:`fit`);
-    ``rejected_samples`` counts the samples ``fit_to_target`` left out because
-    the target's log-density (or its gradient) was not finite there;
-    ``best_epoch`` is the epoch whose parameters were kept.
+    ``target_rejected_steps`` those of ``fit_to_target`` rejected because the
+    target's log-density was not finite at a sample; ``best_epoch`` is the
+    epoch whose parameters were kept.
     """
 
     train_loss: list = field(default_factory=list)
@@ -35,7 +35,7 @@ class History:
     steps: int = 0
     rejected_steps: int = 0
     diverged_steps: int = 0
-    rejected_samples: int = 0
+    target_rejected_steps: int = 0
     best_epoch: int = -1
     wall_time: float = 0.0
     stopped_early: bool = False
@@ -530,7 +530,22 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
     reparameterized samples. ``grad_fn(x)`` is the gradient of ``log_prob_fn``
     (finite differences when not given). Returns a ``History`` whose
     ``train_loss`` holds the mean loss of every ``log_every`` steps; the
-    parameters with the best such mean are kept.
+    parameters with the best such mean are kept, and restored (in evaluation
+    mode) also when anything raises during training.
+
+    A step whose loss or gradient is not finite is skipped and the learning
+    rate halved (counted in ``History.rejected_steps``), as in :func:`fit`;
+    among them the steps where ``log_prob_fn`` was not finite at a sample
+    (-inf outside the target's support, NaN where it is undefined; counted in
+    ``History.target_rejected_steps`` too). Those samples are not simply left
+    out: the reverse KL is infinite there, and a loss over the other samples
+    alone would reward the flow for moving its mass out of the support. A
+    target with a bounded support needs a flow whose samples stay in it.
+
+    Raises
+    ------
+    RuntimeError
+        When every step was rejected: the flow is left as it was.
     """
     _check_flow(flow, "fit_to_target")
     _check_reparameterizable(flow, "fit_to_target")
@@ -538,13 +553,41 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
         raise TypeError("fit_to_target: log_prob_fn must be callable")
     rng = as_generator(rng)
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit_to_target")
+    initial = _Snapshot(best.params)
+    start = time.perf_counter()
+    try:
+        _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, log_every, callback, progress,
+                      history, snapshot, best)
+    except BaseException:
+        _restore_kept(history, best, initial, ())
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise
+    if history.steps == 0:
+        _restore_kept(history, None, initial, ())
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise RuntimeError(
+            f"fit_to_target: every step was rejected ({history.rejected_steps} steps, {history.target_rejected_steps} "
+            f"of them because log_prob_fn was not finite at a sample), so the flow was left unchanged: log_prob_fn "
+            f"must be finite wherever the flow puts samples (a target with a bounded support needs a flow whose "
+            f"samples stay in it), and the loss and its gradient finite (else lower lr)")
+    return _finish(flow, history, best, start, progress)
+
+
+def _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, log_every, callback, progress,
+                  history, snapshot, best):
+    """The steps of :func:`fit_to_target`, with its best-state bookkeeping."""
     best_loss = np.inf
     window = []
-    start = time.perf_counter()
     set_training(flow, True)
     for step in range(steps):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, grads = reverse_kl_and_grad(flow, log_prob_fn, n_samples, rng, target_grad=grad_fn)
+            loss, grads, target_finite = _reverse_kl(flow, log_prob_fn, n_samples, rng, grad_fn, None,
+                                                     refuse_non_finite=False)
+            history.target_rejected_steps += not target_finite
             accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
         if accepted:
             window.append(loss)
@@ -562,4 +605,3 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
             if callback is not None and callback(step, history):
                 history.stopped_early = True
                 break
-    return _finish(flow, history, best, start, progress)
