@@ -62,6 +62,7 @@ def _merge_histories(previous, current):
     merged.lr = list(previous.lr) + list(current.lr)
     merged.steps = previous.steps + current.steps
     merged.rejected_steps = previous.rejected_steps + current.rejected_steps
+    merged.diverged_steps = previous.diverged_steps + current.diverged_steps
     merged.best_epoch = current.best_epoch + offset if current.best_epoch >= 0 else previous.best_epoch
     merged.wall_time = previous.wall_time + current.wall_time
     return merged
