@@ -399,3 +399,30 @@ def test_an_interrupt_before_the_first_epoch_ends_leaves_an_earlier_fit(monkeypa
         fresh.fit(X)
     with pytest.raises(NotFittedError):
         fresh.score_samples(X)
+
+
+def test_a_column_of_huge_values_is_standardized(recwarn):
+    # x * 1e200: its squares overflow, and a plain standard deviation would be inf (every density -inf)
+    x = np.random.default_rng(0).normal(size=300)
+    X = np.c_[x, x * 1e200]
+    est = FlowDensity(**FAST, random_state=0).fit(X)
+    assert np.all(np.isfinite(est.scale_)) and np.all(np.isfinite(est.mean_))
+    np.testing.assert_allclose(est.scale_, [x.std(), x.std() * 1e200], rtol=1e-12)
+    np.testing.assert_allclose(est.mean_, [x.mean(), x.mean() * 1e200], rtol=1e-12)
+    scores = est.score_samples(X)
+    assert np.all(np.isfinite(scores))
+    # the Jacobian of the standardization: the same density as the standardized flow's, less log(scale)
+    Z = (X - est.mean_) / est.scale_
+    np.testing.assert_allclose(scores, est.flow_.log_prob(Z) - np.log(est.scale_).sum(), rtol=1e-12)
+    assert np.all(np.isfinite(est.sample(5, random_state=0)))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_column_too_wide_to_standardize_is_named():
+    x = np.random.default_rng(0).normal(size=300)
+    X = np.c_[x, np.where(x > -2, 1.7e308, -1.7e308)]
+    est = FlowDensity(**FAST, random_state=0)
+    with pytest.raises(ValueError, match=r"FlowDensity.fit: column 1 cannot be standardized: row \d+ \(-1.7e\+308\) "
+                                         r"lies farther from the column's mean"):
+        est.fit(X)
+    assert not hasattr(est, "flow_")
