@@ -473,7 +473,7 @@ def main(argv=None):
     Returns
     -------
     int
-        The exit status: 0 on success, 2 on bad input or usage (after one
+        The exit status: 0 on success, 2 on bad input, usage or lack of memory (after one
         ``nflow-np: error: ...`` line on stderr), 130 when interrupted
         (``fit`` still saves the best model so far when an epoch finished).
     """
@@ -491,6 +491,12 @@ def main(argv=None):
         if os.environ.get("NFLOW_NP_TRACEBACK"):
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        if os.environ.get("NFLOW_NP_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: out of memory ({_one_line(exc) or 'MemoryError'}); try a smaller --batch-size or -n",
+              file=sys.stderr)
         return 2
     except _Interrupted as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

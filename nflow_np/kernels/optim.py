@@ -2,7 +2,8 @@
 
 ``hyper`` is float64 ``[lr, beta1, beta2, eps, weight_decay, clip_norm, largest]``
 (``clip_norm <= 0``: no clipping; ``largest`` the parameters' dtype's largest
-finite value, so an update that would overflow on the cast counts as not finite); ``state`` is int64 ``[steps, rejected]``.
+finite value, so an update that would overflow on the cast counts as not
+finite); ``state`` is int64 ``[steps, rejected]``.
 A step whose gradient is not finite is rejected (nothing changes, the
 learning rate halves); a step that would leave a parameter non-finite updates
 the moments and the step count (as the NumPy path does) but not the
