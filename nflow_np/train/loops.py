@@ -9,7 +9,8 @@ import numpy as np
 from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
-from ..kernels.scalar import loss_diverged, loss_level
+from ..kernels.scalar import loss_diverged
+from ._guard import Snapshot, Watch, guarded_step, plain, restore_kept, verified_state
 from .losses import _check_flow, _check_reparameterizable, _reverse_kl, nll_and_grad
 from .optim import Adam, Optimizer, _clip_norm, _real
 
@@ -77,78 +78,6 @@ def _state_arrays(flow, params):
     return arrays
 
 
-class _Snapshot:
-    """A copy of the training state, restorable in place (optimizers hold the arrays themselves)."""
-
-    def __init__(self, params):
-        self.params = params
-        self.saved = {k: v.copy() for k, v in params.items()}
-
-    def save(self):
-        for k, v in self.params.items():
-            np.copyto(self.saved[k], v)
-
-    def restore(self):
-        for k, v in self.params.items():
-            np.copyto(v, self.saved[k])
-
-
-def _all_finite(params):
-    return all(np.isfinite(v).all() for v in params.values())
-
-
-def _python(fn):
-    """A scalar twin as plain Python (after :func:`~nflow_np.kernels.backend.load_numba` the module holds its
-    compiled dispatcher)."""
-    return getattr(fn, "py_func", fn)
-
-
-class _Watch:
-    """The divergence rule's state, ``[level, spread, seen]`` (:func:`nflow_np.kernels.scalar.loss_diverged`, the
-    rule every backend applies, run here as plain Python)."""
-
-    def __init__(self):
-        self.state = np.zeros(3, dtype=np.float64)
-
-    def diverged(self, loss):
-        return bool(_python(loss_diverged)(float(loss), *self.state))
-
-    def accept(self, loss):
-        self.state[:] = _python(loss_level)(float(loss), *self.state)
-
-
-def _reject(optimizer, history):
-    history.rejected_steps += 1
-    optimizer.lr *= 0.5
-    return False
-
-
-def _guarded_step(optimizer, loss, grads, snapshot, history, watch=None):
-    """Apply a step unless it is not finite or its loss has diverged; never leave NaN parameters behind.
-
-    In order: a loss that is not finite rejects the step; a loss that ``watch`` finds diverged rejects it and
-    puts the state (parameters and buffers) back to where the last loss that passed was measured, undoing the
-    update that blew up; a gradient that is not finite rejects it; so does an update that leaves a parameter
-    non-finite (undone). The compiled trainers keep the same order."""
-    if not np.isfinite(loss):
-        return _reject(optimizer, history)
-    if watch is not None:
-        if watch.diverged(loss):
-            snapshot.restore()
-            history.diverged_steps += 1
-            return _reject(optimizer, history)
-        watch.accept(loss)
-    snapshot.save()
-    if not all(np.isfinite(g).all() for g in grads.values()):
-        return _reject(optimizer, history)
-    optimizer.step(grads)
-    if not _all_finite(optimizer.params):
-        snapshot.restore()
-        return _reject(optimizer, history)
-    history.steps += 1
-    return True
-
-
 def _progress_line(epoch, epochs, train, val, steps_per_s):
     val_text = f"  val {val:.4f}" if val is not None else ""
     return f"\repoch {epoch + 1}/{epochs}  train {train:.4f}{val_text}  {steps_per_s:.0f} steps/s"
@@ -163,7 +92,7 @@ def _begin(flow, optimizer, lr, clip_norm, where):
     elif not isinstance(optimizer, Optimizer):
         raise TypeError(f"{where}: optimizer must be an nflow_np Optimizer; got {type(optimizer).__name__}")
     state = _state_arrays(flow, params)
-    return optimizer, History(), _Snapshot(state), _Snapshot(state)
+    return optimizer, History(), Snapshot(state), Snapshot(state)
 
 
 def _finish(flow, history, best, start, progress):
@@ -346,12 +275,12 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
     batch_size = min(int(batch_size), len(data))    # a batch is at most the training data, on every backend
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
-    initial = _Snapshot(best.params)
+    initial = Snapshot(best.params)
     initialized = [(m, m.initialized) for m in modules(flow) if hasattr(m, "initialized")]
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     if trainer is not None:
         data = np.ascontiguousarray(data.reshape(len(data), -1))
-    watch = _Watch()
+    watch = Watch()
     start = time.perf_counter()
     try:
         _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
@@ -359,14 +288,14 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
     except BaseException:
         # an interrupt (Ctrl-C, a callback raising): the best state so far (or the flow as it came, when no epoch
         # was kept), in evaluation mode, and then the exception
-        _restore_kept(history, best, initial, initialized)
+        restore_kept(history, best, initial, initialized)
         set_training(flow, False)
         if progress:
             print(file=sys.stderr)
         raise
     if history.steps == 0:
         # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
-        _restore_kept(history, None, initial, initialized)
+        restore_kept(history, None, initial, initialized)
         set_training(flow, False)
         if progress:
             print(file=sys.stderr)
@@ -376,16 +305,6 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
             f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
             f"or lower lr")
     return _finish(flow, history, best, start, progress)
-
-
-def _restore_kept(history, best, initial, initialized):
-    """The best state when an epoch was kept, else the state before the fit (ActNorm's initialization too)."""
-    if best is not None and history.best_epoch >= 0:
-        best.restore()
-        return
-    initial.restore()
-    for m, flag in initialized:
-        m.initialized = flag
 
 
 def _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
@@ -418,7 +337,7 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
             score = _safe_nll(flow, validation_data, batch_size, validation_context)
             history.val_loss.append(score)
         else:
-            verified = _verified_state(flow, trainer, snapshot, watch)
+            verified = verified_state(trainer, snapshot, watch)
         if np.isfinite(score) and score < best_loss:
             best_loss, since_best = score, 0
             history.best_epoch = epoch
@@ -438,43 +357,15 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
     if verified is not None and history.best_epoch == history.epochs - 1:
         level = watch.state if trainer is None else trainer.level()
         probe = order[:min(batch_size, _PROBE_ROWS)]
-        with use_backend("numpy"):
+        with use_backend("numpy"), np.errstate(all="ignore"):
             loss = _safe_nll(flow, data[probe], len(probe), None if context is None else context[probe])
-        if not np.isfinite(loss) or _python(loss_diverged)(float(loss), *level):
+        if not np.isfinite(loss) or plain(loss_diverged)(float(loss), *level):
             verified.restore_into(best)
 
 
 # rows of the last epoch's first batch whose loss checks, after a fit without validation data, that the last
 # update did not diverge
 _PROBE_ROWS = 256
-
-
-class _State:
-    """A copy of a flow's state (parameters and buffers, keyed as a :class:`_Snapshot`'s)."""
-
-    def __init__(self, arrays):
-        self.arrays = arrays
-
-    def restore_into(self, snapshot):
-        for key, value in self.arrays.items():
-            np.copyto(snapshot.saved[key], value)
-
-
-def _verified_state(flow, trainer, snapshot, watch):
-    """The state where the last loss that passed the divergence rule was measured; None before any did."""
-    if trainer is None:
-        if watch.state[2] <= 0:
-            return None
-        return _State({key: value.copy() for key, value in snapshot.saved.items()})
-    if trainer.level()[2] <= 0:
-        return None
-    program = trainer.program
-    current = program.theta()
-    program.write_back(trainer.kept_state())
-    try:
-        return _State({key: value.copy() for key, value in snapshot.params.items()})
-    finally:
-        program.write_back(current)
 
 
 def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None, watch=None):
@@ -488,7 +379,7 @@ def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, co
         # overflow is caught by the guard below, which rejects the step: no warning spam
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss, grads = nll_and_grad(flow, batch, context=None if context is None else context[rows])
-            accepted = _guarded_step(optimizer, loss, grads, snapshot, history, watch)
+            accepted = guarded_step(optimizer, loss, grads, snapshot, history, watch)
         if accepted:
             losses.append(loss)
         if i == 0:
@@ -553,19 +444,19 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
         raise TypeError("fit_to_target: log_prob_fn must be callable")
     rng = as_generator(rng)
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit_to_target")
-    initial = _Snapshot(best.params)
+    initial = Snapshot(best.params)
     start = time.perf_counter()
     try:
         _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, log_every, callback, progress,
                       history, snapshot, best)
     except BaseException:
-        _restore_kept(history, best, initial, ())
+        restore_kept(history, best, initial, ())
         set_training(flow, False)
         if progress:
             print(file=sys.stderr)
         raise
     if history.steps == 0:
-        _restore_kept(history, None, initial, ())
+        restore_kept(history, None, initial, ())
         set_training(flow, False)
         if progress:
             print(file=sys.stderr)
@@ -587,8 +478,8 @@ def _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, 
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss, grads, target_finite = _reverse_kl(flow, log_prob_fn, n_samples, rng, grad_fn, None,
                                                      refuse_non_finite=False)
-            history.target_rejected_steps += not target_finite
-            accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
+            history.target_rejected_steps += int(not target_finite)
+            accepted = guarded_step(optimizer, loss, grads, snapshot, history)
         if accepted:
             window.append(loss)
         if (step + 1) % log_every == 0 or step == steps - 1:
