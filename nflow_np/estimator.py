@@ -14,8 +14,8 @@ import numbers
 
 import numpy as np
 
-from ._estimator_checks import _as_generator, _check_int, _equal, _finite_moments, _is_seed, _is_sparse, \
-    _merge_histories
+from ._estimator_checks import _as_generator, _check_int, _column_moments, _equal, _finite_moments, _is_seed, \
+    _is_sparse, _merge_histories, _standardized
 
 __all__ = ["FlowDensity", "NotFittedError"]
 
@@ -335,7 +335,7 @@ class FlowDensity:
                 raise ValueError(f"FlowDensity.fit: cannot resume from optimizer_state_: {exc}") from None
             if reset_lr:
                 optimizer.lr = params["lr"]
-        Z = self._standardized(X, mean, scale, "fit").astype(params["dtype"])
+        Z = _standardized(X, mean, scale, "FlowDensity.fit").astype(params["dtype"])
         fraction = params["validation_fraction"] if len(Z) >= 2 else 0.0
         Z_val = None
         if fraction:
@@ -386,38 +386,8 @@ class FlowDensity:
 
     @staticmethod
     def _standardization(X):
-        """Per-column mean and standard deviation of a checked 2-D float64 ``X``.
-
-        A column whose squares (or sum) overflow, values beyond about 1e154, is
-        measured divided by its largest magnitude, so that its standard
-        deviation comes out finite instead of inf.
-        """
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = X.mean(axis=0)
-            scale = X.std(axis=0)
-        wide = ~(np.isfinite(mean) & np.isfinite(scale))
-        if wide.any():
-            peak = np.abs(X[:, wide]).max(axis=0)
-            shrunk = X[:, wide] / peak
-            mean[wide] = shrunk.mean(axis=0) * peak
-            scale[wide] = shrunk.std(axis=0) * peak
-        # a constant column gets scale 1 (as StandardScaler does) instead of a division by zero
-        scale[scale == 0.0] = 1.0
-        return mean, scale
-
-    @staticmethod
-    def _standardized(X, mean, scale, method):
-        """``(X - mean) / scale``; a column whose values lie too far apart for that difference (beyond float64's
-        range) is refused by name."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            Z = (X - mean) / scale
-        finite = np.isfinite(Z)
-        if not finite.all():
-            row, col = np.argwhere(~finite)[0]
-            raise ValueError(f"FlowDensity.{method}: column {col} cannot be standardized: row {row} "
-                             f"({X[row, col]:.3g}) lies farther from the column's mean ({mean[col]:.3g}) than float64 "
-                             f"can hold; rescale that column")
-        return Z
+        """Per-column mean and standard deviation of a checked 2-D float64 ``X`` (see :func:`_column_moments`)."""
+        return _column_moments(X)
 
     def _set_fitted(self, flow, mean, scale, history, optimizer_state=None):
         self.flow_ = flow
