@@ -487,16 +487,13 @@ def main(argv=None):
         return 2
     try:
         return args.handler(args)
-    except (CLIError, ValueError, TypeError, OSError) as exc:
+    except (CLIError, ValueError, TypeError, OSError, MemoryError) as exc:
         if os.environ.get("NFLOW_NP_TRACEBACK"):
             raise
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except MemoryError as exc:
-        if os.environ.get("NFLOW_NP_TRACEBACK"):
-            raise
-        print(f"{PROG}: error: out of memory ({_one_line(exc) or 'MemoryError'}); try a smaller --batch-size or -n",
-              file=sys.stderr)
+        text = _one_line(exc)
+        if isinstance(exc, MemoryError):
+            text = f"out of memory ({text or 'MemoryError'}); try a smaller --batch-size or -n"
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         return 2
     except _Interrupted as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
