@@ -1,4 +1,5 @@
-"""Helpers of :class:`nflow_np.estimator.FlowDensity`: argument checks, seeds, and histories of resumed fits."""
+"""Helpers of :class:`nflow_np.estimator.FlowDensity`: argument checks, seeds, histories of resumed fits, and the
+standardization."""
 
 import copy
 import numbers
@@ -62,6 +63,41 @@ def _merge_histories(previous, current):
     merged.lr = list(previous.lr) + list(current.lr)
     merged.steps = previous.steps + current.steps
     merged.rejected_steps = previous.rejected_steps + current.rejected_steps
+    merged.diverged_steps = previous.diverged_steps + current.diverged_steps
     merged.best_epoch = current.best_epoch + offset if current.best_epoch >= 0 else previous.best_epoch
     merged.wall_time = previous.wall_time + current.wall_time
     return merged
+
+
+def _column_moments(X):
+    """Per-column mean and standard deviation of a checked 2-D float64 ``X``, a constant column's scale 1.
+
+    A column whose squares (or sum) overflow, values beyond about 1e154, is
+    measured divided by its largest magnitude, so that its standard deviation
+    comes out finite instead of inf.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = X.mean(axis=0)
+        scale = X.std(axis=0)
+    wide = ~(np.isfinite(mean) & np.isfinite(scale))
+    if wide.any():
+        peak = np.abs(X[:, wide]).max(axis=0)
+        shrunk = X[:, wide] / peak
+        mean[wide] = shrunk.mean(axis=0) * peak
+        scale[wide] = shrunk.std(axis=0) * peak
+    # a constant column gets scale 1 (as StandardScaler does) instead of a division by zero
+    scale[scale == 0.0] = 1.0
+    return mean, scale
+
+
+def _standardized(X, mean, scale, where):
+    """``(X - mean) / scale``; a column whose values lie too far apart for that difference (beyond float64's range)
+    is refused by name."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        Z = (X - mean) / scale
+    finite = np.isfinite(Z)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise ValueError(f"{where}: column {col} cannot be standardized: row {row} ({X[row, col]:.3g}) lies farther "
+                         f"from the column's mean ({mean[col]:.3g}) than float64 can hold; rescale that column")
+    return Z

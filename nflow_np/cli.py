@@ -473,7 +473,7 @@ def main(argv=None):
     Returns
     -------
     int
-        The exit status: 0 on success, 2 on bad input or usage (after one
+        The exit status: 0 on success, 2 on bad input, usage or lack of memory (after one
         ``nflow-np: error: ...`` line on stderr), 130 when interrupted
         (``fit`` still saves the best model so far when an epoch finished).
     """
@@ -487,10 +487,13 @@ def main(argv=None):
         return 2
     try:
         return args.handler(args)
-    except (CLIError, ValueError, TypeError, OSError) as exc:
+    except (CLIError, ValueError, TypeError, OSError, MemoryError) as exc:
         if os.environ.get("NFLOW_NP_TRACEBACK"):
             raise
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        text = _one_line(exc)
+        if isinstance(exc, MemoryError):
+            text = f"out of memory ({text or 'MemoryError'}); try a smaller --batch-size or -n"
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         return 2
     except _Interrupted as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

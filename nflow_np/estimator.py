@@ -8,15 +8,14 @@ introspection is done here, as ``sklearn.base.BaseEstimator`` does it, so
 installed, and nothing needs it when it is not.
 """
 
-import copy
 import inspect
 import math
 import numbers
 
 import numpy as np
 
-from ._estimator_checks import _as_generator, _check_int, _equal, _finite_moments, _is_seed, _is_sparse, \
-    _merge_histories
+from ._estimator_checks import _as_generator, _check_int, _column_moments, _equal, _finite_moments, _is_seed, \
+    _is_sparse, _merge_histories, _standardized
 
 __all__ = ["FlowDensity", "NotFittedError"]
 
@@ -274,6 +273,12 @@ class FlowDensity:
         -------
         FlowDensity
             ``self``, fitted.
+
+        Notes
+        -----
+        Interrupted (Ctrl-C, or any exception during training) after at
+        least one epoch, the estimator is left fitted with the best epoch so
+        far (``history_.stopped_early`` set) before the exception propagates.
         """
         self._fit(X)
         return self
@@ -291,9 +296,12 @@ class FlowDensity:
         ``random_state``, a resumed fit draws the same validation split as the
         first fit and the shuffles an uninterrupted fit would have drawn next
         (given the same data), so that fitting E1 epochs, then resuming for
-        E2, matches fitting E1 + E2 epochs at once. ``catch_interrupt`` turns
-        a ``KeyboardInterrupt`` into a clean stop that keeps the best epoch so
-        far. Returns True when training was interrupted.
+        E2, matches fitting E1 + E2 epochs at once. Whatever interrupts
+        training (Ctrl-C, an exception), the estimator keeps the best epoch so
+        far when one ended (a resume keeps the flow it had otherwise) and the
+        exception propagates; ``catch_interrupt`` turns a ``KeyboardInterrupt``
+        into a clean stop instead, unless nothing could be kept. Returns True
+        when training was interrupted.
         """
         from .train import Adam
         from .train import fit as train_fit
@@ -327,7 +335,7 @@ class FlowDensity:
                 raise ValueError(f"FlowDensity.fit: cannot resume from optimizer_state_: {exc}") from None
             if reset_lr:
                 optimizer.lr = params["lr"]
-        Z = ((X - mean) / scale).astype(params["dtype"])
+        Z = _standardized(X, mean, scale, "FlowDensity.fit").astype(params["dtype"])
         fraction = params["validation_fraction"] if len(Z) >= 2 else 0.0
         Z_val = None
         if fraction:
@@ -339,55 +347,47 @@ class FlowDensity:
         if resume and seeded and previous is not None:
             for _ in range(previous.epochs):
                 rng.permutation(len(Z))
-        # what is kept should Ctrl-C come: the best flow so far (on resume, the flow as loaded until an epoch
-        # ends), and the optimizer state that goes with it
-        state = {"history": None, "best": copy.deepcopy(flow) if resume and catch_interrupt else None,
-                 "optimizer": optimizer.state_dict()}
+        # the optimizer state that goes with the flow kept: the one of the best epoch so far (on resume, the one
+        # loaded until an epoch ends)
+        state = {"history": None, "optimizer": optimizer.state_dict()}
 
         def on_epoch(epoch, history):
             state["history"] = history
             if history.best_epoch == epoch:
                 # the flow is restored to its best epoch at the end: keep the optimizer state of that epoch
                 state["optimizer"] = optimizer.state_dict()
-                if catch_interrupt:
-                    # a copy of the best flow so far, so that Ctrl-C mid-epoch still leaves it
-                    state["best"] = copy.deepcopy(flow)
             return callback(epoch, history) if callback is not None else None
 
-        interrupted = False
         try:
             history = train_fit(flow, Z, epochs=params["epochs"], batch_size=params["batch_size"], optimizer=optimizer,
                                 validation_data=Z_val, patience=params["patience"], rng=rng, callback=on_epoch)
-            optimizer_state = state["optimizer"] if history.best_epoch >= 0 else optimizer.state_dict()
-        except KeyboardInterrupt:
-            if not catch_interrupt:
-                raise
-            interrupted = True
+        except BaseException as exc:
+            # train_fit has put the flow back to its best epoch so far (as it came when none was kept, which on
+            # resume is the fitted flow itself), in evaluation mode: keep that fit, then let the exception go on
             history = state["history"]
-            if state["best"] is None:
-                raise   # interrupted before the first epoch ended: nothing to keep
-            flow = state["best"]
-            optimizer_state = state["optimizer"]
-            from .train import set_training
-            set_training(flow, False)
-            if history is not None:
+            kept = history is not None and history.best_epoch >= 0
+            if kept:
                 history.stopped_early = True
+                self._keep(flow, mean, scale, previous, history, state["optimizer"])
+            if catch_interrupt and isinstance(exc, KeyboardInterrupt) and (kept or resume):
+                return True
+            raise
+        self._keep(flow, mean, scale, previous, history,
+                   state["optimizer"] if history.best_epoch >= 0 else optimizer.state_dict())
+        return False
+
+    def _keep(self, flow, mean, scale, previous, history, optimizer_state):
+        """Set the fitted attributes from a fit (after ``previous``, on resume)."""
         if not _finite_moments(optimizer_state):
             # a finite gradient whose square overflows (float32, on the compiled paths) leaves an infinite second
             # moment: a state that neither loads back nor goes in a model file, so a resume starts a fresh Adam
             optimizer_state = None
-        history = _merge_histories(previous, history)
-        self._set_fitted(flow, mean, scale, history, optimizer_state)
-        return interrupted
+        self._set_fitted(flow, mean, scale, _merge_histories(previous, history), optimizer_state)
 
     @staticmethod
     def _standardization(X):
-        """Per-column mean and standard deviation of a checked 2-D float64 ``X``."""
-        mean = X.mean(axis=0)
-        scale = X.std(axis=0)
-        # a constant column gets scale 1 (as StandardScaler does) instead of a division by zero
-        scale[scale == 0.0] = 1.0
-        return mean, scale
+        """Per-column mean and standard deviation of a checked 2-D float64 ``X`` (see :func:`_column_moments`)."""
+        return _column_moments(X)
 
     def _set_fitted(self, flow, mean, scale, history, optimizer_state=None):
         self.flow_ = flow

@@ -333,3 +333,47 @@ def test_csv_with_a_byte_order_mark_or_quoted_numbers(tmp_path, model, capsys, c
     assert run(capsys, "logprob", model, path, "--out", out)[0] == 0
     expected = io.load(model).score_samples(np.array([[1.5, 2.0], [3, 4], [5, 6]]))
     np.testing.assert_array_equal(np.loadtxt(out), expected)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fit_with_a_batch_size_beyond_the_data(tmp_path, data_csv, capsys, backend):
+    # a batch is at most the training rows: one step per epoch, no workspace sized by 10**9 rows
+    out_path = tmp_path / "m.npz"
+    with nflow_np.backend(backend):
+        status, out, err = run(capsys, "fit", data_csv, "--epochs", "2", "--layers", "2", "--hidden", "8",
+                               "--batch-size", "1000000000", "--seed", "0", "--out", out_path)
+    assert status == 0 and "Traceback" not in err and "error" not in err, err
+    est = io.load(out_path)
+    assert est.history_.steps == 2 and est.batch_size == 10 ** 9 and f"saved {out_path}" in out
+
+
+def test_fit_on_a_column_of_huge_values(tmp_path, capsys):
+    # x * 1e200: its standard deviation overflowed to inf, every density was -inf, and saving failed
+    x = np.random.default_rng(0).normal(size=200)
+    data = tmp_path / "wide.csv"
+    np.savetxt(data, np.c_[x, x * 1e200], delimiter=",", header="x,y", comments="")
+    out_path = tmp_path / "m.npz"
+    status, out, err = run(capsys, "fit", data, *TINY, "--out", out_path)
+    assert status == 0 and "diverge" not in err and "Warning" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2 and all("nan" not in line and "inf" not in line for line in lines)
+    status, out, _ = run(capsys, "logprob", out_path, data)
+    values = np.array([float(v) for v in out.split()])
+    assert status == 0 and values.size == 200 and np.all(np.isfinite(values))
+
+
+def test_fit_on_a_column_too_wide_to_standardize(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=50)
+    data = tmp_path / "wide.csv"
+    np.savetxt(data, np.c_[x, np.where(x > -1, 1.7e308, -1.7e308)], delimiter=",", header="x,y", comments="")
+    status, _, err = run(capsys, "fit", data, *TINY, "--out", tmp_path / "m.npz")
+    assert_clean_error(status, err, "column 1 cannot be standardized")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_running_out_of_memory_is_a_clean_error(tmp_path, data_csv, capsys, monkeypatch):
+    def too_big(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate 395. GiB for an array")
+    monkeypatch.setattr(FlowDensity, "_fit", too_big)
+    status, _, err = run(capsys, "fit", data_csv, *TINY, "--out", tmp_path / "m.npz")
+    assert_clean_error(status, err, "out of memory (Unable to allocate 395. GiB", "--batch-size")

@@ -544,6 +544,49 @@ def test_fit_on_the_device_rejects_steps_as_the_cpu_does():
     assert all(np.isfinite(p).all() for _, p in flow.parameters())
 
 
+@cuda_test
+def test_the_divergence_rule_on_the_device_matches_the_reference():
+    """A loss far above the level: the whole state goes back to the kept copy, the rate halves, the step's loss
+    reads +inf, the level stays; a loss that passes moves the level and is kept with its state."""
+    p, size = 3, 5
+    theta_all = dev(np.arange(size, dtype=np.float64))
+    prev = dev(np.full(size, -1.0))
+    grad, m, v = dev(np.ones(p)), dev(np.zeros(p)), dev(np.zeros(p))
+    hyper = dev(np.array([1e-2, 0.9, 0.999, 1e-8, 0.0, 0.0, np.finfo(np.float64).max]))
+    state, status, losses = dev(np.array([4, 0])), dev(np.zeros(1, np.int64)), dev(np.zeros(2))
+    watch = dev(np.array([2.0, 0.5, 3.0, 0.0]))
+    diverged = 2.0 + scalar_ref.DIVERGENCE_FACTOR * (2.0 + 0.5 + 1.0) * 1.01
+    optim_dev.guarded_adam_step_cuda(theta_all[:p], grad, m, v, hyper, state, status, dev(np.array([diverged, 0, 0])),
+                                     losses, 0, watch=watch, full=theta_all, prev=prev)
+    assert list(host(theta_all)) == [-1.0] * size and host(hyper)[0] == 5e-3 and list(host(state)) == [4, 1]
+    assert host(losses)[0] == np.inf and host(status)[0] == optim_ref.REJECTED_DIVERGED
+    assert list(host(watch)[:3]) == [2.0, 0.5, 3.0] and np.all(host(m) == 0)
+    optim_dev.guarded_adam_step_cuda(theta_all[:p], grad, m, v, hyper, state, status, dev(np.array([3.0, 0, 0])),
+                                     losses, 1, watch=watch, full=theta_all, prev=prev)
+    assert list(host(prev)) == [-1.0] * size and host(losses)[1] == 3.0 and list(host(state)) == [5, 1]
+    level = scalar_ref.loss_level(3.0, 2.0, 0.5, 3.0)
+    np.testing.assert_allclose(host(watch)[:3], level)
+    assert np.all(host(theta_all)[:p] < -1.0) and list(host(theta_all)[p:]) == [-1.0] * (size - p)
+
+
+@cuda_test
+def test_fit_on_the_device_catches_a_divergence_as_the_cpu_does():
+    data = two_moons(60, np.float64)
+    data = (data - data.mean(0)) / data.std(0)
+    runs = []
+    for backend in ("numpy", "cuda"):
+        flow = flows.RealNVP(2, n_layers=2, hidden=(4,), rng=4)
+        history = fit(flow, data, epochs=2, batch_size=20, lr=1e4, rng=4, backend=backend)
+        runs.append((history, dict(flow.parameters())))
+    (ref, ref_params), (got, got_params) = runs
+    assert ref.diverged_steps > 0
+    assert (got.steps, got.rejected_steps, got.diverged_steps, got.best_epoch, got.lr) == \
+        (ref.steps, ref.rejected_steps, ref.diverged_steps, ref.best_epoch, ref.lr)
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=1e-7)
+    for k in ref_params:
+        close(got_params[k], ref_params[k], np.float64, k)
+
+
 # ---------------------------------------------------------------- without a GPU
 
 @pytest.mark.skipif(READY, reason="a GPU or the simulator is present")

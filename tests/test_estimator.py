@@ -349,3 +349,80 @@ def test_an_overflowed_moment_is_not_kept(tmp_path, monkeypatch):
     twin._fit(X, resume=True)
     # a fresh Adam: the steps of the resumed epochs only (up to the kept one)
     assert 0 < twin.optimizer_state_["steps"] <= twin.history_.steps - est.history_.steps
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
+def test_an_interrupted_fit_keeps_the_best_epoch_so_far(monkeypatch, error):
+    from nflow_np.train import loops
+    X = _moons(300)
+    real, calls, seen = loops.nll_and_grad, [], {}
+
+    def interrupt_in_the_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * 5 + 3:      # 270 training rows: 5 steps per epoch
+            raise error
+        return real(*args, **kwargs)
+    monkeypatch.setattr(loops, "nll_and_grad", interrupt_in_the_third_epoch)
+    real_fit = loops.fit
+
+    def fit_watching_epochs(*args, callback=None, **kwargs):
+        def remember(epoch, history):
+            seen[epoch] = {k: v.copy() for k, v in args[0].parameters()}
+            return callback(epoch, history)
+        return real_fit(*args, callback=remember, **kwargs)
+    monkeypatch.setattr("nflow_np.train.fit", fit_watching_epochs)
+    est = FlowDensity(n_layers=2, hidden=(8,), epochs=10, batch_size=64, lr=0.05, random_state=0)
+    with pytest.raises(error):
+        est.fit(X)
+    history = est.history_
+    assert history.epochs == 2 and history.stopped_early and history.best_epoch in (0, 1)
+    assert _same_params(_params(est), seen[history.best_epoch])
+    assert est.optimizer_state_["steps"] == (history.best_epoch + 1) * 5
+    scores = est.score_samples(X)
+    assert np.all(np.isfinite(scores)) and scores[0] == est.score_samples(X[:1])[0]
+
+
+def test_an_interrupt_before_the_first_epoch_ends_leaves_an_earlier_fit(monkeypatch):
+    from nflow_np.train import loops
+    X = _moons(200)
+    est = FlowDensity(**FAST, random_state=0).fit(X)
+    before, history = _params(est), est.history_
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loops, "nll_and_grad", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X * 2.0)
+    assert _same_params(_params(est), before) and est.history_ is history
+    fresh = FlowDensity(**FAST, random_state=0)
+    with pytest.raises(KeyboardInterrupt):
+        fresh.fit(X)
+    with pytest.raises(NotFittedError):
+        fresh.score_samples(X)
+
+
+def test_a_column_of_huge_values_is_standardized(recwarn):
+    # x * 1e200: its squares overflow, and a plain standard deviation would be inf (every density -inf)
+    x = np.random.default_rng(0).normal(size=300)
+    X = np.c_[x, x * 1e200]
+    est = FlowDensity(**FAST, random_state=0).fit(X)
+    assert np.all(np.isfinite(est.scale_)) and np.all(np.isfinite(est.mean_))
+    np.testing.assert_allclose(est.scale_, [x.std(), x.std() * 1e200], rtol=1e-12)
+    np.testing.assert_allclose(est.mean_, [x.mean(), x.mean() * 1e200], rtol=1e-12)
+    scores = est.score_samples(X)
+    assert np.all(np.isfinite(scores))
+    # the Jacobian of the standardization: the same density as the standardized flow's, less log(scale)
+    Z = (X - est.mean_) / est.scale_
+    np.testing.assert_allclose(scores, est.flow_.log_prob(Z) - np.log(est.scale_).sum(), rtol=1e-12)
+    assert np.all(np.isfinite(est.sample(5, random_state=0)))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_column_too_wide_to_standardize_is_named():
+    x = np.random.default_rng(0).normal(size=300)
+    X = np.c_[x, np.where(x > -2, 1.7e308, -1.7e308)]
+    est = FlowDensity(**FAST, random_state=0)
+    with pytest.raises(ValueError, match=r"FlowDensity.fit: column 1 cannot be standardized: row \d+ \(-1.7e\+308\) "
+                                         r"lies farther from the column's mean"):
+        est.fit(X)
+    assert not hasattr(est, "flow_")

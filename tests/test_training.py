@@ -550,3 +550,203 @@ def test_an_overflowing_row_is_a_rejected_step_on_every_backend(make):
             loss, grads = value_and_grad(flow, x[-70:], backend=backend)
         assert not (np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values()))
     assert runs["numpy"] == runs["numba"] and runs["numpy"][1] == 2
+
+
+def test_the_divergence_rule_fires_only_far_above_the_level():
+    from nflow_np.kernels.scalar import DIVERGENCE_FACTOR, loss_diverged, loss_level
+
+    diverged = getattr(loss_diverged, "py_func", loss_diverged)
+    level = getattr(loss_level, "py_func", loss_level)
+    assert not diverged(1e300, 0.0, 0.0, 0.0)                   # nothing seen yet: no level to compare with
+    assert level(5.0, 0.0, 0.0, 0.0) == (5.0, 0.0, 1.0)       # the first loss sets the level
+    threshold = 5.0 + DIVERGENCE_FACTOR * (5.0 + 0.0 + 1.0)
+    assert not diverged(threshold, 5.0, 0.0, 1.0) and diverged(threshold * 1.001, 5.0, 0.0, 1.0)
+    assert not diverged(-50.0 + DIVERGENCE_FACTOR * 50.0, -50.0, 0.0, 3.0)   # a negative level: a margin of |level|
+    assert level(7.0, 5.0, 0.0, -1.0) == (5.0, 0.0, -1.0)     # a rule turned off stays off
+    lv, spread, seen = level(7.0, 5.0, 1.0, 1.0)
+    assert (lv, spread, seen) == pytest.approx((5.2, 1.1, 2.0))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_diverging_fit_is_caught_reverted_and_slowed(backend):
+    """lr=1e4 throws the loss up by tens of orders of magnitude at the first update: the next step sees it, puts
+    the parameters back, halves the rate and counts the step, until the rate is small enough to train. Three steps
+    per epoch and no validation data: epochs end on an update that blew up, which is not the state kept."""
+    x = datasets.two_moons(120, rng=0)
+    x = (x - x.mean(0)) / x.std(0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=4)
+    initial_nll = -flow.log_prob(x, backend="numpy").mean()
+    history = fit(flow, x, epochs=4, batch_size=40, lr=1e4, rng=4, backend=backend)
+    assert history.diverged_steps > 0 and history.rejected_steps == history.diverged_steps
+    assert history.steps + history.rejected_steps == 4 * 3
+    assert history.lr[-1] == 1e4 * 0.5 ** history.rejected_steps
+    assert all(np.isfinite(p).all() for _, p in flow.parameters())
+    assert -flow.log_prob(x, backend="numpy").mean() < initial_nll + 0.5     # not the 1e20 of a diverged state
+    assert np.all(np.array(history.train_loss) < initial_nll + 0.5)
+
+
+def test_the_divergence_rule_acts_alike_on_every_cpu_backend():
+    x = datasets.two_moons(120, rng=0)
+    x = (x - x.mean(0)) / x.std(0)
+    runs = {}
+    for backend in ("numpy", "numba"):
+        flow = flows.MAF(2, n_layers=2, hidden=(8,), rng=0)
+        history = fit(flow, x, epochs=3, batch_size=20, lr=1e3, validation_data=x[:30], rng=0, backend=backend)
+        runs[backend] = (history, {k: v.copy() for k, v in flow.parameters()})
+    (ref, ref_params), (got, got_params) = runs["numpy"], runs["numba"]
+    assert ref.diverged_steps > 0
+    assert (got.steps, got.rejected_steps, got.diverged_steps, got.best_epoch, got.lr) == \
+        (ref.steps, ref.rejected_steps, ref.diverged_steps, ref.best_epoch, ref.lr)
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=1e-6)
+    for k in ref_params:
+        np.testing.assert_allclose(got_params[k], ref_params[k], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["batch of one", "unscaled data", "batch_norm", "heavy tails"])
+def test_normal_training_never_trips_the_divergence_rule(case):
+    rng = np.random.default_rng(0)
+    x = datasets.two_moons(200, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    settings = dict(epochs=3, batch_size=32, lr=1e-2)
+    if case == "batch of one":
+        x, settings["batch_size"] = x[:60], 1
+    elif case == "unscaled data":
+        x = x * 300.0 + 1000.0
+    elif case == "batch_norm":
+        flow = flows.RealNVP(2, n_layers=2, hidden=(8,), batch_norm=True, rng=0)
+    else:
+        x, settings["batch_size"] = rng.standard_t(1.5, size=(200, 2)), 4
+    history = fit(flow, x, rng=0, backend="numpy", **settings)
+    assert history.diverged_steps == 0 and history.rejected_steps == 0
+    assert history.steps == 3 * -(-len(x) // settings["batch_size"])
+
+
+def _state(flow):
+    return {k: v.copy() for k, v in flow.parameters()}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_exception_from_a_callback_leaves_the_best_epoch(backend):
+    x = datasets.two_moons(200, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    seen = {}
+
+    def interrupt_after_a_worse_epoch(epoch, history):
+        seen[epoch], seen["history"] = _state(flow), history
+        if history.best_epoch < epoch:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(flow, x, epochs=200, batch_size=20, lr=0.05, validation_data=x[:50] + 0.3, rng=0, backend=backend,
+            callback=interrupt_after_a_worse_epoch)
+    history, kept = seen["history"], _state(flow)
+    last = history.epochs - 1
+    assert 0 <= history.best_epoch < last
+    assert all(np.array_equal(kept[k], seen[history.best_epoch][k]) for k in kept)
+    assert not all(np.array_equal(kept[k], seen[last][k]) for k in kept)    # not the last epoch's parameters
+
+
+def test_ctrl_c_mid_epoch_leaves_the_best_epoch_in_evaluation_mode(monkeypatch):
+    import os
+    import signal
+
+    x = datasets.two_moons(200, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), batch_norm=True, rng=0)
+    real, calls, kept = fit_module.nll_and_grad, [], {}
+
+    def sigint_in_the_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * 5 + 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    def remember_the_best(epoch, history):
+        if history.best_epoch == epoch:
+            kept.update({k: v.copy() for k, v in fit_module._state_arrays(flow, dict(flow.parameters())).items()})
+    monkeypatch.setattr(fit_module, "nll_and_grad", sigint_in_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(flow, x, epochs=10, batch_size=40, lr=1e-2, rng=0, backend="numpy", callback=remember_the_best)
+    assert len(calls) < 3 * 5
+    norms = [m for m in fit_module.modules(flow) if hasattr(m, "training")]
+    assert norms and not any(m.training for m in norms)
+    # evaluation mode: one point's log-density does not depend on the batch it comes in
+    np.testing.assert_allclose(flow.log_prob(x[:1]), flow.log_prob(x[:30])[:1], rtol=1e-12)
+    state = fit_module._state_arrays(flow, dict(flow.parameters()))
+    assert state.keys() == kept.keys() and all(np.array_equal(state[k], kept[k]) for k in kept)
+
+
+def test_an_interrupt_before_any_epoch_ends_leaves_the_flow_as_it_came(monkeypatch):
+    x = datasets.two_moons(100, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), act_norm=True, rng=0)
+    before = _state(flow)
+    real, calls = fit_module.nll_and_grad, []
+
+    def interrupt_at_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fit_module, "nll_and_grad", interrupt_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(flow, x, epochs=3, batch_size=20, lr=1e-2, rng=0, backend="numpy")
+    after = _state(flow)
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    assert not any(m.initialized for m in fit_module.modules(flow) if hasattr(m, "initialized"))
+
+
+def test_fit_to_target_rejects_steps_with_a_sample_outside_the_support_or_a_nan():
+    calls = []
+
+    def target(x):
+        calls.append(1)
+        out = -0.5 * (x * x).sum(-1)
+        if len(calls) % 5 == 0:
+            out[3] = -np.inf                     # a sample outside the support
+        if len(calls) % 7 == 0:
+            out[5] = np.nan                      # a sample where the target is undefined
+        return out
+
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    history = fit_to_target(flow, target, grad_fn=lambda x: -x, steps=20, n_samples=16, lr=1e-2, rng=0,
+                            log_every=5)
+    assert history.target_rejected_steps == history.rejected_steps == 4 + 2 and history.steps == 20 - 6
+    assert history.lr[-1] == 1e-2 * 0.5 ** 6
+    assert np.isfinite(history.train_loss).all() and all(np.isfinite(p).all() for _, p in flow.parameters())
+
+
+def test_fit_to_target_with_finite_differences_survives_a_target_that_is_minus_inf_somewhere():
+    def target(x):       # a standard normal cut to x0 > -3: -inf outside its support
+        with np.errstate(divide="ignore"):
+            return np.where(x[..., 0] > -3.0, -0.5 * (x * x).sum(-1), -np.inf)
+
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    history = fit_to_target(flow, target, steps=40, n_samples=64, lr=1e-3, rng=0, log_every=10)
+    assert 0 < history.target_rejected_steps == history.rejected_steps < 40
+    assert history.steps == 40 - history.rejected_steps and all(np.isfinite(p).all() for _, p in flow.parameters())
+
+
+def test_fit_to_target_raises_when_no_sample_is_ever_in_the_support():
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    before = {k: v.copy() for k, v in flow.parameters()}
+    with pytest.raises(RuntimeError, match=r"fit_to_target: every step was rejected \(5 steps, 5 of them because "
+                                           r"log_prob_fn was not finite"):
+        fit_to_target(flow, lambda x: np.full(x.shape[0], -np.inf), steps=5, n_samples=8, rng=0)
+    assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
+
+
+def test_an_exception_in_fit_to_target_leaves_the_best_state():
+    seen = {}
+
+    def interrupt_at_the_third_report(step, history):
+        seen[history.epochs - 1] = {k: v.copy() for k, v in flow.parameters()}
+        seen["history"] = history
+        if history.epochs == 3:
+            raise KeyboardInterrupt
+
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    with pytest.raises(KeyboardInterrupt):
+        fit_to_target(flow, lambda x: -0.5 * ((x - 2.0) ** 2).sum(-1), grad_fn=lambda x: 2.0 - x, steps=300,
+                      n_samples=32, lr=1.0, rng=0, log_every=10, callback=interrupt_at_the_third_report)
+    history = seen["history"]
+    assert 0 <= history.best_epoch < 2 and history.train_loss[2] > history.train_loss[history.best_epoch]
+    kept = dict(flow.parameters())
+    assert all(np.array_equal(kept[k], seen[history.best_epoch][k]) for k in kept)

@@ -22,12 +22,15 @@ from numba.extending import intrinsic
 
 from . import elementwise as _elementwise
 from . import optim as _optim
+from . import scalar as _scalar
 from .entries import BACKWARD, DENSITY, ENTRIES, HEAD, PASSES, SAMPLING, _block, _jit, _jit_nogil, _row, \
     entry_address
 from .program import N_FIELDS, W_CTX, W_CTXW, W_G0, W_GLD, W_LD, W_PARAMS, W_Z
 
 _normal_log_prob = _elementwise.normal_log_prob_numba
 _adam_step = _optim.adam_step_numba
+_loss_diverged = _scalar.loss_diverged
+_loss_level = _scalar.loss_level
 ACCEPTED = _optim.ACCEPTED
 HALF_LOG_2PI = _elementwise.HALF_LOG_2PI
 
@@ -72,7 +75,7 @@ def compile_loop(index, dtype):
         nll_grad(table, meta, clamps, theta, theta, rows, ctx, vec, vec)
     else:
         train_epoch(table, meta, clamps, theta, theta, theta, rows, ctx, np.zeros(0, np.int64), 1, vec, vec, vec,
-                    vec, np.zeros(7), np.zeros(2, np.int64), np.zeros(0))
+                    vec, np.zeros(7), np.zeros(2, np.int64), np.zeros(0), np.zeros(3), vec)
 
 
 def compile_key(key):
@@ -197,8 +200,10 @@ def nll_grad(table, meta, clamps, theta_eff, pmask, x, ctx, w, gtheta):
 
 @_jit_nogil
 def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, batch_size, w, gtheta, m, v, hyper,
-                state, losses):
-    """One epoch of Adam steps over ``data[order]`` in batches; ``losses[k]`` NaN marks a rejected step."""
+                state, losses, watch, prev):
+    """One epoch of Adam steps over ``data[order]`` in batches; ``losses[k]`` NaN marks a rejected step, +inf a
+    step rejected by the divergence rule (:func:`.scalar.loss_diverged` on ``watch``), which also puts ``theta``
+    back to ``prev``: where the last loss that passed was measured (both kept by the caller across epochs)."""
     n_data, d = data.shape
     layout = _layout(meta)
     status = np.zeros(1, np.int64)
@@ -222,7 +227,16 @@ def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, 
         for q in range(p, theta.size):
             theta[q] = theta_eff[q]
         losses[k] = np.nan
-        if np.isfinite(loss):
+        if np.isfinite(loss) and _loss_diverged(float(loss), watch[0], watch[1], watch[2]):
+            for q in range(theta.size):
+                theta[q] = prev[q]
+            state[1] += 1
+            hyper[0] *= 0.5
+            losses[k] = np.inf
+        elif np.isfinite(loss):
+            watch[0], watch[1], watch[2] = _loss_level(float(loss), watch[0], watch[1], watch[2])
+            for q in range(theta.size):
+                prev[q] = theta[q]
             _adam_step(theta[:p], gtheta[:p], m[:p], v[:p], hyper, state, status)
             if status[0] == ACCEPTED:
                 losses[k] = loss

@@ -21,7 +21,9 @@ import numpy as np
 from .backend import numba_twin
 from .scalar import adam_moments, adam_update
 
-ACCEPTED, REJECTED_GRADIENT, REJECTED_OVERFLOW = 0, 1, 2
+# a step's outcome; REJECTED_DIVERGED is the training loops' divergence rule (:func:`.scalar.loss_diverged`), decided
+# before the step reaches Adam
+ACCEPTED, REJECTED_GRADIENT, REJECTED_OVERFLOW, REJECTED_DIVERGED = 0, 1, 2, 3
 
 
 @numba_twin

@@ -443,6 +443,10 @@ class NumbaTrainer:
         self.gtheta = np.zeros(size, dtype=program.dtype)
         self.m = np.zeros(size, dtype=program.dtype)
         self.v = np.zeros(size, dtype=program.dtype)
+        # the divergence rule's level, and the state where the last loss that passed it was measured: both carry
+        # over from epoch to epoch
+        self.watch = np.zeros(3, dtype=np.float64)
+        self.prev = np.zeros(size, dtype=program.dtype)
         self.ws = program.workspace(batch_size)[0]
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)
@@ -457,9 +461,17 @@ class NumbaTrainer:
             program.prefetch(SAMPLING, **after)
         program.table(DENSITY, BACKWARD, loops=("train_epoch",))
 
+    def level(self):
+        """The divergence rule's ``[level, spread, seen]``."""
+        return self.watch.copy()
+
+    def kept_state(self):
+        """The flat state where the last loss that passed the divergence rule was measured."""
+        return self.prev.copy()
+
     def epoch(self, data, order, context=None):
         """Run one epoch over ``data[order]`` (and ``context[order]``); returns the per-step losses (NaN where a
-        step was rejected)."""
+        step was rejected, +inf where the divergence rule rejected it)."""
         from .compiled import BACKWARD, DENSITY, train_epoch
         program = self.program
         theta = program.theta()
@@ -468,7 +480,7 @@ class NumbaTrainer:
         losses = np.empty(-(-len(data) // self.batch_size), dtype=np.float64)
         train_epoch(program.table(DENSITY, BACKWARD), *program._arrays(), theta, self.theta_eff, program.pmask, data,
                     program.context_rows(context, len(data)), order, self.batch_size, self.ws, self.gtheta, self.m,
-                    self.v, hyper, self.state, losses)
+                    self.v, hyper, self.state, losses, self.watch, self.prev)
         program.write_back(theta)
         self.adam.write(self.m, self.v, hyper[0], self.state[0])
         return losses

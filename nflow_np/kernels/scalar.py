@@ -1,5 +1,6 @@
 """Scalar math written once and compiled for both targets: activations, the soft clamp, the affine map (the
-affine transform's and ActNorm's), and the Adam update; the frames' transforms are in :mod:`.transforms`.
+affine transform's and ActNorm's), the Adam update and the training loops' divergence rule; the frames'
+transforms are in :mod:`.transforms`.
 
 Every function here is plain Python on scalars (``math`` only), and each is
 compiled twice from this one source: as a Numba CPU function (a
@@ -21,7 +22,7 @@ import math
 from .backend import numba_twin
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
-           "adam_moments", "adam_update"]
+           "adam_moments", "adam_update", "loss_diverged", "loss_level"]
 
 
 @numba_twin
@@ -85,3 +86,34 @@ def adam_moments(g, m, v, beta1, beta2):
 def adam_update(theta, m, v, lr, weight_decay, step, corr2, eps):
     """The new parameter: decoupled weight decay, then ``step m / (sqrt(v / corr2) + eps)`` (``step = lr / corr1``)."""
     return theta - theta * (lr * weight_decay) - step * m / (math.sqrt(v / corr2) + eps)
+
+
+# The divergence rule of the training loops (every backend applies it, from this one source). A loss is
+# "diverged" when it lies far above the level of the losses before it: more than DIVERGENCE_FACTOR times
+# (|level| + spread + 1) above the level, where level and spread are moving averages (weight LEVEL_WEIGHT) of
+# the accepted losses and of their distance to the level. Normal training never comes near that: its losses
+# fall, or wander by a few times their spread; a learning rate too large for the flow throws the loss up by
+# tens of orders of magnitude. ``watch`` is float64 ``[level, spread, seen]``; ``seen < 0`` turns the rule off.
+DIVERGENCE_FACTOR = 1000.0
+LEVEL_WEIGHT = 0.1
+
+
+@numba_twin
+def loss_diverged(loss, level, spread, seen):
+    """Whether a finite ``loss`` lies far above ``level`` (see ``DIVERGENCE_FACTOR``); never before a first
+    loss was seen."""
+    if seen <= 0.0:
+        return False
+    return loss > level + DIVERGENCE_FACTOR * (abs(level) + spread + 1.0)
+
+
+@numba_twin
+def loss_level(loss, level, spread, seen):
+    """``(level, spread, seen)`` after an accepted finite ``loss``: the first one sets the level, later ones move
+    the averages by ``LEVEL_WEIGHT``; a rule that is off (``seen < 0``) stays off."""
+    if seen < 0.0:
+        return level, spread, seen
+    if seen == 0.0:
+        return loss, 0.0, 1.0
+    distance = abs(loss - level)
+    return level + LEVEL_WEIGHT * (loss - level), spread + LEVEL_WEIGHT * (distance - spread), seen + 1.0

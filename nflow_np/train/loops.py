@@ -9,7 +9,9 @@ import numpy as np
 from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
-from .losses import _check_flow, _check_reparameterizable, nll_and_grad, reverse_kl_and_grad
+from ..kernels.scalar import loss_diverged
+from ._guard import Snapshot, Watch, guarded_step, plain, restore_kept, verified_state
+from .losses import _check_flow, _check_reparameterizable, _reverse_kl, nll_and_grad
 from .optim import Adam, Optimizer, _clip_norm, _real
 
 
@@ -19,9 +21,13 @@ class History:
 
     ``train_loss`` and ``val_loss`` hold one mean loss per epoch (per
     ``log_every`` steps for ``fit_to_target``); ``rejected_steps`` counts
-    steps whose loss or gradient was not finite and that were skipped (the
-    learning rate was halved each time); ``best_epoch`` is the epoch whose
-    parameters were kept.
+    steps that were skipped (the learning rate was halved each time): their
+    loss or gradient was not finite, their update would have left a
+    parameter non-finite, or their loss had diverged; ``diverged_steps``
+    counts those of them rejected by the divergence rule (see :func:`fit`);
+    ``target_rejected_steps`` those of ``fit_to_target`` rejected because the
+    target's log-density was not finite at a sample; ``best_epoch`` is the
+    epoch whose parameters were kept.
     """
 
     train_loss: list = field(default_factory=list)
@@ -29,6 +35,8 @@ class History:
     lr: list = field(default_factory=list)
     steps: int = 0
     rejected_steps: int = 0
+    diverged_steps: int = 0
+    target_rejected_steps: int = 0
     best_epoch: int = -1
     wall_time: float = 0.0
     stopped_early: bool = False
@@ -70,56 +78,21 @@ def _state_arrays(flow, params):
     return arrays
 
 
-class _Snapshot:
-    """A copy of the training state, restorable in place (optimizers hold the arrays themselves)."""
-
-    def __init__(self, params):
-        self.params = params
-        self.saved = {k: v.copy() for k, v in params.items()}
-
-    def save(self):
-        for k, v in self.params.items():
-            np.copyto(self.saved[k], v)
-
-    def restore(self):
-        for k, v in self.params.items():
-            np.copyto(v, self.saved[k])
-
-
-def _all_finite(params):
-    return all(np.isfinite(v).all() for v in params.values())
-
-
-def _guarded_step(optimizer, loss, grads, snapshot, history):
-    """Apply a step unless it is not finite; never leave NaN parameters behind."""
-    if not np.isfinite(loss) or not all(np.isfinite(g).all() for g in grads.values()):
-        history.rejected_steps += 1
-        optimizer.lr *= 0.5
-        return False
-    snapshot.save()
-    optimizer.step(grads)
-    if not _all_finite(optimizer.params):
-        snapshot.restore()
-        history.rejected_steps += 1
-        optimizer.lr *= 0.5
-        return False
-    history.steps += 1
-    return True
-
-
 def _progress_line(epoch, epochs, train, val, steps_per_s):
     val_text = f"  val {val:.4f}" if val is not None else ""
     return f"\repoch {epoch + 1}/{epochs}  train {train:.4f}{val_text}  {steps_per_s:.0f} steps/s"
 
 
 def _begin(flow, optimizer, lr, clip_norm, where):
-    """The optimizer, an empty History, the per-step snapshot and the best-state snapshot."""
+    """The optimizer, an empty History, the per-step snapshot and the best-state snapshot (both of the parameters
+    and the buffers)."""
     params = dict(flow.parameters())
     if optimizer is None:
         optimizer = Adam(params.items(), lr=lr, clip_norm=clip_norm)
     elif not isinstance(optimizer, Optimizer):
         raise TypeError(f"{where}: optimizer must be an nflow_np Optimizer; got {type(optimizer).__name__}")
-    return optimizer, History(), _Snapshot(params), _Snapshot(_state_arrays(flow, params))
+    state = _state_arrays(flow, params)
+    return optimizer, History(), Snapshot(state), Snapshot(state)
 
 
 def _finish(flow, history, best, start, progress):
@@ -198,8 +171,30 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     -------
     History
         At the end the parameters of the best validation epoch (or of the
-        last finite epoch without validation data) are restored. A step whose
-        loss or gradient is not finite is skipped and the learning rate halved.
+        epoch with the lowest training loss, without validation data) are
+        restored, and the flow is left in evaluation mode. A step whose loss
+        or gradient is not finite is skipped and the learning rate halved
+        (``rejected_steps``).
+
+    Notes
+    -----
+    Divergence: a step whose loss is finite but has exploded is rejected like
+    a non-finite one, on every backend alike. The level is a moving average of
+    the accepted steps' losses (weight 0.1, the first loss sets it) and the
+    spread a moving average of their distance to it; a loss above ``level +
+    1000 * (|level| + spread + 1)`` has diverged (normal training, whose
+    losses fall or wander by a few spreads, never comes near: a learning rate
+    too large throws the loss up by tens of orders of magnitude). Such a step
+    puts the parameters and buffers back to where the last loss that passed
+    was measured (undoing the update that blew up), halves the learning rate
+    and counts in ``rejected_steps`` and ``diverged_steps``. Without
+    validation data an epoch whose last update diverged is not the one kept:
+    the state before that update is.
+
+    Interrupts: when anything raises during training (Ctrl-C, a callback),
+    the best state so far is restored (the state before the call when no
+    epoch was kept) and the flow left in evaluation mode before the exception
+    propagates.
 
     Raises
     ------
@@ -280,23 +275,60 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
     batch_size = min(int(batch_size), len(data))    # a batch is at most the training data, on every backend
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
-    initial = _Snapshot(best.params)
+    initial = Snapshot(best.params)
     initialized = [(m, m.initialized) for m in modules(flow) if hasattr(m, "initialized")]
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     if trainer is not None:
         data = np.ascontiguousarray(data.reshape(len(data), -1))
+    watch = Watch()
+    start = time.perf_counter()
+    try:
+        _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
+                patience, rng, callback, progress, history, snapshot, best, watch)
+    except BaseException:
+        # an interrupt (Ctrl-C, a callback raising): the best state so far (or the flow as it came, when no epoch
+        # was kept), in evaluation mode, and then the exception
+        restore_kept(history, best, initial, initialized)
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise
+    if history.steps == 0:
+        # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
+        restore_kept(history, None, initial, initialized)
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise RuntimeError(
+            f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
+            f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
+            f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
+            f"or lower lr")
+    return _finish(flow, history, best, start, progress)
+
+
+def _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
+            patience, rng, callback, progress, history, snapshot, best, watch):
+    """The epochs of :func:`fit`, with its best-state bookkeeping."""
     best_loss = np.inf
     since_best = 0
-    start = time.perf_counter()
+    # Without validation data an epoch is scored by its training losses, measured before each update, so an epoch
+    # whose last update blew up would still look good: ``verified`` keeps the state where the last loss that passed
+    # the divergence rule was measured, and replaces the kept best one when the next loss (the next epoch's first,
+    # or a probe after the last epoch) says that the epoch ended diverged.
+    verified = None
     for epoch in range(epochs):
         set_training(flow, True)
         order = rng.permutation(len(data))
         epoch_start = time.perf_counter()
         if trainer is not None:
-            losses = _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
+            losses, first_diverged = _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
         else:
-            losses = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context)
+            losses, first_diverged = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history,
+                                                  context, watch)
         set_training(flow, False)
+        if first_diverged and verified is not None and history.best_epoch == epoch - 1:
+            verified.restore_into(best)
         train_loss = float(np.mean(losses)) if losses else np.nan
         history.train_loss.append(train_loss)
         history.lr.append(optimizer.lr)
@@ -304,6 +336,8 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if validation_data is not None:
             score = _safe_nll(flow, validation_data, batch_size, validation_context)
             history.val_loss.append(score)
+        else:
+            verified = verified_state(trainer, snapshot, watch)
         if np.isfinite(score) and score < best_loss:
             best_loss, since_best = score, 0
             history.best_epoch = epoch
@@ -320,34 +354,37 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         if patience is not None and validation_data is not None and since_best >= patience:
             history.stopped_early = True
             break
-    if history.steps == 0:
-        # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
-        initial.restore()
-        for m, flag in initialized:
-            m.initialized = flag
-        set_training(flow, False)
-        if progress:
-            print(file=sys.stderr)
-        raise RuntimeError(
-            f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
-            f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
-            f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
-            f"or lower lr")
-    return _finish(flow, history, best, start, progress)
+    if verified is not None and history.best_epoch == history.epochs - 1:
+        level = watch.state if trainer is None else trainer.level()
+        probe = order[:min(batch_size, _PROBE_ROWS)]
+        with use_backend("numpy"), np.errstate(all="ignore"):
+            loss = _safe_nll(flow, data[probe], len(probe), None if context is None else context[probe])
+        if not np.isfinite(loss) or plain(loss_diverged)(float(loss), *level):
+            verified.restore_into(best)
 
 
-def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None):
+# rows of the last epoch's first batch whose loss checks, after a fit without validation data, that the last
+# update did not diverge
+_PROBE_ROWS = 256
+
+
+def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None, watch=None):
+    """The accepted steps' losses, and whether the first step was rejected by the divergence rule."""
     losses = []
+    first_diverged = False
     for i in range(0, len(data), batch_size):
         rows = order[i:i + batch_size]
         batch = data[rows]
+        diverged = history.diverged_steps
         # overflow is caught by the guard below, which rejects the step: no warning spam
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss, grads = nll_and_grad(flow, batch, context=None if context is None else context[rows])
-            accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
+            accepted = guarded_step(optimizer, loss, grads, snapshot, history, watch)
         if accepted:
             losses.append(loss)
-    return losses
+        if i == 0:
+            first_diverged = history.diverged_steps > diverged
+    return losses, first_diverged
 
 
 def _compiled_epoch(flow, trainer, data, order, batch_size, history, context=None):
@@ -363,7 +400,8 @@ def _compiled_epoch(flow, trainer, data, order, batch_size, history, context=Non
     accepted = np.isfinite(step_losses)
     history.steps += int(accepted.sum())
     history.rejected_steps += int((~accepted).sum())
-    return step_losses[accepted].tolist()
+    history.diverged_steps += int(np.isposinf(step_losses).sum())
+    return step_losses[accepted].tolist(), bool(len(step_losses) and np.isposinf(step_losses[0]))
 
 
 def _safe_nll(flow, data, batch_size, context=None):
@@ -383,7 +421,22 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
     reparameterized samples. ``grad_fn(x)`` is the gradient of ``log_prob_fn``
     (finite differences when not given). Returns a ``History`` whose
     ``train_loss`` holds the mean loss of every ``log_every`` steps; the
-    parameters with the best such mean are kept.
+    parameters with the best such mean are kept, and restored (in evaluation
+    mode) also when anything raises during training.
+
+    A step whose loss or gradient is not finite is skipped and the learning
+    rate halved (counted in ``History.rejected_steps``), as in :func:`fit`;
+    among them the steps where ``log_prob_fn`` was not finite at a sample
+    (-inf outside the target's support, NaN where it is undefined; counted in
+    ``History.target_rejected_steps`` too). Those samples are not simply left
+    out: the reverse KL is infinite there, and a loss over the other samples
+    alone would reward the flow for moving its mass out of the support. A
+    target with a bounded support needs a flow whose samples stay in it.
+
+    Raises
+    ------
+    RuntimeError
+        When every step was rejected: the flow is left as it was.
     """
     _check_flow(flow, "fit_to_target")
     _check_reparameterizable(flow, "fit_to_target")
@@ -391,14 +444,42 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
         raise TypeError("fit_to_target: log_prob_fn must be callable")
     rng = as_generator(rng)
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit_to_target")
+    initial = Snapshot(best.params)
+    start = time.perf_counter()
+    try:
+        _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, log_every, callback, progress,
+                      history, snapshot, best)
+    except BaseException:
+        restore_kept(history, best, initial, ())
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise
+    if history.steps == 0:
+        restore_kept(history, None, initial, ())
+        set_training(flow, False)
+        if progress:
+            print(file=sys.stderr)
+        raise RuntimeError(
+            f"fit_to_target: every step was rejected ({history.rejected_steps} steps, {history.target_rejected_steps} "
+            f"of them because log_prob_fn was not finite at a sample), so the flow was left unchanged: log_prob_fn "
+            f"must be finite wherever the flow puts samples (a target with a bounded support needs a flow whose "
+            f"samples stay in it), and the loss and its gradient finite (else lower lr)")
+    return _finish(flow, history, best, start, progress)
+
+
+def _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, log_every, callback, progress,
+                  history, snapshot, best):
+    """The steps of :func:`fit_to_target`, with its best-state bookkeeping."""
     best_loss = np.inf
     window = []
-    start = time.perf_counter()
     set_training(flow, True)
     for step in range(steps):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, grads = reverse_kl_and_grad(flow, log_prob_fn, n_samples, rng, target_grad=grad_fn)
-            accepted = _guarded_step(optimizer, loss, grads, snapshot, history)
+            loss, grads, target_finite = _reverse_kl(flow, log_prob_fn, n_samples, rng, grad_fn, None,
+                                                     refuse_non_finite=False)
+            history.target_rejected_steps += int(not target_finite)
+            accepted = guarded_step(optimizer, loss, grads, snapshot, history)
         if accepted:
             window.append(loss)
         if (step + 1) % log_every == 0 or step == steps - 1:
@@ -415,4 +496,3 @@ def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, opti
             if callback is not None and callback(step, history):
                 history.stopped_early = True
                 break
-    return _finish(flow, history, best, start, progress)

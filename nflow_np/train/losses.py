@@ -93,6 +93,15 @@ def reverse_kl_and_grad(flow, target_log_prob, n_samples, rng=None, *, target_gr
     central finite differences (``2 d`` extra calls of ``target_log_prob``).
     Minus this loss is the evidence lower bound (ELBO) of the target's normalizer.
     """
+    loss, grads, _ = _reverse_kl(flow, target_log_prob, n_samples, rng, target_grad, z)
+    return loss, grads
+
+
+def _reverse_kl(flow, target_log_prob, n_samples, rng, target_grad, z, refuse_non_finite=True):
+    """:func:`reverse_kl_and_grad`, and whether the target's log-density was finite at every sample. With
+    ``refuse_non_finite=False`` one that is not (-inf outside the target's support, NaN where it is undefined)
+    gives a NaN loss and NaN gradients, as an overflowing batch does for :func:`nll_and_grad`, instead of raising:
+    a training loop rejects the step."""
     where = "reverse_kl"
     bijector = flow.bijector
     _check_reparameterizable(flow, where)
@@ -107,7 +116,10 @@ def reverse_kl_and_grad(flow, target_log_prob, n_samples, rng=None, *, target_gr
     if target.shape != batch:
         raise ValueError(f"{where}: target_log_prob returned shape {target.shape}; expected one value per "
                          f"sample, shape {batch}")
-    check_finite(target, where, "target_log_prob(x)")
+    if refuse_non_finite:
+        check_finite(target, where, "target_log_prob(x)")
+    elif not np.isfinite(target).all():
+        return np.nan, {name: np.full_like(p, np.nan) for name, p in flow.parameters()}, False
     log_q = flow._base_log_prob(z) - bijector._reduce(log_det, flow.event_ndims)
     loss = float(np.mean(log_q - target))
     n = log_q.size
@@ -121,7 +133,7 @@ def reverse_kl_and_grad(flow, target_log_prob, n_samples, rng=None, *, target_gr
     # d loss / d forward-log-det = -1/n for every event
     grad_ld = np.full(log_det.shape, -1.0 / n, dtype=x.dtype)
     _, grads = bijector._forward_backward(ctx, grad_x, grad_ld)
-    return loss, {f"bijector.{k}": v for k, v in grads.items()}
+    return loss, {f"bijector.{k}": v for k, v in grads.items()}, True
 
 
 def _finite_difference_grad(fn, x, event_ndims):

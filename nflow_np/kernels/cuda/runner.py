@@ -14,7 +14,9 @@ gathered by it on the device, and the parameters, moments and step count stay
 there during the epoch; the host sees the per-step losses (and the parameters,
 for validation, callbacks and the best-epoch snapshot) once per epoch. Every
 guard of the CPU trainer holds: a step whose loss or gradient is not finite, or
-whose update would overflow, is rejected and halves the learning rate.
+whose update would overflow, is rejected and halves the learning rate; so is a
+step whose loss diverged, which also puts the state back (the divergence rule
+of :func:`nflow_np.train.fit`).
 
 Computation runs in the flow's dtype: build a float32 flow (``dtype=np.float32``)
 for the GPU's native precision; a float64 flow runs in float64, never cast.
@@ -232,6 +234,10 @@ class DeviceTrainer:
         self.state = empty(2, np.int64)
         self.status = empty(1, np.int64)
         self.scalars = empty(3, np.float64)
+        # the divergence rule's state and the state vector where the last loss that passed it was measured: both
+        # carry over from epoch to epoch
+        self.watch = cuda.to_device(np.zeros(4, np.float64))
+        self.prev = cuda.to_device(np.zeros(size, dtype))
         self.params = (self.theta[:p], runner.gtheta[:p], self.m[:p], self.v[:p])
         # the trainer's own: freed with it after the fit, where the runner lives as long as the flow
         self.workspace = Workspace(runner.layers, runner.d, self.batch_size, dtype, keep=True)
@@ -245,8 +251,17 @@ class DeviceTrainer:
             self._data = (data, device)
         return device
 
+    def level(self):
+        """The divergence rule's ``[level, spread, seen]``."""
+        return self.watch.copy_to_host()[:3]
+
+    def kept_state(self):
+        """The flat state where the last loss that passed the divergence rule was measured."""
+        return self.prev.copy_to_host()
+
     def epoch(self, data, order, context=None):
-        """Run one epoch over ``data[order]``; returns the per-step losses (NaN where a step was rejected)."""
+        """Run one epoch over ``data[order]``; returns the per-step losses (NaN where a step was rejected, +inf
+        where the divergence rule rejected it)."""
         DeviceProgram._no_context(context, "epoch")
         program, runner = self.program, self.runner
         n_data = len(data)
@@ -271,7 +286,7 @@ class DeviceTrainer:
             masked_copy_cuda(runner.gtheta, pmask, runner.gtheta, program.size)
             copy_tail_cuda(runner.theta, self.theta, self.n_params)   # running statistics moved by the pass
             guarded_adam_step_cuda(*self.params, self.hyper, self.state, self.status, self.scalars, losses, k,
-                                   runner.work)
+                                   runner.work, watch=self.watch, full=self.theta, prev=self.prev)
         program.write_back(self.theta.copy_to_host())
         self.adam.write(self.m.copy_to_host(), self.v.copy_to_host(), self.hyper.copy_to_host()[0],
                         self.state.copy_to_host()[0])
