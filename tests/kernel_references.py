@@ -14,7 +14,7 @@ from nflow_np.kernels import mlp
 from nflow_np.nn import MLP
 from nflow_np.nn.mlp import _activate, _activation_grad
 from nflow_np.train import Adam, History
-from nflow_np.train.loops import _guarded_step, _Snapshot
+from nflow_np.train._guard import Snapshot, guarded_step
 
 ACTIVATION_NAMES = {code: name for name, code in mlp.ACTIVATION_CODES.items()}
 
@@ -112,7 +112,7 @@ def guarded_adam_step(theta, grad, m, v, hyper, state):
     optimizer.v["p"][...] = v
     history = History(rejected_steps=int(state[1]))
     with np.errstate(over="ignore", invalid="ignore"):
-        _guarded_step(optimizer, 0.0, {"p": grad}, _Snapshot({"p": param}), history)
+        guarded_step(optimizer, 0.0, {"p": grad}, Snapshot({"p": param}), history)
     return (param, optimizer.m["p"].copy(), optimizer.v["p"].copy(),
             np.array([optimizer.lr, b1, b2, eps, decay, clip, largest]),
             np.array([optimizer.steps, history.rejected_steps]))
