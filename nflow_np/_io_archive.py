@@ -96,6 +96,13 @@ def _array_records(spec):
     return records
 
 
+def as_path(path, where):
+    """``path`` as a str, or a TypeError naming ``where`` when it is not a path."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{where}: path must be a str or os.PathLike; got {type(path).__name__} {path!r}")
+    return os.fsdecode(path)
+
+
 def _read(path, arrays=True):
     """``(spec, arrays, extra)`` of a model file, every low-level failure turned into one ``ValueError``.
 
@@ -105,7 +112,7 @@ def _read(path, arrays=True):
     left unread because the spec does not list them. With ``arrays=False`` only the
     spec is read (and ``{}`` stands for the arrays).
     """
-    where = os.fspath(path)
+    where = as_path(path, "load")
     npz = _open(path)
     try:
         with npz:

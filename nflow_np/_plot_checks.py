@@ -47,6 +47,10 @@ def _log_density_fn(dist, where):
     if event_shape is not None and tuple(event_shape) != (2,):
         raise ValueError(f"{where}: dist must be a density over 2-D points (event shape (2,)); "
                          f"got event shape {tuple(event_shape)}")
+    context = getattr(dist, "context_size", 0)
+    if isinstance(context, (int, np.integer)) and context > 0:
+        raise ValueError(f"{where}: dist is conditional (a context of size {context}); draw one context's density "
+                         f"by passing lambda x: flow.log_prob(x, context=c)")
     if hasattr(dist, "log_prob"):
         return dist.log_prob
     if callable(dist):

@@ -17,7 +17,10 @@ def resolve_dtype(dtype, *arrays, where=None):
     ``arrays`` sets it (all float ndarrays must agree); otherwise float64.
     """
     if dtype is not None:
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{where or 'dtype'}: dtype must be float32 or float64; got {dtype!r}") from None
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"{where or 'dtype'}: dtype must be float32 or float64; got {dtype}")
         return dtype
@@ -149,6 +152,8 @@ def as_generator(rng):
     if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
         if isinstance(rng, (bool, np.bool_)):
             raise TypeError("rng must be a numpy.random.Generator, an int seed or None; got a bool")
+        if isinstance(rng, (int, np.integer)) and rng < 0:
+            raise ValueError(f"rng: an int seed must be non-negative; got {rng}")
         return np.random.default_rng(rng)
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None; got {type(rng).__name__}")
 

@@ -218,8 +218,11 @@ class FlowDensity:
         if arr.dtype.kind == "c":
             raise ValueError(f"{where}: Complex data not supported; got {arr.dtype}")
         if arr.dtype.kind not in "fiub":
-            # strings or objects: float() explains what cannot be converted
-            arr = arr.astype(np.float64)
+            # strings or objects: float() explains what cannot be converted, after which method and argument
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{where}: X must hold numbers; {exc}") from None
         arr = np.asarray(arr, dtype=np.float64)
         if arr.ndim != 2:
             raise ValueError(f"{where}: Expected 2D array, got {arr.ndim}D array instead (shape {arr.shape}). "

@@ -10,7 +10,7 @@ Each constructor returns a ``TransformedDistribution`` whose bijector is a
 
 import numpy as np
 
-from ._validation import as_generator
+from ._validation import as_generator, resolve_dtype
 from .bijectors import Chain, Permute, Reverse
 from .bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive
 from .bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling, alternating_mask
@@ -49,10 +49,12 @@ def _between(dim, *, batch_norm, act_norm, lu_linear, rng, dtype):
 def _stack(dim, n_layers, where, make_layer, mixer, *, batch_norm, act_norm, lu_linear, rng, dtype, min_dim=1):
     """Stack ``make_layer(i, rng, dtype)`` n_layers times, with optional layers and ``mixer()`` between them."""
     dim = _check_dim(dim, where, minimum=min_dim)
+    if isinstance(n_layers, (bool, np.bool_)) or not isinstance(n_layers, (int, np.integer)):
+        raise TypeError(f"{where}: n_layers must be an int >= 1; got {type(n_layers).__name__} {n_layers!r}")
     if n_layers < 1:
         raise ValueError(f"{where}: n_layers must be at least 1; got {n_layers}")
     rng = as_generator(rng)
-    dtype = np.dtype(dtype)
+    dtype = resolve_dtype(dtype, where=where)
     # Listed in sampling order (base first); Chain wants the last-applied first, so reverse at the end.
     stages = []
     for i in range(n_layers):
@@ -66,8 +68,14 @@ def _stack(dim, n_layers, where, make_layer, mixer, *, batch_norm, act_norm, lu_
     return TransformedDistribution(_standard_normal(dim, dtype), Chain(list(reversed(stages))))
 
 
+def _check_permute(permute, where):
+    if not (permute is None or (isinstance(permute, str) and permute == "random")):
+        raise ValueError(f"{where}: permute must be None or 'random'; got {permute!r}")
+
+
 def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
                    permute, rng, dtype, **layer_kwargs):
+    _check_permute(permute, where)
     def make_layer(i, rng, dtype):
         return layer_cls(alternating_mask(dim, parity=i % 2), hidden, activation, rng=rng, dtype=dtype,
                          **layer_kwargs)
@@ -150,6 +158,7 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
 
     References: Durkan, Bekasov, Murray and Papamakarios, "Neural Spline Flows", NeurIPS 2019.
     """
+    _check_permute(permute, "NSF")
     if autoregressive:
         return _autoregressive_flow(SplineAutoregressive, dim, n_layers, hidden, activation, "NSF",
                                     batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng,

@@ -39,7 +39,7 @@ import stat
 
 import numpy as np
 
-from ._io_archive import FORMAT_NAME, FORMAT_VERSION, _FLOAT_NAMES, _SPEC_KEY, _read
+from ._io_archive import FORMAT_NAME, FORMAT_VERSION, _FLOAT_NAMES, _SPEC_KEY, _read, as_path
 from ._io_registry import _NAMES, REGISTRY, register
 from .bijectors import Inline
 from .distributions import TransformedDistribution
@@ -185,6 +185,7 @@ def save(flow_or_estimator, path):
     -------
     None
     """
+    given = as_path(path, "save")
     from .estimator import FlowDensity
     encoder = _Encoder()
     if isinstance(flow_or_estimator, FlowDensity):
@@ -202,7 +203,9 @@ def save(flow_or_estimator, path):
     arrays = dict(encoder.arrays)
     arrays[_SPEC_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     # through a symlink to the file it names, so that the link stays a link
-    path = os.path.realpath(os.fspath(path))
+    path = os.path.realpath(given)
+    if os.path.isdir(path):
+        raise ValueError(f"save: {given!r} is a directory; give the path of a file to write")
     fd, tmp = _create_temp(os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -303,16 +306,37 @@ def _history_from_json(data, where):
         return None
     if not isinstance(data, dict):
         raise ValueError(f"{where}: the stored training history must be an object; got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(History)}
+    fields = {f.name: f for f in dataclasses.fields(History)}
     kwargs = {}
     for key, value in data.items():
-        if key in known:
-            kwargs[key] = [np.nan if v is None else float(v) for v in value] if isinstance(value, list) else \
-                (np.nan if value is None else value)
-    try:
-        return History(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"{where}: the stored training history is malformed ({exc})") from None
+        if key not in fields:
+            continue
+        kind = fields[key].type
+        if kind in (list, "list"):
+            if not isinstance(value, list) or not all(v is None or _is_number(v) for v in value):
+                raise ValueError(f"{where}: the stored training history's {key!r} must be a list of numbers; got "
+                                 f"{str(value)[:80]!r}")
+            kwargs[key] = [np.nan if v is None else float(v) for v in value]
+        elif kind in (bool, "bool"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: the stored training history's {key!r} must be true or false; got "
+                                 f"{str(value)[:80]!r}")
+            kwargs[key] = value
+        elif kind in (int, "int"):
+            if not _is_number(value) or int(value) != value:
+                raise ValueError(f"{where}: the stored training history's {key!r} must be an integer; got "
+                                 f"{str(value)[:80]!r}")
+            kwargs[key] = int(value)
+        else:
+            if not (value is None or _is_number(value)):
+                raise ValueError(f"{where}: the stored training history's {key!r} must be a number; got "
+                                 f"{str(value)[:80]!r}")
+            kwargs[key] = np.nan if value is None else float(value)
+    return History(**kwargs)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _optimizer_from_spec(node, flow, decoder, where, version):
@@ -398,7 +422,7 @@ def load(path):
         non-finite, or of a shape or dtype that does not match the spec, or
         an optimizer state that does not fit the flow.
     """
-    where = os.fspath(path)
+    where = as_path(path, "load")
     spec, arrays, extra = _read(path)
     decoder = _Decoder(arrays, where)
     try:

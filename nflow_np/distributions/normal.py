@@ -16,6 +16,14 @@ def _positive(value, dtype, where, name):
     return arr
 
 
+def _broadcast(where, a, b, name_a, name_b):
+    try:
+        return np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{where}: {name_a} and {name_b} must broadcast together; got shapes {a.shape} and "
+                         f"{b.shape}") from None
+
+
 class Normal(Distribution):
     """Univariate normal N(loc, scale^2), elementwise: scalar events, batch shape from ``loc`` and ``scale``.
 
@@ -26,7 +34,7 @@ class Normal(Distribution):
         self.dtype = resolve_dtype(dtype, loc, scale, where=type(self).__name__)
         self.loc = np.array(as_float_array(loc, self.dtype, "Normal", "loc"), dtype=self.dtype)
         self.scale = _positive(scale, self.dtype, "Normal", "scale")
-        self.batch_shape = np.broadcast_shapes(self.loc.shape, self.scale.shape)
+        self.batch_shape = _broadcast("Normal", self.loc, self.scale, "loc", "scale")
         self.event_shape = ()
 
     def _standardize(self, x):
@@ -80,7 +88,7 @@ class MultivariateNormalDiag(Distribution):
         self.scale_diag = _positive(scale_diag, self.dtype, "MultivariateNormalDiag", "scale_diag")
         if self.loc.ndim < 1 or self.scale_diag.ndim < 1:
             raise ValueError("MultivariateNormalDiag: loc and scale_diag must be vectors (..., d)")
-        full = np.broadcast_shapes(self.loc.shape, self.scale_diag.shape)
+        full = _broadcast("MultivariateNormalDiag", self.loc, self.scale_diag, "loc", "scale_diag")
         self.batch_shape, self.event_shape = full[:-1], full[-1:]
 
     def _log_prob(self, x):
