@@ -5,7 +5,9 @@ import pytest
 from scipy import stats
 
 from nflow_np import bijectors as nb
-from nflow_np.distributions import MultivariateNormalDiag, Normal, TransformedDistribution, Uniform
+from nflow_np.distributions import (
+    GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
+)
 
 RNG = np.random.default_rng(12345)
 
@@ -165,3 +167,47 @@ def test_log_density_integrates_to_one():
     dens = flow.prob(grid)
     trapezoid = getattr(np, "trapezoid", None) or np.trapz
     assert abs(trapezoid(dens, grid) - 1.0) < 1e-4
+
+
+
+_EXTREME = [1e160, -1e160, 1e300, -1.7e308, 1.7e308, 5e-324, 0.0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda dt: Normal(0.0, 1.0, dtype=dt), lambda dt: Normal(1e30, 1e-30, dtype=dt),
+    lambda dt: Uniform(-1.0, 1.0, dtype=dt), lambda dt: Uniform(-1e308, 1e308, dtype=dt),
+    lambda dt: Uniform(-3e38, 3e38, dtype=dt), lambda dt: MultivariateNormalDiag(np.zeros(2, dtype=dt)),
+    lambda dt: GaussianMixture([0.5, 0.5], [[0.0], [1.0]], dtype=dt),
+    lambda dt: GaussianMixture([0.3, 0.7], [[0.0, 1.0], [1.0, -1.0]], [[1.0, 2.0], [0.5, 1e-3]], dtype=dt),
+    lambda dt: StudentT(3.0, np.zeros(2, dtype=dt)),
+], ids=["Normal", "Normal(narrow)", "Uniform", "Uniform(wide)", "Uniform(wide-f32)", "MVNDiag", "GaussianMixture",
+        "GaussianMixture(2-D)", "StudentT"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_log_prob_is_never_nan_for_finite_input(make, dtype):
+    """Far out, the log-density is a very negative number or -inf; never NaN."""
+    info = np.finfo(dtype)
+    try:
+        dist = make(dtype)
+    except (ValueError, TypeError, OverflowError):
+        pytest.skip("parameters outside the dtype's range")
+    x = np.array(_EXTREME + [info.max, -info.max, info.tiny * info.eps], dtype=np.float64)
+    x = x[np.abs(x) <= info.max].astype(dtype)
+    if dist.event_shape:
+        x = np.repeat(x[:, None], dist.event_shape[0], axis=1)
+    with np.errstate(invalid="raise", over="ignore", divide="ignore", under="ignore"):
+        lp = dist.log_prob(x)
+    assert not np.any(np.isnan(lp)), lp
+    assert np.all(lp < np.inf)
+    assert np.all(np.isfinite(dist.log_prob(dist.sample(5, rng=0))))   # and finite where the mass is
+
+
+def test_wide_uniform_is_exact():
+    """A width beyond the float range (high - low overflows) changes nothing: density, CDF and samples."""
+    dist = Uniform(-1e308, 1e308)
+    np.testing.assert_allclose(dist.log_prob([0.0, 1e308, -5e307]), -np.log(2.0) - np.log(1e308), rtol=1e-15)
+    np.testing.assert_allclose(dist.cdf([-1e308, -5e307, 0.0, 1.7e308]), [0.0, 0.25, 0.5, 1.0], rtol=1e-15)
+    with np.errstate(all="raise"):
+        x = dist.sample(1000, rng=0)
+    assert np.all(np.isfinite(x)) and np.all(np.abs(x) <= 1e308)
+    assert 0.4 < np.mean(x > 0) < 0.6
+    np.testing.assert_allclose(dist.entropy(), np.log(2.0) + np.log(1e308), rtol=1e-15)
