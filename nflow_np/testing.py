@@ -149,7 +149,11 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
     Notes
     -----
     Batch members must be independent (a ``BatchNorm`` in training mode
-    couples them: check it in evaluation mode). When a finite-difference
+    couples them: check it in evaluation mode). A layer that initializes from
+    its first data batch (an ``ActNorm`` not yet ``initialized``) is
+    initialized first, by one pass ``inverse(forward(x))``, so that the whole
+    check sees one map; a parameter that changes during the check anyway
+    fails it, with that reason. When a finite-difference
     stencil would leave the bijector's domain, the step shrinks for the whole
     batch, so points near a domain bound are best checked in a call of their
     own, apart from the bulk.
@@ -165,6 +169,39 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
     if bijector.context_size or context is not None:
         context = bijector._prepare_context(context, x, "check_bijector").copy()
         bijector = _WithContext(bijector, context)
+    _initialize_data_dependent(bijector, x)
+    before = {name: np.array(value, copy=True) for name, value in bijector.parameters()}
+    try:
+        return _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before)
+    except AssertionError as err:
+        changed = _changed_parameters(bijector, before)
+        if changed:
+            raise AssertionError(f"{bijector.name}: parameter {changed[0]} changed while the bijector was being "
+                                 f"checked (a side effect of its passes), so the passes compared were of different "
+                                 f"maps; the first failure seen was: {err}") from err
+        raise
+
+
+def _initialize_data_dependent(bijector, x):
+    """Run the first data batch through layers that initialize from it (ActNorm), before anything is compared."""
+    from .train.loops import modules
+    inner = bijector.bijector if isinstance(bijector, _WithContext) else bijector
+    pending = [m for m in modules(inner) if getattr(m, "initialized", True) is False]
+    if not pending:
+        return
+    bijector.inverse(bijector.forward(x))
+    left = [m.name for m in pending if not m.initialized]
+    if left:
+        raise AssertionError(f"check_bijector: {', '.join(left)} did not initialize from the points given "
+                             f"(an empty batch?): initialize it first")
+
+
+def _changed_parameters(bijector, before):
+    return [name for name, value in bijector.parameters()
+            if name not in before or not np.array_equal(value, before[name], equal_nan=True)]
+
+
+def _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before):
     dtype = x.dtype
     default_rtol, default_atol = _DEFAULT_TOLERANCES[dtype]
     c = _Checker(bijector.name, default_rtol if rtol is None else rtol, default_atol if atol is None else atol)
@@ -234,6 +271,10 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
         _check_inverse_vjp(c, bijector, x, y, ild, jac64, ld_grad, ld_grad_noise, jac_noise, k, generator, step)
         if isinstance(bijector, _WithContext):
             _check_context_grads(c, bijector, x, y, k, generator, step)
+    changed = _changed_parameters(bijector, before)
+    if changed:
+        raise AssertionError(f"{bijector.name}: parameter {changed[0]} changed while the bijector was being "
+                             f"checked (a side effect of its passes); the checks compared different maps")
     return dict(c.report)
 
 

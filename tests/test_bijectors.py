@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bijector_cases import CASES, DTYPES
+from nflow_np import bijectors as nb
 from nflow_np.testing import check_bijector
 
 
@@ -38,3 +39,15 @@ def test_batch_shapes(name):
     y2, ld2 = bijector.forward_and_log_det(x2)
     np.testing.assert_allclose(y2.reshape(y.shape), y, rtol=1e-13)
     np.testing.assert_allclose(ld2.reshape(ld.shape), ld, rtol=1e-13, atol=1e-13)
+
+
+def test_check_bijector_names_a_parameter_changed_by_the_passes():
+    """A pass with a side effect on the parameters makes the checks compare different maps: the failure says so."""
+    class Drifting(nb.Shift):
+        def _inv(self, y):
+            self.params["shift"] += 0.5   # e.g. a data-dependent re-initialization on every inverse pass
+            return super()._inv(y)
+
+    with pytest.raises(AssertionError, match=r"^Drifting: parameter shift changed while the bijector was being "
+                                             r"checked .* first failure seen was: Drifting: inverse\(forward"):
+        check_bijector(Drifting(np.zeros(3)), np.random.default_rng(0).normal(size=(4, 3)))
