@@ -126,6 +126,9 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
     - the forward log-det equals log|det| of a finite-difference Jacobian
       (the log-derivative for elementwise bijectors);
     - ``inverse_log_det_jacobian(y) == -forward_log_det_jacobian(x)`` at ``y = forward(x)``;
+    - for a scalar map (``event_ndims == 0``), the direction it declares
+      (which the CDF of a transformed distribution uses) against the sign of
+      the finite-difference slope;
     - ``forward_vjp`` and ``inverse_vjp`` against finite differences, for the
       input and for every parameter, with random upstream gradients of the
       output and of the log-det.
@@ -243,6 +246,8 @@ def _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before):
     # |d log det| <= sum_ij |J^-1_ji| |dJ_ij|
     ld_noise = np.einsum("...ji,...ij->...", np.abs(jac_inv), jac_noise.astype(np.float64))
     c.compare("log_det_vs_jacobian", ld, fd_ld, ld_noise)
+    if k == 0 and not isinstance(bijector, _WithContext):
+        _check_direction(bijector, jac[..., 0, 0], jac_noise[..., 0, 0])
 
     # round trips, allowing for the rounding of y (resp. x) carried through the inverse (resp. forward)
     m = jac.shape[-1]
@@ -276,6 +281,24 @@ def _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before):
         raise AssertionError(f"{bijector.name}: parameter {changed[0]} changed while the bijector was being "
                              f"checked (a side effect of its passes); the checks compared different maps")
     return dict(c.report)
+
+
+def _check_direction(bijector, slope, noise):
+    """A scalar map's declared direction (``_is_increasing``, which the CDF of a flow uses) against its slope."""
+    try:
+        declared = bijector._is_increasing()
+    except ValueError:
+        return      # not a monotone scalar map by its own account (an Inline without is_increasing)
+    declared = np.broadcast_to(np.asarray(declared, dtype=bool), slope.shape)
+    slope = slope.astype(np.float64)
+    resolved = np.abs(slope) > _NOISE_FACTOR * noise.astype(np.float64)
+    wrong = resolved & ((slope > 0) != declared)
+    if np.any(wrong):
+        idx = np.unravel_index(int(np.argmax(wrong)), wrong.shape) if wrong.ndim else ()
+        said, does = ("increasing", "decreases") if declared[idx] else ("decreasing", "increases")
+        raise AssertionError(f"{bijector.name}: direction failed: declared {said} (_is_increasing, which the CDF "
+                             f"of a transformed distribution uses), but the map {does} at index "
+                             f"{tuple(int(i) for i in idx)} (finite-difference slope {slope[idx]:.6g})")
 
 
 def _params_of(bijector):

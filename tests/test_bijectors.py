@@ -51,3 +51,33 @@ def test_check_bijector_names_a_parameter_changed_by_the_passes():
     with pytest.raises(AssertionError, match=r"^Drifting: parameter shift changed while the bijector was being "
                                              r"checked .* first failure seen was: Drifting: inverse\(forward"):
         check_bijector(Drifting(np.zeros(3)), np.random.default_rng(0).normal(size=(4, 3)))
+
+
+def test_check_bijector_checks_the_declared_direction():
+    """A scalar map declaring the wrong direction would give a flow the wrong CDF: the checker catches it."""
+    class Neg(nb.ElementwiseBijector):
+        def _fwd(self, x):
+            return -x
+
+        def _inv(self, y):
+            return -y
+
+        def _fldj(self, x):
+            return np.zeros_like(x)
+
+        def _derivatives(self, x, y):
+            return -1.0, 0, {}
+
+    x = np.random.default_rng(0).normal(size=(5, 2))
+    check_bijector(Neg(), x)    # detected: decreasing
+
+    class DeclaredIncreasing(Neg):
+        increasing = True
+
+    with pytest.raises(AssertionError, match=r"^DeclaredIncreasing: direction failed: declared increasing"):
+        check_bijector(DeclaredIncreasing(), x)
+    inline = nb.Inline(lambda v: -v, lambda v: -v, forward_log_det_jacobian_fn=lambda v: np.zeros_like(v),
+                       is_increasing=True)
+    with pytest.raises(AssertionError, match=r"direction failed"):
+        check_bijector(inline, x)
+    check_bijector(nb.Scale(np.array([2.0, -3.0])), x)     # per-element directions
