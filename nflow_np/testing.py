@@ -166,7 +166,13 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
     dict
         For each property (``"log_det_vs_jacobian"`` and the rest), the largest
         error relative to ``max(1, |expected|)`` at the points where rounding
-        noise does not dominate the comparison: a number for reports.
+        noise does not dominate the comparison: a number for reports. For a
+        scalar map (``event_ndims == 0``) also ``"forward_finite_range"`` and
+        ``"inverse_finite_range"``: ``(low, high)``, the interval of inputs
+        around the points given on which that map returns finite values (for
+        every parameter element). Beyond it the map overflows the dtype or
+        leaves its domain: ``Exp`` gives ``(-1.8e308, 709.78)`` in float64, so
+        a flow through it samples ``inf`` from base points above 709.78.
     """
     x = as_float_array(x, bijector.dtype, "check_bijector", "x")
     if bijector.context_size or context is not None:
@@ -280,7 +286,77 @@ def _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before):
     if changed:
         raise AssertionError(f"{bijector.name}: parameter {changed[0]} changed while the bijector was being "
                              f"checked (a side effect of its passes); the checks compared different maps")
+    if k == 0 and not isinstance(bijector, _WithContext):
+        c.report["forward_finite_range"] = _finite_range(bijector.forward, _start_points(bijector.forward, x))
+        c.report["inverse_finite_range"] = _finite_range(bijector.inverse, _start_points(bijector.inverse, y))
     return dict(c.report)
+
+
+def _start_points(fn, points):
+    """The first row of ``points`` (a point per parameter element, if the parameters broadcast along it), or all."""
+    row = np.array(points[0]) if points.ndim else points.copy()
+    try:
+        if np.shape(fn(row)) == row.shape:
+            return row
+    except ValueError:
+        pass
+    return points.copy()
+
+
+def _finite_range(fn, start):
+    """``(low, high)``: the interval around ``start`` on which the scalar map ``fn`` returns finite values.
+
+    Searched by bisection on the floats themselves (ordered as integers), from ``start`` out to the
+    dtype's largest numbers, for every element of ``start`` (one per parameter element); the
+    narrowest interval over the elements is returned. Inputs ``fn`` refuses (outside its domain)
+    count as not finite, so a domain's edge bounds the interval too.
+    """
+    dtype = start.dtype
+    big = float(np.finfo(dtype).max)
+    ints = np.int64 if dtype.itemsize == 8 else np.int32
+    least = np.iinfo(ints).min
+
+    def key(v):     # negative floats' bit patterns run backwards: mirror them below zero
+        i = np.asarray(v, dtype=dtype).view(ints)
+        return np.where(i >= 0, i, least - np.minimum(i, 0))
+
+    def value(k):
+        return np.asarray(np.where(k >= 0, k, least - np.minimum(k, 0)), dtype=ints).view(dtype)
+
+    def finite(v):
+        with np.errstate(all="ignore"):
+            try:
+                return np.isfinite(fn(v))
+            except ValueError:
+                pass
+            out = np.zeros(v.shape, dtype=bool)
+            for idx in np.ndindex(v.shape):   # one element at a time, the others at known finite points
+                one = start.copy()
+                one[idx] = v[idx]
+                try:
+                    out[idx] = np.isfinite(fn(one))[idx]
+                except ValueError:
+                    pass
+            return out
+
+    ends = []
+    for edge in (-big, big):
+        far = np.full(start.shape, edge, dtype=dtype)
+        inside, outside = key(start), key(far)
+        done = finite(far)
+        inside = np.where(done, outside, inside)
+        while True:
+            # the next float between inside (finite) and outside (not), halfway in the integer ordering
+            gap = (outside > inside + 1) if edge > 0 else (inside > outside + 1)
+            gap &= ~done
+            if not np.any(gap):
+                break
+            mid = (inside >> 1) + (outside >> 1) + (inside & outside & 1)
+            ok = finite(value(mid))
+            inside = np.where(gap & ok, mid, inside)
+            outside = np.where(gap & ~ok, mid, outside)
+        ends.append(value(inside).astype(np.float64))
+    return float(np.max(ends[0])), float(np.min(ends[1]))
 
 
 def _check_direction(bijector, slope, noise):

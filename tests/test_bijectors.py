@@ -81,3 +81,21 @@ def test_check_bijector_checks_the_declared_direction():
     with pytest.raises(AssertionError, match=r"direction failed"):
         check_bijector(inline, x)
     check_bijector(nb.Scale(np.array([2.0, -3.0])), x)     # per-element directions
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_check_bijector_reports_where_a_scalar_map_overflows(dtype):
+    """The interval on which forward and inverse stay finite, to the last float: where samples turn inf."""
+    x = np.array([[-1.0, 0.5, 2.0]], dtype=dtype)
+    big = float(np.finfo(dtype).max)
+    report = check_bijector(nb.Exp(), x)
+    low, high = report["forward_finite_range"]
+    assert low == -big
+    with np.errstate(over="ignore"):
+        assert np.isfinite(np.exp(dtype(high))) and np.isinf(np.exp(np.nextafter(dtype(high), dtype(np.inf))))
+    assert report["inverse_finite_range"] == (float(np.nextafter(dtype(0), dtype(1))), big)   # log: its domain
+    # per parameter element, the narrowest interval
+    report = check_bijector(nb.Scale(np.array([2.0, -1e30, 1.0], dtype=dtype)), x)
+    np.testing.assert_allclose(report["forward_finite_range"], (-big / 1e30, big / 1e30), rtol=1e-6)
+    assert report["inverse_finite_range"] == (-big, big)
+    assert check_bijector(nb.Tanh(), x)["forward_finite_range"] == (-big, big)

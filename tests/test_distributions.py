@@ -259,3 +259,26 @@ def test_cdf_of_a_user_decreasing_elementwise_map():
     x = np.array([[0.3, -0.4], [2.0, 1.0]])
     expected = np.stack([stats.norm(1.0, 2.0).cdf(x[:, 0]), stats.norm(0.0, 0.5).cdf(x[:, 1])], axis=-1)
     np.testing.assert_allclose(mixed.cdf(x), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_samples_that_overflow_are_reported(backend):
+    """A sample the forward map carries past the float range is inf, never silently: one warning says how many."""
+    import warnings
+
+    flow = TransformedDistribution(Normal(0.0, 1000.0), nb.Exp())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = flow.sample(1000, rng=0, backend=backend)
+    overflowed = int(np.sum(np.isinf(x)))
+    assert overflowed > 100 and not np.any(np.isnan(x))
+    assert [str(w.message) for w in caught] == [
+        f"TransformedDistribution.sample: {overflowed} of 1000 sample values are not finite: the forward map of "
+        f"Exp overflows the float64 range at their base points"]
+    assert caught[0].category is RuntimeWarning and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TransformedDistribution(Normal(0.0, 1.0), nb.Exp()).sample_and_log_prob(1000, rng=0, backend=backend)
+    with pytest.warns(RuntimeWarning, match=r"^Normal\.sample: \d+ of 100 sample values are not finite: they lie "
+                                            r"beyond the float64 range"):
+        Normal(0.0, 1e308).sample(100, rng=0)
