@@ -9,6 +9,18 @@ itself cannot avoid at that point (a Sigmoid at x = 30 sits one part in 1e13
 below 1, so its inverse can only recover x to about 1e-3). Points where a map
 is well conditioned are thus held to the dtype's precision, and ill-conditioned
 points are not failed for what floating point cannot represent.
+
+Kinks. Maps need not be smooth everywhere: a ReLU network (the default
+activation) has a kink wherever a unit's input crosses 0, and ``LeakyReLU``
+or ``Softsign`` at 0. A central difference whose stencil straddles one
+averages two slopes, so every difference is also taken one-sidedly: where the
+two sides disagree, the derivative is taken from the side whose stencil does
+not cross the kink, or with a stencil small enough to fit between kinks. A
+point where no side is clean (a kink at the point itself, where the
+derivative does not exist) is skipped, and counted. The reports say how many
+derivatives were taken around a kink (``"kinks_checked"``) and how many were
+skipped (``"kinks_skipped"``). A wrong derivative is still compared with the
+exact one-sided value, so the checks lose nothing at kinks.
 """
 
 import numpy as np
@@ -30,8 +42,11 @@ class _Checker:
         self.rtol = rtol
         self.atol = atol
         self.report = {}
+        # finite differences that straddle a kink are taken one-sidedly, or skipped, and counted here
+        self.kinks = _finite_diff.Kinks(rtol, atol)
 
-    def compare(self, prop, actual, expected, noise=0.0, *, rtol=None, atol=None):
+    def compare(self, prop, actual, expected, noise=0.0, *, rtol=None, atol=None, skip=None):
+        """Fail where ``|actual - expected|`` exceeds the tolerance; ``skip`` (leading axes) masks points out."""
         actual = np.asarray(actual, dtype=np.float64)
         expected = np.asarray(expected, dtype=np.float64)
         if actual.shape != expected.shape:
@@ -42,12 +57,18 @@ class _Checker:
             idx = np.unravel_index(int(np.argmax(~np.isfinite(actual))), actual.shape) if actual.ndim else ()
             raise AssertionError(f"{self.name}: {prop}: non-finite value {actual[idx]} at index {idx}")
         err = np.abs(actual - expected)
+        if skip is not None:
+            skip = np.asarray(skip, dtype=bool)
+            skip = np.broadcast_to(skip.reshape(skip.shape + (1,) * (err.ndim - skip.ndim)), err.shape)
+            err = np.where(skip, 0.0, err)
         base_tol = atol + rtol * np.abs(expected)
         noise = _NOISE_FACTOR * np.broadcast_to(np.asarray(noise, dtype=np.float64), err.shape)
         tol = base_tol + noise
         # report the worst error, relative to max(1, |expected|), where the
         # comparison is not swamped by rounding noise
         well = noise <= base_tol
+        if skip is not None:
+            well = well & ~skip
         scaled = err / np.maximum(1.0, np.abs(expected))
         worst = float(scaled[well].max()) if np.any(well) else 0.0
         self.report[prop] = max(self.report.get(prop, 0.0), worst)
@@ -110,8 +131,9 @@ def _check_context_grads(c, bound, x, y, k, generator, step):
             moved, moved_ld = run(point, context=ctx)
             return (grad_out * moved).sum(axis=axes) + grad_ld * moved_ld
 
-        fd, noise = _finite_diff.input_vjp(per_batch, context, 1, step * np.maximum(1.0, np.abs(context)))
-        c.compare(f"{method} grad of the context vs finite differences", grad_context, fd, noise)
+        fd, noise, bad = _finite_diff.input_vjp(per_batch, context, 1, step * np.maximum(1.0, np.abs(context)),
+                                                c.kinks)
+        c.compare(f"{method} grad of the context vs finite differences", grad_context, fd, noise, skip=bad)
 
 
 def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, context=None):
@@ -156,7 +178,10 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
     its first data batch (an ``ActNorm`` not yet ``initialized``) is
     initialized first, by one pass ``inverse(forward(x))``, so that the whole
     check sees one map; a parameter that changes during the check anyway
-    fails it, with that reason. When a finite-difference
+    fails it, with that reason. Finite differences that straddle a kink of
+    the map (a ReLU unit's, ``LeakyReLU`` at 0) are taken from the kink's
+    clean side, or skipped where there is none (see the module's
+    docstring). When a finite-difference
     stencil would leave the bijector's domain, the step shrinks for the whole
     batch, so points near a domain bound are best checked in a call of their
     own, apart from the bulk.
@@ -173,6 +198,9 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
         every parameter element). Beyond it the map overflows the dtype or
         leaves its domain: ``Exp`` gives ``(-1.8e308, 709.78)`` in float64, so
         a flow through it samples ``inf`` from base points above 709.78.
+        And ``"kinks_checked"`` / ``"kinks_skipped"``: how many derivatives
+        were taken around a kink, and how many were left out for want of a
+        clean side (counts).
     """
     x = as_float_array(x, bijector.dtype, "check_bijector", "x")
     if bijector.context_size or context is not None:
@@ -240,7 +268,9 @@ def _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before):
 
     # finite-difference Jacobian of the forward map at x
     step = _finite_diff.default_step(dtype)
-    jac, jac_noise = _finite_diff.jacobian(bijector.forward, x, k, step)
+    jac, jac_noise, jac_bad = _finite_diff.jacobian(bijector.forward, x, k, step, c.kinks)
+    # batch members where a derivative could not be resolved (a kink right at the point) are left out
+    skip = jac_bad.any(axis=(-2, -1))
     jac64 = jac.astype(np.float64)
     sign, fd_ld = _slogdet_abs(jac64)
     if np.any(sign == 0):
@@ -251,9 +281,9 @@ def _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before):
     jac_inv = np.linalg.inv(jac64)
     # |d log det| <= sum_ij |J^-1_ji| |dJ_ij|
     ld_noise = np.einsum("...ji,...ij->...", np.abs(jac_inv), jac_noise.astype(np.float64))
-    c.compare("log_det_vs_jacobian", ld, fd_ld, ld_noise)
+    c.compare("log_det_vs_jacobian", ld, fd_ld, ld_noise, skip=skip)
     if k == 0 and not isinstance(bijector, _WithContext):
-        _check_direction(bijector, jac[..., 0, 0], jac_noise[..., 0, 0])
+        _check_direction(bijector, jac[..., 0, 0], jac_noise[..., 0, 0], skip)
 
     # round trips, allowing for the rounding of y (resp. x) carried through the inverse (resp. forward)
     m = jac.shape[-1]
@@ -271,21 +301,25 @@ def _check_bijector(bijector, x, rtol, atol, rng, check_vjp, before):
     c.compare("inverse_and_log_det vs inverse", x_fused, x_back, **tight)
     c.compare("inverse_and_log_det vs inverse_log_det_jacobian", ild, bijector.inverse_log_det_jacobian(y), **tight)
     # ild is evaluated at the rounded y, i.e. at x moved by up to noise_x: allow the log-det's change over that
-    ld_grad, ld_grad_noise = _finite_diff.input_vjp(bijector.forward_log_det_jacobian, x, k,
-                                                    step * np.maximum(1.0, np.abs(x)))
+    ld_grad, ld_grad_noise, ld_grad_bad = _finite_diff.input_vjp(bijector.forward_log_det_jacobian, x, k,
+                                                                 step * np.maximum(1.0, np.abs(x)), c.kinks)
+    skip = skip | ld_grad_bad.reshape(batch + (m,)).any(axis=-1)
     ld_shift = (np.abs(ld_grad) * noise_x).reshape(batch + (m,)).sum(axis=-1)
-    c.compare("inverse log-det == -forward log-det", ild, -ld, ld_noise + ld_shift)
+    c.compare("inverse log-det == -forward log-det", ild, -ld, ld_noise + ld_shift, skip=skip)
 
     if check_vjp:
         generator = np.random.default_rng(rng)
-        _check_forward_vjp(c, bijector, x, y, ld, k, generator, step)
-        _check_inverse_vjp(c, bijector, x, y, ild, jac64, ld_grad, ld_grad_noise, jac_noise, k, generator, step)
+        _check_forward_vjp(c, bijector, x, y, ld, k, generator, step, skip)
+        _check_inverse_vjp(c, bijector, x, y, ild, jac64, ld_grad, ld_grad_noise, jac_noise, k, generator, step,
+                           skip)
         if isinstance(bijector, _WithContext):
             _check_context_grads(c, bijector, x, y, k, generator, step)
     changed = _changed_parameters(bijector, before)
     if changed:
         raise AssertionError(f"{bijector.name}: parameter {changed[0]} changed while the bijector was being "
                              f"checked (a side effect of its passes); the checks compared different maps")
+    c.report["kinks_checked"] = c.kinks.checked
+    c.report["kinks_skipped"] = c.kinks.skipped
     if k == 0 and not isinstance(bijector, _WithContext):
         c.report["forward_finite_range"] = _finite_range(bijector.forward, _start_points(bijector.forward, x))
         c.report["inverse_finite_range"] = _finite_range(bijector.inverse, _start_points(bijector.inverse, y))
@@ -359,7 +393,7 @@ def _finite_range(fn, start):
     return float(np.max(ends[0])), float(np.min(ends[1]))
 
 
-def _check_direction(bijector, slope, noise):
+def _check_direction(bijector, slope, noise, skip):
     """A scalar map's declared direction (``_is_increasing``, which the CDF of a flow uses) against its slope."""
     try:
         declared = bijector._is_increasing()
@@ -368,7 +402,7 @@ def _check_direction(bijector, slope, noise):
     declared = np.broadcast_to(np.asarray(declared, dtype=bool), slope.shape)
     slope = slope.astype(np.float64)
     resolved = np.abs(slope) > _NOISE_FACTOR * noise.astype(np.float64)
-    wrong = resolved & ((slope > 0) != declared)
+    wrong = resolved & ~skip & ((slope > 0) != declared)
     if np.any(wrong):
         idx = np.unravel_index(int(np.argmax(wrong)), wrong.shape) if wrong.ndim else ()
         said, does = ("increasing", "decreases") if declared[idx] else ("decreasing", "increases")
@@ -381,10 +415,13 @@ def _params_of(bijector):
     return list(bijector.parameters())
 
 
-def _check_forward_vjp(c, bijector, x, y, ld, k, generator, step):
+def _check_forward_vjp(c, bijector, x, y, ld, k, generator, step, skip):
     dtype = x.dtype
     grad_y = generator.standard_normal(y.shape).astype(dtype)
     grad_ld = generator.standard_normal(ld.shape).astype(dtype)
+    # members left out take no part: zero upstream gradients keep their kinks out of the parameters' totals
+    grad_y[skip] = 0
+    grad_ld[skip] = 0
     grad_x, grads = bijector.forward_vjp(x, grad_y, grad_ld)
     _check_vjp_result(c, bijector, "forward_vjp", grad_x, x, grads)
     axes = _event_axes(y, k)
@@ -393,12 +430,12 @@ def _check_forward_vjp(c, bijector, x, y, ld, k, generator, step):
         out, log_det = bijector.forward_and_log_det(point)
         return (grad_y * out).sum(axis=axes) + grad_ld * log_det
 
-    fd, noise = _finite_diff.input_vjp(per_batch, x, k, step * np.maximum(1.0, np.abs(x)))
-    c.compare("forward_vjp grad_x vs finite differences", grad_x, fd, noise)
+    fd, noise, bad = _finite_diff.input_vjp(per_batch, x, k, step * np.maximum(1.0, np.abs(x)), c.kinks)
+    c.compare("forward_vjp grad_x vs finite differences", grad_x, fd, noise, skip=bad)
     _check_param_grads(c, bijector, "forward_vjp", grads, lambda: per_batch(x).sum(), step)
 
 
-def _check_inverse_vjp(c, bijector, x, y, ild, jac, ld_grad, ld_grad_noise, jac_noise, k, generator, step):
+def _check_inverse_vjp(c, bijector, x, y, ild, jac, ld_grad, ld_grad_noise, jac_noise, k, generator, step, skip):
     # Finite differences in y-space break down exactly where the inverse is
     # interesting (a Sigmoid near 1 leaves no room for a stencil), so the
     # expected inverse gradients are built from x-space finite differences by
@@ -408,6 +445,8 @@ def _check_inverse_vjp(c, bijector, x, y, ild, jac, ld_grad, ld_grad_noise, jac_
     dtype = x.dtype
     grad_x_up = generator.standard_normal(x.shape).astype(dtype)
     grad_ld = generator.standard_normal(ild.shape).astype(dtype)
+    grad_x_up[skip] = 0
+    grad_ld[skip] = 0
     grad_y, grads = bijector.inverse_vjp(y, grad_x_up, grad_ld)
     _check_vjp_result(c, bijector, "inverse_vjp", grad_y, y, grads)
     batch = x.shape[:x.ndim - k]
@@ -456,16 +495,19 @@ def _check_vjp_result(c, bijector, method, grad, like, grads):
 
 
 def _check_param_grads(c, bijector, method, grads, total_fn, step, carried_noise_fn=None):
+    at = float(total_fn())
     for name, array in _params_of(bijector):
         fd = np.empty(array.shape, dtype=np.float64)
         noise = np.empty(array.shape, dtype=np.float64)
+        bad = np.zeros(array.shape, dtype=bool)
         for index in np.ndindex(array.shape):
             h = step * max(1.0, abs(float(array[index])))
-            fd[index], noise[index] = _finite_diff.derivative_along_scalar(total_fn, array, index, h)
+            fd[index], noise[index], bad[index] = _finite_diff.derivative_along_scalar(total_fn, array, index, h,
+                                                                                       c.kinks, at)
             if carried_noise_fn is not None:
                 carried, _ = _finite_diff.derivative_along_scalar(carried_noise_fn, array, index, h)
                 noise[index] += abs(carried)
-        c.compare(f"{method} grad of {name} vs finite differences", grads[name], fd, noise)
+        c.compare(f"{method} grad of {name} vs finite differences", grads[name], fd, noise, skip=bad)
 
 
 def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=None, backend=None, context=None):
@@ -488,7 +530,13 @@ def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=N
     trainable parameters (its samples are not reparameterizable in them);
     the NLL check covers those parameters (``distribution.*``).
 
-    Returns a dict ``{loss: worst relative error}``; raises ``AssertionError``
+    A loss through ReLU networks has kinks in every parameter: an entry whose
+    difference stencil straddles one is differenced from the kink's clean
+    side, or with a smaller stencil, and one with no clean side (a kink right
+    at the parameter's value) is skipped (see :mod:`nflow_np.testing`).
+
+    Returns a dict ``{loss: worst relative error}``, with the counts
+    ``"kinks_checked"`` and ``"kinks_skipped"``; raises ``AssertionError``
     naming the parameter and entry on failure.
     """
     from .train.loops import set_training
@@ -512,27 +560,35 @@ def check_gradients(flow, x, *, rtol=1e-5, reverse_kl=True, rng=0, max_entries=N
         losses["reverse_kl"] = lambda: reverse_kl_and_grad(flow, target, None, z=z, target_grad=target_grad)
     step = _finite_diff.default_step(flow.dtype)
     report = {}
+    kinks = _finite_diff.Kinks(rtol, 0.0)
     for label, evaluate in losses.items():
-        _, grads = evaluate()
+        at, grads = evaluate()
         worst = 0.0
         # a floor for parameters whose gradient is all zero (masked MADE weights, say)
         floor = 1e-6 * max((float(np.abs(g).max()) for g in grads.values() if np.size(g)), default=0.0)
         for name, array in flow.parameters():
             grad = np.asarray(grads[name], dtype=np.float64)
             scale = max(float(np.abs(grad).max()) if grad.size else 0.0, floor)
+            kinks.atol = rtol * scale
             indices = list(np.ndindex(array.shape))
             if max_entries is not None and len(indices) > max_entries:
                 chosen = generator.choice(len(indices), size=max_entries, replace=False)
                 indices = [indices[i] for i in chosen]
             for index in indices:
                 h = step * max(1.0, abs(float(array[index])))
-                fd, noise = _finite_diff.derivative_along_scalar(lambda: evaluate()[0], array, index, h)
+                fd, noise, unresolved = _finite_diff.derivative_along_scalar(lambda: evaluate()[0], array, index, h,
+                                                                             kinks, float(at))
+                if unresolved:
+                    continue    # a kink right at this value of the parameter (counted in the report)
                 err = abs(grad[index] - fd)
                 tol = rtol * (abs(fd) + scale) + _NOISE_FACTOR * noise
                 if err > tol:
-                    raise AssertionError(f"check_gradients: {label} gradient of {name}{list(index)}: got {grad[index]!r}, "
-                                         f"finite differences give {fd!r} (|error| {err:.3g} > tolerance {tol:.3g})")
+                    raise AssertionError(f"check_gradients: {label} gradient of {name}{list(index)}: got "
+                                         f"{grad[index]!r}, finite differences give {fd!r} (|error| {err:.3g} > "
+                                         f"tolerance {tol:.3g})")
                 worst = max(worst, err / max(abs(fd) + scale, np.finfo(np.float64).tiny))
         report[label] = worst
+    report["kinks_checked"] = kinks.checked
+    report["kinks_skipped"] = kinks.skipped
     set_training(flow, False)
     return report

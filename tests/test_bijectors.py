@@ -99,3 +99,59 @@ def test_check_bijector_reports_where_a_scalar_map_overflows(dtype):
     np.testing.assert_allclose(report["forward_finite_range"], (-big / 1e30, big / 1e30), rtol=1e-6)
     assert report["inverse_finite_range"] == (-big, big)
     assert check_bijector(nb.Tanh(), x)["forward_finite_range"] == (-big, big)
+
+
+def _relu_coupling(seed):
+    from nflow_np.bijectors.coupling import AffineCoupling
+    rng = np.random.default_rng(seed)
+    b = AffineCoupling([True, False, True, False], (8,), "relu", rng=rng)
+    for _, array in b.parameters():
+        array += 0.3 * rng.normal(size=array.shape)
+    return b, rng.normal(size=(200, 4))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_check_bijector_passes_a_relu_coupling_whose_stencils_cross_kinks(seed):
+    """At 200 points some ReLU unit always lies within a stencil's reach of its kink: checked from its clean side."""
+    b, x = _relu_coupling(seed)
+    report = check_bijector(b, x)
+    assert report["forward_vjp grad_x vs finite differences"] < 1e-8
+    assert report["kinks_skipped"] <= 2
+
+
+def test_check_bijector_still_catches_a_slightly_wrong_gradient_among_kinks():
+    b, x = _relu_coupling(0)
+    original = b._forward_backward
+
+    def broken(ctx, grad_y, grad_log_det):
+        grad, grads = original(ctx, grad_y, grad_log_det)
+        return grad * np.where(np.arange(4) == 1, 1.0 + 1e-4, 1.0), grads    # one coordinate 0.01% off
+
+    b._forward_backward = broken
+    with pytest.raises(AssertionError, match=r"^AffineCoupling: forward_vjp grad_x vs finite differences failed"):
+        check_bijector(b, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_check_bijector_at_the_kinks_of_elementwise_maps(dtype):
+    """Softsign and LeakyReLU right at and next to their kink at 0; where no side is clean, skipped and counted."""
+    near = np.array([0.0, 1e-6, -1e-6, 3e-4, -3e-4, 0.01, -0.01, 0.03, -0.03], dtype=dtype)
+    for bijector in (nb.Softsign(), nb.LeakyReLU(np.asarray(0.3, dtype=dtype))):
+        report = check_bijector(bijector, near)
+        assert 0 < report["kinks_skipped"] <= 12      # only the points at (or within rounding of) the kink
+        assert report["kinks_checked"] > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_check_bijector_catches_a_wrong_slope_next_to_a_kink(dtype):
+    """A LeakyReLU whose log-det below 0 is off: caught at points within a stencil's reach of the kink."""
+    class Wrong(nb.LeakyReLU):
+        def _fldj(self, x):
+            return np.where(x >= 0, 0.0, 1.01 * self.params["log_alpha"]).astype(x.dtype, copy=False)
+
+        def _ildj(self, y):
+            return -self._fldj(self._inv(y))
+
+    near = np.array([0.01, -0.01, 0.02, -0.03], dtype=dtype)
+    with pytest.raises(AssertionError, match=r"^Wrong: log_det_vs_jacobian failed"):
+        check_bijector(Wrong(np.asarray(0.3, dtype=dtype)), near)
