@@ -11,16 +11,17 @@ smooth (a ReLU unit's kink, ``|x|`` at 0) averages two slopes into a number
 that is neither, and its own error estimate can miss that. Given a
 :class:`Kinks` policy, every derivative is also estimated one-sidedly from the
 points at hand (third order, from ``x`` and the stencil's points on each
-side). Where either side disagrees with the central value, each side is
-estimated again to fourth order at two steps: a side is clean when its two
-steps agree. Two clean sides that agree mean a smooth point after all (their
-mean is used); one clean side means a kink on the other (the clean side is
-used: a one-sided derivative, counted as checked); no clean side (kinks on
-both sides) or two that disagree (a kink at the point itself) sends the
-derivative to a stencil ``_SHRINK`` times smaller, up to ``_RETRIES`` times,
-and what is still open then (unless its two sides agree within their
-errors) is unresolved: the caller skips it, and the
-policy counts it.
+side). Where either side disagrees with the central value (or the central
+difference's own two steps disagree beyond rounding), each side is
+estimated again to fourth order at two steps: a side is clean when those two
+and its screening estimate agree. Two clean sides that agree mean a smooth
+point after all (their mean is used). Otherwise the derivative straddles a
+kink: it is taken again with a stencil ``_SHRINK`` times smaller (up to
+``_RETRIES`` times), which fits between kinks more often; failing that, from
+the one clean side (a one-sided derivative), or from two sides that agree
+within their larger errors. What is still open (no clean side, or two clean
+sides that disagree: a kink at the point itself) is unresolved: the caller
+skips it, and the policy counts it.
 """
 
 import numpy as np
@@ -139,32 +140,40 @@ def _stencil(fn, flat, shape, j, base, wanted):
     return total, magnitude, h, values
 
 
-def _review(kinks, evaluate, near, central, noise, rounding, h, scale, eps):
+def _review(kinks, evaluate, near, central, noise, rounding, h, scale, eps, extra=0.0):
     """The derivative where ``central`` may straddle a kink: ``(value, noise, unresolved)``; see the module.
 
     ``near`` maps multiples of ``h`` to the function's values there (0, +-h/2, +-h, +-2h);
     ``evaluate(mult)`` computes it elsewhere. ``scale`` is ``|x|`` at the point: the nodes
     ``x + mult * h`` are rounded to within ``eps * |x|``, which moves each value by about
     ``eps * |x| * |f'|``. ``noise`` is the central difference's estimated error, ``rounding`` the part of it
-    that rounding accounts for: the rest (the Richardson correction) is what a kink would inflate.
+    that rounding accounts for: the rest (the Richardson correction) is what a kink would inflate. ``extra``
+    is rounding in each value beyond ``eps * |value|`` (from terms of a sum that cancel).
     """
     value, noise, checked, unresolved = _sides(kinks, evaluate, near, central, noise, rounding, h, scale, eps,
-                                               _RETRIES)
+                                               extra, _RETRIES)
     kinks.checked += int(np.count_nonzero(checked))
     kinks.skipped += int(np.count_nonzero(unresolved))
     return value, noise, unresolved
 
 
-def _sides(kinks, evaluate, near, central, noise, rounding, h, scale, eps, retries):
+def _sides(kinks, evaluate, near, central, noise, rounding, h, scale, eps, extra, retries):
     """``(value, noise, checked, unresolved)``: ``checked`` where a kink was found and stepped around."""
-    spread = eps * scale * np.abs(central)
-    suspect = np.zeros(np.shape(central), dtype=bool)
+    spread = eps * scale * np.abs(central) + extra
+    # the central difference's own two steps disagreeing beyond rounding: not smooth at this scale
+    suspect = 15.0 * (noise - rounding) > _AGREE * rounding + kinks._slack(central)
+    screens = {}
     for side in (1.0, -1.0):
-        estimate, screen_rounding = _one_sided(lambda t, side=side: near[side * t], _SCREEN, side * h, eps, spread)
-        suspect |= np.abs(estimate - central) > _AGREE * (rounding + screen_rounding) + kinks._slack(central)
+        screens[side] = _one_sided(lambda t, side=side: near[side * t], _SCREEN, side * h, eps, spread)
+        estimate, screen_rounding = screens[side]
+        off = np.abs(estimate - central)
+        suspect |= off > _AGREE * (rounding + screen_rounding) + kinks._slack(central)
+        # where it passes, a kink may still hide in what rounding lets through: with one clean side, the
+        # central value is within about this of the derivative
+        noise = np.maximum(noise, off)
     if not np.any(suspect):
         return central, noise, suspect, suspect
-    sides = []
+    sides = {}
     for side in (1.0, -1.0):
         cache = {}
 
@@ -177,42 +186,51 @@ def _sides(kinks, evaluate, near, central, noise, rounding, h, scale, eps, retri
         fine, side_rounding = _one_sided(at, tuple((0.25 * k, w / 12.0) for k, w in _ONE_SIDED), side * h / 4,
                                          eps, spread)
         correction = (fine - coarse) / 15.0
-        # a side is clean when its two steps agree to rounding (and the caller's slack): no kink within its reach
-        clean = np.abs(fine - coarse) <= _AGREE * side_rounding + kinks._slack(fine)
-        sides.append((fine + correction, side_rounding + np.abs(correction), clean))
-    (right, n_right, clean_right), (left, n_left, clean_left) = sides
+        estimate, error = fine + correction, side_rounding + np.abs(correction)
+        # a side is clean when its estimates at two steps, and the screen's from other points, agree to
+        # rounding (and the caller's slack): no kink within its reach
+        screen, screen_rounding = screens[side]
+        clean = ((np.abs(fine - coarse) <= _AGREE * side_rounding + kinks._slack(fine))
+                 & (np.abs(screen - estimate) <= _AGREE * (error + screen_rounding) + kinks._slack(estimate)))
+        sides[side] = estimate, error, clean
+    (right, n_right, clean_right), (left, n_left, clean_left) = sides[1.0], sides[-1.0]
     apart = np.abs(right - left)
     agree = apart <= _AGREE * (n_left + n_right) + kinks._slack(0.5 * (left + right))
+    mean, n_mean = 0.5 * (left + right), 0.5 * (n_left + n_right + apart)
     smooth = suspect & clean_left & clean_right & agree
-    use_left = suspect & clean_left & ~clean_right
-    use_right = suspect & clean_right & ~clean_left
-    value = np.where(use_left, left, np.where(use_right, right, 0.5 * (left + right)))
-    error = np.where(use_left, n_left, np.where(use_right, n_right, 0.5 * (n_left + n_right + apart)))
-    checked = use_left | use_right
-    # both sides kinked (or clean but apart: a kink right at the point)
-    open_ = suspect & ~smooth & ~checked
-    if retries and np.any(open_):
-        # a stencil _SHRINK times smaller fits between the kinks more often
+    value, error = np.where(smooth, mean, central), np.where(smooth, n_mean, noise)
+    # the rest straddles a kink: first a stencil _SHRINK times smaller, which fits between kinks more often
+    checked = np.zeros(np.shape(central), dtype=bool)
+    unresolved = suspect & ~smooth
+    if retries and np.any(unresolved):
         small = {0.0: near[0.0]}
         for mult in (0.5, 1.0, 2.0):
             for side in (1.0, -1.0):
                 small[side * mult] = evaluate(side * mult / _SHRINK)
         h_small = h / _SHRINK
-        c_small, n_small, r_small = _central(small, h_small, eps)
-        v2, e2, checked2, unresolved2 = _sides(kinks, lambda mult: evaluate(mult / _SHRINK), small, c_small,
-                                               n_small, r_small, h_small, scale, eps, retries - 1)
-        value, error = np.where(open_, v2, value), np.where(open_, e2, error)
-        checked = checked | (open_ & ~unresolved2)
-        unresolved = open_ & unresolved2
-    else:
-        # out of retries: two sides that agree within their (larger) errors still give an estimate
-        unresolved = open_ & ~agree
-    value = np.where(suspect & ~unresolved, value, central)
-    error = np.where(suspect & ~unresolved, error, noise)
+        c_small, n_small, r_small = _central(small, h_small, eps, extra)
+        v2, e2, _, unresolved2 = _sides(kinks, lambda mult: evaluate(mult / _SHRINK), small, c_small, n_small,
+                                        r_small, h_small, scale, eps, extra, retries - 1)
+        take = unresolved & ~unresolved2
+        value, error = np.where(take, v2, value), np.where(take, e2, error)
+        checked |= take
+        unresolved &= unresolved2
+    # then the one clean side, if there is exactly one (a one-sided derivative)
+    use_left = unresolved & clean_left & ~clean_right
+    use_right = unresolved & clean_right & ~clean_left
+    value = np.where(use_left, left, np.where(use_right, right, value))
+    error = np.where(use_left, n_left, np.where(use_right, n_right, error))
+    checked |= use_left | use_right
+    unresolved &= ~(use_left | use_right)
+    # last, two sides that agree within their (larger) errors still give an estimate
+    fallback = unresolved & agree
+    value, error = np.where(fallback, mean, value), np.where(fallback, n_mean, error)
+    checked |= fallback
+    unresolved &= ~fallback
     return value, error, checked, unresolved
 
 
-def _central(values, h, eps):
+def _central(values, h, eps, extra=0.0):
     """The Richardson-extrapolated central difference from values at 0, +-h/2, +-h, +-2h; its noise and rounding."""
     coarse = magnitude = fine = 0.0
     for mult, weight in _WEIGHTS:
@@ -221,7 +239,7 @@ def _central(values, h, eps):
         magnitude = magnitude + abs(weight) * np.abs(values[mult / 2.0])
     d_coarse, d_fine = coarse / (12.0 * h), fine / (6.0 * h)
     correction = (d_fine - d_coarse) / 15.0
-    rounding = eps * magnitude / (6.0 * np.abs(h))
+    rounding = (eps * magnitude + 18.0 * extra) / (6.0 * np.abs(h))
     return d_fine + correction, rounding + np.abs(correction), rounding
 
 
@@ -248,24 +266,29 @@ def derivative_along_scalar(fn, array, index, step, kinks=None, at=None):
     Returns the derivative and its noise estimate (rounding plus a Richardson
     estimate of the truncation error), as :func:`derivatives_along_events`;
     with ``kinks``, also whether it is unresolved. ``at`` is ``fn()`` at the
-    unperturbed array, if the caller has it.
+    unperturbed array, if the caller has it. ``fn`` may return
+    ``(value, magnitude)``, ``magnitude`` the sum of the absolute values of the
+    terms that ``value`` sums: rounding is ``eps * magnitude``, which a sum
+    that cancels would otherwise hide.
     """
     original = array[index].copy()
     eps = float(np.finfo(array.dtype).eps)
     values = {}
+    largest = [0.0]
 
     def value(mult, h):
         array[index] = original + mult * h
-        return float(fn())
+        out, magnitude = _value_and_magnitude(fn())
+        largest[0] = max(largest[0], magnitude)
+        return out
 
     def stencil(wanted):
         h = float((original + wanted) - original)
-        total = magnitude = 0.0
+        total = 0.0
         for mult, weight in _WEIGHTS:
             out = values[(mult, wanted)] = value(mult, h)
             total += weight * out
-            magnitude += abs(weight) * abs(out)
-        return total / (12.0 * h), eps * magnitude / (12.0 * abs(h)), h
+        return total / (12.0 * h), eps * largest[0] * 18.0 / (12.0 * abs(h)), h
 
     try:
         coarse, _, h = stencil(step)
@@ -276,14 +299,24 @@ def derivative_along_scalar(fn, array, index, step, kinks=None, at=None):
             return result, noise
         if at is None:
             array[index] = original
-            at = float(fn())
+            at = fn()
+        at, magnitude = _value_and_magnitude(at)
         near = {0.0: at, 0.5: values[(1, step / 2)], -0.5: values[(-1, step / 2)], 1.0: values[(1, step)],
                 -1.0: values[(-1, step)], 2.0: values[(2, step)], -2.0: values[(-2, step)]}
+        # the values' own rounding, beyond the eps * |value| that the one-sided estimates count
+        extra = eps * max(largest[0], magnitude)
         result, noise, unresolved = _review(kinks, lambda mult: np.float64(value(mult, h)), near, np.float64(result),
-                                            np.float64(noise), np.float64(rounding), h, abs(float(original)), eps)
+                                            np.float64(noise), np.float64(rounding), h, abs(float(original)), eps,
+                                            extra)
         return float(result), float(noise), bool(unresolved)
     finally:
         array[index] = original
+
+
+def _value_and_magnitude(out):
+    if isinstance(out, tuple):
+        return float(out[0]), abs(float(out[1]))
+    return float(out), abs(float(out))
 
 
 def _expand(h, ndim):

@@ -432,7 +432,18 @@ def _check_forward_vjp(c, bijector, x, y, ld, k, generator, step, skip):
 
     fd, noise, bad = _finite_diff.input_vjp(per_batch, x, k, step * np.maximum(1.0, np.abs(x)), c.kinks)
     c.compare("forward_vjp grad_x vs finite differences", grad_x, fd, noise, skip=bad)
-    _check_param_grads(c, bijector, "forward_vjp", grads, lambda: per_batch(x).sum(), step)
+
+    def total():
+        out, log_det = bijector.forward_and_log_det(x)
+        return _sum_and_magnitude(grad_y * out, grad_ld * log_det)
+
+    _check_param_grads(c, bijector, "forward_vjp", grads, total, step)
+
+
+def _sum_and_magnitude(*terms):
+    """The sum of all entries of ``terms``, and the sum of their absolute values (its rounding scale)."""
+    return (sum(float(np.sum(t, dtype=np.float64)) for t in terms),
+            sum(float(np.sum(np.abs(t), dtype=np.float64)) for t in terms))
 
 
 def _check_inverse_vjp(c, bijector, x, y, ild, jac, ld_grad, ld_grad_noise, jac_noise, k, generator, step, skip):
@@ -461,13 +472,12 @@ def _check_inverse_vjp(c, bijector, x, y, ild, jac, ld_grad, ld_grad_noise, jac_
     w_noise = np.einsum("...ij,...j->...i", np.abs(jac_t_inv), carried)
     c.compare("inverse_vjp grad_y vs finite differences", grad_y, w.reshape(y.shape), w_noise.reshape(y.shape))
     w = w.reshape(y.shape).astype(dtype)
-    axes = _event_axes(y, k)
-
     w_noise = w_noise.reshape(y.shape).astype(dtype)
 
     def total():
         out, log_det = bijector.forward_and_log_det(x)
-        return -((w * out).sum(axis=axes) + grad_ld * log_det).sum()
+        value, magnitude = _sum_and_magnitude(w * out, grad_ld * log_det)
+        return -value, magnitude
 
     def carried_noise():
         # how the noise in w moves the parameter gradient: ~ sum(w_noise * dy/dp)
@@ -495,7 +505,7 @@ def _check_vjp_result(c, bijector, method, grad, like, grads):
 
 
 def _check_param_grads(c, bijector, method, grads, total_fn, step, carried_noise_fn=None):
-    at = float(total_fn())
+    at = total_fn()
     for name, array in _params_of(bijector):
         fd = np.empty(array.shape, dtype=np.float64)
         noise = np.empty(array.shape, dtype=np.float64)
