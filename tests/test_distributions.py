@@ -5,7 +5,9 @@ import pytest
 from scipy import stats
 
 from nflow_np import bijectors as nb
-from nflow_np.distributions import MultivariateNormalDiag, Normal, TransformedDistribution, Uniform
+from nflow_np.distributions import (
+    GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
+)
 
 RNG = np.random.default_rng(12345)
 
@@ -165,3 +167,119 @@ def test_log_density_integrates_to_one():
     dens = flow.prob(grid)
     trapezoid = getattr(np, "trapezoid", None) or np.trapz
     assert abs(trapezoid(dens, grid) - 1.0) < 1e-4
+
+
+
+_EXTREME = [1e160, -1e160, 1e300, -1.7e308, 1.7e308, 5e-324, 0.0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda dt: Normal(0.0, 1.0, dtype=dt), lambda dt: Normal(1e30, 1e-30, dtype=dt),
+    lambda dt: Uniform(-1.0, 1.0, dtype=dt), lambda dt: Uniform(-1e308, 1e308, dtype=dt),
+    lambda dt: Uniform(-3e38, 3e38, dtype=dt), lambda dt: MultivariateNormalDiag(np.zeros(2, dtype=dt)),
+    lambda dt: GaussianMixture([0.5, 0.5], [[0.0], [1.0]], dtype=dt),
+    lambda dt: GaussianMixture([0.3, 0.7], [[0.0, 1.0], [1.0, -1.0]], [[1.0, 2.0], [0.5, 1e-3]], dtype=dt),
+    lambda dt: StudentT(3.0, np.zeros(2, dtype=dt)),
+], ids=["Normal", "Normal(narrow)", "Uniform", "Uniform(wide)", "Uniform(wide-f32)", "MVNDiag", "GaussianMixture",
+        "GaussianMixture(2-D)", "StudentT"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_log_prob_is_never_nan_for_finite_input(make, dtype):
+    """Far out, the log-density is a very negative number or -inf; never NaN."""
+    info = np.finfo(dtype)
+    try:
+        with np.errstate(over="ignore"):
+            dist = make(dtype)
+    except (ValueError, TypeError, OverflowError):
+        pytest.skip("parameters outside the dtype's range")
+    x = np.array(_EXTREME + [info.max, -info.max, info.tiny * info.eps], dtype=np.float64)
+    x = x[np.abs(x) <= info.max].astype(dtype)
+    if dist.event_shape:
+        x = np.repeat(x[:, None], dist.event_shape[0], axis=1)
+    with np.errstate(invalid="raise", over="ignore", divide="ignore", under="ignore"):
+        lp = dist.log_prob(x)
+    assert not np.any(np.isnan(lp)), lp
+    assert np.all(lp < np.inf)
+    assert np.all(np.isfinite(dist.log_prob(dist.sample(5, rng=0))))   # and finite where the mass is
+
+
+def test_wide_uniform_is_exact():
+    """A width beyond the float range (high - low overflows) changes nothing: density, CDF and samples."""
+    dist = Uniform(-1e308, 1e308)
+    np.testing.assert_allclose(dist.log_prob([0.0, 1e308, -5e307]), -np.log(2.0) - np.log(1e308), rtol=1e-15)
+    np.testing.assert_allclose(dist.cdf([-1e308, -5e307, 0.0, 1.7e308]), [0.0, 0.25, 0.5, 1.0], rtol=1e-15)
+    with np.errstate(all="raise"):
+        x = dist.sample(1000, rng=0)
+    assert np.all(np.isfinite(x)) and np.all(np.abs(x) <= 1e308)
+    assert 0.4 < np.mean(x > 0) < 0.6
+    np.testing.assert_allclose(dist.entropy(), np.log(2.0) + np.log(1e308), rtol=1e-15)
+
+
+class _Neg(nb.ElementwiseBijector):
+    """A user's y = -x, written without declaring its direction."""
+
+    def _fwd(self, x):
+        return -x
+
+    def _inv(self, y):
+        return -y
+
+    def _fldj(self, x):
+        return np.zeros_like(x)
+
+    def _derivatives(self, x, y):
+        return -1.0, 0, {}
+
+
+class _Reflect(nb.ElementwiseBijector):
+    """y = c - a x: decreasing where a > 0, increasing where a < 0 (detected per parameter element)."""
+
+    def __init__(self, a, c):
+        super().__init__(dtype=np.float64)
+        self.params["a"] = np.asarray(a, dtype=np.float64)
+        self.params["c"] = np.asarray(c, dtype=np.float64)
+
+    def _fwd(self, x):
+        return self.params["c"] - self.params["a"] * x
+
+    def _inv(self, y):
+        return (self.params["c"] - y) / self.params["a"]
+
+    def _fldj(self, x):
+        return np.log(np.abs(self.params["a"])) + 0 * x
+
+    def _derivatives(self, x, y):
+        return -self.params["a"], 0, {"a": (-x, 1.0 / self.params["a"]), "c": (1.0, 0)}
+
+
+def test_cdf_of_a_user_decreasing_elementwise_map():
+    """The direction of a user's ElementwiseBijector is detected, not assumed increasing."""
+    flow = TransformedDistribution(Normal(1.0, 1.0), _Neg())
+    np.testing.assert_allclose(flow.cdf(0.0), stats.norm(-1.0, 1.0).cdf(0.0), rtol=1e-14)   # 0.841, not 0.159
+    np.testing.assert_allclose(flow.survival_function(0.0), stats.norm(-1.0, 1.0).sf(0.0), rtol=1e-14)
+    mixed = TransformedDistribution(Normal(np.zeros(2), 1.0), _Reflect([2.0, -0.5], [1.0, 0.0]))
+    x = np.array([[0.3, -0.4], [2.0, 1.0]])
+    expected = np.stack([stats.norm(1.0, 2.0).cdf(x[:, 0]), stats.norm(0.0, 0.5).cdf(x[:, 1])], axis=-1)
+    np.testing.assert_allclose(mixed.cdf(x), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_samples_that_overflow_are_reported(backend):
+    """A sample the forward map carries past the float range is inf, never silently: one warning says how many."""
+    import warnings
+
+    flow = TransformedDistribution(Normal(0.0, 1000.0), nb.Exp())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = flow.sample(1000, rng=0, backend=backend)
+    overflowed = int(np.sum(np.isinf(x)))
+    assert overflowed > 100 and not np.any(np.isnan(x))
+    assert [str(w.message) for w in caught] == [
+        f"TransformedDistribution.sample: {overflowed} of 1000 sample values are not finite: the forward map of "
+        f"Exp overflows the float64 range at their base points"]
+    assert caught[0].category is RuntimeWarning and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TransformedDistribution(Normal(0.0, 1.0), nb.Exp()).sample_and_log_prob(1000, rng=0, backend=backend)
+    with pytest.warns(RuntimeWarning, match=r"^Normal\.sample: \d+ of 100 sample values are not finite: they lie "
+                                            r"beyond the float64 range"):
+        Normal(0.0, 1e308).sample(100, rng=0)

@@ -437,6 +437,34 @@ def test_bad_vector_bijector_parameters_are_refused(make, message):
         make()
 
 
+@needs_linear
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("diagonal", [[1e-300, 1.0], [1.0, 1e-300], [1.0, 1e-17], [5e-324, 5e-324]],
+                         ids=["tiny-first", "tiny-last", "below-eps", "subnormal"])
+def test_scale_tril_singular_at_working_precision_is_refused(diagonal, dtype):
+    """A diagonal entry lost in the rounding of the matrix would make inverse() overflow into inf and NaN."""
+    m = np.diag(diagonal) + np.array([[0.0, 0.0], [0.5, 0.0]])
+    if np.dtype(dtype) == np.float32 and np.any(np.asarray(diagonal) < np.finfo(np.float64).tiny):
+        pytest.skip("already zero in float32")
+    with pytest.raises(ValueError, match=r"^ScaleMatvecTriL: the diagonal of scale_tril must be non-zero and not "
+                                         r"negligible .* at index \d"):
+        nb.ScaleMatvecTriL(m.astype(dtype))
+    # and at every call, once an optimizer has driven the diagonal there
+    b = nb.ScaleMatvecTriL(np.eye(2, dtype=dtype))
+    b.params["scale_tril"][1, 1] = np.asarray(m[1, 1] if m[1, 1] < 1e-10 else 1e-30, dtype=dtype)
+    with pytest.raises(ValueError, match=r"^ScaleMatvecTriL\.inverse: the diagonal of scale_tril"):
+        b.inverse(np.ones((3, 2), dtype=dtype))
+
+
+@needs_linear
+def test_scale_tril_with_a_small_but_resolved_diagonal_is_accepted():
+    # what counts is the size relative to the other entries: a uniformly tiny matrix is fine
+    b = nb.ScaleMatvecTriL([[1e-300, 0.0], [2e-300, 3e-300]])
+    y = np.array([[1e-300, 2e-300]])
+    np.testing.assert_allclose(b.forward(b.inverse(y)), y, rtol=1e-15)
+    assert np.all(np.isfinite(b.inverse_log_det_jacobian(y)))
+
+
 # ---------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("method,argname,space", METHODS, ids=METHOD_IDS)
 def test_parameters_that_do_not_broadcast_are_refused(method, argname, space):

@@ -63,6 +63,21 @@ def test_check_bijector_act_norm(dtype, d, batch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_check_bijector_initializes_an_act_norm_first(dtype):
+    """An ActNorm that has seen no data would initialize partway through the check: the checker runs it first."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(20, 3)) * [1.0, 2.0, 0.5] + [0.3, -1.0, 2.0]).astype(dtype)
+    b = ActNorm(3, dtype=dtype)
+    check_bijector(b, x)
+    assert b.initialized
+    # initialized from the points given, as a flow's first data batch would do
+    np.testing.assert_allclose(b.params["shift"], x.mean(axis=0), rtol=1e-5)
+    chain = Chain([ActNorm(3, dtype=dtype), _lu_linear(rng, 3, dtype)])
+    check_bijector(chain, x)
+    assert chain.bijectors[0].initialized
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("batch", [(6,), ()])
 def test_check_bijector_lu_linear(dtype, d, batch):

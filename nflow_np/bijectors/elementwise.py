@@ -31,11 +31,21 @@ class ElementwiseBijector(Bijector):
     the derivative of the map, of its log-derivative, and the partials of both
     with respect to each parameter. ``forward_domain`` / ``inverse_domain``
     are open intervals ``(low, high)`` checked on every call (``None``: all reals).
+
+    The direction of the map (which the CDF of a transformed distribution
+    needs) is declared by the class attribute ``increasing`` (True or False);
+    left ``None``, it is detected by comparing the map at two points of the
+    forward domain, per parameter element. A map whose direction depends on
+    its parameters in a way two points cannot tell overrides
+    ``_is_increasing()`` (bool, or a bool array shaped like the parameters).
+    :func:`nflow_np.testing.check_bijector` checks the direction against the
+    slope at every point it is given.
     """
 
     event_ndims = 0
     forward_domain = None
     inverse_domain = None
+    increasing = None
 
     # ---- the maps, with domain checks
     def _check(self, arr, domain, method, argname):
@@ -119,7 +129,32 @@ class ElementwiseBijector(Bijector):
         return sum_to_shape(grad_y, y.shape), grads
 
     def _is_increasing(self):
-        return True
+        if self.increasing is not None:
+            return bool(self.increasing)
+        low, high = self._probe_points()
+        shape = np.broadcast_shapes(*(p.shape for p in self.params.values()))
+        dtype = self.dtype or np.dtype(np.float64)
+        with np.errstate(all="ignore"):
+            at_low = self._fwd(np.full(shape, low, dtype=dtype))
+            at_high = self._fwd(np.full(shape, high, dtype=dtype))
+        if not np.all((at_low < at_high) | (at_low > at_high)):
+            raise ValueError(f"{self.name}: cannot tell whether the map increases or decreases (forward({low}) and "
+                             f"forward({high}) are equal or not finite); set the class attribute increasing, or "
+                             f"override _is_increasing()")
+        increasing = at_high > at_low
+        return bool(increasing) if increasing.ndim == 0 else increasing
+
+    def _probe_points(self):
+        """Two points of the forward domain, in increasing order."""
+        low, high = self.forward_domain if self.forward_domain is not None else (-np.inf, np.inf)
+        low, high = float(np.max(low)), float(np.min(high))
+        if np.isfinite(low) and np.isfinite(high):
+            return low + 0.25 * (high - low), low + 0.75 * (high - low)
+        if np.isfinite(low):
+            return low + 1.0, low + 2.0
+        if np.isfinite(high):
+            return high - 2.0, high - 1.0
+        return -1.0, 1.0
 
 
 def _is_zero(v):
@@ -128,6 +163,8 @@ def _is_zero(v):
 
 class Identity(ElementwiseBijector):
     """y = x. Log-det 0."""
+
+    increasing = True
 
     def _fwd(self, x):
         return x.copy()
@@ -155,6 +192,8 @@ class Shift(ElementwiseBijector):
     dtype : dtype, optional
         float64 unless ``shift`` is a float32 array or ``dtype`` says otherwise.
     """
+
+    increasing = True
 
     def __init__(self, shift, *, dtype=None, name=None):
         super().__init__(dtype=resolve_dtype(dtype, shift, where=type(self).__name__), name=name)
@@ -215,6 +254,7 @@ class Scale(ElementwiseBijector):
 class Exp(ElementwiseBijector):
     """y = exp(x); its inverse is the logarithm (``Invert(Exp())``). Log-det x."""
 
+    increasing = True
     inverse_domain = (0.0, np.inf)
 
     def _fwd(self, x):
@@ -241,6 +281,8 @@ class Sigmoid(ElementwiseBijector):
     ``high`` this is the standard logistic sigmoid onto (0, 1) and has no
     parameters; given, they are trainable parameters.
     """
+
+    increasing = True
 
     def __init__(self, low=None, high=None, *, dtype=None, name=None):
         if (low is None) != (high is None):
@@ -301,6 +343,7 @@ class Sigmoid(ElementwiseBijector):
 class Tanh(ElementwiseBijector):
     """y = tanh(x), onto (-1, 1). Log-det ``2 * (log 2 - x - softplus(-2x))`` (stable in the tails)."""
 
+    increasing = True
     inverse_domain = (-1.0, 1.0)
 
     def _fwd(self, x):
@@ -323,6 +366,7 @@ class Tanh(ElementwiseBijector):
 class Softsign(ElementwiseBijector):
     """``y = x / (1 + |x|)``, onto (-1, 1). Log-det ``-2 log(1 + |x|)``."""
 
+    increasing = True
     inverse_domain = (-1.0, 1.0)
 
     def _fwd(self, x):
@@ -348,6 +392,7 @@ class Softplus(ElementwiseBijector):
     The inverse ``x = y + log(-expm1(-y))`` stays accurate for small and large y.
     """
 
+    increasing = True
     inverse_domain = (0.0, np.inf)
 
     def _fwd(self, x):
@@ -372,6 +417,8 @@ class LeakyReLU(ElementwiseBijector):
     The trainable parameter is ``log_alpha``, so gradient steps keep alpha
     positive; ``alpha`` reads it back. Log-det 0 for x >= 0, log(alpha) below.
     """
+
+    increasing = True
 
     def __init__(self, alpha=0.2, *, dtype=None, name=None):
         super().__init__(dtype=resolve_dtype(dtype, alpha, where=type(self).__name__), name=name)
@@ -410,6 +457,7 @@ class NormalCDF(ElementwiseBijector):
     log-det is exact arithmetic on x, so it stays finite at x = -30 and beyond.
     """
 
+    increasing = True
     inverse_domain = (0.0, 1.0)
 
     def _fwd(self, x):

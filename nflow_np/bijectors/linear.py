@@ -247,8 +247,10 @@ class ScaleMatvecTriL(_VectorBijector):
     Parameters
     ----------
     scale_tril : array_like, shape (d, d)
-        Parameter ``"scale_tril"``. A zero on the diagonal makes the map
-        singular and is refused, here and at every call.
+        Parameter ``"scale_tril"``. A matrix singular at working precision is
+        refused, here and at every call: a diagonal entry that is zero,
+        subnormal, or smaller than ``d * eps * max |L_ij|`` (``1e-300`` next to
+        entries of order 1, say), whose inverse overflows.
     dtype : dtype, optional
     name : str, optional
 
@@ -272,12 +274,20 @@ class ScaleMatvecTriL(_VectorBijector):
         where = self.name if method is None else f"{self.name}.{method}"
         tril = self.params["scale_tril"]
         check_finite(tril, where, "scale_tril")
-        diag = np.diagonal(tril)
-        if np.any(diag == 0):
-            i = int(np.argmax(diag == 0))
-            raise ValueError(f"{where}: the diagonal of scale_tril must be non-zero (the map is singular "
-                             f"otherwise); got 0 at index {i}")
-        return np.tril(tril)
+        lower = np.tril(tril)
+        diag = np.abs(np.diagonal(lower))
+        # Substitution divides by the diagonal: an entry that is zero, subnormal, or below the rounding
+        # error of the largest entry (d * eps * max |L_ij|) makes the map singular at working precision
+        # (the inverse overflows, then mixes infinities into NaN).
+        info = np.finfo(lower.dtype)
+        floor = max(float(info.tiny), lower.shape[0] * float(info.eps) * float(np.abs(lower).max()))
+        if np.any(diag < floor):
+            i = int(np.argmin(diag))
+            raise ValueError(f"{where}: the diagonal of scale_tril must be non-zero and not negligible (the map "
+                             f"is singular at {lower.dtype} precision otherwise); got {float(tril[i, i])!r} at "
+                             f"index {i}, below {floor:.3g} (d * eps * max |entry|, and at least the smallest normal "
+                             f"number)")
+        return lower
 
     def _log_det(self, tril):
         return np.log(np.abs(np.diagonal(tril))).sum()

@@ -1,5 +1,7 @@
 """The distribution protocol shared by base distributions and flows."""
 
+import warnings
+
 import numpy as np
 
 from .._validation import as_float_array, as_generator, as_sample_shape
@@ -60,10 +62,17 @@ class Distribution:
         return np.exp(self.log_prob(x))
 
     def sample(self, sample_shape=(), rng=None):
-        """Draw ``sample_shape`` independent samples; ``rng`` is a Generator or an int seed."""
+        """Draw ``sample_shape`` independent samples; ``rng`` is a Generator or an int seed.
+
+        A draw beyond the dtype's range (a ``Normal`` whose scale is near the
+        largest float) comes back as ``inf``, with a ``RuntimeWarning`` that
+        says how many did.
+        """
         shape = () if isinstance(sample_shape, tuple) and not sample_shape else \
             as_sample_shape(sample_shape, f"{self.name}.sample")
-        return self._sample(shape, as_generator(rng))
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = self._sample(shape, as_generator(rng))
+        return warn_if_not_finite(x, f"{self.name}.sample", f"they lie beyond the {self.dtype} range")
 
     def sample_and_log_prob(self, sample_shape=(), rng=None):
         """Samples and their log-densities in one pass."""
@@ -91,3 +100,12 @@ class Distribution:
     def _log_prob_grad(self, x):
         """d log_prob / dx (the score), for backpropagation through flows."""
         raise ValueError(f"{self.name} does not provide the gradient of its log-density")
+
+
+def warn_if_not_finite(samples, where, cause, stacklevel=3):
+    """``samples``, after a ``RuntimeWarning`` naming ``where`` and ``cause`` if any value is inf or NaN."""
+    bad = ~np.isfinite(samples)
+    if np.any(bad):
+        warnings.warn(f"{where}: {int(bad.sum())} of {bad.size} sample values are not finite: {cause}",
+                      RuntimeWarning, stacklevel=stacklevel)
+    return samples

@@ -19,7 +19,9 @@ class GaussianMixture(Distribution):
     ``p(x) = sum_j w_j N(x; mu_j, diag(s_j)^2)``, computed in log space as
     ``log p(x) = logsumexp_j (log w_j + log N(x; mu_j, diag(s_j)^2))`` so that
     points far in the tails, where every component's density underflows,
-    keep a finite, exact log-density. Event shape ``(d,)``, batch shape ``()``
+    keep a finite, exact log-density; where the log-density itself lies below
+    the dtype's range (``|x - mu_j| / s_j`` beyond ~1e154 in float64) it is
+    ``-inf``, never NaN. Event shape ``(d,)``, batch shape ``()``
     (TensorFlow Probability's ``MixtureSameFamily`` of ``MultivariateNormalDiag``).
 
     Parameters
@@ -119,17 +121,25 @@ class GaussianMixture(Distribution):
 
     # ---------------------------------------------------------------- densities
     def _components(self, x):
-        """Standardized points (..., k, d) and the joint log-densities log w_j + log N_j(x), shape (..., k)."""
+        """Standardized points (..., k, d) and the joint log-densities log w_j + log N_j(x), shape (..., k).
+
+        Far enough out (|z| beyond ~1e154 in float64) ``z * z`` overflows: the joint log-density is then
+        -inf, which is its value rounded to the dtype.
+        """
         log_scales = self.params["log_scales"]
-        z = (x[..., None, :] - self.params["locs"]) * np.exp(-log_scales)
-        d = self.event_shape[0]
-        comp = -0.5 * np.sum(z * z, axis=-1) - np.sum(log_scales, axis=-1) - d * _HALF_LOG_2PI
+        with np.errstate(over="ignore"):
+            z = (x[..., None, :] - self.params["locs"]) * np.exp(-log_scales)
+            d = self.event_shape[0]
+            comp = -0.5 * np.sum(z * z, axis=-1) - np.sum(log_scales, axis=-1) - d * _HALF_LOG_2PI
         return z, comp + self.log_weights
 
     @staticmethod
     def _logsumexp(joint):
         top = np.max(joint, axis=-1, keepdims=True)
-        return (top + np.log(np.sum(np.exp(joint - top), axis=-1, keepdims=True)))[..., 0]
+        # where every component is -inf, so is the sum (shifting by -inf would give NaN)
+        top = np.where(np.isfinite(top), top, 0.0).astype(joint.dtype, copy=False)
+        with np.errstate(divide="ignore"):
+            return (top + np.log(np.sum(np.exp(joint - top), axis=-1, keepdims=True)))[..., 0]
 
     def _log_prob(self, x):
         return self._logsumexp(self._components(x)[1])

@@ -5,7 +5,7 @@ import numpy as np
 from .._validation import as_generator, as_sample_shape
 from ..bijectors.base import Bijector
 from ..kernels.backend import on_device, resolve_backend
-from .base import Distribution
+from .base import Distribution, warn_if_not_finite
 
 
 class TransformedDistribution(Distribution):
@@ -133,14 +133,29 @@ class TransformedDistribution(Distribution):
         return as_sample_shape(sample_shape, f"{self.name}.{method}")
 
     def sample(self, sample_shape=(), rng=None, context=None, backend=None):
-        """Draw ``sample_shape`` samples (``rng``: Generator or seed); ``backend`` as in :meth:`log_prob`."""
+        """Draw ``sample_shape`` samples (``rng``: Generator or seed); ``backend`` as in :meth:`log_prob`.
+
+        Where the bijector's forward map overflows the dtype at a base point
+        (``Exp`` beyond 709.78 in float64, 88.72 in float32), that sample is
+        ``inf`` (or NaN, if the overflow meets another infinity), and a
+        ``RuntimeWarning`` says how many values are. For a scalar map,
+        :func:`nflow_np.testing.check_bijector` reports the interval on which
+        forward stays finite (``"forward_finite_range"``).
+        """
         return self._draw(sample_shape, rng, context, backend, "sample", with_log_prob=False)[0]
 
     def sample_and_log_prob(self, sample_shape=(), rng=None, context=None, backend=None):
-        """Samples and their log-densities from one forward pass (no inverse needed)."""
+        """Samples and their log-densities from one forward pass (no inverse needed); overflow as in :meth:`sample`."""
         return self._draw(sample_shape, rng, context, backend, "sample_and_log_prob", with_log_prob=True)
 
     def _draw(self, sample_shape, rng, context, backend, method, with_log_prob):
+        with np.errstate(over="ignore", invalid="ignore"):
+            x, log_prob = self._draw_unchecked(sample_shape, rng, context, backend, method, with_log_prob)
+        warn_if_not_finite(x, f"{self.name}.{method}", f"the forward map of {self.bijector.name} overflows the "
+                           f"{self.dtype} range at their base points", stacklevel=4)
+        return x, log_prob
+
+    def _draw_unchecked(self, sample_shape, rng, context, backend, method, with_log_prob):
         shape = self._sample_shape(sample_shape, context, method)
         program = self._compiled(backend, method)
         if context is None and hasattr(program, "draw"):
