@@ -357,7 +357,9 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
     if verified is not None and history.best_epoch == history.epochs - 1:
         level = watch.state if trainer is None else trainer.level()
         probe = order[:min(batch_size, _PROBE_ROWS)]
-        with use_backend("numpy"), np.errstate(all="ignore"):
+        # on the backend that trained: its density passes are compiled already
+        backend = "numpy" if trainer is None else "cuda" if hasattr(trainer, "runner") else "numba"
+        with use_backend(backend), np.errstate(all="ignore"):
             loss = _safe_nll(flow, data[probe], len(probe), None if context is None else context[probe])
         if not np.isfinite(loss) or plain(loss_diverged)(float(loss), *level):
             verified.restore_into(best)
@@ -365,7 +367,7 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
 
 # rows of the last epoch's first batch whose loss checks, after a fit without validation data, that the last
 # update did not diverge
-_PROBE_ROWS = 256
+_PROBE_ROWS = 64
 
 
 def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None, watch=None):
