@@ -99,6 +99,22 @@ class State:
             np.copyto(snapshot.saved[key], value)
 
 
+class FlatState:
+    """A compiled trainer's flat state, unpacked into a snapshot's arrays only when it is restored (rarely: an
+    epoch that ended diverged), so that keeping it costs one copy per epoch."""
+
+    def __init__(self, program, flat, snapshot):
+        self.program, self.flat, self.snapshot = program, flat, snapshot
+
+    def restore_into(self, snapshot):
+        current = self.program.theta()
+        self.program.write_back(self.flat)
+        try:
+            State(self.snapshot.params).restore_into(snapshot)
+        finally:
+            self.program.write_back(current)
+
+
 def verified_state(trainer, snapshot, watch):
     """The state where the last loss that passed the divergence rule was measured; None before any did."""
     if trainer is None:
@@ -107,10 +123,4 @@ def verified_state(trainer, snapshot, watch):
         return State({key: value.copy() for key, value in snapshot.saved.items()})
     if trainer.level()[2] <= 0:
         return None
-    program = trainer.program
-    current = program.theta()
-    program.write_back(trainer.kept_state())
-    try:
-        return State({key: value.copy() for key, value in snapshot.params.items()})
-    finally:
-        program.write_back(current)
+    return FlatState(trainer.program, trainer.kept_state(), snapshot)
