@@ -53,10 +53,14 @@ def _open(path):
     return npz
 
 
-def _member_header(zf, info, where):
+def _member_header(zf, info, where, archive_size):
     """``(shape, dtype)`` of one ``.npy`` member, from its header alone, checked against the zip directory's sizes
-    so that reading the member allocates no more than the file can hold."""
+    (and those against the archive's own size) so that reading the member allocates no more than the file can
+    hold."""
     name = info.filename
+    if info.header_offset + info.compress_size > archive_size:
+        raise ValueError(f"member {name!r} declares {info.compress_size} stored bytes from offset "
+                         f"{info.header_offset}, past the end of the {archive_size}-byte file")
     with zf.open(info) as fp:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -117,11 +121,16 @@ def _read(path, arrays=True):
     try:
         with npz:
             headers = {}
+            archive_size = os.path.getsize(path)
             for info in npz.zip.infolist():
                 if info.filename.endswith("/"):
                     continue
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                headers[key] = _member_header(npz.zip, info, where) if info.filename.endswith(".npy") else None
+                if key in headers:
+                    # NumPy would read the last of the two, other tools the first: the file is ambiguous
+                    raise ValueError(f"{where}: member {info.filename!r} appears twice in the zip directory")
+                headers[key] = _member_header(npz.zip, info, where, archive_size) \
+                    if info.filename.endswith(".npy") else None
             raw = None
             if headers.get(_SPEC_KEY) is not None:
                 shape, dtype = headers[_SPEC_KEY]

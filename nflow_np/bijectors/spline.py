@@ -15,6 +15,10 @@ from .base import Bijector
 
 _KEYS = ("unnormalized_widths", "unnormalized_heights", "unnormalized_derivatives")
 
+# the interval [-bound, bound] must have a finite width in float32, the narrowest dtype a spline computes in:
+# past it the knots' spacing overflows and every log-density comes out NaN
+_MAX_BOUND = float(np.finfo(np.float32).max) / 4
+
 
 def _positive_real(value, where, name):
     if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -33,6 +37,9 @@ def spline_constants(bins, bound, min_bin_width, min_bin_height, min_derivative,
     bound = _positive_real(bound, where, "bound")
     if not bound > 0:
         raise ValueError(f"{where}: bound must be a finite positive number; got {bound!r}")
+    if bound > _MAX_BOUND:
+        raise ValueError(f"{where}: bound must be at most {_MAX_BOUND:.3g}, so that the interval's width is "
+                         f"finite in float32; got {bound!r}")
     minima = []
     for key, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
         value = _positive_real(value, where, key)
