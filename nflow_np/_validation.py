@@ -69,6 +69,9 @@ def as_float_array(x, dtype, where, name):
     if kind == "f" and dtype is not None and not isinstance(x, (np.ndarray, np.generic)):
         # Python numbers and lists carry no dtype of their own: they take the object's
         arr = arr.astype(dtype)
+    if kind == "f" and not arr.dtype.isnative:
+        # a byte-swapped float32/float64 holds the same numbers: compute on them in native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if kind == "f":
         if arr.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{where}: {name} has dtype {arr.dtype}; expected float32 or float64")
@@ -168,4 +171,15 @@ def as_sample_shape(n, where):
         raise TypeError(f"{where}: the sample size must be an int or a tuple of ints; got {n!r}")
     if any(k < 0 for k in shape):
         raise ValueError(f"{where}: the sample size must be non-negative; got {n!r}")
+    check_sample_count(shape, where)
     return shape
+
+
+def check_sample_count(shape, where, per_sample=1):
+    """Raise ``ValueError`` if ``shape`` (of samples of ``per_sample`` numbers each) cannot index one array."""
+    total = per_sample
+    for k in shape:
+        total *= int(k)
+    if total > np.iinfo(np.intp).max:
+        raise ValueError(f"{where}: the sample size {shape} is too large: {total} numbers exceed the "
+                         f"largest array NumPy can index ({np.iinfo(np.intp).max})")

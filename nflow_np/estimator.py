@@ -16,6 +16,7 @@ import numpy as np
 
 from ._estimator_checks import _as_generator, _check_int, _column_moments, _equal, _finite_moments, _is_seed, \
     _is_sparse, _merge_histories, _standardized
+from ._validation import check_sample_count
 
 __all__ = ["FlowDensity", "NotFittedError"]
 
@@ -450,6 +451,7 @@ class FlowDensity:
         """
         self._check_fitted("sample")
         n = _check_int(n_samples, "n_samples", 0)
+        check_sample_count((n,), "FlowDensity.sample", self.n_features_in_)
         rng = _as_generator(random_state, "FlowDensity.sample")
         Z = self.flow_.sample(n, rng=rng)
         return Z.astype(np.float64) * self.scale_ + self.mean_

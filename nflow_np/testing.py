@@ -203,6 +203,8 @@ def check_bijector(bijector, x, *, rtol=None, atol=None, rng=0, check_vjp=True, 
         clean side (counts).
     """
     x = as_float_array(x, bijector.dtype, "check_bijector", "x")
+    if x.size == 0:
+        raise ValueError(f"check_bijector: x holds no points (shape {x.shape}); pass at least one")
     if bijector.context_size or context is not None:
         context = bijector._prepare_context(context, x, "check_bijector").copy()
         bijector = _WithContext(bijector, context)

@@ -113,10 +113,26 @@ class TransformedDistribution(Distribution):
         x = self._prepare(x, "log_prob")
         extra = self._context_args(context, x, "log_prob")
         program = self._compiled(backend, "log_prob")
-        if program is None:
-            return self._log_prob(x, *extra)
-        d = self.event_shape[0]
-        return program.log_prob(x.reshape(-1, d), self._context_rows(extra)).reshape(x.shape[:-1])
+        where = f"{self.name}.log_prob"
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                if program is None:
+                    lp = self._log_prob(x, *extra)
+                else:
+                    d = self.event_shape[0]
+                    lp = program.log_prob(x.reshape(-1, d), self._context_rows(extra)).reshape(x.shape[:-1])
+        except ValueError as exc:
+            if "must be finite" not in str(exc):
+                raise       # a point outside a bijector's domain: its own message says which
+            # x passed validation: an inner layer refusing a non-finite input means the pass overflowed on the way
+            raise ValueError(f"{where}: the inverse pass of {self.bijector.name} overflows the {self.dtype} range "
+                             f"at x ({exc})") from exc
+        nan = np.isnan(lp)
+        if np.any(nan):
+            idx = np.unravel_index(int(np.argmax(nan)), nan.shape) if nan.ndim else ()
+            raise ValueError(f"{where}: the inverse pass of {self.bijector.name} overflows the {self.dtype} range "
+                             f"at x{list(idx) if idx else ''} (the log-density came out NaN)")
+        return lp
 
     def prob(self, x, context=None, backend=None):
         """Density at ``x``."""

@@ -256,6 +256,8 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
          progress, clip_norm, context, validation_context):
     rng = as_generator(rng)
     data = as_float_array(data, flow.dtype, "fit", "data")
+    if data.ndim == 0:
+        raise ValueError(f"fit: data must hold rows of points, shape (n, ...); got a scalar ({data})")
     flow._prepare(data[:1], "fit")
     context = _rows_context(flow, context, data, "fit", "context")
     if validation_data is None and validation_split:
@@ -380,7 +382,13 @@ def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, co
         diverged = history.diverged_steps
         # overflow is caught by the guard below, which rejects the step: no warning spam
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, grads = nll_and_grad(flow, batch, context=None if context is None else context[rows])
+            try:
+                loss, grads = nll_and_grad(flow, batch, context=None if context is None else context[rows])
+            except ValueError as exc:
+                if "must be finite" not in str(exc):
+                    raise
+                # the data passed fit's checks: an inner layer refusing a non-finite value means the pass overflowed
+                raise ValueError(f"fit: the loss overflows the {flow.dtype} range on a batch of data ({exc})") from exc
             accepted = guarded_step(optimizer, loss, grads, snapshot, history, watch)
         if accepted:
             losses.append(loss)
