@@ -2,7 +2,8 @@
 affine transform's and ActNorm's), the Adam update and the training loops' divergence rule; the frames'
 transforms are in :mod:`.transforms`.
 
-Every function here is plain Python on scalars (``math`` only), and each is
+Every function here is plain Python on scalars (``math``, and :mod:`.vmath`'s vectorizable ``exp_``/``tanh_``
+in the hot paths), and each is
 compiled twice from this one source: as a Numba CPU function (a
 :func:`~nflow_np.kernels.backend.numba_twin`, compiled with the kernels that
 call it) and as a CUDA device function (:func:`nflow_np.kernels.cuda.device.device_function`).
@@ -20,6 +21,7 @@ backward pass keeps.
 import math
 
 from .backend import numba_twin
+from .vmath import exp_, tanh_
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
            "adam_moments", "adam_update", "loss_diverged", "loss_level"]
@@ -31,7 +33,7 @@ def activate(v, act, zero):
     if act == 0:
         return max(v, zero)     # NaN stays NaN (max keeps its first argument unless the second is larger)
     if act == 1:
-        return math.tanh(v)
+        return tanh_(v)
     if act == 2:
         return v if v > zero else math.expm1(v)
     return v
@@ -52,7 +54,7 @@ def activation_grad(h, act, zero, one):
 @numba_twin
 def soft_clamp(raw, clamp, zero):
     """The log-scale ``s = clamp tanh(raw / clamp)`` (``clamp <= 0``: ``s = raw``)."""
-    return clamp * math.tanh(raw / clamp) if clamp > zero else raw
+    return clamp * tanh_(raw / clamp) if clamp > zero else raw
 
 
 @numba_twin
@@ -67,13 +69,13 @@ def soft_clamp_grad(s, clamp, zero, one):
 @numba_twin
 def affine_density(y, shift, s):
     """The density direction of ``y = x exp(s) + shift``: ``x = (y - shift) exp(-s)`` (log-det ``-s``)."""
-    return (y - shift) * math.exp(-s)
+    return (y - shift) * exp_(-s)
 
 
 @numba_twin
 def affine_sampling(x, shift, s):
     """The sampling direction: ``y = x exp(s) + shift`` (log-det ``s``)."""
-    return x * math.exp(s) + shift
+    return x * exp_(s) + shift
 
 
 @numba_twin
