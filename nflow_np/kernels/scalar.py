@@ -2,8 +2,9 @@
 affine transform's and ActNorm's), the Adam update and the training loops' divergence rule; the frames'
 transforms are in :mod:`.transforms`.
 
-Every function here is plain Python on scalars (``math``, and :mod:`.vmath`'s vectorizable ``exp_``/``tanh_``
-in the hot paths), and each is
+Every function here is plain Python on scalars (``math``, and :mod:`.vmath`'s vectorizable ``tanh_`` for
+the activation, whose loops vectorize; the transforms' per-row loops do not, and there libm's scalar
+``math.exp``/``math.tanh`` are faster than the polynomials), and each is
 compiled twice from this one source: as a Numba CPU function (a
 :func:`~nflow_np.kernels.backend.numba_twin`, compiled with the kernels that
 call it) and as a CUDA device function (:func:`nflow_np.kernels.cuda.device.device_function`).
@@ -21,7 +22,7 @@ backward pass keeps.
 import math
 
 from .backend import numba_twin
-from .vmath import exp_, tanh_
+from .vmath import tanh_
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
            "adam_moments", "adam_update", "loss_diverged", "loss_level"]
@@ -54,7 +55,7 @@ def activation_grad(h, act, zero, one):
 @numba_twin
 def soft_clamp(raw, clamp, zero):
     """The log-scale ``s = clamp tanh(raw / clamp)`` (``clamp <= 0``: ``s = raw``)."""
-    return clamp * tanh_(raw / clamp) if clamp > zero else raw
+    return clamp * math.tanh(raw / clamp) if clamp > zero else raw
 
 
 @numba_twin
@@ -69,13 +70,13 @@ def soft_clamp_grad(s, clamp, zero, one):
 @numba_twin
 def affine_density(y, shift, s):
     """The density direction of ``y = x exp(s) + shift``: ``x = (y - shift) exp(-s)`` (log-det ``-s``)."""
-    return (y - shift) * exp_(-s)
+    return (y - shift) * math.exp(-s)
 
 
 @numba_twin
 def affine_sampling(x, shift, s):
     """The sampling direction: ``y = x exp(s) + shift`` (log-det ``s``)."""
-    return x * exp_(s) + shift
+    return x * math.exp(s) + shift
 
 
 @numba_twin

@@ -4,10 +4,11 @@ Parameters per element: ``(shift, raw)``; ``clamp`` 0 means ``s = raw``. A pass 
 ``raw``: the VJP reads it (its derivative is written through ``s``), and needs no ``tanh``.
 """
 
+import math
+
 from ..backend import numba_twin
 from ..scalar import affine_density, affine_sampling, soft_clamp, soft_clamp_grad
 from ..specs import AffineSpec
-from ..vmath import exp_
 
 SPEC = AffineSpec
 
@@ -42,7 +43,7 @@ def sampling(v, p, r, base, stride, st):
 def density_vjp(v, g, gld, p, gp, r, base, stride, st):
     zero, one, clamp = st
     s = p[r, base + stride]
-    inv_scale = exp_(-s)
+    inv_scale = math.exp(-s)
     x = (v - p[r, base]) * inv_scale
     gv = g * inv_scale
     gp[r, base] = -gv
