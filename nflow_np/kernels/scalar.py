@@ -2,9 +2,7 @@
 affine transform's and ActNorm's), the Adam update and the training loops' divergence rule; the frames'
 transforms are in :mod:`.transforms`.
 
-Every function here is plain Python on scalars (``math``, and :mod:`.vmath`'s vectorizable ``tanh_`` for
-the activation, whose loops vectorize; the transforms' per-row loops do not, and there libm's scalar
-``math.exp``/``math.tanh`` are faster than the polynomials), and each is
+Every function here is plain Python on scalars (``math`` only), and each is
 compiled twice from this one source: as a Numba CPU function (a
 :func:`~nflow_np.kernels.backend.numba_twin`, compiled with the kernels that
 call it) and as a CUDA device function (:func:`nflow_np.kernels.cuda.device.device_function`).
@@ -22,7 +20,6 @@ backward pass keeps.
 import math
 
 from .backend import numba_twin
-from .vmath import tanh_
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
            "adam_moments", "adam_update", "loss_diverged", "loss_level"]
@@ -34,7 +31,7 @@ def activate(v, act, zero):
     if act == 0:
         return max(v, zero)     # NaN stays NaN (max keeps its first argument unless the second is larger)
     if act == 1:
-        return tanh_(v)
+        return math.tanh(v)
     if act == 2:
         return v if v > zero else math.expm1(v)
     return v
