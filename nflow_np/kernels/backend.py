@@ -160,8 +160,10 @@ def _dispatcher(fn):
     # error_model="numpy": a division by zero gives inf/NaN like NumPy (caught by the callers'
     # finiteness checks) instead of raising inside a compiled loop. fastmath is limited to
     # reassociation and fused multiply-add, so that dot products vectorize; NaN and inf keep
-    # their meaning (no "nnan"/"ninf"), which the finiteness guards rely on.
-    return numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})(fn)
+    # their meaning (no "nnan"/"ninf"), which the finiteness guards rely on. A function marked
+    # ``strict_fp`` (the range reductions of :mod:`.vmath`) gets no "reassoc".
+    flags = {"contract"} if getattr(fn, "strict_fp", False) else {"reassoc", "contract"}
+    return numba.njit(cache=True, error_model="numpy", fastmath=flags)(fn)
 
 
 def load_numba():

@@ -23,6 +23,7 @@ import numpy as np
 
 from .backend import numba_twin
 from .scalar import activate, activation_grad
+from .vmath import tanh_
 
 ACTIVATION_CODES = {"relu": 0, "tanh": 1, "elu": 2}
 
@@ -94,13 +95,15 @@ def _mm_tn_numba(a, b, out):
 @numba_twin
 def activate_values(values, act):
     """``values[:] = activate(values[:])`` in place, choosing the activation once, outside the loop, so the loop
-    vectorizes (a switch on ``act`` per element kept MAF sampling's unit loops scalar)."""
+    vectorizes (a switch on ``act`` per element kept MAF sampling's unit loops scalar). tanh is :mod:`.vmath`'s,
+    called here and not through :func:`~.scalar.activate`, which stays small (libm's tanh) so that the
+    per-element loops calling it keep inlining it."""
     if act == 0:
         for r in range(values.size):
             values[r] = activate(values[r], 0, 0.0)
     elif act == 1:
         for r in range(values.size):
-            values[r] = activate(values[r], 1, 0.0)
+            values[r] = tanh_(values[r])     # the polynomial: this loop vectorizes, a libm call would not
     elif act == 2:
         for r in range(values.size):
             values[r] = activate(values[r], 2, 0.0)
@@ -108,8 +111,16 @@ def activate_values(values, act):
 
 @numba_twin
 def _bias_act_numba(z, b, act):
-    """z = act(z + b) in place; act -1 means linear."""
+    """z = act(z + b) in place; act -1 means linear. tanh (vmath's polynomial) runs as one flat loop over a
+    contiguous ``z`` (:func:`activate_values`): a row's few units (8) are too short for 8-wide vector code.
+    The others stay fused with the bias, one pass over ``z``: relu gains nothing from a second pass."""
     n, m = z.shape
+    if act == 1 and z.flags.c_contiguous:
+        for i in range(n):
+            for j in range(m):
+                z[i, j] = z[i, j] + b[j]
+        activate_values(z.reshape(z.size), 1)
+        return
     for i in range(n):
         for j in range(m):
             z[i, j] = activate(z[i, j] + b[j], act, 0.0)

@@ -146,6 +146,8 @@ def device_version(fn):
     py = _python_function(fn)
     if py is None:
         py = getattr(fn, "py_func", fn)
+    # a CPU-only implementation names its device replacement (vmath's exp_/tanh_: math.exp/math.tanh)
+    py = getattr(py, "device_twin", py)
     with _versions_lock:
         found = _device_versions.get(py)
         if found is not None:
