@@ -27,12 +27,20 @@ import types
 
 import numpy as np
 
-from .entries import _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, mlp_backward_at, \
+from .entries import _block, _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, mlp_backward_at, \
     mlp_forward_at
 from .mlp import activate_values
 from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_GCOND, W_GNET, W_ROW
 
 __all__ = ["FRAMES", "specialize"]
+
+
+@_jit
+def _backward_buffers(layout, w, n, net_width, input_width):
+    """``(gnet, gin, d1, d2)`` of a backward pass: the network output's and input's gradient blocks, and the two
+    delta buffers of the network's backward."""
+    return (_block(w, n, layout[W_GNET], net_width), _block(w, n, layout[W_GCOND], input_width),
+            w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
 
 
 @_jit
@@ -77,8 +85,7 @@ def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n
     widths, cond, hid, net = _caches(f, idata, w, n)
     a = _ints(idata, f[F_A])
     b = _ints(idata, f[F_B])
-    gnet = w[n * layout[W_GNET]:n * (layout[W_GNET] + widths[widths.size - 1])].reshape((n, widths[widths.size - 1]))
-    gcond = w[n * layout[W_GCOND]:n * (layout[W_GCOND] + widths[0])].reshape((n, widths[0]))
+    gnet, gcond, d1, d2 = _backward_buffers(layout, w, n, widths[widths.size - 1], widths[0])
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     nb = b.size
     step, stride = _layout(f, nb)
@@ -86,8 +93,7 @@ def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n
         for j in range(nb):
             gin[i, b[j]] = STEP_VJP(zin[i, b[j]], gout[i, b[j]], gld[i], net, gnet, i, j * step, stride,  # noqa: F821
                                     st)
-    mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, gnet, gcond, gtheta,
-                       w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
+    mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, gnet, gcond, gtheta, d1, d2)
     for i in range(n):
         for j in range(a.size):
             gin[i, a[j]] = gout[i, a[j]] + gcond[i, j]
@@ -115,14 +121,13 @@ def autoregressive_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
     zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
     f = fields[layer]
     widths, cond, hid, net = _caches(f, idata, w, n)
-    gnet = w[n * layout[W_GNET]:n * (layout[W_GNET] + widths[widths.size - 1])].reshape((n, widths[widths.size - 1]))
-    direct = w[n * layout[W_GCOND]:n * (layout[W_GCOND] + d)].reshape((n, d))
+    # the direct gradients wait in the conditioning-gradient block, which a MADE (no gathered input) leaves free
+    gnet, direct, d1, d2 = _backward_buffers(layout, w, n, widths[widths.size - 1], d)
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     for i in range(n):
         for j in range(d):
             direct[i, j] = STEP_VJP(zin[i, j], gout[i, j], gld[i], net, gnet, i, j, d, st)  # noqa: F821
-    mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], zin, hid, gnet, gin, gtheta,
-                       w[n * layout[W_D1]:n * layout[W_D2]], w[n * layout[W_D2]:n * layout[W_ROW]])
+    mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], zin, hid, gnet, gin, gtheta, d1, d2)
     for i in range(n):
         for j in range(d):
             gin[i, j] += direct[i, j]

@@ -226,8 +226,7 @@ def compile_entries(keys, compile_here):
     (or loads from the disk cache) one key in this process."""
     keys = list(dict.fromkeys(keys))
     _wait_for_background(keys)
-    known = _compiled_before()
-    missing = [k for k in keys if _encode(k) not in known]
+    missing = uncompiled(keys)
     families = len({_family(k) for k in missing})
     helpers = max(0, min(workers(), families - 1)) if _manifest_path() is not None else 0
     shares = _deal(missing, helpers + 1)
@@ -252,8 +251,7 @@ def prefetch(keys):
     """Start a helper compiling ``keys`` now, without waiting, if any of them was never compiled here."""
     if not workers() or _manifest_path() is None:
         return
-    known = _compiled_before()
-    missing = [k for k in keys if _encode(k) not in known]
+    missing = uncompiled(keys)
     if missing:
         with _lock:
             _background.append((_start(missing), missing))
