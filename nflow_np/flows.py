@@ -6,6 +6,12 @@ Each constructor returns a ``TransformedDistribution`` whose bijector is a
 ``c``-wide input: the flow is then a conditional density p(x | context),
 ``flow.log_prob(x, context=y)``, ``flow.sample(n, context=y)``,
 ``fit(flow, x, context=y)``.
+
+``init="random"`` (the default) starts every conditioner as PyTorch's
+``nn.Linear`` does, uniform in +-1/sqrt(fan_in) with the last layer
+included, so each layer starts near the identity; ``init="identity"``
+starts every layer exactly as the identity (He/Glorot-normal hidden layers,
+a zero last layer). See :func:`nflow_np.bijectors.coupling.network_init`.
 """
 
 import numpy as np
@@ -88,7 +94,7 @@ def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch
 
 
 def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=False, act_norm=False,
-            lu_linear=False, permute=None, log_scale_clamp=3.0, context=0, rng=None, dtype=np.float64):
+            lu_linear=False, permute=None, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64):
     """RealNVP: affine couplings with alternating masks over a standard normal.
 
     ``batch_norm`` / ``act_norm`` / ``lu_linear`` insert those layers between
@@ -99,11 +105,11 @@ def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=Fal
     """
     return _coupling_flow(AffineCoupling, dim, n_layers, hidden, activation, "RealNVP", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
-                          log_scale_clamp=log_scale_clamp, context=context)
+                          log_scale_clamp=log_scale_clamp, context=context, init=init)
 
 
 def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=True,
-         lu_linear=False, permute=None, context=0, rng=None, dtype=np.float64):
+         lu_linear=False, permute=None, context=0, init="random", rng=None, dtype=np.float64):
     """NICE: additive (volume-preserving) couplings; ``act_norm`` (default on) supplies the scaling
     that NICE's final diagonal layer provides.
 
@@ -111,7 +117,7 @@ def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=Fals
     """
     flow = _coupling_flow(AdditiveCoupling, dim, n_layers, hidden, activation, "NICE", batch_norm=batch_norm,
                           act_norm=False, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
-                          context=context)
+                          context=context, init=init)
     if act_norm:
         from .bijectors.normalization import ActNorm
         # a trainable diagonal scaling on the data side, as NICE's last layer
@@ -121,7 +127,7 @@ def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=Fals
 
 
 def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=False,
-        lu_linear=False, log_scale_clamp=3.0, context=0, rng=None, dtype=np.float64):
+        lu_linear=False, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64):
     """MAF: masked autoregressive layers with the order reversed between layers.
 
     Density evaluation takes one network call per layer; sampling ``dim`` calls per layer.
@@ -130,10 +136,11 @@ def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False
     """
     return _autoregressive_flow(MaskedAutoregressive, dim, n_layers, hidden, activation, "MAF",
                                 batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype,
-                                log_scale_clamp=log_scale_clamp, context=context)
+                                log_scale_clamp=log_scale_clamp, context=context, init=init)
 
 
-def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, rng=None,
+def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, init="random",
+        rng=None,
         dtype=np.float64):
     """IAF: inverse autoregressive layers; sampling takes one network call per layer (variational inference).
 
@@ -141,11 +148,12 @@ def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=
     """
     return _autoregressive_flow(InverseAutoregressive, dim, n_layers, hidden, activation, "IAF",
                                 batch_norm=False, act_norm=False, lu_linear=False, rng=rng, dtype=dtype,
-                                log_scale_clamp=log_scale_clamp, context=context)
+                                log_scale_clamp=log_scale_clamp, context=context, init=init)
 
 
 def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", *, autoregressive=False,
-        batch_norm=False, act_norm=False, lu_linear=False, permute=None, context=0, rng=None, dtype=np.float64):
+        batch_norm=False, act_norm=False, lu_linear=False, permute=None, context=0, init="random", rng=None,
+        dtype=np.float64):
     """Neural spline flow: rational-quadratic spline layers over a standard normal.
 
     Each layer transforms half of the coordinates (``autoregressive=False``:
@@ -162,10 +170,10 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
     if autoregressive:
         return _autoregressive_flow(SplineAutoregressive, dim, n_layers, hidden, activation, "NSF",
                                     batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng,
-                                    dtype=dtype, bins=bins, bound=bound, context=context)
+                                    dtype=dtype, bins=bins, bound=bound, context=context, init=init)
     return _coupling_flow(SplineCoupling, dim, n_layers, hidden, activation, "NSF", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
-                          bins=bins, bound=bound, context=context)
+                          bins=bins, bound=bound, context=context, init=init)
 
 
 def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,

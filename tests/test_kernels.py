@@ -265,7 +265,8 @@ FLOWS = {
 
 
 def frame_flow(frame, transform, d, dtype):
-    """Two layers of ``frame`` with ``transform``, reversed in between, over a standard normal."""
+    """Two layers of ``frame`` with ``transform``, reversed in between, over a standard normal; the networks
+    start as the identity and ``perturbed`` moves them a set distance from there."""
     from nflow_np.bijectors import Autoregressive, Chain, Coupling, Reverse
     from nflow_np.bijectors.coupling import alternating_mask
     from nflow_np.bijectors.transforms import TRANSFORMS, SplineTransform
@@ -279,9 +280,9 @@ def frame_flow(frame, transform, d, dtype):
         else:
             made = TRANSFORMS[transform]()
         if frame == "coupling":
-            layers.append(Coupling(alternating_mask(d, i % 2), made, (7,), rng=i, dtype=dtype))
+            layers.append(Coupling(alternating_mask(d, i % 2), made, (7,), rng=i, dtype=dtype, init="identity"))
         else:
-            layers.append(Autoregressive(d, made, (7, 5), activation="tanh", rng=i, dtype=dtype))
+            layers.append(Autoregressive(d, made, (7, 5), activation="tanh", rng=i, dtype=dtype, init="identity"))
         layers.append(Reverse())
     base = MultivariateNormalDiag(np.zeros(d, dtype), np.ones(d, dtype))
     return TransformedDistribution(base, Chain(layers))

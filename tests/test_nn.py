@@ -196,7 +196,8 @@ def test_params_layout():
     net = MLP(3, 2, (5, 4), rng=0, context_features=1)
     assert {k: v.shape for k, v in net.parameters()} == {
         "w0": (4, 5), "b0": (5,), "w1": (5, 4), "b1": (4,), "w2": (4, 2), "b2": (2,)}
-    assert not any(np.any(net.params[b]) for b in ("b0", "b1", "b2"))
+    assert all(np.any(net.params[b]) for b in ("b0", "b1", "b2"))          # the default "uniform" init
+    assert not any(np.any(MLP(3, 2, (5, 4), rng=0, init="normal").params[b]) for b in ("b0", "b1", "b2"))
     assert {k: v.shape for k, v in MLP(3, 2, (), rng=0).parameters()} == {"w0": (3, 2), "b0": (2,)}
     made = MaskedMLP(4, (6,), 3, rng=0, context_features=2)
     assert {k: v.shape for k, v in made.parameters()} == {
@@ -209,11 +210,21 @@ def test_params_layout():
 
 
 def test_init_scales():
-    # He for the rectifier family, Glorot for tanh, at a width where the sample std is tight
-    w_relu = MLP(400, 300, (), "relu", rng=0).params["w0"]
-    w_tanh = MLP(400, 300, (), "tanh", rng=0).params["w0"]
+    # "normal": He for the rectifier family, Glorot for tanh, at a width where the sample std is tight
+    w_relu = MLP(400, 300, (), "relu", rng=0, init="normal").params["w0"]
+    w_tanh = MLP(400, 300, (), "tanh", rng=0, init="normal").params["w0"]
     assert abs(w_relu.std() / np.sqrt(2 / 400) - 1) < 0.02
     assert abs(w_tanh.std() / np.sqrt(2 / 700) - 1) < 0.02
+    # "uniform" (the default): weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) whatever the activation
+    for activation in ("relu", "tanh"):
+        net = MLP(400, 300, (), activation, rng=0)
+        for arr in (net.params["w0"], net.params["b0"]):
+            assert np.abs(arr).max() <= 1 / np.sqrt(400)
+            assert abs(arr.std() / np.sqrt(1 / (3 * 400)) - 1) < 0.1
+    made = MaskedMLP(5, (40,), rng=0)
+    assert np.array_equal(made.params["w0"] != 0, made.masks[0] != 0)      # masked entries stay zero
+    with pytest.raises(ValueError, match="init must be one of"):
+        MLP(3, 2, init="he")
 
 
 @pytest.mark.parametrize("kind", ["mlp", "made", "made-ctx"])

@@ -120,10 +120,10 @@ def test_value_and_grad_names_match_parameters():
 
 
 def test_identity_initialization():
-    flow = flows.RealNVP(4, rng=0)
+    flow = flows.RealNVP(4, rng=0, init="identity")
     x = np.random.default_rng(0).normal(size=(5, 4))
     np.testing.assert_allclose(flow.bijector.forward(x), x, atol=0)
-    flow = flows.MAF(3, rng=0)
+    flow = flows.MAF(3, rng=0, init="identity")
     np.testing.assert_allclose(flow.log_prob(x[:, :3]), MultivariateNormalDiag(np.zeros(3)).log_prob(x[:, :3]))
 
 
@@ -429,7 +429,7 @@ def test_fit_survives_nan_steps(monkeypatch):
 
 def test_fit_never_leaves_non_finite_parameters():
     # a learning rate so large that SGD overflows the parameters: the guard restores them
-    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), log_scale_clamp=None, rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), log_scale_clamp=None, init="identity", rng=0)
     data = np.random.default_rng(0).normal(size=(200, 2)) * 50
     opt = SGD(flow.parameters(), lr=1e300)
     history = fit(flow, data, epochs=2, batch_size=50, optimizer=opt, rng=0)
@@ -568,8 +568,8 @@ def test_fit_raises_and_leaves_the_flow_unchanged_when_every_step_is_rejected(ba
     assert all(np.array_equal(v, before[k]) for k, v in flow.parameters())
 
 
-@pytest.mark.parametrize("make", [lambda: flows.RealNVP(2, hidden=(8,), rng=0),
-                                  lambda: flows.MAF(2, hidden=(8,), rng=0)], ids=["realnvp", "maf"])
+@pytest.mark.parametrize("make", [lambda: flows.RealNVP(2, hidden=(8,), init="identity", rng=0),
+                                  lambda: flows.MAF(2, hidden=(8,), init="identity", rng=0)], ids=["realnvp", "maf"])
 def test_an_overflowing_row_is_a_rejected_step_on_every_backend(make):
     """One row at 1e154 overflows the loss of its batch: each backend rejects that step and trains on."""
     x = np.vstack([datasets.two_moons(300, rng=0), [[1e154, -1e154]]])
@@ -776,7 +776,7 @@ def test_an_exception_in_fit_to_target_leaves_the_best_state():
         if history.epochs == 3:
             raise KeyboardInterrupt
 
-    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    flow = flows.RealNVP(2, n_layers=2, hidden=(8,), init="identity", rng=0)
     with pytest.raises(KeyboardInterrupt):
         fit_to_target(flow, lambda x: -0.5 * ((x - 2.0) ** 2).sum(-1), grad_fn=lambda x: 2.0 - x, steps=300,
                       n_samples=32, lr=1.0, rng=0, log_every=10, callback=interrupt_at_the_third_report)

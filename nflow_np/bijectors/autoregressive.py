@@ -7,7 +7,7 @@ from .._validation import check_event_shape
 from ..nn.mlp import MaskedMLP
 from .base import CONTEXT_GRAD, Bijector
 from .chain import Invert
-from .coupling import check_context_size, net_backward
+from .coupling import check_context_size, net_backward, network_init
 from .transforms import AffineTransform, SplineTransform, Transform
 
 
@@ -50,7 +50,7 @@ class Autoregressive(Bijector):
     event_ndims = 1
 
     def __init__(self, features, transform, hidden=(64, 64), activation="relu", *, order=None, context=0,
-                 rng=None, dtype=np.float64, name=None):
+                 rng=None, dtype=np.float64, name=None, init="random"):
         super().__init__(dtype=np.dtype(dtype), name=name)
         if not isinstance(transform, Transform):
             raise TypeError(f"{self.name}: transform must be a nflow_np.bijectors.transforms.Transform; "
@@ -61,8 +61,9 @@ class Autoregressive(Bijector):
             raise ValueError(f"{self.name}: features must be a positive int; got {features!r}")
         self.features = int(features)
         self.net = MaskedMLP(self.features, hidden, out_per_feature=transform.params_per_coordinate,
-                             activation=activation, order=order, rng=rng, dtype=self.dtype, zero_last=True,
-                             context_features=self.context_size)
+                             activation=activation, order=order, rng=rng, dtype=self.dtype,
+                             context_features=self.context_size, **network_init(init, self.name))
+        self.init = init
         # the coordinates in the order they are generated
         self._generation = np.argsort(self.net.order)
 
@@ -145,10 +146,10 @@ class MaskedAutoregressive(Autoregressive):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None):
+                 context=0, rng=None, dtype=np.float64, name=None, init="random"):
         transform = AffineTransform(log_scale_clamp, name or type(self).__name__)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
-                         dtype=dtype, name=name)
+                         dtype=dtype, name=name, init=init)
         self.log_scale_clamp = transform.clamp
 
 
@@ -187,10 +188,10 @@ class InverseAutoregressive(Invert):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None):
+                 context=0, rng=None, dtype=np.float64, name=None, init="random"):
         super().__init__(MaskedAutoregressive(features, hidden, activation, order=order,
                                               log_scale_clamp=log_scale_clamp, context=context, rng=rng,
-                                              dtype=dtype),
+                                              dtype=dtype, init=init),
                          name=name or "InverseAutoregressive")
         self.features = self.bijector.features
 
@@ -218,9 +219,9 @@ class SplineAutoregressive(Autoregressive):
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
                  min_bin_height=1e-3, min_derivative=1e-3, order=None, context=0, rng=None, dtype=np.float64,
-                 name=None):
+                 name=None, init="random"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
                                     name or type(self).__name__)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
-                         dtype=dtype, name=name)
+                         dtype=dtype, name=name, init=init)
         self.spline = transform.spline

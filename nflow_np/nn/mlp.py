@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .._validation import as_float_array, as_generator, resolve_dtype, sum_to_shape
-from .init import dense_weight
+from .init import check_init, dense_layer
 
 __all__ = ["ACTIVATIONS", "MLP", "MaskedMLP"]
 
@@ -282,6 +282,11 @@ class MLP(_DenseNet):
     context_features : int, default 0
         Width of a conditioning input concatenated to ``x`` before the first
         layer; ``forward`` and ``backward`` then take and return it too.
+    init : {"uniform", "normal"}, default "uniform"
+        ``"uniform"``: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as
+        PyTorch's ``nn.Linear``; ``"normal"``: He-normal weights for
+        relu/elu/silu, Glorot-normal for tanh, zero biases. See
+        :func:`nflow_np.nn.init.dense_layer`.
 
     Attributes
     ----------
@@ -290,14 +295,10 @@ class MLP(_DenseNet):
         shape ``(h0,)``, ..., ``"wL"`` of shape ``(h_last, out_features)``,
         ``"bL"`` of shape ``(out_features,)``. Optimizers update them in place.
 
-    Notes
-    -----
-    Weights are He-normal for relu/elu/silu and Glorot-normal for tanh; biases
-    start at zero.
     """
 
     def __init__(self, in_features, out_features, hidden=(64, 64), activation="relu", *, rng=None,
-                 dtype=np.float64, zero_last=False, context_features=0):
+                 dtype=np.float64, zero_last=False, context_features=0, init="uniform"):
         where = type(self).__name__
         self.in_features = _check_count(in_features, where, "in_features", 0)
         self.out_features = _check_count(out_features, where, "out_features", 1)
@@ -307,17 +308,17 @@ class MLP(_DenseNet):
         self.hidden = _check_hidden(hidden, where)
         self.activation = _check_activation(activation, where)
         self.dtype = resolve_dtype(dtype, where=type(self).__name__)
+        self.init = check_init(init, where)
         rng = as_generator(rng)
         widths = (self.in_features + self.context_features,) + self.hidden + (self.out_features,)
         self.params = {}
         last = len(self.hidden)
         for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            w, b = dense_layer(rng, self.activation, fan_in, fan_out, self.dtype, self.init)
             if zero_last and layer == last:
-                w = np.zeros((fan_in, fan_out), dtype=self.dtype)
-            else:
-                w = dense_weight(rng, self.activation, fan_in, fan_out, self.dtype)
+                w, b = np.zeros_like(w), np.zeros_like(b)
             self.params[f"w{layer}"] = w
-            self.params[f"b{layer}"] = np.zeros(fan_out, dtype=self.dtype)
+            self.params[f"b{layer}"] = b
 
 
 def made_degrees(order, hidden):
@@ -396,7 +397,7 @@ class MaskedMLP(_DenseNet):
     """
 
     def __init__(self, features, hidden=(64, 64), out_per_feature=2, activation="relu", *, order=None, rng=None,
-                 dtype=np.float64, zero_last=False, context_features=0):
+                 dtype=np.float64, zero_last=False, context_features=0, init="uniform"):
         where = type(self).__name__
         self.features = _check_count(features, where, "features", 1)
         self.out_per_feature = _check_count(out_per_feature, where, "out_per_feature", 1)
@@ -422,22 +423,20 @@ class MaskedMLP(_DenseNet):
                 allowed = np.vstack([allowed, np.ones((c, allowed.shape[1]), dtype=bool)])
             self.masks.append(allowed.astype(self.dtype))
 
+        self.init = check_init(init, where)
         rng = as_generator(rng)
         self.params = {}
         last = len(self.hidden)
         for layer, mask in enumerate(self.masks):
             fan_in, fan_out = mask.shape
+            w, b = dense_layer(rng, self.activation, fan_in, fan_out, self.dtype, self.init)
             if zero_last and layer == last:
-                w = np.zeros((fan_in, fan_out), dtype=self.dtype)
-            else:
-                w = dense_weight(rng, self.activation, fan_in, fan_out, self.dtype) * mask
-            self.params[f"w{layer}"] = w
-            self.params[f"b{layer}"] = np.zeros(fan_out, dtype=self.dtype)
+                w, b = np.zeros_like(w), np.zeros_like(b)
+            self.params[f"w{layer}"] = w * mask
+            self.params[f"b{layer}"] = b
         if self._context_to_output:
-            if zero_last:
-                self.params["wc"] = np.zeros((c, self.out_features), dtype=self.dtype)
-            else:
-                self.params["wc"] = dense_weight(rng, self.activation, c, self.out_features, self.dtype)
+            wc, _ = dense_layer(rng, self.activation, c, self.out_features, self.dtype, self.init)
+            self.params["wc"] = np.zeros_like(wc) if zero_last else wc
 
     def _check_order(self, order, where):
         d = self.features

@@ -4,6 +4,7 @@ states kept for the end of a fit."""
 import numpy as np
 
 from ..kernels.scalar import loss_diverged, loss_level
+from .optim import global_norm
 
 
 class Snapshot:
@@ -68,7 +69,8 @@ def guarded_step(optimizer, loss, grads, snapshot, history, watch=None):
             return reject(optimizer, history)
         watch.accept(loss)
     snapshot.save()
-    if not all(np.isfinite(g).all() for g in grads.values()):
+    if not np.isfinite(global_norm(grads)):
+        # a gradient that is not finite, or whose norm overflows (the compiled steps' rule)
         return reject(optimizer, history)
     optimizer.step(grads)
     if not all_finite(optimizer.params):

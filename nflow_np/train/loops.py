@@ -13,6 +13,7 @@ from ..kernels.scalar import loss_diverged
 from ._guard import Snapshot, Watch, guarded_step, plain, restore_kept, verified_state
 from .losses import _check_flow, _check_reparameterizable, _reverse_kl, nll_and_grad
 from .optim import Adam, Optimizer, _clip_norm, _real
+from .schedules import as_schedule
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _rows_context(flow, context, data, where, argname):
 
 def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, validation_data=None,
         validation_split=0.0, patience=None, rng=None, callback=None, progress=False, clip_norm=None, backend=None,
-        context=None, validation_context=None):
+        context=None, validation_context=None, lr_schedule=None):
     """Fit ``flow`` to ``data`` by maximum likelihood with mini-batches.
 
     Parameters
@@ -166,6 +167,12 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         with the data; the flow learns p(x | context).
     validation_context : array, optional
         The context rows of ``validation_data``.
+    lr_schedule : None, "cosine", "plateau" or Schedule, optional
+        Set the learning rate at the start of every epoch, on every backend:
+        ``"cosine"`` decays it from ``lr`` to 0 over the epochs
+        (:class:`~nflow_np.train.schedules.CosineDecay`, with optional warm-up),
+        ``"plateau"`` halves it when the validation loss stalls
+        (:class:`~nflow_np.train.schedules.ReduceOnPlateau`). Default: constant.
 
     Returns
     -------
@@ -205,9 +212,10 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     """
     _check_flow(flow, "fit")
     _check_fit_arguments(epochs, lr, callback, clip_norm)
+    schedule = as_schedule(lr_schedule, "fit")
     with use_backend(resolve_backend(backend, "fit")):
         return _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
-                    callback, progress, clip_norm, context, validation_context)
+                    callback, progress, clip_norm, context, validation_context, schedule)
 
 
 def _check_fit_arguments(epochs, lr, callback, clip_norm):
@@ -253,7 +261,7 @@ def _check_validation_data(validation_data, data, flow):
 
 
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,
-         progress, clip_norm, context, validation_context):
+         progress, clip_norm, context, validation_context, schedule=None):
     rng = as_generator(rng)
     data = as_float_array(data, flow.dtype, "fit", "data")
     if data.ndim == 0:
@@ -277,6 +285,8 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
         raise ValueError(f"fit: batch_size must be a positive int; got {batch_size!r}")
     batch_size = min(int(batch_size), len(data))    # a batch is at most the training data, on every backend
     optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit")
+    if schedule is not None:
+        schedule.begin(optimizer, epochs)
     initial = Snapshot(best.params)
     initialized = [(m, m.initialized) for m in modules(flow) if hasattr(m, "initialized")]
     trainer = _compiled_trainer(flow, optimizer, batch_size)
@@ -286,7 +296,7 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
     start = time.perf_counter()
     try:
         _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
-                patience, rng, callback, progress, history, snapshot, best, watch)
+                patience, rng, callback, progress, history, snapshot, best, watch, schedule)
     except BaseException:
         # an interrupt (Ctrl-C, a callback raising): the best state so far (or the flow as it came, when no epoch
         # was kept), in evaluation mode, and then the exception
@@ -310,7 +320,7 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
 
 
 def _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
-            patience, rng, callback, progress, history, snapshot, best, watch):
+            patience, rng, callback, progress, history, snapshot, best, watch, schedule=None):
     """The epochs of :func:`fit`, with its best-state bookkeeping."""
     best_loss = np.inf
     since_best = 0
@@ -320,6 +330,8 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
     # or a probe after the last epoch) says that the epoch ended diverged.
     verified = None
     for epoch in range(epochs):
+        if schedule is not None:
+            schedule.before_epoch(epoch)
         set_training(flow, True)
         order = rng.permutation(len(data))
         epoch_start = time.perf_counter()
@@ -340,6 +352,8 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
             history.val_loss.append(score)
         else:
             verified = verified_state(trainer, snapshot, watch)
+        if schedule is not None:
+            schedule.after_epoch(epoch, score)
         if np.isfinite(score) and score < best_loss:
             best_loss, since_best = score, 0
             history.best_epoch = epoch

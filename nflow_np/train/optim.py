@@ -221,8 +221,13 @@ class Optimizer:
 
 
 def global_norm(grads):
-    """The L2 norm of all gradients together."""
-    return float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    """The L2 norm of all gradients together, accumulated in float64 as the compiled steps do (inf when the sum of
+    squares overflows even there: such a step is rejected on every backend)."""
+    total = 0.0
+    for g in grads.values():
+        g = np.asarray(g, dtype=np.float64).ravel()
+        total += float(np.dot(g, g))
+    return float(np.sqrt(total))
 
 
 class SGD(Optimizer):

@@ -1,0 +1,120 @@
+"""The suite's models, nflow_np's and zuko's, at one architecture and one training budget.
+
+Both sides see the same standardized float32 data (the training part's mean
+and standard deviation), train with Adam on shuffled mini-batches, validate
+once per epoch and keep the best validation epoch. Architectures match layer
+for layer: ``layers`` transforms with ``hidden`` ReLU conditioners,
+alternating coupling masks (RealNVP, NICE, NSF) or alternating orders (MAF,
+NSF-AR), 8-bin splines on [-5, 5]. zuko's side uses its own classes
+(``RealNVP``, ``NICE`` with its additive or spline univariate transform,
+``MAF``, ``NSF``) with its own initialization and clamps; NICE on both sides
+ends with a learned diagonal scaling on the data side.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+MODELS = ["RealNVP", "NICE", "MAF", "NSF", "NSF-AR"]
+
+
+@dataclass
+class Budget:
+    layers: int = 5
+    hidden: tuple = (64, 64)
+    epochs: int = 20
+    batch: int = 512
+    lr: float = 1e-3
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------
+# nflow_np
+
+def nflow_model(model, dim, budget, **overrides):
+    from nflow_np import flows
+    common = dict(n_layers=budget.layers, hidden=budget.hidden, rng=budget.seed, dtype=np.float32)
+    common.update(overrides)
+    if model == "RealNVP":
+        return flows.RealNVP(dim, **common)
+    if model == "NICE":
+        return flows.NICE(dim, **common)
+    if model == "MAF":
+        return flows.MAF(dim, **common)
+    if model == "NSF":
+        return flows.NSF(dim, bins=8, bound=5.0, **common)
+    if model == "NSF-AR":
+        return flows.NSF(dim, bins=8, bound=5.0, autoregressive=True, **common)
+    raise ValueError(model)
+
+
+def nflow_train(model, train, val, budget, fit_options=None, **overrides):
+    """Returns ``(log_prob, history)``: a function of standardized float32 points, and fit's history."""
+    from nflow_np.train import fit
+    flow = nflow_model(model, train.shape[1], budget, **overrides)
+    options = dict(epochs=budget.epochs, batch_size=budget.batch, lr=budget.lr, validation_data=val,
+                   rng=budget.seed + 1, backend="numba")
+    options.update(fit_options or {})
+    history = fit(flow, train, **options)
+    return (lambda x: flow.log_prob(x, backend="numba").astype(np.float64)), history
+
+
+# ---------------------------------------------------------------------------
+# zuko
+
+def zuko_model(model, dim, budget):
+    import torch
+    import zuko
+    from zuko.transforms import AdditiveTransform, DependentTransform, MonotonicAffineTransform, \
+        MonotonicRQSTransform
+    torch.manual_seed(budget.seed)
+    common = dict(features=dim, transforms=budget.layers, hidden_features=tuple(budget.hidden))
+    if model == "RealNVP":
+        return zuko.flows.RealNVP(**common)
+    if model == "MAF":
+        return zuko.flows.MAF(**common)
+    if model == "NSF-AR":
+        return zuko.flows.NSF(bins=8, **common)
+    if model == "NSF":
+        # a pure spline coupling flow: zuko's coupling class with its spline as the univariate transform
+        return zuko.flows.NICE(univariate=MonotonicRQSTransform, shapes=[(8,), (8,), (7,)], **common)
+    if model == "NICE":
+        couplings = zuko.flows.NICE(univariate=AdditiveTransform, shapes=[()], **common)
+        scaling = zuko.flows.UnconditionalTransform(
+            lambda shift, scale: DependentTransform(MonotonicAffineTransform(shift, scale), 1),
+            torch.zeros(dim), torch.zeros(dim))
+        return zuko.flows.Flow([scaling, *couplings.transform.transforms], couplings.base)
+    raise ValueError(model)
+
+
+def zuko_train(model, train, val, budget):
+    import torch
+    torch.set_num_threads(1)
+    flow = zuko_model(model, train.shape[1], budget)
+    opt = torch.optim.Adam(flow.parameters(), lr=budget.lr)
+    x = torch.from_numpy(np.ascontiguousarray(train, np.float32))
+    xv = torch.from_numpy(np.ascontiguousarray(val, np.float32))
+    gen = torch.Generator().manual_seed(budget.seed + 1)
+    best, best_state = np.inf, copy.deepcopy(flow.state_dict())
+    for _ in range(budget.epochs):
+        flow.train()
+        for idx in torch.randperm(len(x), generator=gen).split(budget.batch):
+            loss = -flow().log_prob(x[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        flow.eval()
+        with torch.no_grad():
+            v = -float(flow().log_prob(xv).mean())
+        if np.isfinite(v) and v < best:
+            best, best_state = v, copy.deepcopy(flow.state_dict())
+    flow.load_state_dict(best_state)
+
+    def log_prob(points):
+        with torch.no_grad():
+            out = [flow().log_prob(torch.from_numpy(np.ascontiguousarray(points[i:i + 8192], np.float32)))
+                   for i in range(0, len(points), 8192)]
+        return torch.cat(out).double().numpy()
+
+    return log_prob, None
