@@ -221,3 +221,18 @@ def test_from_npy_reads_rows_on_the_workers(client, flow, points, tmp_path):
     x = nd.from_npy(path, chunks=60)
     assert x.chunks[0] == (60, 60, 60, 60, 17)
     np.testing.assert_array_equal(flow.log_prob(x).compute(), flow.log_prob(points))
+
+
+# ---------------------------------------------------------------------------- out-of-core fit
+
+def test_fit_streams_a_dask_array_block_by_block(client):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 2)) @ np.array([[1.0, 0.8], [0.0, 0.5]])
+    test = rng.normal(size=(500, 2)) @ np.array([[1.0, 0.8], [0.0, 0.5]])
+    in_memory = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    nflow_np.train.fit(in_memory, x, epochs=5, batch_size=100, lr=5e-3, rng=0)
+    streamed = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    history = nflow_np.train.fit(streamed, da.from_array(x, chunks=(700, 2)), epochs=5, batch_size=100, lr=5e-3,
+                                 rng=0, validation_data=da.from_array(test, chunks=(250, 2)))
+    assert history.epochs == 5 and len(history.val_loss) == 5
+    assert abs(-streamed.log_prob(test).mean() + in_memory.log_prob(test).mean()) < 0.05
