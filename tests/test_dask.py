@@ -236,3 +236,52 @@ def test_fit_streams_a_dask_array_block_by_block(client):
                                  rng=0, validation_data=da.from_array(test, chunks=(250, 2)))
     assert history.epochs == 5 and len(history.val_loss) == 5
     assert abs(-streamed.log_prob(test).mean() + in_memory.log_prob(test).mean()) < 0.05
+
+
+# ---------------------------------------------------------------------------- data-parallel gradients
+
+def test_shard_gradients_weighted_by_rows_are_the_batch_gradient(flow, points):
+    from nflow_np.dask._parallel import _names, _shard_step, flatten
+    from nflow_np.train import nll_and_grad
+    payload = nd.Payload(nflow_np.io.to_bytes(flow))
+    a, b = points[:100], points[100:]
+    # every row of a shard drawn once (a permutation): each shard's gradient is that of its mean NLL
+    theta = flatten(dict(flow.parameters()), _names(flow))
+    parts = [_shard_step(payload, "test-session", theta, shard, 0, rows, "numba")
+             for shard, rows in ((a, len(a)), ((b, None), len(b)))]
+    rows = np.array([p[0] for p in parts], dtype=float)
+    combined = sum(r * p[2] for r, p in zip(rows, parts)) / rows.sum()
+    loss, grads = nll_and_grad(flow, points)
+    np.testing.assert_allclose(combined, flatten(grads, _names(flow)), rtol=1e-10, atol=1e-12)
+    assert np.dot(rows, [p[1] for p in parts]) / rows.sum() == pytest.approx(loss, rel=1e-12)
+
+
+def test_fit_distributed_learns_like_a_local_fit(client):
+    rng = np.random.default_rng(0)
+    mix = np.array([[1.0, 0.8], [0.0, 0.5]])
+    x, test = rng.normal(size=(4000, 2)) @ mix, rng.normal(size=(1000, 2)) @ mix
+    f = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    before = -f.log_prob(test).mean()
+    timings = {}
+    history = nd.fit_distributed(f, x, client=client, steps=120, batch_size=256, lr=5e-3, rng=0, log_every=40,
+                                 timings=timings)
+    assert history.steps == 120 and len(history.train_loss) == 3
+    assert len(timings["step"]) == 120 and all(c <= s for c, s in zip(timings["compute"], timings["step"]))
+    local = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    nflow_np.train.fit(local, x, epochs=8, batch_size=256, lr=5e-3, rng=0)      # 120 steps too
+    after = -f.log_prob(test).mean()
+    assert after < before - 0.5
+    assert abs(after + local.log_prob(test).mean()) < 0.1
+    # its sessions are dropped from the workers afterwards, and the scoring cache is untouched
+    assert client.run(lambda: len(__import__("nflow_np.dask._parallel", fromlist=["x"])._SESSIONS)) == \
+        {w: 0 for w in client.scheduler_info()["workers"]}
+
+
+def test_fit_distributed_takes_a_dask_array_and_refuses_batch_norm(client):
+    rng = np.random.default_rng(1)
+    x = da.from_array(rng.normal(size=(1200, 2)), chunks=(400, 2))
+    f = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+    history = nd.fit_distributed(f, x, client=client, steps=20, batch_size=120, lr=5e-3, rng=0)
+    assert history.steps == 20 and np.isfinite(history.train_loss).all()
+    with pytest.raises(ValueError, match="BatchNorm"):
+        nd.fit_distributed(flows.RealNVP(2, n_layers=2, batch_norm=True, rng=0), x, client=client, steps=1)

@@ -21,8 +21,9 @@ except ImportError as exc:      # pragma: no cover - the message is the point
 
 from ._files import from_npy
 from ._models import Payload, cache_info
+from ._parallel import fit_distributed
 from ._sample import UNIT, sample, sample_to
 from ._score import log_prob, score, score_samples
 
-__all__ = ["log_prob", "score_samples", "score", "sample", "sample_to", "from_npy", "Payload",
+__all__ = ["log_prob", "score_samples", "score", "sample", "sample_to", "from_npy", "fit_distributed", "Payload",
            "UNIT", "cache_info"]
