@@ -153,7 +153,10 @@ def fit_distributed(flow, data, *, client=None, steps=100, batch_size=8192, lr=1
         ctx = None if context is None else np.asarray(context)
         shards = _shards(x, ctx, n_shards)
         sizes = [len(s[0]) for s in shards]
-        futures = [client.scatter(s, workers=[workers[i % len(workers)]]) for i, s in enumerate(shards)]
+        # one future per shard (a list scatters its items: the tuple stays whole); hash=False: a fresh key, which
+        # an earlier fit releasing the same data cannot forget under this one
+        futures = [client.scatter([s], workers=[workers[i % len(workers)]], hash=False)[0]
+                   for i, s in enumerate(shards)]
         first = shards[0][0][:batch_size]
         first_context = None if ctx is None else shards[0][1][:batch_size]
     for m in modules(flow):      # ActNorm takes its statistics from a first batch, once, here
@@ -167,7 +170,7 @@ def fit_distributed(flow, data, *, client=None, steps=100, batch_size=8192, lr=1
         optimizer = Adam(params.items(), lr=lr)
     elif not isinstance(optimizer, Optimizer):
         raise TypeError(f"{where}: optimizer must be an nflow_np Optimizer; got {type(optimizer).__name__}")
-    payload = client.scatter(payload_of(flow, where), broadcast=True)
+    payload = client.scatter(payload_of(flow, where), broadcast=True, hash=False)
     session = uuid.uuid4().hex
     total = sum(sizes)
     share = np.floor(np.asarray(sizes) / total * batch_size).astype(int)
