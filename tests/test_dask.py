@@ -285,3 +285,25 @@ def test_fit_distributed_takes_a_dask_array_and_refuses_batch_norm(client):
     assert history.steps == 20 and np.isfinite(history.train_loss).all()
     with pytest.raises(ValueError, match="BatchNorm"):
         nd.fit_distributed(flows.RealNVP(2, n_layers=2, batch_norm=True, rng=0), x, client=client, steps=1)
+
+
+# ---------------------------------------------------------------------------- command line on a cluster
+
+def test_cli_scores_and_samples_on_a_scheduler(client, tmp_path, monkeypatch):
+    from nflow_np import _cli_stream, cli
+    est = FlowDensity(n_layers=2, hidden=(8,), epochs=2, batch_size=64, random_state=0)
+    X = np.random.default_rng(5).normal(size=(300, 2))
+    est.fit(X)
+    model = str(tmp_path / "m.npz")
+    nflow_np.save(est, model)
+    np.save(tmp_path / "x.npy", X)
+    monkeypatch.setattr(_cli_stream, "CHUNK_ROWS", 64)
+    address = client.scheduler.address
+    assert cli.main(["logprob", model, str(tmp_path / "x.npy"), "--out", str(tmp_path / "lp.npy"),
+                     "--scheduler", address]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "lp.npy"), est.score_samples(X))
+    monkeypatch.setattr(cli, "_SAMPLE_CHUNK", 70)
+    assert cli.main(["sample", model, "-n", "200", "--seed", "4", "--out", str(tmp_path / "s.npy"),
+                     "--scheduler", address]) == 0
+    expected = nd.sample(model, 200, 4, chunks=33).compute()
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), expected)
