@@ -5,8 +5,10 @@ Three measurements, printed as one table (and written as JSON with ``--json``):
 1. **Scoring** ``--rows`` 2-D rows of a memory-mapped ``.npy`` with a RealNVP (W1's: 4 couplings, hidden (8, 8),
    float64), the log-densities written to another ``.npy``: in-process (blocks of ``--block`` rows through
    ``flow.log_prob``), and on a ``LocalCluster`` with 1 and with 2 worker processes (one thread each) through
-   ``nflow_np.dask.from_npy`` → ``flow.log_prob`` → ``dask.array.store``. Rows per second, and each worker's
-   peak resident memory (``ru_maxrss``: the process's whole footprint, interpreter and Numba included).
+   ``nflow_np.dask.from_npy`` → ``flow.log_prob`` → ``nflow_np.dask.store_npy``. Rows per second, and the peak
+   resident memory of the scoring process (the largest worker's), sampled every 20 ms while it scores: all of it
+   (``VmRSS``, the pages of the memory-mapped files it has mapped at the time included) and its private part
+   (``RssAnon``: interpreter, Numba and the blocks it holds).
 2. **Out-of-core fit**: one epoch of ``fit`` over a ``--fit-rows`` 2-D memmap (same flow, batch ``--fit-batch``)
    streamed through the shuffle buffer, against ``fit`` on the same rows in memory. Seconds per epoch.
 3. **Data-parallel step** for W3 (RealNVP, D=64, 5 layers, hidden (256, 256), float32, batch 8192):
@@ -26,9 +28,9 @@ The working tree's nflow_np is measured (it goes first on ``sys.path``, the work
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -38,8 +40,49 @@ sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 
-def _max_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(*fields):
+    """``/proc/self/status`` fields in MB (0 where the platform has no /proc)."""
+    values = dict.fromkeys(fields, 0.0)
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key = line.split(":")[0]
+                if key in values:
+                    values[key] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return [values[f] for f in fields]
+
+
+class _Peak:
+    """Samples this process's resident memory every 20 ms: the peak of all of it (``VmRSS``: the file pages it
+    has mapped included) and of its private memory (``RssAnon``: what it allocated itself). ``ru_maxrss`` cannot
+    serve: a worker spawned by a big driver inherits the driver's high-water mark across ``exec``."""
+
+    def __init__(self):
+        self.rss = self.anon = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.is_set():
+            rss, anon = _status_mb("VmRSS", "RssAnon")
+            self.rss, self.anon = max(self.rss, rss), max(self.anon, anon)
+            self.done.wait(0.02)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.rss, self.anon
+
+
+def _start_peak():
+    sys._nflow_np_peak = _Peak()      # on a worker: kept where the next call finds it
+
+
+def _stop_peak():
+    return sys._nflow_np_peak.stop()
 
 
 def _write_points(path, rows, block=1 << 22, seed=0):
@@ -67,20 +110,18 @@ def score_on_cluster(flow, path, out_path, block, workers):
     from distributed import Client, LocalCluster
 
     import nflow_np.dask as nd
-    from nflow_np.dask._files import NpyTarget
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=40) as cluster, Client(cluster) as client:
         warm = nd.from_npy(path, chunks=block)[:block]
         flow.log_prob(warm).compute()              # each worker compiles (from the disk cache) and loads the model
-        client.run(lambda: None)
-        before = client.run(_max_rss_mb)
+        client.run(_start_peak)
         x = nd.from_npy(path, chunks=block)
         lp = flow.log_prob(x)
         start = time.perf_counter()
-        da.store(lp, NpyTarget(out_path, lp.shape, lp.dtype), lock=False)
+        nd.store_npy(lp, out_path)
         seconds = time.perf_counter() - start
-        peak = client.run(_max_rss_mb)
-    return seconds, max(peak.values()), max(before.values())
+        peaks = client.run(_stop_peak)
+    return seconds, max(p[0] for p in peaks.values()), max(p[1] for p in peaks.values())
 
 
 def bench_scoring(args, tmp, results):
@@ -93,17 +134,18 @@ def bench_scoring(args, tmp, results):
     flow = flows.RealNVP(2, n_layers=4, hidden=(8, 8), rng=0)
     flow.log_prob(np.zeros((8, 2)))                # compile first
     out = os.path.join(tmp, "lp_local.npy")
-    rss0 = _max_rss_mb()
+    peak = _Peak()
     seconds = score_in_process(flow, path, out, args.block)
+    rss, anon = peak.stop()
     results.append(dict(what="score, in-process", rows=args.rows, seconds=seconds, rows_per_s=args.rows / seconds,
-                        peak_mb=_max_rss_mb(), peak_before_mb=rss0))
+                        peak_mb=rss, private_mb=anon))
     reference = np.load(out, mmap_mode="r")
     for workers in (1, 2):
         out_w = os.path.join(tmp, f"lp_{workers}.npy")
-        seconds, peak, before = score_on_cluster(flow, path, out_w, args.block, workers)
+        seconds, peak, private = score_on_cluster(flow, path, out_w, args.block, workers)
         same = bool(np.array_equal(np.load(out_w, mmap_mode="r")[:1_000_000], reference[:1_000_000]))
         results.append(dict(what=f"score, LocalCluster {workers} worker{'s' * (workers > 1)}", rows=args.rows,
-                            seconds=seconds, rows_per_s=args.rows / seconds, peak_mb=peak, peak_before_mb=before,
+                            seconds=seconds, rows_per_s=args.rows / seconds, peak_mb=peak, private_mb=private,
                             equal_first_million=same))
         os.remove(out_w)
     os.remove(out)
@@ -174,15 +216,15 @@ def bench_parallel(args, results):
 
 
 def _table(results):
-    lines = [f"{'measurement':34} {'rows/batch':>12} {'seconds':>9} {'rows/s':>12} {'peak MB':>8}  notes",
+    lines = [f"{'measurement':34} {'rows/batch':>12} {'seconds':>9} {'rows/s':>12} {'RSS MB':>8}  notes",
              "-" * 100]
     for r in results:
         size = r.get("rows", r.get("batch"))
         rate = f"{r['rows_per_s']:,.0f}" if "rows_per_s" in r else ""
         peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""
         notes = []
-        if "peak_before_mb" in r:
-            notes.append(f"{r['peak_before_mb']:.0f} MB before")
+        if "private_mb" in r:
+            notes.append(f"private (RssAnon) peak {r['private_mb']:.0f} MB")
         if "equal_first_million" in r:
             notes.append("== in-process" if r["equal_first_million"] else "DIFFERS from in-process")
         if "ratio" in r:

@@ -187,6 +187,19 @@ def test_sampling_is_reproducible_across_chunkings_and_worker_counts(client, flo
     assert not np.array_equal(on_two, other)
 
 
+def test_graphs_of_different_models_seeds_and_chunks_never_share_keys(client, flow, points, tmp_path):
+    other = flows.RealNVP(3, n_layers=2, hidden=(8,), rng=9)
+    x = da.from_array(points, chunks=(100, 3))
+    a, b = dask.compute(flow.log_prob(x), other.log_prob(x))
+    np.testing.assert_array_equal(a, flow.log_prob(points))
+    np.testing.assert_array_equal(b, other.log_prob(points))
+    s1, s2 = dask.compute(flow.sample(100, rng=1, chunks=50), flow.sample(100, rng=2, chunks=50))
+    assert not np.array_equal(s1, s2)
+    path = str(tmp_path / "x.npy")
+    np.save(path, points)
+    assert nd.from_npy(path, chunks=60).name != nd.from_npy(path, chunks=100).name
+
+
 def test_flow_sample_with_chunks_is_lazy(client, flow):
     lazy = flow.sample(500, rng=3, chunks=128)
     assert isinstance(lazy, da.Array) and lazy.chunks[0] == (128, 128, 128, 116)

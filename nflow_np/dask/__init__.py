@@ -19,11 +19,11 @@ except ImportError as exc:      # pragma: no cover - the message is the point
     raise ImportError("nflow_np.dask needs Dask: pip install \"nflow_np[dask]\" (dask[array] and distributed)") \
         from exc
 
-from ._files import from_npy
+from ._files import from_npy, store_npy
 from ._models import Payload, cache_info
 from ._parallel import fit_distributed
 from ._sample import UNIT, sample, sample_to
 from ._score import log_prob, score, score_samples
 
-__all__ = ["log_prob", "score_samples", "score", "sample", "sample_to", "from_npy", "fit_distributed", "Payload",
-           "UNIT", "cache_info"]
+__all__ = ["log_prob", "score_samples", "score", "sample", "sample_to", "from_npy", "store_npy", "fit_distributed",
+           "Payload", "cache_info"]

@@ -12,7 +12,7 @@ import numpy as np
 import dask.array as da
 from dask.base import tokenize
 
-__all__ = ["NpyRows", "NpyTarget", "from_npy", "open_npy"]
+__all__ = ["NpyRows", "NpyTarget", "from_npy", "open_npy", "store_npy"]
 
 
 class NpyRows:
@@ -69,8 +69,10 @@ def from_npy(path, chunks=1 << 20):
     rows = NpyRows(path, array.shape, array.dtype)
     if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
         raise ValueError(f"from_npy: chunks must be a positive int (rows per block); got {chunks!r}")
+    # the name is the whole key: the file, its version and the chunks, so that no other array can share it
+    token = tokenize(rows.path, os.path.getmtime(rows.path), rows.shape, rows.dtype.str, int(chunks))
     return da.from_array(rows, chunks=(int(chunks),) + tuple(-1 for _ in rows.shape[1:]), asarray=True,
-                         fancy=False, name=f"nflow-np-npy-{tokenize(rows.path, os.path.getmtime(rows.path), rows.shape)}")
+                         fancy=False, name=f"nflow-np-npy-{token}")
 
 
 class NpyTarget:
@@ -89,3 +91,13 @@ class NpyTarget:
         array[key] = value
         array.flush()
         del array
+
+
+def store_npy(x, path, compute=True):
+    """Write the Dask array ``x`` to a ``.npy`` file at ``path``, each block through a memory map as it is
+    computed (bounded memory; every worker must see ``path``). ``compute=False`` returns the delayed write."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"store_npy: path must be a str or os.PathLike; got {type(path).__name__}")
+    if any(np.isnan(c) for axis in x.chunks for c in axis):
+        raise ValueError("store_npy: x has unknown chunk sizes; call x.compute_chunk_sizes() first")
+    return da.store(x, NpyTarget(path, x.shape, x.dtype), lock=False, compute=compute)

@@ -16,7 +16,7 @@ import dask.array as da
 
 from .._validation import is_dask_array
 from ..kernels.backend import resolve_backend
-from ._files import NpyTarget
+from ._files import store_npy
 from ._models import cached_model
 from ._score import aligned_context, describe
 
@@ -166,9 +166,9 @@ def sample(model, n, rng=None, chunks=None, *, context=None, backend=None, unit=
         shape = {"drop_axis": 1} if len(out_chunks) == 1 else \
             {"new_axis": list(range(2, len(out_chunks)))} if len(out_chunks) > 2 else {}
         return da.map_blocks(_sample_with_context, *arrays, *args, chunks=out_chunks, dtype=info.dtype, meta=meta,
-                             name="nflow-np-sample", **shape)
+                             token="nflow-np-sample", **shape)
     return da.map_blocks(_sample_block, *args, chunks=out_chunks, dtype=info.dtype, meta=meta,
-                         name="nflow-np-sample", **kwargs)
+                         token="nflow-np-sample", **kwargs)
 
 
 def _sample_with_context(context, payload, n, entropy, spawn_key, unit, backend, block_info=None):
@@ -202,8 +202,7 @@ def sample_to(path, model, n, rng=None, chunks=None, *, backend=None, unit=UNIT,
     path = os.fspath(path)
     x = sample(model, n, rng, chunks, backend=backend, unit=unit)
     if path.endswith(".npy"):
-        target = NpyTarget(path, x.shape, x.dtype)
-        stored = da.store(x, target, lock=False, compute=False)
+        stored = store_npy(x, path, compute=False)
     elif path.rstrip("/").endswith(".zarr"):
         stored = da.to_zarr(x, path, overwrite=True, compute=False)
     else:

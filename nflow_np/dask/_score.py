@@ -104,6 +104,8 @@ def _score_block(x, payload, method, backend, context=None):
     model = cached_model(payload)
     if method == "score_samples":
         return model.score_samples(x)
+    if not hasattr(model, "bijector"):      # a plain distribution: no context, no compiled program
+        return model.log_prob(x)
     return model.log_prob(x, context=context, backend=backend)
 
 
@@ -127,7 +129,7 @@ def _lazy(model, x, context, backend, method, where):
         args.append(ctx)
     drop = tuple(range(1, x.ndim))
     return da.map_blocks(_score_block, *args, drop_axis=drop, dtype=info.dtype,
-                         meta=np.empty((0,), dtype=info.dtype), name=f"nflow-np-{method.replace('_', '-')}")
+                         meta=np.empty((0,), dtype=info.dtype), token=f"nflow-np-{method.replace('_', '-')}")
 
 
 def log_prob(model, x, context=None, *, backend=None):

@@ -76,10 +76,10 @@ class Stream:
             if any(np.isnan(c) for c in data.chunks[0]):
                 raise ValueError("Stream: the Dask array has unknown row chunk sizes; call compute_chunk_sizes()")
             sizes = [int(c) for c in data.chunks[0]]
+            self.bounds = np.cumsum([0] + sizes)
         else:
             step = int(block_rows or (data.chunks[0] if _is_zarr(data) else _BLOCK_ROWS))
-            sizes = [min(step, self.shape[0] - s) for s in range(0, self.shape[0], step)]
-        self.bounds = np.cumsum([0] + sizes)
+            self.bounds = np.append(np.arange(0, self.shape[0], step), self.shape[0])
 
     def __len__(self):
         return self.shape[0]
@@ -103,8 +103,8 @@ class Stream:
         if len(other.shape) < 1 or other.shape[0] != self.shape[0]:
             raise ValueError(f"{where}: {argname} must have one row per data row ({self.shape[0]}); got shape "
                              f"{tuple(other.shape)}")
-        aligned = Stream(other, block_rows=1)
-        aligned.bounds = self.bounds
+        aligned = Stream(other, block_rows=max(1, self.shape[0]))
+        aligned.bounds = self.bounds        # block i of one meets block i of the other
         return aligned
 
 
@@ -275,7 +275,7 @@ def _context_stream(flow, context, stream, argname):
     if context is not None:
         if not streams(context):
             context = np.asarray(context)
-        first = context if context.ndim <= 1 else Stream(context, block_rows=1).read(0, 1)
+        first = context if context.ndim <= 1 else Stream(context, block_rows=max(1, len(stream))).read(0, 1)
     # the flow's own checks: a context where none is taken, none where one is needed, the wrong width
     flow.bijector._prepare_context(first, np.zeros((1,) + stream.shape[1:], dtype=flow.dtype), "fit", "data",
                                    where=f"fit ({argname})")
