@@ -106,7 +106,6 @@ def score_in_process(flow, path, out_path, block):
 
 
 def score_on_cluster(flow, path, out_path, block, workers):
-    import dask.array as da
     from distributed import Client, LocalCluster
 
     import nflow_np.dask as nd

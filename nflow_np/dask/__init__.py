@@ -22,7 +22,7 @@ except ImportError as exc:      # pragma: no cover - the message is the point
 from ._files import from_npy, store_npy
 from ._models import Payload, cache_info
 from ._parallel import fit_distributed
-from ._sample import UNIT, sample, sample_to
+from ._sample import UNIT, sample, sample_to  # noqa: F401  (UNIT: rows per seeded unit)
 from ._score import log_prob, score, score_samples
 
 __all__ = ["log_prob", "score_samples", "score", "sample", "sample_to", "from_npy", "store_npy", "fit_distributed",

@@ -7,7 +7,7 @@ import dask.array as da
 
 from .._validation import is_dask_array
 from ..kernels.backend import resolve_backend
-from ._models import Payload, cached_model, payload_of
+from ._models import cached_model, payload_of
 
 __all__ = ["log_prob", "score_samples", "score"]
 
