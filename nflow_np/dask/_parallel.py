@@ -90,7 +90,7 @@ def fit_distributed(flow, data, *, client=None, steps=100, batch_size=8192, lr=1
         BatchNorm layers (batch statistics) are refused: shards would
         normalize by different statistics; ActNorm initializes from the
         first batch on the driver before the shards start.
-    data : ndarray, np.memmap or dask.array.Array, shape (n, *event_shape)
+    data : ndarray, np.memmap or dask.array.Array, shape (n,) + event_shape
         An array is cut into ``n_shards`` shards sent to the workers once; a
         Dask array is persisted on the cluster and its blocks are the shards.
     client : distributed.Client, optional

@@ -122,7 +122,7 @@ def sample(model, n, rng=None, chunks=None, *, context=None, backend=None, unit=
 
     Returns
     -------
-    dask.array.Array, shape (n, *event_shape)
+    dask.array.Array, shape (n,) + event_shape
     """
     where = "nflow_np.dask.sample"
     payload, info = describe(model, where)

@@ -141,7 +141,7 @@ def log_prob(model, x, context=None, *, backend=None):
         A flow, a fitted ``FlowDensity`` (its ``score_samples``), a model
         file's path or its bytes. It travels to the workers as the bytes of
         its model file and is rebuilt once per worker process.
-    x : dask.array.Array, shape (n, *event_shape)
+    x : dask.array.Array, shape (n,) + event_shape
         Chunked along the rows only (each block holds whole points).
     context : dask.array.Array or array, optional
         For a conditional flow: one row per point (rechunked to the row
