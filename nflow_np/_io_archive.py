@@ -1,6 +1,7 @@
 """Reading a model file's archive without trusting it: the zip directory, each member's ``.npy`` header checked
 against the directory and the spec before anything is read, and the spec's JSON (:mod:`nflow_np.io`)."""
 
+import io
 import json
 import math
 import os
@@ -22,16 +23,22 @@ _FLOAT_NAMES = ("float32", "float64")
 _MAX_DEFLATE_RATIO = 1100
 
 
-def _open(path):
-    """The opened ``NpzFile`` of a model file (nothing read yet but the zip directory)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"load: no such file: {path!r}")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(6)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+def _open(path, data=None):
+    """The opened ``NpzFile`` of a model file (nothing read yet but the zip directory); ``data``: the file's bytes,
+    read from memory instead of ``path`` (which then only names the model in messages)."""
+    if data is None:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"load: no such file: {path!r}")
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(6)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+        source = path
+    else:
+        magic = bytes(data[:6])
+        source = io.BytesIO(data)
     # name the common mistakes before NumPy does (it would talk about pickles)
     if magic == b"\x93NUMPY":
         raise ValueError(f"{path}: holds a single array (a .npy file), not an nflow_np model (.npz)")
@@ -39,7 +46,7 @@ def _open(path):
         raise ValueError(f"{path}: not an nflow_np model file (a model is a .npz zip archive; this file "
                          f"{'is empty' if not magic else 'starts with ' + repr(magic)})")
     try:
-        npz = np.load(path, allow_pickle=False)
+        npz = np.load(source, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise ValueError(f"{path}: not an nflow_np model file, or a damaged one ({exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -107,21 +114,22 @@ def as_path(path, where):
     return os.fsdecode(path)
 
 
-def _read(path, arrays=True):
+def _read(path, arrays=True, data=None):
     """``(spec, arrays, extra)`` of a model file, every low-level failure turned into one ``ValueError``.
 
     The spec is read first; every other member is then checked against it from its header and the zip directory
     alone (members the spec does not name are refused unread, declared shapes and dtypes must match the spec's),
     so that a damaged or hostile file is refused before its arrays are allocated; ``extra`` names the members
     left unread because the spec does not list them. With ``arrays=False`` only the
-    spec is read (and ``{}`` stands for the arrays).
+    spec is read (and ``{}`` stands for the arrays). ``data``: the file's bytes, read from memory (``path`` then
+    only names the model in messages).
     """
     where = as_path(path, "load")
-    npz = _open(path)
+    npz = _open(where, data)
     try:
         with npz:
             headers = {}
-            archive_size = os.path.getsize(path)
+            archive_size = os.path.getsize(path) if data is None else len(data)
             for info in npz.zip.infolist():
                 if info.filename.endswith("/"):
                     continue

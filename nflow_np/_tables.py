@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["check_file", "read_data", "write_table"]
+__all__ = ["check_file", "read_data", "write_table", "text_rows"]
 
 
 def _is_number(text):
@@ -82,41 +82,50 @@ def read_data(path):
 
 
 def _read_text(path):
-    try:
-        with open(path, encoding="utf-8-sig") as fh:   # -sig: a leading byte-order mark is not data
-            lines = fh.read().splitlines()
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file (expected CSV or a .npy array)") from None
-    rows, width, width_line, header_allowed = [], None, None, True
-    for lineno, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        fields = [_unquote(f.strip()) for f in text.split(",")] if "," in text else text.split()
-        try:
-            values = [float(f) for f in fields]
-        except ValueError:
-            bad = [i for i, f in enumerate(fields) if not _is_number(f)]
-            if header_allowed and len(bad) == len(fields):
-                header_allowed = False   # a header line: column names
-                continue
-            field = fields[bad[0]]
-            shown = "an empty field" if field == "" else f"{field!r}"
-            raise ValueError(f"{path}, line {lineno}, column {bad[0] + 1}: {shown} is not a number") from None
-        header_allowed = False
-        if width is None:
-            width, width_line = len(fields), lineno
-        elif len(fields) != width:
-            raise ValueError(f"{path}, line {lineno}: {len(fields)} values, but line {width_line} has {width} "
-                           f"(every row needs the same number of columns)")
-        if not all(map(math.isfinite, values)):
-            col = next(i for i, v in enumerate(values) if not math.isfinite(v))
-            raise ValueError(f"{path}, line {lineno}: {fields[col]} in column {col + 1}; rows with NaN or infinity "
-                           f"cannot be used (drop or fill them)")
-        rows.append(values)
+    rows = [values for _, values in text_rows(path)]
     if not rows:
         raise ValueError(f"{path}: no data rows")
     return np.array(rows, dtype=np.float64)
+
+
+def text_rows(path):
+    """``(line number, values)`` of each data row of a CSV / whitespace text file, read line by line (the checks
+    and messages of :func:`read_data`; memory does not grow with the file)."""
+    try:
+        fh = open(path, encoding="utf-8-sig")   # -sig: a leading byte-order mark is not data
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    width, width_line, header_allowed = None, None, True
+    with fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                fields = [_unquote(f.strip()) for f in text.split(",")] if "," in text else text.split()
+                try:
+                    values = [float(f) for f in fields]
+                except ValueError:
+                    bad = [i for i, f in enumerate(fields) if not _is_number(f)]
+                    if header_allowed and len(bad) == len(fields):
+                        header_allowed = False   # a header line: column names
+                        continue
+                    field = fields[bad[0]]
+                    shown = "an empty field" if field == "" else f"{field!r}"
+                    raise ValueError(f"{path}, line {lineno}, column {bad[0] + 1}: {shown} is not a number") from None
+                header_allowed = False
+                if width is None:
+                    width, width_line = len(fields), lineno
+                elif len(fields) != width:
+                    raise ValueError(f"{path}, line {lineno}: {len(fields)} values, but line {width_line} has {width} "
+                                     f"(every row needs the same number of columns)")
+                if not all(map(math.isfinite, values)):
+                    col = next(i for i, v in enumerate(values) if not math.isfinite(v))
+                    raise ValueError(f"{path}, line {lineno}: {fields[col]} in column {col + 1}; rows with NaN or "
+                                     f"infinity cannot be used (drop or fill them)")
+                yield lineno, values
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (expected CSV or a .npy array)") from None
 
 
 def write_table(arr, out):

@@ -49,6 +49,11 @@ def _fmt_index(idx):
     return "(" + ", ".join(str(int(i)) for i in idx) + ")"
 
 
+def is_dask_array(x):
+    """Whether ``x`` is a ``dask.array.Array``, asked without importing Dask (which loads only when one arrives)."""
+    return type(x).__module__.startswith("dask.array") and hasattr(x, "chunks") and hasattr(x, "dask")
+
+
 def as_float_array(x, dtype, where, name):
     """Convert ``x`` to a finite float ndarray of ``dtype``.
 

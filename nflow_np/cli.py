@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from . import io as model_io
-from ._tables import check_file, read_data, write_table
+from . import _cli_stream as stream
+from ._tables import check_file, read_data
 
 __all__ = ["main"]
 
@@ -213,53 +214,49 @@ _SAMPLE_CHUNK = 65536
 """Points drawn and written at a time by ``sample``, so that its memory does not grow with ``-n``."""
 
 
-def _write_rows(chunks, out):
-    """Write each 2-D array of ``chunks`` as CSV rows as it comes (format as :func:`write_table`'s)."""
-    try:
-        fh = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
-    except OSError as exc:
-        raise CLIError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    try:
-        for chunk in chunks:
-            np.savetxt(fh, np.asarray(chunk, dtype=np.float64), delimiter=",", fmt="%.17g")
-        fh.flush()
-        if fh is not sys.stdout:
-            fh.close()
-    except OSError as exc:
-        raise CLIError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if fh is not sys.stdout and not fh.closed:
-            try:
-                fh.close()
-            except OSError:
-                pass
-
-
 def _cmd_sample(args):
     model = _load_model(args.model)
     if args.n < 0:
         raise CLIError(f"-n must be non-negative; got {args.n}")
     _, sample, _ = _as_sampler_and_scorer(model, args.model)
+    if args.scheduler:
+        from .distributions import Distribution
+        if isinstance(model, Distribution) and not hasattr(model, "bijector"):
+            raise CLIError(f"{args.model}: --scheduler samples flows and FlowDensity models; this is a "
+                           f"{type(model).__name__}")
+        with stream.connect(args.scheduler) as client:
+            stream.write_chunks(stream.sample_on_cluster(client, args.model, args.n, args.seed, _SAMPLE_CHUNK),
+                                args.out)
+        return 0
     # one generator for every chunk: its stream, and so the points, do not depend on the chunk size
     rng = np.random.default_rng(args.seed)
 
     def chunks():
         for start in range(0, args.n, _SAMPLE_CHUNK):
             yield sample(min(_SAMPLE_CHUNK, args.n - start), rng)
-    _write_rows(chunks(), args.out)
+    stream.write_chunks(chunks(), args.out)
     return 0
 
 
 def _cmd_logprob(args):
     model = _load_model(args.model)
-    n_features, _, score = _as_sampler_and_scorer(model, args.model)
-    X = read_data(args.data)
-    _check_columns(X, n_features, args.data, args.model)
+    n_features, _, _ = _as_sampler_and_scorer(model, args.model)
+
+    def checked():
+        for X in stream.read_chunks(args.data, stream.CHUNK_ROWS):
+            _check_columns(X, n_features, args.data, args.model)
+            yield X
     try:
-        values = score(X)
+        if args.scheduler:
+            with stream.connect(args.scheduler) as client:
+                stream.write_chunks(stream.score_on_cluster(client, args.model, checked()), args.out, "log_prob",
+                                    flat=True)
+        else:
+            stream.write_chunks((stream.score_model(model, X) for X in checked()), args.out, "log_prob", flat=True)
     except ValueError as exc:
-        raise CLIError(f"{args.data}: {_one_line(exc)}") from None
-    write_table(np.asarray(values)[:, None], args.out)
+        text = _one_line(exc)
+        raise CLIError(text if text.startswith(args.data) or text.startswith(args.out) else
+                       f"{args.data}: {text}") from None
     return 0
 
 
@@ -445,17 +442,23 @@ def _build_parser():
                    "--seed, the validation split and shuffles are those an uninterrupted fit would draw")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
 
-    p = command("sample", "draw points from a model, as CSV", _cmd_sample)
+    p = command("sample", "draw points from a model, as CSV, .npy or Parquet", _cmd_sample)
     p.add_argument("model", help="model file (.npz)")
     p.add_argument("-n", type=int, default=1000, help="number of points (drawn and written in chunks, so any number "
                                                         "fits in memory; 0 writes an empty file)")
-    p.add_argument("--out", default="-", help="CSV file to write; - for stdout")
+    p.add_argument("--out", default="-", help="file to write: .npy, .parquet, else CSV; - for stdout (CSV)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="draw on the Dask cluster at ADDRESS (nflow_np.dask.sample: the same points for a seed on "
+                        "any cluster, but not those drawn without --scheduler)")
 
-    p = command("logprob", "log-density of each row of a data file, as CSV", _cmd_logprob)
+    p = command("logprob", "log-density of each row of a data file, read and written in chunks", _cmd_logprob)
     p.add_argument("model", help="model file (.npz)")
-    p.add_argument("data", help="DATA.csv or DATA.npy")
-    p.add_argument("--out", default="-", help="CSV file to write; - for stdout")
+    p.add_argument("data", help="DATA.csv, DATA.npy or DATA.parquet (its numeric columns)")
+    p.add_argument("--out", default="-", help="file to write: .npy, .parquet, else CSV; - for stdout (CSV)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="score on the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786); the model travels as its "
+                        "file's bytes")
 
     p = command("info", "describe a model file: architecture, sizes, dtype, training summary", _cmd_info)
     p.add_argument("model", help="model file (.npz)")

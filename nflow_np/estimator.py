@@ -16,7 +16,7 @@ import numpy as np
 
 from ._estimator_checks import _as_generator, _check_int, _column_moments, _equal, _finite_moments, _is_seed, \
     _is_sparse, _merge_histories, _standardized
-from ._validation import check_sample_count
+from ._validation import check_sample_count, is_dask_array
 
 __all__ = ["FlowDensity", "NotFittedError"]
 
@@ -415,8 +415,13 @@ class FlowDensity:
         Returns
         -------
         ndarray of shape (n_samples,), float64
+            A lazy ``dask.array.Array`` when ``X`` is one (rows chunked, the features whole), one task per block:
+            see :func:`nflow_np.dask.score_samples`.
         """
         self._check_fitted("score_samples")
+        if is_dask_array(X):
+            from .dask import score_samples
+            return score_samples(self, X)
         X = self._check_X(X, "score_samples", reset=False)
         Z = ((X - self.mean_) / self.scale_).astype(self.flow_.dtype)
         return self.flow_.log_prob(Z).astype(np.float64) - self._log_scale_sum
@@ -433,7 +438,12 @@ class FlowDensity:
         Returns
         -------
         float
+            A lazy 0-d ``dask.array.Array`` when ``X`` is a Dask array (``float()`` of it computes it).
         """
+        if is_dask_array(X):
+            self._check_fitted("score")
+            from .dask import score
+            return score(self, X)
         return float(np.sum(self.score_samples(X)))
 
     def sample(self, n_samples=1, random_state=None):

@@ -31,6 +31,7 @@ type name to ``(to_spec, from_spec)``; :func:`register` adds a type of your own.
 """
 
 import dataclasses
+import io as _io
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from ._io_registry import _NAMES, REGISTRY, register
 from .bijectors import Inline
 from .distributions import TransformedDistribution
 
-__all__ = ["FORMAT_VERSION", "REGISTRY", "register", "save", "load", "read_spec"]
+__all__ = ["FORMAT_VERSION", "REGISTRY", "register", "save", "load", "read_spec", "to_bytes", "from_bytes"]
 
 _MOMENTS = ("m", "v")
 _OPTIMIZER_SCALARS = ("lr", "steps", "betas", "eps", "weight_decay", "clip_norm")
@@ -164,6 +165,27 @@ def _create_temp(directory):
     raise FileExistsError(f"save: cannot create a temporary file in {directory!r}")
 
 
+def _encode(flow_or_estimator):
+    """The arrays of a model file, the spec's JSON among them (as ``__spec__``)."""
+    from .estimator import FlowDensity
+    encoder = _Encoder()
+    if isinstance(flow_or_estimator, FlowDensity):
+        estimator, root = _estimator_spec(flow_or_estimator, encoder)
+        kind = "estimator"
+    else:
+        estimator, root = None, encoder.encode(flow_or_estimator, "")
+        kind = "flow" if isinstance(flow_or_estimator, TransformedDistribution) else "object"
+    from . import __version__
+    # the oldest layout that holds the file, so that older releases read what they can
+    version = _OPTIMIZER_VERSION if estimator is not None and estimator["optimizer"] is not None else 1
+    spec = {"format": FORMAT_NAME, "format_version": version, "nflow_np_version": __version__,
+            "kind": kind, "root": root, "estimator": estimator}
+    text = json.dumps(spec, allow_nan=False, separators=(",", ":"))
+    arrays = dict(encoder.arrays)
+    arrays[_SPEC_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    return arrays
+
+
 def save(flow_or_estimator, path):
     """Write a flow, bijector, distribution or fitted ``FlowDensity`` to a ``.npz`` model file.
 
@@ -186,22 +208,7 @@ def save(flow_or_estimator, path):
     None
     """
     given = as_path(path, "save")
-    from .estimator import FlowDensity
-    encoder = _Encoder()
-    if isinstance(flow_or_estimator, FlowDensity):
-        estimator, root = _estimator_spec(flow_or_estimator, encoder)
-        kind = "estimator"
-    else:
-        estimator, root = None, encoder.encode(flow_or_estimator, "")
-        kind = "flow" if isinstance(flow_or_estimator, TransformedDistribution) else "object"
-    from . import __version__
-    # the oldest layout that holds the file, so that older releases read what they can
-    version = _OPTIMIZER_VERSION if estimator is not None and estimator["optimizer"] is not None else 1
-    spec = {"format": FORMAT_NAME, "format_version": version, "nflow_np_version": __version__,
-            "kind": kind, "root": root, "estimator": estimator}
-    text = json.dumps(spec, allow_nan=False, separators=(",", ":"))
-    arrays = dict(encoder.arrays)
-    arrays[_SPEC_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    arrays = _encode(flow_or_estimator)
     # through a symlink to the file it names, so that the link stays a link
     path = os.path.realpath(given)
     if os.path.isdir(path):
@@ -225,6 +232,27 @@ def save(flow_or_estimator, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def to_bytes(flow_or_estimator):
+    """The bytes of the model file :func:`save` would write, without touching the disk.
+
+    Parameters
+    ----------
+    flow_or_estimator : TransformedDistribution, Bijector, Distribution or FlowDensity
+        As for :func:`save`.
+
+    Returns
+    -------
+    bytes
+        A ``.npz`` archive; :func:`from_bytes` (or :func:`load`, once written
+        to a file) rebuilds the object from it. This is how
+        :mod:`nflow_np.dask` ships a model to its workers: as data, never as
+        pickled objects.
+    """
+    buffer = _io.BytesIO()
+    np.savez(buffer, **_encode(flow_or_estimator))
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -422,8 +450,40 @@ def load(path):
         non-finite, or of a shape or dtype that does not match the spec, or
         an optimizer state that does not fit the flow.
     """
-    where = as_path(path, "load")
-    spec, arrays, extra = _read(path)
+    return _load(as_path(path, "load"))
+
+
+def from_bytes(data, name="<model bytes>"):
+    """Rebuild a model from the bytes of a model file (:func:`to_bytes`, or a file's contents).
+
+    Parameters
+    ----------
+    data : bytes, bytearray or memoryview
+        Checked exactly as :func:`load` checks a file: no code from it runs.
+    name : str
+        What error messages call the model (a file name, say), where
+        :func:`load` names the file's path.
+
+    Returns
+    -------
+    TransformedDistribution, Bijector, Distribution or FlowDensity
+
+    Raises
+    ------
+    TypeError
+        ``data`` is not bytes-like.
+    ValueError
+        As :func:`load`: the same message for the same bytes, ``name`` in place of the path.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"from_bytes: data must be bytes; got {type(data).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"from_bytes: name must be a str; got {type(name).__name__} {name!r}")
+    return _load(name, bytes(data))
+
+
+def _load(where, data=None):
+    spec, arrays, extra = _read(where, data=data)
     decoder = _Decoder(arrays, where)
     try:
         root = decoder.decode(spec["root"], "flow" if spec.get("estimator") else "")

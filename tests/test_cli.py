@@ -377,3 +377,74 @@ def test_running_out_of_memory_is_a_clean_error(tmp_path, data_csv, capsys, monk
     monkeypatch.setattr(FlowDensity, "_fit", too_big)
     status, _, err = run(capsys, "fit", data_csv, *TINY, "--out", tmp_path / "m.npz")
     assert_clean_error(status, err, "out of memory (Unable to allocate 395. GiB", "--batch-size")
+
+
+# ---------------------------------------------------------------------------- streamed files
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy", ".parquet"])
+def test_logprob_streams_a_file_in_chunks_into_any_format(tmp_path, model, data_csv, capsys, monkeypatch, suffix):
+    from nflow_np import _cli_stream
+    X = np.loadtxt(data_csv, delimiter=",", skiprows=1)
+    expected = io.load(model).score_samples(X)
+    if suffix == ".npy":
+        source = tmp_path / "in.npy"
+        np.save(source, X)
+    elif suffix == ".parquet":
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+        source = tmp_path / "in.parquet"
+        pq.write_table(pa.table({"x": X[:, 0], "label": np.array(["a"] * len(X)), "y": X[:, 1]}), source,
+                       row_group_size=50)
+    else:
+        source = data_csv
+    monkeypatch.setattr(_cli_stream, "CHUNK_ROWS", 7)       # 300 rows: 43 chunks
+    out = tmp_path / f"lp{suffix}"
+    status, _, err = run(capsys, "logprob", model, source, "--out", out)
+    assert status == 0, err
+    if suffix == ".npy":
+        got = np.load(out)
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+        table = pq.read_table(out)
+        assert table.column_names == ["log_prob"]
+        got = table.column("log_prob").to_numpy()
+    else:
+        got = np.loadtxt(out, delimiter=",")
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_sample_writes_npy_and_parquet_as_it_draws(tmp_path, model, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_SAMPLE_CHUNK", 9)
+    run(capsys, "sample", model, "-n", 50, "--seed", 3, "--out", tmp_path / "s.csv")
+    expected = np.loadtxt(tmp_path / "s.csv", delimiter=",")
+    status, _, err = run(capsys, "sample", model, "-n", 50, "--seed", 3, "--out", tmp_path / "s.npy")
+    assert status == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), expected)
+    pq = pytest.importorskip("pyarrow.parquet")
+    run(capsys, "sample", model, "-n", 50, "--seed", 3, "--out", tmp_path / "s.parquet")
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.column_names == ["x0", "x1"]
+    np.testing.assert_array_equal(np.column_stack([c.to_numpy() for c in table.columns]), expected)
+
+
+def test_streamed_files_report_bad_rows_by_position(tmp_path, model, capsys, monkeypatch):
+    from nflow_np import _cli_stream
+    monkeypatch.setattr(_cli_stream, "CHUNK_ROWS", 4)
+    bad = np.ones((10, 2))
+    bad[6, 1] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    status, _, err = run(capsys, "logprob", model, tmp_path / "bad.npy")
+    assert_clean_error(status, err, "bad.npy: row 6 holds nan in column 2")
+    (tmp_path / "bad.csv").write_text("1,2\n3,4\n5,6\n7,x\n")
+    status, _, err = run(capsys, "logprob", model, tmp_path / "bad.csv")
+    assert_clean_error(status, err, "bad.csv, line 4, column 2: 'x' is not a number")
+    np.save(tmp_path / "wide.npy", np.ones((5, 3)))
+    status, _, err = run(capsys, "logprob", model, tmp_path / "wide.npy")
+    assert_clean_error(status, err, "has 3 column(s)", "takes 2 feature(s)")
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, model, capsys, monkeypatch):
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    status, _, err = run(capsys, "logprob", model, tmp_path / "x.parquet")
+    assert_clean_error(status, err, "Parquet needs pyarrow", "pip install pyarrow")

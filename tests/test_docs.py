@@ -20,6 +20,8 @@ GUIDE_PAGES = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "guide").gl
 EXECUTED_PAGES = ["getting_started.rst", "conventions.rst"] + GUIDE_PAGES
 # Pages whose examples train for several seconds; `pytest -m "slow or not slow"` runs them.
 SLOW_PAGES = {"guide/text_flow.rst"}
+# Pages that need optional packages, skipped without them.
+NEEDS = {"guide/scale.rst": ("dask.array", "distributed", "zarr")}
 
 _DIRECTIVE = re.compile(r"^(?P<indent>\s*)\.\. (?:code-block:: python|plot::)\s*$")
 
@@ -72,6 +74,8 @@ PAGE_PARAMS = [pytest.param(page, marks=[pytest.mark.slow] if page in SLOW_PAGES
 
 @pytest.mark.parametrize("page", PAGE_PARAMS)
 def test_page_code_runs(page, agg_backend, capsys):
+    for module in NEEDS.get(page, ()):
+        pytest.importorskip(module, reason=f"{page} needs {module} (the dask extra)")
     path = DOCS / page
     blocks = code_blocks(path.read_text(encoding="utf-8"))
     if page.startswith("guide/") or page == "getting_started.rst":

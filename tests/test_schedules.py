@@ -83,3 +83,19 @@ def test_bad_schedule_parameters_are_named():
         ReduceOnPlateau(patience=0)
     with pytest.raises(ValueError, match="warm-up"):
         _rates("numpy", CosineDecay(warmup=6))
+
+
+def test_a_streamed_fit_follows_the_schedule():
+    data = datasets.two_moons(200, rng=0)
+    path_rates = {}
+    for label, x in [("memory", data), ("memmap", None)]:
+        if x is None:
+            import tempfile, os
+            folder = tempfile.mkdtemp()
+            x = np.lib.format.open_memmap(os.path.join(folder, "x.npy"), mode="w+", dtype=data.dtype,
+                                          shape=data.shape)
+            x[...] = data
+        flow = flows.RealNVP(2, n_layers=2, hidden=(8,), rng=0)
+        path_rates[label] = fit(flow, x, epochs=4, batch_size=50, lr=0.01, rng=0, lr_schedule="cosine").lr
+    np.testing.assert_allclose(path_rates["memmap"], path_rates["memory"], rtol=1e-12)
+    assert path_rates["memory"][-1] < path_rates["memory"][0]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._validation import as_generator, as_sample_shape
+from .._validation import as_generator, as_sample_shape, is_dask_array
 from ..bijectors.base import Bijector
 from ..kernels.backend import on_device, resolve_backend
 from .base import Distribution, warn_if_not_finite
@@ -33,6 +33,10 @@ class TransformedDistribution(Distribution):
     as one compiled call; with ``"cuda"`` the same program runs on the GPU
     (unconditional flows; its samples come from the GPU's own random stream).
     Other flows run the bijectors' NumPy passes whatever the backend.
+
+    With ``x`` a ``dask.array.Array``, ``log_prob`` returns a lazy Dask array
+    (:func:`nflow_np.dask.log_prob`); ``sample(n, rng=seed, chunks=k)`` returns
+    one (:func:`nflow_np.dask.sample`). Dask is imported only then.
     """
 
     def __init__(self, distribution, bijector):
@@ -106,7 +110,14 @@ class TransformedDistribution(Distribution):
             context, points, method, argname, where=f"{self.name}.{method}"))
 
     def log_prob(self, x, context=None, backend=None):
-        """Log-density at ``x``, one value per event; ``backend`` picks NumPy or the compiled program."""
+        """Log-density at ``x``, one value per event; ``backend`` picks NumPy or the compiled program.
+
+        A Dask array ``x`` (rows chunked, the event axis whole) gives a lazy Dask array of log-densities, one task
+        per block (see :func:`nflow_np.dask.log_prob`); ``context`` then aligns with its rows.
+        """
+        if is_dask_array(x):
+            from ..dask import log_prob as lazy_log_prob
+            return lazy_log_prob(self, x, context, backend=backend)
         if on_device(x):    # a CUDA array: evaluated on the GPU, the result left there
             from ..kernels.cuda.runner import log_prob_on_device
             return log_prob_on_device(self, x, context, backend)
@@ -148,8 +159,12 @@ class TransformedDistribution(Distribution):
             return () if context is None or np.ndim(context) <= 1 else tuple(np.shape(context)[:-1])
         return as_sample_shape(sample_shape, f"{self.name}.{method}")
 
-    def sample(self, sample_shape=(), rng=None, context=None, backend=None):
+    def sample(self, sample_shape=(), rng=None, context=None, backend=None, chunks=None):
         """Draw ``sample_shape`` samples (``rng``: Generator or seed); ``backend`` as in :meth:`log_prob`.
+
+        With ``chunks`` (rows per block), the result is a lazy Dask array of ``sample_shape`` (an int) samples,
+        reproducible for an int seed ``rng`` whatever the chunks and the workers (see
+        :func:`nflow_np.dask.sample`).
 
         Where the bijector's forward map overflows the dtype at a base point
         (``Exp`` beyond 709.78 in float64, 88.72 in float32), that sample is
@@ -158,6 +173,13 @@ class TransformedDistribution(Distribution):
         :func:`nflow_np.testing.check_bijector` reports the interval on which
         forward stays finite (``"forward_finite_range"``).
         """
+        if chunks is not None:
+            from ..dask import sample as lazy_sample
+            n = sample_shape[0] if isinstance(sample_shape, (tuple, list)) and len(sample_shape) == 1 else sample_shape
+            if not isinstance(n, (int, np.integer)) or isinstance(n, (bool, np.bool_)):
+                raise TypeError(f"{self.name}.sample: with chunks=, the sample size must be an int; got "
+                                f"{sample_shape!r}")
+            return lazy_sample(self, n, rng, chunks, context=context, backend=backend)
         return self._draw(sample_shape, rng, context, backend, "sample", with_log_prob=False)[0]
 
     def sample_and_log_prob(self, sample_shape=(), rng=None, context=None, backend=None):

@@ -132,6 +132,10 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     ----------
     flow : TransformedDistribution
     data : array, shape (n, ...) matching the flow's event shape
+        A ``dask.array.Array``, an ``np.memmap``, a zarr array or a
+        :class:`~nflow_np.train.Stream` is streamed block by block through a
+        shuffle buffer instead of being loaded (peak memory: the buffer); see
+        :mod:`nflow_np.train._stream`. An in-memory ndarray is not.
     epochs : int
         At least 1.
     batch_size : int
@@ -213,7 +217,11 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     _check_flow(flow, "fit")
     _check_fit_arguments(epochs, lr, callback, clip_norm)
     schedule = as_schedule(lr_schedule, "fit")
+    from ._stream import fit_streamed, streams
     with use_backend(resolve_backend(backend, "fit")):
+        if streams(data):
+            return fit_streamed(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split,
+                                patience, rng, callback, progress, clip_norm, context, validation_context, schedule)
         return _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
                     callback, progress, clip_norm, context, validation_context, schedule)
 
