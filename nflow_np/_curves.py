@@ -5,7 +5,9 @@ sampler's own parameter, plus the sampler's noise; the log-density integrates
 the noise's density over the curve parameter. Rings integrate in closed form
 (the von Mises normalizer, through SciPy's ``i0e``); two-moons and two-spirals
 use the midpoint rule over the curve parameter with nodes far closer than the
-noise is wide (checked by doubling them: the entropies move by under 1e-5 nats).
+noise is wide: at the default nodes, quadrupling them moves the mean
+log-density of 2000 samples by under 1e-6 (a single point's by under 2e-4 for
+two-moons, and by up to 1e-2 for two-spirals' points far outside the arms).
 """
 
 import numpy as np
@@ -37,7 +39,7 @@ def _blocks(f, x):
     return out.reshape(x.shape[:-1]).astype(x.dtype)
 
 
-def two_moons_log_prob(x, noise=0.1, nodes=2048):
+def two_moons_log_prob(x, noise=0.1, nodes=1024):
     """Exact log-density of :func:`nflow_np.datasets.two_moons` with the same ``noise``.
 
     Each moon is a half circle traced by ``t ~ U(0, pi)`` and blurred by
@@ -103,13 +105,13 @@ def rings_log_prob(x):
     return (_logsumexp(terms, axis=-1) - np.log(2.0 * np.pi * s2) - np.log(4.0)).astype(x.dtype)
 
 
-def two_spirals_log_prob(x, noise=0.5, nodes=8192):
+def two_spirals_log_prob(x, noise=0.5, nodes=1024):
     """Exact log-density of :func:`nflow_np.datasets.two_spirals` with the same ``noise``.
 
     A point is ``sign (arm(r) + J) / 3 + e`` with ``r = 3 pi sqrt(u)``,
     ``u ~ U(0, 1)``, ``J ~ U(0, noise)^2``, ``e ~ N(0, 0.1^2 I)``: given the
     arm position, the jitter and the blur factor per axis into differences of
-    normal CDFs, and ``u`` is integrated over ``nodes`` midpoint nodes.
+    normal CDFs, and ``u = v^2`` is integrated over ``nodes`` midpoint nodes in ``v``.
 
     Parameters
     ----------
@@ -129,8 +131,10 @@ def two_spirals_log_prob(x, noise=0.5, nodes=8192):
         raise ValueError(f"two_spirals_log_prob: noise must be > 0; got {noise}")
     log_ndtr = _scipy_special().log_ndtr
     blur = 0.1
-    u = (np.arange(nodes) + 0.5) / nodes
-    r = np.sqrt(u) * 3.0 * np.pi
+    # u = v^2 makes the integrand smooth in v (r = 3 pi v, density 2v): the midpoint rule in v converges fast
+    v = (np.arange(nodes) + 0.5) / nodes
+    r = v * 3.0 * np.pi
+    log_w = np.log(2.0 * v)
     arm = np.stack([-np.cos(r) * r, np.sin(r) * r], -1) / 3.0
     width = noise / 3.0
 
@@ -142,7 +146,8 @@ def two_spirals_log_prob(x, noise=0.5, nodes=8192):
 
     def block(xb):
         # x = sign (arm + J) / 3 + e, so sign x - arm / 3 = J / 3 + sign e, and sign e ~ e
-        terms = [_logsumexp(log_box(sign * xb[:, None, :] - arm[None]).sum(-1), axis=1) for sign in (1.0, -1.0)]
+        terms = [_logsumexp(log_box(sign * xb[:, None, :] - arm[None]).sum(-1) + log_w, axis=1)
+                 for sign in (1.0, -1.0)]
         return np.logaddexp(*terms) - np.log(nodes) - np.log(2.0)
 
     return _blocks(block, x)

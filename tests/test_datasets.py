@@ -222,9 +222,62 @@ def test_true_entropy():
     x = ds.bimodal(50_000, 123)
     assert abs(hb + ds.bimodal_log_prob(x).mean()) < 0.03
     with pytest.raises(ValueError, match="not known in closed form"):
-        ds.true_entropy("rings")
+        ds.true_entropy("pinwheel")
     with pytest.raises(ValueError, match="unknown data set"):
         ds.true_entropy("nope")
+
+
+# --- the curve sets: two-moons, rings, two-spirals ----------------------------------------------
+
+CURVES = {"two-moons": (ds.two_moons_log_prob, 3.0), "rings": (ds.rings_log_prob, 3.6),
+          "two-spirals": (ds.two_spirals_log_prob, 4.2)}
+
+
+@pytest.mark.parametrize("name", sorted(CURVES))
+def test_curve_densities_integrate_to_one(name):
+    log_prob, half = CURVES[name]
+    # a grid step of half the noise's width: the midpoint rule is exact to far below the tolerance for these
+    # smooth densities; fewer quadrature nodes keep it fast (their effect on the mass is below 1e-4)
+    g = np.linspace(-half, half, 121)
+    pts = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    kwargs = {} if name == "rings" else {"nodes": 256}
+    assert abs(np.exp(log_prob(pts, **kwargs)).sum() * (g[1] - g[0]) ** 2 - 1.0) < 2e-3
+
+
+@pytest.mark.parametrize("name", sorted(CURVES))
+def test_curve_densities_match_the_samplers_box_counts(name):
+    # an independent check: the share of a million samples in small boxes around points of high density
+    log_prob, _ = CURVES[name]
+    x = ds.load(name, 1_000_000, rng=3)
+    centers = x[:6]
+    h = 0.1
+    for c in centers:
+        share = np.mean(np.all(np.abs(x - c) < h / 2, axis=1))
+        g = np.linspace(-h / 2, h / 2, 9)[1::2] * 1.0
+        cell = np.stack(np.meshgrid(c[0] + g, c[1] + g), -1).reshape(-1, 2)
+        expected = np.exp(log_prob(cell)).mean() * h * h
+        # binomial noise of the count (about 2-5%), plus the box average's midpoint rule
+        assert abs(share - expected) < 4 * np.sqrt(expected / len(x)) + 0.02 * expected, (c, share, expected)
+
+
+def test_curve_densities_keep_dtype_and_shape_and_check_input():
+    x = ds.rings(12, 0).astype(np.float32).reshape(3, 4, 2)
+    out = ds.rings_log_prob(x)
+    assert out.shape == (3, 4) and out.dtype == np.float32
+    assert ds.two_moons_log_prob(x).shape == (3, 4)
+    with pytest.raises(ValueError, match="two_moons_log_prob"):
+        ds.two_moons_log_prob(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="two_spirals_log_prob"):
+        ds.two_spirals_log_prob([[np.nan, 0.0]])
+
+
+def test_curve_entropies():
+    # the tabulated defaults agree with a fresh Monte Carlo estimate
+    for name in ("two-moons", "rings", "two-spirals"):
+        x = ds.load(name, 4000, rng=99)
+        log_p = ds.LOG_PROBS[name](x)
+        # within 4 standard errors of a fresh Monte Carlo estimate
+        assert abs(ds.true_entropy(name) + float(np.mean(log_p))) < 4 * log_p.std() / np.sqrt(len(x)), name
 
 
 # --- text and images -------------------------------------------------------------------------

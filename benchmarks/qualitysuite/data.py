@@ -6,9 +6,8 @@ points ``mean(log_p(x) - log q(x))`` estimates KL(data || model) without the
 Monte Carlo noise of the entropy itself, and ``-mean(log_p(test))`` is the
 entropy estimate printed beside the NLL.
 
-- 2-D toys: two-moons, spirals and rings by quadrature along their curves
-  (rings in closed form through the Bessel function ``I0``), 8 Gaussians,
-  checkerboard and the bimodal mixture in closed form;
+- 2-D toys: two-moons, two-spirals, rings, 8 Gaussians, checkerboard and the
+  bimodal mixture, with the exact densities of ``nflow_np.datasets.LOG_PROBS``;
 - teachers: a fixed random spline flow in 4, 8, 16 and 32 dimensions, its
   weights drawn off the identity; its samples are the data and its own
   ``log_prob`` the exact density;
@@ -46,91 +45,16 @@ def _logsumexp(a, axis):
     return np.squeeze(top, axis) + np.log(np.sum(np.exp(a - top), axis=axis))
 
 
-def _normal_logpdf(x, mean, std):
-    return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
-
-
-def _chunked(f, x, rows=2000):
-    return np.concatenate([f(x[i:i + rows]) for i in range(0, len(x), rows)])
-
-
 # ---------------------------------------------------------------------------
-# 2-D toys with exact densities
+# 2-D toys with exact densities (nflow_np.datasets.LOG_PROBS: closed forms, or quadrature along the curves)
 
-_MOON_VAR_X = 0.75
-_MOON_VAR_Y = 0.5 - 4.0 / np.pi ** 2 + (2.0 / np.pi - 0.25) ** 2
-_MOON_SCALE = np.sqrt(0.5 * (_MOON_VAR_X + _MOON_VAR_Y))
-
-
-def two_moons_log_prob(x, noise=0.1, nodes=3000):
-    """Mixture over the two moons of a Gaussian tube around each arc, integrated along t (midpoint rule)."""
-    t = (np.arange(nodes) + 0.5) * (np.pi / nodes)
-    arcs = [np.stack([np.cos(t), np.sin(t)], -1), np.stack([1 - np.cos(t), 0.5 - np.sin(t)], -1)]
-
-    def block(xb):
-        pts = xb * _MOON_SCALE + np.array([0.5, 0.25])
-        terms = []
-        for arc in arcs:
-            d2 = ((pts[:, None, :] - arc[None]) ** 2).sum(-1)
-            terms.append(_logsumexp(-0.5 * d2 / noise ** 2, axis=1) - np.log(nodes))
-        log_curve = _logsumexp(np.stack(terms, 1), axis=1) - np.log(2.0)
-        return log_curve - np.log(2 * np.pi * noise ** 2) + 2 * np.log(_MOON_SCALE)
-
-    return _chunked(block, np.asarray(x, np.float64), 500)
-
-
-def rings_log_prob(x, std=0.08):
-    from scipy.special import i0e
-    rho = np.hypot(x[:, 0], x[:, 1])
-    terms = []
-    for r in 0.75 * np.arange(1, 5):
-        # (1/2pi) \int N(x; r u(theta), std^2 I) dtheta = exp(-(rho^2 + r^2)/2s^2) I0(rho r / s^2) / (2 pi s^2)
-        z = rho * r / std ** 2
-        terms.append(-0.5 * (rho - r) ** 2 / std ** 2 + np.log(i0e(z)) - np.log(2 * np.pi * std ** 2))
-    return _logsumexp(np.stack(terms, 1), axis=1) - np.log(4.0)
-
-
-def spirals_log_prob(x, noise=0.5, blur=0.1, nodes=6000):
-    """Arm position r = 3 pi sqrt(u): integrate over u; the U(0, noise)^2 jitter times the Gaussian blur
-    factorizes per axis into differences of normal CDFs."""
-    from scipy.special import log_ndtr
-    u = (np.arange(nodes) + 0.5) / nodes
-    r = np.sqrt(u) * 3 * np.pi
-    arm = np.stack([-np.cos(r) * r, np.sin(r) * r], -1) / 3.0
-    w = noise / 3.0
-
-    def log_box(a):
-        # log P(a - J in blur-noise) for J ~ U(0, w): (Phi(a / s) - Phi((a - w) / s)) / w, in logs
-        hi, lo = log_ndtr(a / blur), log_ndtr((a - w) / blur)
-        with np.errstate(divide="ignore"):    # lo == hi far outside the box: that node adds nothing
-            return hi + np.log1p(-np.exp(np.minimum(lo - hi, -1e-300))) - np.log(w)
-
-    def block(xb):
-        terms = []
-        for sign in (1.0, -1.0):
-            # x = sign (arm + J) + e, so sign x - arm = J + sign e (e is symmetric)
-            a = sign * xb[:, None, :] - arm[None]
-            terms.append(_logsumexp(log_box(a).sum(-1), axis=1) - np.log(nodes))
-        return _logsumexp(np.stack(terms, 1), axis=1) - np.log(2.0)
-
-    return _chunked(block, np.asarray(x, np.float64), 500)
-
-
-_TOY_LOG_PROBS = {
-    "two-moons": two_moons_log_prob,
-    "rings": rings_log_prob,
-    "two-spirals": spirals_log_prob,
-    "8gaussians": lambda x: datasets.eight_gaussians_log_prob(x),
-    "checkerboard": lambda x: datasets.checkerboard_log_prob(x),
-    "bimodal": lambda x: datasets.bimodal_log_prob(x),
-}
-TOYS = list(_TOY_LOG_PROBS)
+TOYS = ["two-moons", "8gaussians", "checkerboard", "two-spirals", "rings", "bimodal"]
 
 
 def toy(name, n_train, n_val, n_test, seed=0):
     draw = lambda n, s: datasets.load(name, n, rng=s)
     return Split(name, draw(n_train, seed), draw(n_val, seed + 1000), draw(n_test, seed + 2000),
-                 _TOY_LOG_PROBS[name])
+                 lambda x: datasets.LOG_PROBS[name](np.asarray(x, np.float64)))
 
 
 # ---------------------------------------------------------------------------
@@ -230,7 +154,7 @@ ALL = TOYS + ["teacher-4", "teacher-8", "teacher-16", "teacher-32", "student-t-8
 
 def load(name, size="full", seed=0):
     n_train, n_val, n_test = SIZES[size]
-    if name in _TOY_LOG_PROBS:
+    if name in TOYS:
         return toy(name, n_train, n_val, n_test, seed)
     if name.startswith("teacher-"):
         return teacher(int(name.split("-")[1]), n_train, n_val, n_test, seed)
