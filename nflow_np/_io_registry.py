@@ -151,7 +151,7 @@ def _coupling_config(obj):
     config.update(mask=obj.mask.tolist(), hidden=list(obj.net.hidden), activation=obj.net.activation,
                   context=obj.context_size)
     if isinstance(obj, AffineCoupling):
-        config["log_scale_clamp"] = obj.log_scale_clamp
+        config.update(log_scale_clamp=obj.log_scale_clamp, shift=obj.transform.shift)
     if isinstance(obj, SplineCoupling):
         config.update(_layer_spline_config(obj))
     return config
@@ -179,7 +179,8 @@ def _context(c):
 def _coupling_build(cls):
     def build(c, a):
         _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
-        extra = {"log_scale_clamp": _clamp(c["log_scale_clamp"])} if cls is AffineCoupling else {}
+        extra = {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)} if cls is AffineCoupling \
+            else {}
         if cls is SplineCoupling:
             extra = _layer_spline_kwargs(c)
         # rng=0: the initial weights are overwritten, a fixed seed just skips drawing OS entropy
@@ -196,7 +197,7 @@ def _made_config(obj):
     if isinstance(made, SplineAutoregressive):
         config.update(_layer_spline_config(made))
     else:
-        config["log_scale_clamp"] = made.log_scale_clamp
+        config.update(log_scale_clamp=made.log_scale_clamp, shift=made.transform.shift)
     return config
 
 
@@ -205,7 +206,7 @@ def _made_build(cls):
         prefix = "bijector.net." if cls is InverseAutoregressive else "net."
         _check_net(a, prefix, c["hidden"], c["features"] + _context(c))
         extra = _layer_spline_kwargs(c) if cls is SplineAutoregressive else \
-            {"log_scale_clamp": _clamp(c["log_scale_clamp"])}
+            {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)}
         return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
                    context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], **extra)
     return build
@@ -221,11 +222,21 @@ def _transform_config(transform):
     return dict(transform.config(), kind=kind, by_coordinate=bool(transform.by_coordinate))
 
 
+def _shift(c):
+    # affine layers saved before the shift's placement was an option shift in the data space
+    shift = c.get("shift", "data")
+    if shift not in ("base", "data"):
+        raise ValueError(f"an affine layer's shift must be 'base' or 'data'; got {shift!r}")
+    return shift
+
+
 def _transform_build(c):
     c = dict(c)
     kind = c.pop("kind", None)
     if kind not in TRANSFORMS:
         raise ValueError(f"unknown transform kind {kind!r}; expected one of {sorted(TRANSFORMS)}")
+    if kind == "affine":
+        c["shift"] = _shift(c)
     by_coordinate = c.pop("by_coordinate", TRANSFORMS[kind].by_coordinate)
     transform = TRANSFORMS[kind](**c)
     transform.by_coordinate = bool(by_coordinate)

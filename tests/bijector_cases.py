@@ -256,6 +256,13 @@ CASES.update({
         lambda rng, dt: _randomized(AffineCoupling([True, False, True, False, False], (6, 5), "tanh",
                                                    rng=rng, dtype=dt), rng),
         _vectors(5), dim=5),
+    "AffineCoupling(data shift)": Case(
+        lambda rng, dt: _randomized(AffineCoupling([True, False, True], (5,), "tanh", shift="data",
+                                                   rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "MaskedAutoregressive(data shift)": Case(
+        lambda rng, dt: _randomized(MaskedAutoregressive(3, (6,), "tanh", shift="data", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
     "AffineCoupling(unclamped)": Case(
         lambda rng, dt: _randomized(AffineCoupling([False, True], (4,), "silu", log_scale_clamp=None,
                                                    rng=rng, dtype=dt), rng),

@@ -146,8 +146,8 @@ class MaskedAutoregressive(Autoregressive):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None, init="random"):
-        transform = AffineTransform(log_scale_clamp, name or type(self).__name__)
+                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base"):
+        transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
                          dtype=dtype, name=name, init=init)
         self.log_scale_clamp = transform.clamp
@@ -188,10 +188,10 @@ class InverseAutoregressive(Invert):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None, init="random"):
+                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base"):
         super().__init__(MaskedAutoregressive(features, hidden, activation, order=order,
                                               log_scale_clamp=log_scale_clamp, context=context, rng=rng,
-                                              dtype=dtype, init=init),
+                                              dtype=dtype, init=init, shift=shift),
                          name=name or "InverseAutoregressive")
         self.features = self.bijector.features
 

@@ -209,8 +209,8 @@ class AffineCoupling(Coupling):
     """
 
     def __init__(self, mask, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, rng=None,
-                 dtype=np.float64, name=None, init="random"):
-        transform = AffineTransform(log_scale_clamp, name or type(self).__name__)
+                 dtype=np.float64, name=None, init="random", shift="base"):
+        transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift)
         super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,
                          init=init)
         self.log_scale_clamp = transform.clamp

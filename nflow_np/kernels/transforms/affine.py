@@ -1,4 +1,9 @@
-"""The affine transform of RealNVP and MAF: ``y = x exp(s) + shift``, ``s = clamp tanh(raw / clamp)``.
+"""The affine transform of RealNVP and MAF, ``s = clamp tanh(raw / clamp)`` its log-scale.
+
+Two placements of the shift (``AffineSpec.base_shift``): in the base space (``base_shift`` 1, the default of new
+layers) the density direction is ``x = v exp(-s) - shift`` and sampling ``v = (x + shift) exp(s)``; in the data
+space (0, files written before) ``x = (v - shift) exp(-s)`` and ``v = x exp(s) + shift``. Both have log-det ``-s``
+in the density direction.
 
 Parameters per element: ``(shift, raw)``; ``clamp`` 0 means ``s = raw``. A pass leaves ``s`` in place of
 ``raw``: the VJP reads it (its derivative is written through ``s``), and needs no ``tanh``.
@@ -14,38 +19,47 @@ SPEC = AffineSpec
 
 
 def constants(spec):
-    return (0.0, 1.0, float(spec.clamp))
+    return (0.0, 1.0, float(spec.clamp), 1.0 if spec.base_shift else 0.0)
 
 
 @numba_twin
 def settings(c):
-    return c[0], c[1], c[2]
+    return c[0], c[1], c[2], c[3]
 
 
 @numba_twin
 def density(v, p, r, base, stride, st):
     """Leaves the clamped log-scale ``s`` in place of ``raw``."""
-    zero, one, clamp = st
+    zero, one, clamp, base_shift = st
     s = soft_clamp(p[r, base + stride], clamp, zero)
     p[r, base + stride] = s
+    if base_shift > zero:
+        return v * math.exp(-s) - p[r, base], -s
     return affine_density(v, p[r, base], s), -s
 
 
 @numba_twin
 def sampling(v, p, r, base, stride, st):
-    zero, one, clamp = st
+    zero, one, clamp, base_shift = st
     s = soft_clamp(p[r, base + stride], clamp, zero)
     p[r, base + stride] = s
+    if base_shift > zero:
+        return (v + p[r, base]) * math.exp(s), s
     return affine_sampling(v, p[r, base], s), s
 
 
 @numba_twin
 def density_vjp(v, g, gld, p, gp, r, base, stride, st):
-    zero, one, clamp = st
+    zero, one, clamp, base_shift = st
     s = p[r, base + stride]
     inv_scale = math.exp(-s)
-    x = (v - p[r, base]) * inv_scale
     gv = g * inv_scale
+    if base_shift > zero:
+        # x = v exp(-s) - shift: dx/dshift = -1, dx/ds = -v exp(-s)
+        gp[r, base] = -g
+        gp[r, base + stride] = (-g * (v * inv_scale) - gld) * soft_clamp_grad(s, clamp, zero, one)
+        return gv
+    x = (v - p[r, base]) * inv_scale
     gp[r, base] = -gv
     # x = (v - shift) exp(-s) has log-det -s
     gp[r, base + stride] = (-g * x - gld) * soft_clamp_grad(s, clamp, zero, one)
