@@ -40,12 +40,16 @@ def run(names, models, sides, budget, size, seeds):
     print(header)
     print("-" * len(header), flush=True)
     gaps = []
+    splits = {}       # each data set drawn once per seed; its exact test log-density computed once (see protocol)
     for name in names:
         for model in models:
             results = {s: [] for s in sides}
             entropy = None
             for seed in seeds:
-                split = data.load(name, size, seed=seed)
+                if (name, seed) not in splits:
+                    splits = {k: v for k, v in splits.items() if k[0] == name}     # one data set's at a time
+                    splits[(name, seed)] = data.load(name, size, seed=seed)
+                split = splits[(name, seed)]
                 b = Budget(**{**budget.__dict__, "seed": seed})
                 for side in sides:
                     cell = run_cell(split, model, side, b)

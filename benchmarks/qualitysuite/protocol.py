@@ -31,7 +31,9 @@ def run_cell(split, model, side, budget=None, fit_options=None, **overrides):
     nll = -float(np.mean(lq)) + split.offset
     kl = entropy = None
     if split.log_p is not None:
-        lp = np.asarray(split.log_p(split.test), np.float64)
+        if getattr(split, "_log_p_test", None) is None:
+            split._log_p_test = np.asarray(split.log_p(split.test), np.float64)
+        lp = split._log_p_test
         entropy = -float(np.mean(lp))
         kl = float(np.mean(lp - lq))
     return dict(nll=nll, kl=kl, entropy=entropy, seconds=seconds, history=history)
