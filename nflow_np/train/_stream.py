@@ -17,9 +17,8 @@ import time
 import numpy as np
 
 from .._validation import as_float_array, is_dask_array
-from ..kernels.scalar import loss_diverged
-from ._guard import Snapshot, Watch, plain, restore_kept, verified_state
-from .loops import (_begin, _compiled_epoch, _compiled_trainer, _finish, _numpy_epoch, _progress_line, modules,
+from ._guard import Snapshot, Watch, restore_kept
+from .loops import (_begin, _compiled_epoch, _compiled_trainer, _finish, _numpy_epoch, modules, run_epochs,
                     set_training)
 
 __all__ = ["Stream", "streams"]
@@ -301,13 +300,10 @@ class _OneRow:
 
 def _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_rows, patience, rng, callback,
             progress, history, snapshot, best, watch, schedule=None):
-    """The epochs of a streamed fit, with :func:`nflow_np.train.fit`'s best-state bookkeeping."""
-    best_loss, since_best, verified, probe = np.inf, 0, None, None
-    for epoch in range(epochs):
-        if schedule is not None:
-            schedule.before_epoch(epoch)
-        set_training(flow, True)
-        epoch_start = time.perf_counter()
+    """The epochs of a streamed fit: buffer after buffer of shuffled blocks, with fit's bookkeeping."""
+    kept = {"probe": None}
+
+    def run_epoch(epoch):
         losses, first_diverged = [], False
         for k, (x, c) in enumerate(_buffers(train, rng, buffer_rows, batch_size)):
             order = np.arange(len(x))
@@ -320,44 +316,23 @@ def _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_r
             losses.extend(step_losses)
             first_diverged = first_diverged or (k == 0 and diverged)
             if k == 0:
-                probe = (x[:min(batch_size, 64)].copy(), None if c is None else c[:min(batch_size, 64)].copy())
-        set_training(flow, False)
-        if first_diverged and verified is not None and history.best_epoch == epoch - 1:
-            verified.restore_into(best)
-        train_loss = float(np.mean(losses)) if losses else np.nan
-        history.train_loss.append(train_loss)
-        history.lr.append(optimizer.lr)
-        score = train_loss
-        if valid is not None:
-            score = _stream_nll(flow, valid, batch_size)
-            history.val_loss.append(score)
-        else:
-            verified = verified_state(trainer, snapshot, watch)
-        if schedule is not None:
-            schedule.after_epoch(epoch, score)
-        if np.isfinite(score) and score < best_loss:
-            best_loss, since_best = score, 0
-            history.best_epoch = epoch
-            best.save()
-        else:
-            since_best += 1
-        if progress:
-            rate = len(losses) / max(time.perf_counter() - epoch_start, 1e-9)
-            print(_progress_line(epoch, epochs, train_loss, history.val_loss[-1] if history.val_loss else None, rate),
-                  end="", file=sys.stderr, flush=True)
-        if callback is not None and callback(epoch, history):
-            history.stopped_early = True
-            break
-        if patience is not None and valid is not None and since_best >= patience:
-            history.stopped_early = True
-            break
-    if verified is not None and history.best_epoch == history.epochs - 1 and probe is not None:
+                kept["probe"] = (x[:min(batch_size, 64)].copy(),
+                                 None if c is None else c[:min(batch_size, 64)].copy())
+        return losses, first_diverged
+
+    def probe_loss():
         # as fit does: the last update must not have diverged for the last epoch to be the one kept
-        level = watch.state if trainer is None else trainer.level()
+        if kept["probe"] is None:
+            return 0.0
+        x, c = kept["probe"]
         with np.errstate(all="ignore"):
             try:
-                loss = -float(np.mean(flow.log_prob(probe[0], context=probe[1])))
+                return -float(np.mean(flow.log_prob(x, context=c)))
             except (ValueError, FloatingPointError):
-                loss = np.inf
-        if not np.isfinite(loss) or plain(loss_diverged)(float(loss), *level):
-            verified.restore_into(best)
+                return np.inf
+
+    run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, history, snapshot, best, watch,
+               schedule, run_epoch, (lambda: _stream_nll(flow, valid, batch_size)) if valid is not None else None,
+               probe_loss)
+
+

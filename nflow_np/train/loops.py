@@ -329,7 +329,37 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
 
 def _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
             patience, rng, callback, progress, history, snapshot, best, watch, schedule=None):
-    """The epochs of :func:`fit`, with its best-state bookkeeping."""
+    """The epochs of :func:`fit`: in-memory rows, shuffled from ``rng`` every epoch."""
+    kept = {}
+
+    def run_epoch(epoch):
+        order = kept["order"] = rng.permutation(len(data))
+        if trainer is not None:
+            return _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
+        return _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context, watch)
+
+    def validate():
+        return _safe_nll(flow, validation_data, batch_size, validation_context)
+
+    def probe_loss():
+        probe = kept["order"][:min(batch_size, _PROBE_ROWS)]
+        # on the backend that trained: its density passes are compiled already
+        backend = "numpy" if trainer is None else "cuda" if hasattr(trainer, "runner") else "numba"
+        with use_backend(backend), np.errstate(all="ignore"):
+            return _safe_nll(flow, data[probe], len(probe), None if context is None else context[probe])
+
+    run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, history, snapshot, best, watch,
+               schedule, run_epoch, validate if validation_data is not None else None, probe_loss)
+
+
+def run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, history, snapshot, best, watch,
+               schedule, run_epoch, validate, probe_loss):
+    """Epochs with :func:`fit`'s bookkeeping, whatever the data's source.
+
+    ``run_epoch(epoch)`` trains one epoch and returns the accepted steps' losses and whether its first step was
+    rejected by the divergence rule; ``validate()`` (None without validation data) scores the epoch;
+    ``probe_loss()`` is a fresh loss on some training rows, taken after the last epoch.
+    """
     best_loss = np.inf
     since_best = 0
     # Without validation data an epoch is scored by its training losses, measured before each update, so an epoch
@@ -341,13 +371,8 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
         if schedule is not None:
             schedule.before_epoch(epoch)
         set_training(flow, True)
-        order = rng.permutation(len(data))
         epoch_start = time.perf_counter()
-        if trainer is not None:
-            losses, first_diverged = _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
-        else:
-            losses, first_diverged = _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history,
-                                                  context, watch)
+        losses, first_diverged = run_epoch(epoch)
         set_training(flow, False)
         if first_diverged and verified is not None and history.best_epoch == epoch - 1:
             verified.restore_into(best)
@@ -355,8 +380,8 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
         history.train_loss.append(train_loss)
         history.lr.append(optimizer.lr)
         score = train_loss
-        if validation_data is not None:
-            score = _safe_nll(flow, validation_data, batch_size, validation_context)
+        if validate is not None:
+            score = validate()
             history.val_loss.append(score)
         else:
             verified = verified_state(trainer, snapshot, watch)
@@ -375,16 +400,12 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
         if callback is not None and callback(epoch, history):
             history.stopped_early = True
             break
-        if patience is not None and validation_data is not None and since_best >= patience:
+        if patience is not None and validate is not None and since_best >= patience:
             history.stopped_early = True
             break
     if verified is not None and history.best_epoch == history.epochs - 1:
         level = watch.state if trainer is None else trainer.level()
-        probe = order[:min(batch_size, _PROBE_ROWS)]
-        # on the backend that trained: its density passes are compiled already
-        backend = "numpy" if trainer is None else "cuda" if hasattr(trainer, "runner") else "numba"
-        with use_backend(backend), np.errstate(all="ignore"):
-            loss = _safe_nll(flow, data[probe], len(probe), None if context is None else context[probe])
+        loss = probe_loss()
         if not np.isfinite(loss) or plain(loss_diverged)(float(loss), *level):
             verified.restore_into(best)
 
