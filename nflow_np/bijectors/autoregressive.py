@@ -33,8 +33,7 @@ class Autoregressive(Bijector):
         ``AffineTransform()`` (MAF), ``SplineTransform()`` (autoregressive
         NSF), ``SinhArcsinhTransform()``, ``AdditiveTransform()`` or your own.
     hidden : tuple of int
-        Hidden widths of the MADE network; its last layer starts at zero, so the
-        layer starts as the identity.
+        Hidden widths of the MADE network.
     activation : {"relu", "tanh", "elu", "silu"}
     order : array of int, optional
         The autoregressive order of the coordinates (default ``0..d-1``).
@@ -42,6 +41,10 @@ class Autoregressive(Bijector):
         Width of a conditioning input, seen unmasked by every output.
     rng : Generator or int, optional
     dtype : float64 (default) or float32
+    init : {"random", "identity"}, default "random"
+        The conditioner's start (:func:`~nflow_np.bijectors.coupling.network_init`):
+        every layer as PyTorch's ``nn.Linear`` (near the identity), or exactly
+        the identity (a zero last layer).
 
     References: Papamakarios, Pavlakou and Murray, "Masked Autoregressive Flow
     for Density Estimation", NeurIPS 2017; Germain et al., "MADE", ICML 2015.

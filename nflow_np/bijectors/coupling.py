@@ -87,14 +87,17 @@ class Coupling(PassBijector):
         ``AffineTransform()`` (RealNVP), ``AdditiveTransform()`` (NICE),
         ``SplineTransform()`` (NSF), ``SinhArcsinhTransform()``, or your own.
     hidden : tuple of int
-        Hidden widths of the conditioner MLP; its last layer starts at zero, so
-        the layer starts as the identity.
+        Hidden widths of the conditioner MLP.
     activation : {"relu", "tanh", "elu", "silu"}
     context : int, default 0
         Width of a conditioning input: the network then sees ``(x_a, context)``,
         and every pass takes ``context=`` (one row per point, or one row for all).
     rng : Generator or int, optional
     dtype : float64 (default) or float32
+    init : {"random", "identity"}, default "random"
+        The conditioner's start (:func:`~nflow_np.bijectors.coupling.network_init`):
+        every layer as PyTorch's ``nn.Linear`` (near the identity), or exactly
+        the identity (a zero last layer).
 
     References: Dinh, Sohl-Dickstein and Bengio, "Density estimation using
     Real NVP", ICLR 2017; Durkan et al., "Neural Spline Flows", NeurIPS 2019.
