@@ -4,7 +4,6 @@ states kept for the end of a fit."""
 import numpy as np
 
 from ..kernels.scalar import loss_diverged, loss_level
-from .optim import global_norm
 
 
 class Snapshot:
@@ -69,10 +68,12 @@ def guarded_step(optimizer, loss, grads, snapshot, history, watch=None):
             return reject(optimizer, history)
         watch.accept(loss)
     snapshot.save()
-    if not np.isfinite(global_norm(grads)):
-        # a gradient that is not finite, or whose norm overflows (the compiled steps' rule)
+    try:
+        optimizer.step(grads)
+    except FloatingPointError:
+        # a gradient that is not finite, or whose norm overflows (the compiled steps' rule): the optimizer refuses
+        # it before changing anything
         return reject(optimizer, history)
-    optimizer.step(grads)
     if not all_finite(optimizer.params):
         snapshot.restore()
         return reject(optimizer, history)

@@ -11,15 +11,11 @@ With ``validation_split``, each block holds out its own rows, drawn once per fit
 so the held-out set is the same in every epoch without an index over the whole data; it is scored block by block.
 """
 
-import sys
-import time
-
 import numpy as np
 
 from .._validation import as_float_array, is_dask_array
-from ._guard import Snapshot, Watch, restore_kept
-from .loops import (_begin, _compiled_epoch, _compiled_trainer, _finish, _numpy_epoch, modules, run_epochs,
-                    set_training)
+from ._guard import Snapshot, Watch
+from .loops import _begin, _compiled_epoch, _compiled_trainer, _numpy_epoch, modules, run_epochs, run_fit
 
 __all__ = ["Stream", "streams"]
 
@@ -250,24 +246,10 @@ def fit_streamed(flow, data, epochs, batch_size, lr, optimizer, validation_data,
     initialized = [(m, m.initialized) for m in modules(flow) if hasattr(m, "initialized")]
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     watch = Watch()
-    start = time.perf_counter()
-    try:
-        _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_rows, patience, rng, callback,
-                progress, history, snapshot, best, watch, schedule)
-    except BaseException:
-        restore_kept(history, best, initial, initialized)
-        set_training(flow, False)
-        if progress:
-            print(file=sys.stderr)
-        raise
-    if history.steps == 0:
-        restore_kept(history, None, initial, initialized)
-        set_training(flow, False)
-        raise RuntimeError(
-            f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
-            f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
-            f"scale overflows: standardize it first, or lower lr")
-    return _finish(flow, history, best, start, progress)
+    return run_fit(flow, history, best, initial, initialized, progress,
+                   lambda: _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_rows, patience,
+                                   rng, callback, progress, history, snapshot, best, watch, schedule),
+                   lambda: "")
 
 
 def _context_stream(flow, context, stream, argname):

@@ -301,29 +301,40 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
     if trainer is not None:
         data = np.ascontiguousarray(data.reshape(len(data), -1))
     watch = Watch()
+    return run_fit(flow, history, best, initial, initialized, progress,
+                   lambda: _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs,
+                                   batch_size, patience, rng, callback, progress, history, snapshot, best, watch,
+                                   schedule),
+                   lambda: f"largest |value| here {float(np.max(np.abs(data))):.3g}")
+
+
+def run_fit(flow, history, best, initial, initialized, progress, run, describe_scale):
+    """Run ``run()`` (the epochs) with :func:`fit`'s ending, whatever the data's source.
+
+    On any exception (Ctrl-C, a callback raising) the best state so far (or the flow as it came, when no epoch was
+    kept) is restored, in evaluation mode, and the exception goes on. When every step was rejected the flow is left
+    as it came (ActNorm's data initialization included) and a RuntimeError says so, ``describe_scale()`` naming the
+    data's scale when it can. Otherwise the best state is kept (:func:`_finish`).
+    """
     start = time.perf_counter()
     try:
-        _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
-                patience, rng, callback, progress, history, snapshot, best, watch, schedule)
+        run()
     except BaseException:
-        # an interrupt (Ctrl-C, a callback raising): the best state so far (or the flow as it came, when no epoch
-        # was kept), in evaluation mode, and then the exception
         restore_kept(history, best, initial, initialized)
         set_training(flow, False)
         if progress:
             print(file=sys.stderr)
         raise
     if history.steps == 0:
-        # nothing was learned: leave the flow as it was (ActNorm's data initialization included) and say so
         restore_kept(history, None, initial, initialized)
         set_training(flow, False)
         if progress:
             print(file=sys.stderr)
+        scale = describe_scale()
         raise RuntimeError(
             f"fit: every training step was rejected ({history.rejected_steps} steps, {history.epochs} epochs): the "
             f"loss or its gradient was not finite at every step, so the flow was left unchanged. Data far from unit "
-            f"scale (largest |value| here {float(np.max(np.abs(data))):.3g}) overflows: standardize it first, "
-            f"or lower lr")
+            f"scale{f' ({scale})' if scale else ''} overflows: standardize it first, or lower lr")
     return _finish(flow, history, best, start, progress)
 
 
