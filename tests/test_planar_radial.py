@@ -293,3 +293,19 @@ def test_variational_fit_lowers_the_reverse_kl(make, gap):
     # the loss is KL(q || p) - log Z: at least 0.2 nats gained, and within `gap` of the optimum
     assert history.train_loss[-1] < history.train_loss[0] - 0.2
     assert history.train_loss[-1] + log_z < gap
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("make", [nb.Planar, nb.Radial], ids=["Planar", "Radial"])
+def test_huge_inputs_neither_overflow_nor_lose_the_round_trip(make, dtype):
+    """|x| near the dtype's square root of its largest value: the radius is taken without squaring it."""
+    big = 1e200 if dtype == np.float64 else 1e30
+    b = make(3, rng=0, dtype=dtype)
+    x = np.array([[big, 0.0, 0.0], [big, -big, 1.0], [0.5, big, -big]], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y, log_det = b.forward_and_log_det(x)
+        assert np.all(np.isfinite(log_det))
+        np.testing.assert_allclose(b.inverse(y), x, rtol=1e-6)
+        for grads in (b.forward_vjp(x, np.ones_like(x), np.ones_like(log_det)),
+                      b.inverse_vjp(y, np.ones_like(x), np.ones_like(log_det))):
+            assert np.all(np.isfinite(grads[0])) and all(np.all(np.isfinite(g)) for g in grads[1].values())

@@ -7,6 +7,13 @@ from .._validation import as_generator, check_finite, resolve_dtype
 from .planar import _ImplicitInverse, check_size
 
 
+def _norm(v):
+    """``|v|`` along the last axis, scaled by the largest entry so that no square overflows."""
+    top = np.abs(v).max(axis=-1)
+    safe = np.where(top > 0, top, 1.0)[..., None]
+    return top * np.sqrt(((v / safe) ** 2).sum(axis=-1))
+
+
 class Radial(_ImplicitInverse):
     """Radial flow: ``y = x + beta_hat (x - z0) / (alpha + r)``, ``r = |x - z0|``.
 
@@ -75,32 +82,32 @@ class Radial(_ImplicitInverse):
 
     def _terms(self, delta, r, alpha, beta):
         d = delta.shape[-1]
-        q = alpha + r
-        f = 1.0 + beta / q
-        g = 1.0 + beta * alpha / (q * q)
+        h = 1.0 / (alpha + r)                 # 0 for r = inf, with no overflow on the way
+        f = 1.0 + beta * h
+        g = 1.0 + beta * alpha * h * h
         log_det = (d - 1) * np.log(f) + np.log(g)
-        return q, f, g, log_det
+        return h, f, g, log_det
 
     # ------------------------------------------------------------------ forward: base -> data
     def _forward_pass(self, x):
         self._check(x, "forward", "x")
         z0, alpha, beta, _ = self._constants("forward")
         delta = x - z0
-        r = np.sqrt((delta * delta).sum(axis=-1))
-        q, f, g, log_det = self._terms(delta, r, alpha, beta)
-        y = x + (beta / q)[..., None] * delta
-        return y, log_det, (delta, r, q, f, g, log_det)
+        r = _norm(delta)
+        h, f, g, log_det = self._terms(delta, r, alpha, beta)
+        y = x + (beta * h)[..., None] * delta
+        return y, log_det, (delta, r, h, f, g, log_det)
 
     def _forward_backward(self, ctx, grad_y, grad_log_det):
-        delta, r, q, f, g, _ = ctx
+        delta, r, h, f, g, _ = ctx
         z0, alpha, beta, _ = self._constants("forward_vjp")
         d = delta.shape[-1]
-        # y = z0 + f delta, log det = (d - 1) log f + log g, f = 1 + beta / q, g = 1 + beta alpha / q^2, q = alpha + r
+        # y = z0 + f delta, log det = (d - 1) log f + log g, f = 1 + beta h, g = 1 + beta alpha h^2, h = 1 / (alpha + r)
         grad_f = (grad_y * delta).sum(axis=-1) + grad_log_det * (d - 1) / f
         grad_g = grad_log_det / g
-        grad_q = -grad_f * beta / (q * q) - 2.0 * grad_g * beta * alpha / (q * q * q)
-        grad_beta = (grad_f / q + grad_g * alpha / (q * q)).sum()
-        grad_alpha = (grad_g * beta / (q * q) + grad_q).sum()
+        grad_q = -(grad_f * beta + 2.0 * grad_g * beta * alpha * h) * h * h      # the gradient of alpha + r
+        grad_beta = ((grad_f + grad_g * alpha * h) * h).sum()
+        grad_alpha = (grad_g * beta * h * h + grad_q).sum()
         unit = delta / np.where(r > 0, r, 1.0)[..., None]       # the radial direction (0 at z0)
         grad_x = f[..., None] * grad_y + grad_q[..., None] * unit
         grad_z0 = (grad_y - grad_x).reshape(-1, d).sum(axis=0)
@@ -115,18 +122,18 @@ class Radial(_ImplicitInverse):
     def _solve(self, y, method):
         z0, alpha, beta, gap = self._constants(method)
         e = y - z0
-        rho = np.sqrt((e * e).sum(axis=-1))
+        rho = _norm(e)
         p = gap - rho
-        root = np.sqrt(p * p + 4.0 * alpha * rho)
+        root = np.hypot(p, 2.0 * np.sqrt(alpha * rho))
         r = np.where(p >= 0, 2.0 * alpha * rho / np.where(p >= 0, p + root, 1.0), 0.5 * (root - p))
-        delta = e * ((alpha + r) / (gap + r))[..., None]
+        delta = e * (1.0 - beta / (gap + r))[..., None]      # (alpha + r) / (alpha + beta_hat + r), finite as r -> inf
         x = z0 + delta
-        q, f, g, log_det = self._terms(delta, r, alpha, beta)
-        return x, (delta, r, q, f, g, log_det)
+        h, f, g, log_det = self._terms(delta, r, alpha, beta)
+        return x, (delta, r, h, f, g, log_det)
 
     def _solve_jacobian_transpose(self, ctx, v):
         # J = f I + (g - f) n n^T (symmetric), n the radial direction: J^-1 v = v / f + (1/g - 1/f) (n . v) n
-        delta, r, q, f, g, _ = ctx
+        delta, r, h, f, g, _ = ctx
         unit = delta / np.where(r > 0, r, 1.0)[..., None]
         along = (unit * v).sum(axis=-1)
         return v / f[..., None] + ((1.0 / g - 1.0 / f) * along)[..., None] * unit
