@@ -70,6 +70,17 @@ def test_planar_inverse_at_extreme_inputs(dtype):
     assert np.max(np.abs(b.forward(x) - y) / scale) < (1e-13 if dtype == np.float64 else 1e-6)
 
 
+@pytest.mark.parametrize("m", [-1.0 + 1e-12, -0.98, -0.5, 0.0, 0.3, 2.0, 4.0, 40.0, 1e4])
+def test_planar_scalar_solver(m):
+    """a + m tanh(a) = c to a few ulps for every c, Newton cycles included (m = 4 cycles without the safeguard)."""
+    from nflow_np.bijectors.planar import _solve_monotone
+
+    rng = np.random.default_rng(0)
+    c = np.concatenate([rng.normal(size=3000) * 5, rng.normal(size=300) * 1e-3, [0.0, 1e-300, -1e10, 1e300]])
+    a = _solve_monotone(c, m, max_iter=80)
+    assert np.max(np.abs(a + m * np.tanh(a) - c) / np.maximum(1.0, np.abs(c))) < 8 * np.finfo(float).eps
+
+
 def test_planar_solver_converges_per_point():
     """The inverse of a point does not depend on the rest of its batch (each point stops on its own)."""
     b = nb.Planar(3, rng=4)
