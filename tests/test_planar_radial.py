@@ -87,6 +87,8 @@ def test_planar_solver_converges_per_point():
     y = np.random.default_rng(2).normal(size=(30, 3)) * 5.0
     batch = b.inverse(y)
     assert all(np.array_equal(b.inverse(y[i:i + 1])[0], batch[i]) for i in range(0, 30, 7))
+    # a single point (no batch axis) goes through the same solve
+    assert all(np.array_equal(b.inverse(y[i]), batch[i]) for i in range(0, 30, 7))
 
 
 def test_planar_refuses_a_zero_w():

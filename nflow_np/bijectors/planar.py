@@ -64,8 +64,9 @@ def _solve_monotone(c, m, *, max_iter=200):
     few ulps of ``a`` (or its bracket closes), so every point converges
     independently of the rest of the batch.
     """
-    c = np.asarray(c, dtype=np.float64)
-    m = np.broadcast_to(np.asarray(m, dtype=np.float64), c.shape)
+    shape = np.shape(c)
+    c = np.asarray(c, dtype=np.float64).reshape(-1)     # flat working arrays (a single point too)
+    m = np.broadcast_to(np.asarray(m, dtype=np.float64), shape).reshape(-1)
     lo = c - np.abs(m)
     hi = c + np.abs(m)
     a = np.clip(c - m * np.tanh(c), lo, hi)     # one fixed-point step: exact when m = 0
@@ -77,30 +78,30 @@ def _solve_monotone(c, m, *, max_iter=200):
         if not active.any():
             break
         idx = np.flatnonzero(active)
-        ai, mi, ci = a.flat[idx], m.flat[idx], c.flat[idx]
+        ai, mi, ci = a[idx], m[idx], c[idx]
         t = np.tanh(ai)
         g = ai + mi * t - ci
         slope = t * t + (1.0 - t * t) * (1.0 + mi)     # 1 + m (1 - t^2), never below min(1, 1 + m) > 0
-        lo_i = np.where(g < 0, ai, lo.flat[idx])
-        hi_i = np.where(g > 0, ai, hi.flat[idx])
+        lo_i = np.where(g < 0, ai, lo[idx])
+        hi_i = np.where(g > 0, ai, hi[idx])
         newton_step = g / slope
         newton = ai - newton_step
-        use_newton = (newton > lo_i) & (newton < hi_i) & (np.abs(newton_step) <= 0.5 * step_before.flat[idx])
+        use_newton = (newton > lo_i) & (newton < hi_i) & (np.abs(newton_step) <= 0.5 * step_before[idx])
         new = np.where(use_newton, newton, 0.5 * (lo_i + hi_i))
         new = np.where(g == 0, ai, new)
         tol = 4.0 * eps * np.maximum(np.abs(new), 1.0)
         done = (g == 0) | (np.abs(new - ai) <= tol) | (hi_i - lo_i <= tol)
-        step_before.flat[idx] = step.flat[idx]
-        step.flat[idx] = np.abs(new - ai)
-        a.flat[idx] = new
-        lo.flat[idx] = lo_i
-        hi.flat[idx] = hi_i
-        active.flat[idx[done]] = False
+        step_before[idx] = step[idx]
+        step[idx] = np.abs(new - ai)
+        a[idx] = new
+        lo[idx] = lo_i
+        hi[idx] = hi_i
+        active[idx[done]] = False
     if active.any():   # the safeguard halves the steps at least every other iteration: not seen in practice
-        i = int(np.flatnonzero(active)[0])
+        i = int(np.argmax(active))
         raise RuntimeError(f"Planar.inverse: the scalar solve did not converge in {max_iter} steps at "
-                           f"c = {c.flat[i]!r}, m = {m.flat[i]!r}")
-    return a
+                           f"c = {c[i]!r}, m = {m[i]!r}")
+    return a.reshape(shape)
 
 
 class Planar(_ImplicitInverse):
