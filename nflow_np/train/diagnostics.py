@@ -21,6 +21,9 @@ _PRIOR_WEIGHT = 10.0
 _PRIOR_K = 0.5
 # the fewest tail weights a generalized Pareto fit is made to
 _MIN_TAIL = 5
+# the relative spread of the largest weights below which they count as equal, by the dtype of the log-densities:
+# a tail at rounding level has no shape to fit (and the estimates are exact to that level)
+_FLAT_TAIL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,9 @@ class ImportanceDiagnostics:
         and the estimates above are reliable; from 0.5 to 0.7 the variance is
         infinite (the standard error understates the error, estimates converge
         slowly); above 0.7 the estimates are unreliable: q misses part of the
-        target's mass. ``-inf`` when the largest weights are all equal (no
-        tail), NaN when ``n`` is too small for a fit (fewer than 5 tail weights).
+        target's mass. ``-inf`` when the largest weights are equal up to
+        rounding (no tail: see ``flat`` of :func:`diagnose_log_weights`), NaN
+        when ``n`` is too small for a fit (fewer than 5 tail weights).
     n : int
         The number of samples.
     """
@@ -108,7 +112,7 @@ def _as_log_weights(log_weights, where):
     return lw
 
 
-def diagnose_log_weights(log_weights):
+def diagnose_log_weights(log_weights, flat=1e-12):
     """Evidence, effective sample size and Pareto ``k̂`` from importance log-weights.
 
     Parameters
@@ -117,6 +121,12 @@ def diagnose_log_weights(log_weights):
         ``log p~(x_i) - log q(x_i)`` for independent ``x_i ~ q``; ``-inf``
         (a zero weight: a sample outside the target's support) is allowed,
         NaN and ``+inf`` are refused.
+    flat : float
+        When the ``M`` largest weights exceed the next largest by at most
+        ``flat`` times the largest (weights equal up to rounding, as when q
+        is the target itself), ``pareto_k`` is ``-inf``: such a tail has no
+        shape to fit. 1e-12 suits log-densities computed in float64; use
+        about 1e-5 for float32 (:func:`importance_diagnostics` does).
 
     Returns
     -------
@@ -144,6 +154,9 @@ def diagnose_log_weights(log_weights):
     """
     where = "diagnose_log_weights"
     lw = _as_log_weights(log_weights, where)
+    if isinstance(flat, bool) or not isinstance(flat, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(flat) < 1.0:
+        raise ValueError(f"{where}: flat must be a number in [0, 1); got {flat!r}")
     n = len(lw)
     top = float(lw.max())
     if top == -np.inf:
@@ -154,10 +167,10 @@ def diagnose_log_weights(log_weights):
     log_z = top + math.log(mean_u)
     ess = float(u.sum() ** 2 / np.square(u).sum())
     log_z_se = math.sqrt(max(float(u.var(ddof=1)), 0.0) / n) / mean_u
-    return ImportanceDiagnostics(log_z, log_z_se, ess, ess / n, _pareto_k(lw, top), n)
+    return ImportanceDiagnostics(log_z, log_z_se, ess, ess / n, _pareto_k(lw, top, float(flat)), n)
 
 
-def _pareto_k(lw, top):
+def _pareto_k(lw, top, flat):
     n = len(lw)
     tail = int(math.ceil(min(0.2 * n, 3.0 * math.sqrt(n))))
     if tail < _MIN_TAIL or tail >= n:
@@ -165,7 +178,7 @@ def _pareto_k(lw, top):
     ordered = np.sort(lw)
     cutoff = math.exp(ordered[-tail - 1] - top)
     excess = np.exp(ordered[-tail:] - top) - cutoff
-    if excess[-1] <= 0.0:
+    if excess[-1] <= flat:
         return -np.inf
     k, _ = fit_generalized_pareto(excess)
     return k
@@ -232,7 +245,7 @@ def fit_generalized_pareto(x, regularize=True, min_grid_points=30):
     return k, sigma
 
 
-def importance_diagnostics(flow, target_log_prob, n=4000, rng=None, context=None):
+def importance_diagnostics(flow, target_log_prob, n=4000, rng=None, context=None, backend=None):
     """Draw ``n`` samples from ``flow`` and diagnose it as an importance sampler for ``target_log_prob``.
 
     ``log w = target_log_prob(x) - flow.log_prob(x)`` at ``x ~ flow``
@@ -244,7 +257,8 @@ def importance_diagnostics(flow, target_log_prob, n=4000, rng=None, context=None
     ``(k,)``: the samples come from q(x | c) and the target is called as
     ``target_log_prob(x, c)`` with ``c`` one row per sample; diagnose each
     context of interest by its own call. ``target_log_prob`` may return
-    ``-inf`` (outside its support: a zero weight), not NaN.
+    ``-inf`` (outside its support: a zero weight), not NaN. ``backend``
+    applies to the flow's sampling.
 
     References
     ----------
@@ -272,6 +286,8 @@ def importance_diagnostics(flow, target_log_prob, n=4000, rng=None, context=None
         args = (np.ascontiguousarray(np.broadcast_to(row, (int(n), k))),)
     elif context is not None:
         raise ValueError(f"{where}: the flow is unconditional, so it takes no context")
+    if backend is not None:
+        kwargs["backend"] = backend
     x, log_q = flow.sample_and_log_prob(int(n), rng=as_generator(rng), **kwargs)
     log_q = np.asarray(log_q, dtype=np.float64)
     if not np.isfinite(log_q).all():
@@ -284,4 +300,4 @@ def importance_diagnostics(flow, target_log_prob, n=4000, rng=None, context=None
     if np.isnan(target).any() or np.isposinf(target).any():
         i = int(np.argmax(np.isnan(target) | np.isposinf(target)))
         raise ValueError(f"{where}: target_log_prob(x) must be finite or -inf; got {target[i]} at sample {i}")
-    return diagnose_log_weights(target - log_q)
+    return diagnose_log_weights(target - log_q, flat=_FLAT_TAIL.get(np.dtype(flow.dtype), 1e-12))
