@@ -186,7 +186,7 @@ def mixed_kl_and_grad(flow, target_log_prob, samples, n_samples, forward_weight,
     return loss, grads
 
 
-def check_forward_weight(forward_weight, where):
+def _check_forward_weight(forward_weight, where):
     if isinstance(forward_weight, bool) or not isinstance(forward_weight, (int, float, np.integer, np.floating)) \
             or not 0.0 <= float(forward_weight) <= 1.0:
         raise ValueError(f"{where}: forward_weight must be a number in [0, 1]; got {forward_weight!r}")
@@ -196,7 +196,7 @@ def check_forward_weight(forward_weight, where):
 def _mixed_kl(flow, target_log_prob, samples, n_samples, forward_weight, rng, target_grad, z, context,
               samples_context, backend, refuse_non_finite=True):
     """:func:`mixed_kl_and_grad`, and whether the target was finite at every sample (see :func:`_reverse_kl`)."""
-    beta = check_forward_weight(forward_weight, "mixed_kl")
+    beta = _check_forward_weight(forward_weight, "mixed_kl")
     if beta > 0.0 and samples is None:
         raise ValueError("mixed_kl: a forward_weight above 0 needs samples of the target")
     loss, grads, finite = 0.0, {}, True

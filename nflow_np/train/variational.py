@@ -9,7 +9,7 @@ import numpy as np
 from .._validation import as_float_array, as_generator
 from ._guard import Snapshot, guarded_step, restore_kept
 from .loops import _begin, _finish, set_training
-from .losses import _check_flow, _check_reparameterizable, _mixed_kl, check_forward_weight
+from .losses import _check_flow, _check_forward_weight, _check_reparameterizable, _mixed_kl
 
 
 class _RowStream:
@@ -164,7 +164,7 @@ def _weight(forward_weight, samples, where):
     if forward_weight is None:
         raise ValueError(f"{where}: samples were given without forward_weight; pass forward_weight= in [0, 1], the "
                          f"weight of their negative log-likelihood against the reverse KL's 1 - forward_weight")
-    beta = check_forward_weight(forward_weight, where)
+    beta = _check_forward_weight(forward_weight, where)
     if beta > 0.0 and samples is None:
         raise ValueError(f"{where}: forward_weight={forward_weight} needs samples= of the target to weigh")
     return beta
