@@ -151,6 +151,10 @@ def test_importance_diagnostics_of_a_conditional_flow():
         importance_diagnostics(flow, target, n=100, rng=0)
     with pytest.raises(ValueError, match="one row"):
         importance_diagnostics(flow, target, n=100, rng=0, context=np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="context must be finite"):
+        importance_diagnostics(flow, target, n=100, rng=0, context=[np.nan])
+    with pytest.raises(TypeError, match="context has dtype float32"):
+        importance_diagnostics(flow, target, n=100, rng=0, context=np.zeros(1, np.float32))
 
 
 def test_importance_diagnostics_refuses_a_nan_target():

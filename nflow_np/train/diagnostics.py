@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import as_generator
+from .._validation import as_float_array, as_generator
 
 # The weakly informative prior on k of PSIS: the estimate is shrunk towards 0.5 as if by this many extra
 # observations (Vehtari et al., appendix on the stabilized estimate).
@@ -278,7 +278,7 @@ def importance_diagnostics(flow, target_log_prob, n=4000, rng=None, context=None
         if context is None:
             raise ValueError(f"{where}: the flow is conditional (context size {k}); pass context= one row, shape "
                              f"({k},), and a target that takes it: target_log_prob(x, context)")
-        row = np.asarray(context, dtype=flow.dtype)
+        row = as_float_array(context, getattr(flow, "dtype", None), where, "context")
         if row.size != k or row.ndim > 2:
             raise ValueError(f"{where}: context must be one row, shape ({k},); got shape {row.shape}")
         row = row.reshape(k)

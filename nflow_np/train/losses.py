@@ -203,6 +203,8 @@ def _mixed_kl(flow, target_log_prob, samples, n_samples, forward_weight, rng, ta
     if beta < 1.0:
         reverse, reverse_grads, finite = _reverse_kl(flow, target_log_prob, n_samples, rng, target_grad, z,
                                                      refuse_non_finite, context)
+        if beta == 0.0:
+            return reverse, reverse_grads, finite
         loss, grads = (1.0 - beta) * reverse, {k: (1.0 - beta) * g for k, g in reverse_grads.items()}
     if beta > 0.0:
         forward, forward_grads = nll_and_grad(flow, samples, backend, samples_context)
