@@ -10,6 +10,7 @@ installed, and nothing needs it when it is not.
 
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -28,6 +29,21 @@ class NotFittedError(ValueError, AttributeError):
     A ``ValueError`` and an ``AttributeError``, like scikit-learn's own
     ``NotFittedError``, so that code catching either works.
     """
+
+
+_SKLEARN_NOT_FITTED = {}
+
+
+def _not_fitted_error():
+    """:class:`NotFittedError`, or, once scikit-learn is imported, a subclass of it that is also scikit-learn's
+    ``NotFittedError`` (which its checks and ``check_is_fitted`` users catch); nothing imports scikit-learn here."""
+    exceptions = sys.modules.get("sklearn.exceptions")
+    if exceptions is None:
+        return NotFittedError
+    if "class" not in _SKLEARN_NOT_FITTED:
+        _SKLEARN_NOT_FITTED["class"] = type("NotFittedError", (NotFittedError, exceptions.NotFittedError),
+                                            {"__module__": __name__, "__doc__": NotFittedError.__doc__})
+    return _SKLEARN_NOT_FITTED["class"]
 
 
 class FlowDensity(_ParamsMixin):
@@ -214,8 +230,9 @@ class FlowDensity(_ParamsMixin):
             return None
         where = f"{type(self).__name__}.{method}"
         if y is None:
-            raise ValueError(f"{where}: y is required: this model is conditional (conditional=True) and learns "
-                             f"p(x | y); pass y, the context, one row per sample of X")
+            raise ValueError(f"{where} requires y to be passed, but the target y is None: this model is "
+                             f"conditional (conditional=True) and learns p(x | y); pass y, the context, one row per "
+                             f"sample of X")
         arr = _checked_array(y, where, "y", allow_1d=True)
         if arr.shape[0] != n_rows:
             raise ValueError(f"{where}: y has {arr.shape[0]} row(s) but X has {n_rows}: one context row per sample")
@@ -241,7 +258,7 @@ class FlowDensity(_ParamsMixin):
 
     def _check_fitted(self, method):
         if not hasattr(self, "flow_"):
-            raise NotFittedError(f"This FlowDensity instance is not fitted yet; call 'fit' with appropriate "
+            raise _not_fitted_error()(f"This FlowDensity instance is not fitted yet; call 'fit' with appropriate "
                                  f"arguments before using '{method}'.")
 
     # ------------------------------------------------------------------ fitting
