@@ -424,7 +424,7 @@ def _optimizer_from_spec(node, flow, decoder, where, version):
 
 def _build_estimator(spec, flow, decoder, where, version=1):
     classes = _estimator_classes()
-    if not isinstance(spec, dict) or spec.get("class") not in classes:
+    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) or spec["class"] not in classes:
         raise ValueError(f"{where}: unknown estimator spec {str(spec)[:80]!r}")
     cls = classes[spec["class"]]
     try:
