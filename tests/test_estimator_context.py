@@ -280,3 +280,17 @@ def test_damaged_conditional_files_are_refused(tmp_path):
         del no_context["estimator"]["arrays"][key]
     with pytest.raises(ValueError, match="the estimator's context does not match its flow|not in the spec"):
         io.load(_write(tmp_path / "c.npz", no_context, arrays))
+
+
+def test_grid_search_over_a_conditional_model():
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    X, Y, _ = _three_groups(300)
+    search = model_selection.GridSearchCV(FlowDensity(conditional=True, hidden=(8,), epochs=2, batch_size=64,
+                                                      random_state=0), {"n_layers": [1, 2]}, cv=2)
+    search.fit(X, Y)     # each fold's score is the held-out log p(x | y)
+    assert np.isfinite(search.best_score_) and search.best_estimator_.n_context_in_ == 3
+    base = pytest.importorskip("sklearn.base")
+    det = FlowOutlierDetector(conditional=True, contamination=0.2, flow="maf")
+    twin = base.clone(det)
+    assert twin.get_params() == det.get_params()
+    assert repr(det) == "FlowOutlierDetector(flow='maf', conditional=True, contamination=0.2)"
