@@ -1,13 +1,15 @@
 """The parameter protocol of :class:`nflow_np.estimator.FlowDensity` and its subclasses: scikit-learn's
 ``get_params``/``set_params``/``repr``, done here as ``sklearn.base.BaseEstimator`` does it (without importing
-scikit-learn), and the parameters as JSON values for model files."""
+scikit-learn), their validation by ``fit``, and the parameters as JSON values for model files."""
 
 import inspect
+import math
 import numbers
 
 import numpy as np
 
-from ._estimator_checks import _equal
+from ._estimator_checks import _check_int, _equal
+from ._estimator_flows import check_flow_name
 
 
 class _ParamsMixin:
@@ -65,6 +67,46 @@ class _ParamsMixin:
             if not same:
                 changed.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _validated_params(self):
+        """The parameters checked and normalized, or ``ValueError`` naming the bad one."""
+        flow = check_flow_name(self.flow, "FlowDensity")
+        if not isinstance(self.conditional, (bool, np.bool_)):
+            raise ValueError(f"FlowDensity: conditional must be True or False; got {self.conditional!r}")
+        hidden = self.hidden
+        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
+            hidden = (hidden,)
+        try:
+            hidden = tuple(hidden)
+        except TypeError:
+            raise ValueError(f"FlowDensity: hidden must be a tuple of positive ints; got {self.hidden!r}") from None
+        if not all(isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)) and h >= 1
+                   for h in hidden):
+            raise ValueError(f"FlowDensity: hidden must be a tuple of positive ints; got {self.hidden!r}")
+        lr = self.lr
+        if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"FlowDensity: lr must be a positive finite number; got {lr!r}")
+        fraction = self.validation_fraction
+        if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, numbers.Real) or \
+                not 0.0 <= fraction < 1.0:
+            raise ValueError(f"FlowDensity: validation_fraction must lie in [0, 1); got {fraction!r}")
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"FlowDensity: dtype must be 'float64' or 'float32'; got {self.dtype!r}")
+        if not (self.lr_schedule is None or (isinstance(self.lr_schedule, str) and
+                                             self.lr_schedule in ("cosine", "plateau"))):
+            raise ValueError(f"FlowDensity: lr_schedule must be 'cosine', 'plateau' or None; got "
+                             f"{self.lr_schedule!r}")
+        return {"flow": flow, "conditional": bool(self.conditional),
+                "n_layers": _check_int(self.n_layers, "n_layers", 1), "hidden": tuple(int(h) for h in hidden),
+                "epochs": _check_int(self.epochs, "epochs", 1),
+                "batch_size": _check_int(self.batch_size, "batch_size", 1), "lr": float(lr),
+                "validation_fraction": float(fraction),
+                "patience": _check_int(self.patience, "patience", 1, allow_none=True), "dtype": dtype,
+                "lr_schedule": self.lr_schedule}
 
     # ------------------------------------------------------------------ model files
     @staticmethod

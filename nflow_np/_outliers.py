@@ -171,4 +171,4 @@ lr_schedule, conditional
         ndarray of shape (n_samples,), int
         """
         self.fit(X, y)
-        return self.predict(X, y if self._is_conditional("predict") else None)
+        return self.predict(X, y if self._is_conditional() else None)

@@ -8,8 +8,6 @@ introspection is done here, as ``sklearn.base.BaseEstimator`` does it, so
 installed, and nothing needs it when it is not.
 """
 
-import math
-import numbers
 import sys
 
 import numpy as np
@@ -17,7 +15,7 @@ import numpy as np
 from ._estimator_checks import _as_generator, _check_int, _checked_array, _column_moments, _context_rows, \
     _finite_moments, _is_seed, _merge_histories, _standardized
 from ._estimator_base import _ParamsMixin
-from ._estimator_flows import build_flow, check_flow_name
+from ._estimator_flows import build_flow
 from ._validation import check_sample_count, is_dask_array
 
 __all__ = ["FlowDensity", "FlowOutlierDetector", "NotFittedError"]
@@ -175,45 +173,6 @@ class FlowDensity(_ParamsMixin):
     def __sklearn_is_fitted__(self):
         return hasattr(self, "flow_")
 
-    def _validated_params(self):
-        """The parameters checked and normalized, or ``ValueError`` naming the bad one."""
-        flow = check_flow_name(self.flow, "FlowDensity")
-        if not isinstance(self.conditional, (bool, np.bool_)):
-            raise ValueError(f"FlowDensity: conditional must be True or False; got {self.conditional!r}")
-        hidden = self.hidden
-        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
-            hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise ValueError(f"FlowDensity: hidden must be a tuple of positive ints; got {self.hidden!r}") from None
-        if not all(isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)) and h >= 1
-                   for h in hidden):
-            raise ValueError(f"FlowDensity: hidden must be a tuple of positive ints; got {self.hidden!r}")
-        lr = self.lr
-        if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"FlowDensity: lr must be a positive finite number; got {lr!r}")
-        fraction = self.validation_fraction
-        if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, numbers.Real) or \
-                not 0.0 <= fraction < 1.0:
-            raise ValueError(f"FlowDensity: validation_fraction must lie in [0, 1); got {fraction!r}")
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError:
-            dtype = None
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise ValueError(f"FlowDensity: dtype must be 'float64' or 'float32'; got {self.dtype!r}")
-        if not (self.lr_schedule is None or (isinstance(self.lr_schedule, str) and
-                                             self.lr_schedule in ("cosine", "plateau"))):
-            raise ValueError(f"FlowDensity: lr_schedule must be 'cosine', 'plateau' or None; got "
-                             f"{self.lr_schedule!r}")
-        return {"flow": flow, "conditional": bool(self.conditional), "n_layers": _check_int(self.n_layers, "n_layers", 1),
-                "hidden": tuple(int(h) for h in hidden), "epochs": _check_int(self.epochs, "epochs", 1),
-                "batch_size": _check_int(self.batch_size, "batch_size", 1), "lr": float(lr),
-                "validation_fraction": float(fraction),
-                "patience": _check_int(self.patience, "patience", 1, allow_none=True), "dtype": dtype,
-                "lr_schedule": self.lr_schedule}
-
     # ------------------------------------------------------------------ input validation
     def _check_X(self, X, method, reset):
         """``X`` as a finite 2-D float64 array (scikit-learn's ``validate_data`` conventions)."""
@@ -226,7 +185,7 @@ class FlowDensity(_ParamsMixin):
     def _check_y(self, y, n_rows, method, reset):
         """The context of a conditional model as a finite ``(n_rows, k)`` float64 array; ``y`` of an
         unconditional one: None (``fit`` and ``score`` ignore it, as scikit-learn's density estimators do)."""
-        if not (self.conditional is True if reset else self._is_conditional(method)):
+        if not (self.conditional is True if reset else self._is_conditional()):
             return None
         where = f"{type(self).__name__}.{method}"
         if y is None:
@@ -241,7 +200,7 @@ class FlowDensity(_ParamsMixin):
                              f"with {self.n_context_in_}")
         return arr
 
-    def _is_conditional(self, method):
+    def _is_conditional(self):
         """Whether the fitted model conditions on ``y`` (unfitted: whether its parameters say it will)."""
         return hasattr(self, "context_mean_") if hasattr(self, "flow_") else self.conditional is True
 
@@ -323,8 +282,8 @@ class FlowDensity(_ParamsMixin):
             mean, scale, flow = self.mean_, self.scale_, self.flow_
             if flow.dtype != params["dtype"]:
                 raise ValueError(f"FlowDensity.fit: cannot resume a {flow.dtype} flow with dtype={self.dtype!r}")
-            if params["conditional"] != self._is_conditional("fit"):
-                kind = "a conditional" if self._is_conditional("fit") else "an unconditional"
+            if params["conditional"] != self._is_conditional():
+                kind = "a conditional" if self._is_conditional() else "an unconditional"
                 raise ValueError(f"FlowDensity.fit: cannot resume {kind} flow with conditional={self.conditional!r}")
             Y = self._check_y(y, X.shape[0], "fit", reset=False)
             context = None if Y is None else (self.context_mean_, self.context_scale_)
@@ -461,14 +420,14 @@ class FlowDensity(_ParamsMixin):
 
     def _log_density(self, X, y, method):
         if is_dask_array(X):
-            if self._is_conditional(method):
+            if self._is_conditional():
                 raise ValueError(f"{type(self).__name__}.{method}: Dask arrays are scored for unconditional models "
                                  f"only; compute X and y first, or score block by block")
             self._refuse_y(y, method)
             from .dask import score_samples
             return score_samples(self, X)
         X = self._check_X(X, method, reset=False)
-        if not self._is_conditional(method):
+        if not self._is_conditional():
             self._refuse_y(y, method)
         Y = self._check_y(y, X.shape[0], method, reset=False)
         Z = ((X - self.mean_) / self.scale_).astype(self.flow_.dtype)
@@ -491,7 +450,7 @@ class FlowDensity(_ParamsMixin):
             A lazy 0-d ``dask.array.Array`` when ``X`` is a Dask array (``float()`` of it computes it).
         """
         self._check_fitted("score")
-        if not self._is_conditional("score"):
+        if not self._is_conditional():
             y = None
         if is_dask_array(X) and y is None:
             from .dask import score
@@ -523,7 +482,7 @@ class FlowDensity(_ParamsMixin):
         check_sample_count((n,), where, self.n_features_in_)
         rng = _as_generator(random_state, where)
         C = None
-        if self._is_conditional("sample"):
+        if self._is_conditional():
             if y is None:
                 raise ValueError(f"{where}: y is required: this model is conditional; pass the context, one row "
                                  f"for all samples or one row per sample")

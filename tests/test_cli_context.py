@@ -81,7 +81,9 @@ def test_logprob_takes_the_context_from_columns_or_values(tmp_path, conditional_
 def test_sample_takes_one_context_row_or_a_file_of_them(tmp_path, conditional_model, capsys):
     est = io.load(conditional_model)
     out = tmp_path / "s.npy"
-    assert run(capsys, "sample", conditional_model, "-n", "50", "--seed", "3", "--context", "0,0,1", "--out", out)[0] == 0
+    status, _, err = run(capsys, "sample", conditional_model, "-n", "50", "--seed", "3", "--context", "0,0,1",
+                         "--out", out)
+    assert status == 0, err
     np.testing.assert_array_equal(np.load(out), est.sample(50, random_state=3, y=[0.0, 0.0, 1.0]))
     rows = np.eye(3)[[0, 2, 2, 1]]
     context_file = tmp_path / "ctx.csv"
