@@ -123,7 +123,7 @@ class FlowDensity(_ParamsMixin):
         overflowed to infinity (a resume then starts a fresh Adam).
     n_features_in_ : int
         Number of features (columns) seen by ``fit``; later calls must match it.
-    context_mean_, context_scale_ : ndarray of shape (n_context_in_,)
+    context_mean_, context_scale_ : ndarray of shape (n_context,)
         The context's standardization (only with ``conditional=True``).
     n_context_in_ : int
         Number of context columns seen by ``fit`` (only with ``conditional=True``).
@@ -405,7 +405,7 @@ class FlowDensity(_ParamsMixin):
         ----------
         X : array_like of shape (n_samples, n_features)
             With as many features as ``fit`` saw (``n_features_in_``).
-        y : array_like of shape (n_samples,) or (n_samples, n_context_in_), optional
+        y : array_like of shape (n_samples,) or (n_samples, n_context), optional
             The context of each row: required by a conditional model (then
             ``log p(x | y)``), refused by an unconditional one.
 
