@@ -174,3 +174,31 @@ def test_fit_takes_a_backend(tmp_path, grouped, capsys):
     assert status == 2 and "invalid choice: 'gpu'" in err
     status, out, _ = run(capsys, "fit", "--help")
     assert "--context-columns" in out and "--contamination" in out and "--backend" in out
+
+
+def test_a_conditional_flow_file_takes_the_context_too(tmp_path, capsys):
+    from nflow_np import flows
+    flow = flows.RealNVP(2, n_layers=2, hidden=(4,), context=1, rng=0)
+    model = tmp_path / "flow.npz"
+    io.save(flow, model)
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    xs, out = tmp_path / "x.csv", tmp_path / "lp.npy"
+    np.savetxt(xs, np.c_[X, np.linspace(-1, 1, 20)], delimiter=",")
+    assert run(capsys, "logprob", model, xs, "--context-columns", "-1", "--out", out)[0] == 0
+    np.testing.assert_allclose(np.load(out), flow.log_prob(X, context=np.linspace(-1, 1, 20)[:, None]), rtol=1e-12)
+    assert run(capsys, "sample", model, "-n", "6", "--seed", "2", "--context", "0.5", "--out", out)[0] == 0
+    np.testing.assert_array_equal(np.load(out), flow.sample(6, rng=np.random.default_rng(2), context=[0.5]))
+
+
+def test_auto_contamination_and_info(tmp_path, grouped, capsys):
+    _, X, _ = grouped
+    xs, model = tmp_path / "x.csv", tmp_path / "det.npz"
+    np.savetxt(xs, X, delimiter=",")
+    status, out, _ = run(capsys, "fit", xs, *TINY, "--contamination", "auto", "--out", model)
+    assert status == 0 and "outlier threshold" in out
+    det = io.load(model)
+    assert det.contamination == "auto" and det.offset_ == np.quantile(det.score_samples(X), 0.001)
+    status, out, _ = run(capsys, "info", model)
+    assert status == 0 and f"outlier threshold: log-density {det.offset_:.6g} (contamination 'auto')" in out
+    status, _, err = run(capsys, "fit", xs, "--contamination", "0.9")
+    assert status == 2 and "expected 'auto' or a number in (0, 0.5]" in err
