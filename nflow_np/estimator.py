@@ -68,16 +68,20 @@ class FlowDensity(_ParamsMixin):
     ----------
     flow : str, default "realnvp"
         Which of :mod:`nflow_np.flows` to fit: "realnvp", "nice", "maf",
-        "iaf" or "nsf" (the table ``nflow_np._estimator_flows.FLOWS``). The
-        coupling flows ("realnvp", "nice") need at least 2 features; "maf" and
-        "iaf" also fit 1-D data.
+        "iaf", "nsf", "planar" or "radial" (the table
+        ``nflow_np._estimator_flows.FLOWS``; the names are not case
+        sensitive). The coupling flows ("realnvp", "nice") need at least 2
+        features; the others also fit 1-D data.
         "nsf" is a neural spline flow (8 bins on [-5, 5] of the standardized
         data): spline couplings, or one autoregressive spline layer stack
         for 1-D data.
         "iaf" evaluates densities with one network call per feature, so it is
-        slow to train on data.
+        slow to train on data. "planar" and "radial" (Rezende and Mohamed's
+        residual layers, made for variational inference) have no networks:
+        ``hidden`` is unused, and they cannot be conditional; a planar
+        layer's density solves one scalar equation per layer.
     n_layers : int, default 4
-        Number of coupling or autoregressive layers.
+        Number of coupling, autoregressive (or planar, radial) layers.
     hidden : tuple of int, default (64, 64)
         Hidden widths of each layer's network.
     epochs : int, default 100

@@ -135,19 +135,31 @@ def test_a_conditional_fit_resumes():
 @pytest.mark.parametrize("flow", list(FLOWS))
 def test_every_named_flow_fits_with_and_without_a_context(flow):
     X, Y, _ = _three_groups(150)
-    for conditional in (False, True):
+    if not FLOWS[flow].networks:
+        with pytest.raises(ValueError, match=f"flow='{flow}' has no conditional layers.*use one of 'realnvp'"):
+            FlowDensity(flow=flow, conditional=True, **FAST).fit(X, Y)
+    for conditional in (False, True) if FLOWS[flow].networks else (False,):
         est = FlowDensity(flow=flow, conditional=conditional, n_layers=2, hidden=(4,), epochs=1, batch_size=64,
                           random_state=0).fit(X, Y)
         assert type(est.flow_).__name__ == "TransformedDistribution"
         assert est.flow_.context_size == (3 if conditional else 0)
         scores = est.score_samples(X[:7], Y[:7] if conditional else None)
         assert scores.shape == (7,) and np.all(np.isfinite(scores))
+        twin = io.from_bytes(io.to_bytes(est))        # and it goes through a model file
+        np.testing.assert_array_equal(twin.score_samples(X[:7], Y[:7] if conditional else None), scores)
 
 
 def test_an_unknown_flow_lists_the_names():
-    with pytest.raises(ValueError, match="flow must be one of 'realnvp', 'nice', 'maf', 'iaf', 'nsf'.*; got 'glow'"):
+    with pytest.raises(ValueError, match="flow must be one of 'realnvp', 'nice', 'maf', 'iaf', 'nsf', 'planar', "
+                                         "'radial'.*; got 'glow'"):
         FlowDensity(flow="glow").fit(np.zeros((5, 2)))
     assert FlowDensity(flow="NSF", **FAST, random_state=0).fit(_three_groups(100)[0]).flow_ is not None
+    import nflow_np.flows
+    # every ready-made flow of nflow_np.flows has its name
+    constructors = {entry.constructor for entry in FLOWS.values()}
+    public = {name for name, obj in vars(nflow_np.flows).items()
+              if name[:1].isupper() and callable(obj) and getattr(obj, "__module__", "") == "nflow_np.flows"}
+    assert "Planar" in public and public <= constructors, sorted(public - constructors)
 
 
 # ---------------------------------------------------------------------------- outlier detection
