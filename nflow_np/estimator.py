@@ -221,8 +221,8 @@ class FlowDensity(_ParamsMixin):
 
     def _check_fitted(self, method):
         if not hasattr(self, "flow_"):
-            raise _not_fitted_error()(f"This FlowDensity instance is not fitted yet; call 'fit' with appropriate "
-                                 f"arguments before using '{method}'.")
+            raise _not_fitted_error()(f"This {type(self).__name__} instance is not fitted yet; call 'fit' with "
+                                      f"appropriate arguments before using '{method}'.")
 
     # ------------------------------------------------------------------ fitting
     def _build_flow(self, params, n_features, rng, n_context=0):
