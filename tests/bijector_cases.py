@@ -14,6 +14,8 @@ import numpy as np
 from nflow_np import bijectors as nb
 from nflow_np.bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
 from nflow_np.bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
+from nflow_np.bijectors.coupling import CircularSplineCoupling
+from nflow_np.bijectors.autoregressive import CircularSplineAutoregressive
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,19 @@ def _unit_interval(dtype_edges64=(1e-12, 1 - 1e-9), dtype_edges32=(1e-5, 1 - 1e-
 def _vectors(dim, scale=1.5):
     def points(rng, dtype, n):
         return rng.normal(scale=scale, size=(n, dim)).astype(dtype)
+    return points
+
+
+def _angles(dim, bound=np.pi):
+    """Points of the torus [-B, B]^dim: the edge rows within a hair of +-B (on them, every central stencil
+    would leave the domain), the bulk uniform inside."""
+    def points(rng, dtype, n):
+        x = rng.uniform(-bound, bound, size=(n, dim))
+        hair = 1e-3 if _f32(dtype) else 1e-9
+        signs = np.where(np.arange(dim) % 2 == 0, 1.0, -1.0)
+        x[0] = signs * (bound - hair)
+        x[1] = -signs * (bound - 10 * hair)
+        return x.astype(dtype)
     return points
 
 
@@ -302,6 +317,17 @@ CASES.update({
         lambda rng, dt: _randomized(nb.Autoregressive(3, nb.AdditiveTransform(), (4,), "elu", rng=rng, dtype=dt),
                                     rng),
         _vectors(3), dim=3),
+    "CircularSplineCoupling": Case(
+        lambda rng, dt: _randomized(CircularSplineCoupling([True, False, False, True], (6,), "tanh", bins=5,
+                                                           rng=rng, dtype=dt), rng),
+        _angles(4), dim=4),
+    "CircularSplineAutoregressive": Case(
+        lambda rng, dt: _randomized(CircularSplineAutoregressive(2, (3,), "tanh", bins=3, order=[1, 0], rng=rng,
+                                                                 dtype=dt), rng),
+        _angles(2), dim=2),
+    "CircularSplineAutoregressive(1-D)": Case(
+        lambda rng, dt: _randomized(CircularSplineAutoregressive(1, (3,), "tanh", bins=3, rng=rng, dtype=dt), rng),
+        _angles(1), dim=1),
     "BatchNorm(eval)": Case(lambda rng, dt: _batch_norm_eval(rng, dt), _vectors(3), dim=3),
     "ActNorm": Case(lambda rng, dt: _act_norm(rng, dt), _vectors(3), dim=3),
     "LULinear": Case(lambda rng, dt: _randomized(nb.LULinear(4, rng=rng, dtype=dt), rng, scale=0.2),
