@@ -86,6 +86,27 @@ def _angles(dim, bound=np.pi):
     return points
 
 
+def _circular_shift(rng, dtype):
+    # turns of 0.5 to 2.5 either way: the seam (where x + shift crosses +-pi) lies well inside the interval
+    turn = rng.uniform(0.5, 2.5, size=WIDTH) * rng.choice([-1.0, 1.0], size=WIDTH)
+    return nb.CircularShift(turn.astype(dtype))
+
+
+def _off_seam(bijector, x, margin=0.2):
+    """Points clear of the rotation's seam and of +-B by a stencil's reach; the edge rows move only off the seam."""
+    bound, shift = bijector.bound, bijector.params["shift"].astype(np.float64)
+    rng = np.random.default_rng(0)
+    x = x.astype(np.float64)
+    for _ in range(100):
+        turned = (x + shift + bound) % (2 * bound) - bound
+        bad = np.abs(turned) > bound - margin
+        bad[2:] |= np.abs(x[2:]) > bound - margin
+        if not bad.any():
+            break
+        x = np.where(bad, rng.uniform(-bound + margin, bound - margin, size=x.shape), x)
+    return x.astype(bijector.dtype)
+
+
 def _off_kink(inner, x, margin=0.15):
     # keep the LeakyReLU's input (the inner bijector's output) away from its kink at 0
     u = inner.forward(x)
@@ -243,6 +264,7 @@ CASES = {
     "RationalQuadraticSpline(shared)": Case(lambda rng, dt: _spline(rng, dt, batch=()),
                                             _reals(edges64=_SPLINE_EDGES, edges32=_SPLINE_EDGES),
                                             adjust=_spline_points),
+    "CircularShift": Case(_circular_shift, _angles(WIDTH), adjust=_off_seam),
     "Inline(shift-and-cube)": Case(lambda rng, dt: _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
                                    _vectors(2, scale=0.7), dim=2),
 }

@@ -24,6 +24,7 @@ from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from .coupling import CircularSplineCoupling
 from .transforms import AdditiveTransform, AffineTransform, SinhArcsinhTransform, SplineTransform, Transform
 from .transforms import CircularSplineTransform
+from .circular import CircularShift
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
 from .orthogonal import Householder, RandomRotation
@@ -43,5 +44,5 @@ __all__ = [
     "SplineAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",
     "Planar", "Radial", "Householder", "RandomRotation",
-    "CircularSplineTransform", "CircularSplineCoupling", "CircularSplineAutoregressive",
+    "CircularSplineTransform", "CircularSplineCoupling", "CircularSplineAutoregressive", "CircularShift",
 ]
