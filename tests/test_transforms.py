@@ -33,7 +33,7 @@ def reference(name):
     return made
 
 
-def test_values(name, rng, n, dtype):
+def draw_values(name, rng, n, dtype):
     """Edge values in the first row, the bulk after: inside a circular spline's interval, anywhere otherwise."""
     if name == "circular_spline":
         return np.concatenate([CIRCULAR_EDGES[None], rng.uniform(-2.0, 2.0, (n - 1, EDGES.size))]).astype(dtype)
@@ -62,7 +62,7 @@ def test_scalar_math_matches_the_reference(name, by_coordinate, dtype):
     module = transforms.module_for(name)
     per = made.params_per_coordinate
     n, m = 5, EDGES.size
-    values = test_values(name, rng, n, dtype)
+    values = draw_values(name, rng, n, dtype)
     params = (0.8 * rng.standard_normal((n, m, per))).astype(dtype)
     st = module.settings(np.array(module.constants(made.lower()), dtype=dtype))
     # the network output the frames read: by coordinate (j * P + q) or by parameter (q * m + j)
