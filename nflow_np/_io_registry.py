@@ -16,6 +16,7 @@ from .bijectors import (
     Rotation, Scale, ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, SplineAutoregressive, SplineCoupling, Tanh,
 )
 from .bijectors import Householder, Planar, Radial, RandomRotation
+from .bijectors import CircularShift, CircularSplineAutoregressive, CircularSplineCoupling
 from .bijectors.transforms import TRANSFORMS
 from .distributions import (
     GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
@@ -350,6 +351,30 @@ def _spline_build(c, a):
                                    dtype=c["dtype"], name=c["name"], **{key: c[key] for key in _SPLINE_SETTINGS})
 
 
+def _circular_layer_config(obj):
+    """A circular-spline layer: its frame's settings and its spline's (``SplineSettings``)."""
+    config = _named(obj)
+    config.update(hidden=list(obj.net.hidden), activation=obj.net.activation, context=obj.context_size,
+                  **_layer_spline_config(obj))
+    if isinstance(obj, Coupling):
+        config["mask"] = obj.mask.tolist()
+    else:
+        config.update(features=obj.features, order=obj.net.order.tolist())
+    return config
+
+
+def _circular_layer_build(cls):
+    def build(c, a):
+        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], **_layer_spline_kwargs(c))
+        if cls is CircularSplineCoupling:
+            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
+            return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], **common)
+        _check_net(a, "net.", c["hidden"], c["features"] + _context(c))
+        return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
+                   **common)
+    return build
+
+
 def _permute_entry():
     def to_spec(obj, encode):
         return {"name": obj.name, "permutation": obj.permutation.tolist()}, {}
@@ -457,3 +482,10 @@ register("GaussianMixture", GaussianMixture,
          *_leaf(_mixture_build, lambda obj: {"dtype": _dtype_name(obj.dtype)}))
 register("StudentT", StudentT, *_leaf(_student_t_build, lambda obj: {"dtype": _dtype_name(obj.dtype)}))
 register("TransformedDistribution", TransformedDistribution, *_transformed_entry())
+register("CircularSplineCoupling", CircularSplineCoupling,
+         *_leaf(_circular_layer_build(CircularSplineCoupling), _circular_layer_config))
+register("CircularSplineAutoregressive", CircularSplineAutoregressive,
+         *_leaf(_circular_layer_build(CircularSplineAutoregressive), _circular_layer_config))
+register("CircularShift", CircularShift,
+         *_leaf(lambda c, a: CircularShift(a["shift"], bound=float(c["bound"]), dtype=c["dtype"], name=c["name"]),
+                lambda obj: {**_named(obj), "bound": obj.bound}))

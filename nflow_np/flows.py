@@ -1,4 +1,5 @@
-"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, Planar and Radial over a standard normal base.
+"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, Planar and Radial over a standard normal base; NCSF, a
+flow of angles over the uniform distribution on a torus.
 
 Each constructor returns a ``TransformedDistribution`` whose bijector is a
 ``Chain``; every trainable array is reachable through ``flow.parameters()``.
@@ -22,6 +23,9 @@ from .bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressiv
 from .bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling, alternating_mask
 from .bijectors.autoregressive import SplineAutoregressive
 from .distributions import MultivariateNormalDiag, TransformedDistribution
+from .bijectors.autoregressive import CircularSplineAutoregressive
+from .bijectors.circular import CircularShift
+from .bijectors.coupling import CircularSplineCoupling
 
 
 def _check_dim(dim, where, minimum=1):
@@ -221,3 +225,68 @@ def Radial(dim, n_layers=8, *, rng=None, dtype=np.float64):
     """
     from .bijectors.radial import Radial as RadialLayer
     return _residual_flow(RadialLayer, dim, n_layers, "Radial", rng, dtype)
+
+
+def NCSF(dim, n_layers=4, bins=8, hidden=(64, 64), activation="relu", *, autoregressive=True, bound=np.pi,
+         permute=None, rotate=False, context=0, init="random", rng=None, dtype=np.float64):
+    """Neural circular spline flow: a density on the torus ``[-bound, bound]^dim`` (angles; ``bound`` pi by default).
+
+    The base is the uniform distribution on the torus, and every layer maps
+    the torus onto itself: circular rational-quadratic splines
+    (:class:`~nflow_np.bijectors.transforms.CircularSplineTransform`, ``bins``
+    bins, both ends fixed, one shared end slope) of every coordinate given the
+    earlier ones (``autoregressive=True``, the default:
+    :class:`~nflow_np.bijectors.CircularSplineAutoregressive`, the order
+    reversed between layers; ``dim = 1`` works, each layer then one learned
+    circle map) or of half of the coordinates given the other half
+    (``autoregressive=False``: :class:`~nflow_np.bijectors.CircularSplineCoupling`,
+    alternating masks, ``dim >= 2``; ``permute="random"`` adds a fixed random
+    permutation between layers). ``rotate=True`` puts a trainable
+    :class:`~nflow_np.bijectors.CircularShift` between layers, starting at
+    random angles, which moves the point ``+-bound`` that every circular
+    spline fixes. Data must lie in ``[-bound, bound]`` (wrap angles first);
+    ``log_prob`` refuses other points with a ``ValueError``. ``context=c``:
+    a conditional flow.
+
+    The flow runs the layers' NumPy passes: the compiled engine evaluates
+    flows over a standard normal base (its frames run the circular spline
+    compiled in such flows).
+
+    References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan
+    and Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020; Durkan et
+    al., "Neural Spline Flows", NeurIPS 2019.
+    """
+    from .distributions import Uniform
+
+    where = "NCSF"
+    _check_permute(permute, where)
+    dtype = resolve_dtype(dtype, where=where)
+    if not isinstance(rotate, (bool, np.bool_)):
+        raise TypeError(f"{where}: rotate must be True or False; got {rotate!r}")
+    if not autoregressive and isinstance(dim, (int, np.integer)) and dim == 1:
+        raise ValueError(f"{where}: autoregressive=False (couplings) needs dim >= 2, one part conditioning the "
+                         f"other; for one angle use autoregressive=True (one learned circle map per layer)")
+    if autoregressive:
+        def make_layer(i, rng, dtype):
+            return CircularSplineAutoregressive(dim, hidden, activation, bins=bins, bound=bound, context=context,
+                                                rng=rng, dtype=dtype, init=init)
+    else:
+        def make_layer(i, rng, dtype):
+            return CircularSplineCoupling(alternating_mask(dim, parity=i % 2), hidden, activation, bins=bins,
+                                          bound=bound, context=context, rng=rng, dtype=dtype, init=init)
+
+    def mixer(d, rng):
+        parts = []
+        if autoregressive and d > 1:
+            parts.append(Reverse())
+        elif not autoregressive and permute == "random":
+            parts.append(Permute(rng.permutation(d)))
+        if rotate:
+            parts.append(CircularShift(rng.uniform(-bound, bound, d).astype(dtype), bound=bound, dtype=dtype))
+        return Chain(parts) if len(parts) > 1 else (parts[0] if parts else None)
+
+    flow = _stack(dim, n_layers, where, make_layer, mixer, batch_norm=False, act_norm=False, lu_linear=False, rng=rng,
+                  dtype=dtype, min_dim=1 if autoregressive else 2)
+    d = flow.event_shape[0]
+    torus = Uniform(np.full(d, -bound, dtype=dtype), np.full(d, bound, dtype=dtype), dtype=dtype)
+    return TransformedDistribution(torus, flow.bijector)

@@ -19,8 +19,12 @@ from .elementwise import (
 from .inline import Inline
 from .affine import Affine
 from .autoregressive import Autoregressive, InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
+from .autoregressive import CircularSplineAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
+from .coupling import CircularSplineCoupling
 from .transforms import AdditiveTransform, AffineTransform, SinhArcsinhTransform, SplineTransform, Transform
+from .transforms import CircularSplineTransform
+from .circular import CircularShift
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
 from .orthogonal import Householder, RandomRotation
@@ -40,4 +44,5 @@ __all__ = [
     "SplineAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",
     "Planar", "Radial", "Householder", "RandomRotation",
+    "CircularSplineTransform", "CircularSplineCoupling", "CircularSplineAutoregressive", "CircularShift",
 ]

@@ -8,7 +8,7 @@ from ..nn.mlp import MaskedMLP
 from .base import CONTEXT_GRAD, Bijector
 from .chain import Invert
 from .coupling import check_context_size, net_backward, network_init
-from .transforms import AffineTransform, SplineTransform, Transform
+from .transforms import AffineTransform, CircularSplineTransform, SplineTransform, Transform
 
 
 class Autoregressive(Bijector):
@@ -225,6 +225,41 @@ class SplineAutoregressive(Autoregressive):
                  name=None, init="random"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
                                     name or type(self).__name__)
+        super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
+                         dtype=dtype, name=name, init=init)
+        self.spline = transform.spline
+
+
+class CircularSplineAutoregressive(Autoregressive):
+    """Autoregressive circular rational-quadratic spline (NCSF on a torus) with a MADE conditioner.
+
+    Data ``y`` and base ``x`` are angles related by ``x_i = g_i(y_i)``, a
+    circular spline (:class:`~nflow_np.bijectors.transforms.CircularSplineTransform`)
+    whose ``3 bins`` parameters come from ``y_<i`` (in ``order``) and the
+    context: each ``g_i`` maps ``[-bound, bound]`` onto itself with the ends
+    fixed and one shared end slope, so the layer is a diffeomorphism of the
+    torus. With ``features=1`` the spline's parameters are the network's
+    output biases: one learned circle map. Coordinates outside
+    ``[-bound, bound]`` are refused with a ``ValueError``.
+
+    Parameters
+    ----------
+    features : int
+    hidden, activation, order, context, rng, dtype, init
+        As in :class:`Autoregressive`.
+    bins, bound, min_bin_width, min_bin_height, min_derivative
+        As in :class:`~nflow_np.bijectors.CircularSplineCoupling` (``bound`` pi by default).
+
+    References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan and
+    Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020; Germain et al.,
+    "MADE", ICML 2015.
+    """
+
+    def __init__(self, features, hidden=(64, 64), activation="relu", *, bins=8, bound=np.pi, min_bin_width=1e-3,
+                 min_bin_height=1e-3, min_derivative=1e-3, order=None, context=0, rng=None, dtype=np.float64,
+                 name=None, init="random"):
+        transform = CircularSplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
+                                            name or type(self).__name__)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
                          dtype=dtype, name=name, init=init)
         self.spline = transform.spline

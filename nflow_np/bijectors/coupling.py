@@ -1,5 +1,5 @@
-"""The coupling frame (:class:`Coupling`) and its named forms: NICE's additive, RealNVP's affine and NSF's spline
-coupling.
+"""The coupling frame (:class:`Coupling`) and its named forms: NICE's additive, RealNVP's affine, NSF's spline and
+NCSF's circular spline coupling.
 
 A boolean ``mask`` splits each vector: the masked part ``x_a`` passes through
 unchanged and conditions an MLP, which computes the parameters of an
@@ -11,7 +11,7 @@ import numpy as np
 from .._validation import check_event_shape
 from ..nn.mlp import MLP
 from .base import CONTEXT_GRAD, PassBijector
-from .transforms import AdditiveTransform, AffineTransform, SplineTransform, Transform
+from .transforms import AdditiveTransform, AffineTransform, CircularSplineTransform, SplineTransform, Transform
 
 
 def _split_mask(mask, where):
@@ -249,6 +249,41 @@ class SplineCoupling(Coupling):
                  init="random"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
                                     name or type(self).__name__)
+        super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,
+                         init=init)
+        self.spline = transform.spline
+
+
+class CircularSplineCoupling(Coupling):
+    """Coupling with a circular rational-quadratic spline per transformed coordinate (NCSF, angles).
+
+    As :class:`SplineCoupling`, with a
+    :class:`~nflow_np.bijectors.transforms.CircularSplineTransform`: the
+    network maps ``(x_a, context)`` to ``3 bins`` numbers per transformed
+    coordinate (widths, heights, the ``bins - 1`` interior slopes and the slope
+    shared by both ends), and each spline maps ``[-bound, bound]`` onto itself
+    with ``-bound`` and ``bound`` fixed, a diffeomorphism of the circle. Every
+    coordinate must lie in ``[-bound, bound]`` (default ``[-pi, pi]``); a
+    transformed one outside it is refused with a ``ValueError``. The
+    conditioner reads the passed-through angles as they are.
+
+    Parameters
+    ----------
+    mask, hidden, activation, context, rng, dtype, init
+        As in :class:`Coupling`.
+    bins : int, default 8
+    bound : float, default pi
+    min_bin_width, min_bin_height, min_derivative : float, default 1e-3
+
+    References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan and
+    Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020.
+    """
+
+    def __init__(self, mask, hidden=(64, 64), activation="relu", *, bins=8, bound=np.pi, min_bin_width=1e-3,
+                 min_bin_height=1e-3, min_derivative=1e-3, context=0, rng=None, dtype=np.float64, name=None,
+                 init="random"):
+        transform = CircularSplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
+                                            name or type(self).__name__)
         super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,
                          init=init)
         self.spline = transform.spline

@@ -20,7 +20,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "SinhArcsinhSpec", "CouplingSpec",
+__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CircularSplineSpec", "SinhArcsinhSpec", "CouplingSpec",
            "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "StandardNormalSpec", "TRANSFORMS"]
 
 
@@ -75,6 +75,7 @@ class SplineSpec:
     min_bin_width: float
     min_bin_height: float
     min_derivative: float
+    circular = False
 
     @property
     def outputs_per_coordinate(self):
@@ -86,6 +87,17 @@ class SplineSpec:
 
 
 @dataclass(frozen=True)
+class CircularSplineSpec(SplineSpec):
+    """A circular rational-quadratic spline on ``[-bound, bound]`` (no value outside): the ends fixed, one shared
+    end slope; ``3 bins`` outputs per coordinate."""
+    circular = True
+
+    @property
+    def outputs_per_coordinate(self):
+        return 3 * self.bins
+
+
+@dataclass(frozen=True)
 class SinhArcsinhSpec:
     """``y = sinh((asinh(x) + a) exp(s))``, ``s = clamp tanh(raw / clamp)`` (``clamp`` 0: ``s = raw``); 2 outputs
     per coordinate, ``(a, raw)``."""
@@ -93,7 +105,7 @@ class SinhArcsinhSpec:
     outputs_per_coordinate = 2
 
 
-TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec)
+TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec, CircularSplineSpec)
 
 
 # ---------------------------------------------------------------- layers
