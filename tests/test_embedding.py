@@ -170,3 +170,28 @@ def test_bad_embeddings_and_contexts_are_refused():
         flow.log_prob(x, context=np.zeros((3, 3)))
     with pytest.raises(ValueError, match="does not broadcast"):
         fit(flow, x, context=np.zeros((3, 3)), epochs=1)
+
+
+def _cuda_ready():
+    import os
+    from nflow_np.kernels.backend import cuda_available
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda_available()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_ready(), reason="needs a GPU or NUMBA_ENABLE_CUDASIM=1")
+def test_cuda_backend_falls_back_for_embeddings_and_residual_conditioners():
+    rng = np.random.default_rng(7)
+    x, c = rng.normal(size=(6, 3)), rng.normal(size=(6, RAW))
+    for flow, context in ((_perturbed(FLOWS["RealNVP+MLP"](), rng), c),
+                          (flows.NSF(3, 2, hidden=(5,), conditioner="resnet", rng=0), None),
+                          (flows.MAF(3, 2, (5, 5), conditioner="resnet", rng=0), None)):
+        np.testing.assert_allclose(flow.log_prob(x, context=context, backend="cuda"),
+                                   flow.log_prob(x, context=context, backend="numpy"), rtol=1e-12, atol=1e-12)
+        trained = []
+        for backend in ("cuda", "numpy"):
+            copy = io.from_bytes(io.to_bytes(flow))
+            fit(copy, x, context=context, epochs=2, batch_size=3, rng=0, backend=backend)
+            trained.append(dict(copy.parameters()))
+        for k in trained[0]:
+            np.testing.assert_allclose(trained[0][k], trained[1][k], rtol=1e-10, atol=1e-12)
