@@ -145,3 +145,18 @@ def test_model_file_round_trip(make):
     fn = "log_prob" if hasattr(obj, "log_prob") else "inverse"
     np.testing.assert_array_equal(getattr(back, fn)(x, **c), getattr(obj, fn)(x, **c))
     assert [n for n, _ in back.parameters()] == [n for n, _ in obj.parameters()]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: AffineCoupling([True, False, True, False], (5, 5), "tanh", conditioner="resnet", context=2, rng=1),
+    lambda: MaskedAutoregressive(4, (6,), "tanh", order=[2, 0, 3, 1], conditioner="resnet", context=2, rng=1),
+], ids=["AffineCoupling", "MaskedAutoregressive"])
+def test_conditional_residual_layers_pass_check_bijector(make):
+    from nflow_np.testing import check_bijector
+    rng = np.random.default_rng(10)
+    layer = make()
+    _perturb_params(layer, rng)
+    x, c = rng.normal(size=(5, 4)), rng.normal(size=(5, 2))
+    report = check_bijector(layer, x, context=c)
+    assert report["log_det_vs_jacobian"] < 1e-8
+    assert "forward_vjp grad of the context vs finite differences" in report
