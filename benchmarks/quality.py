@@ -20,6 +20,8 @@ is nflow_np's NLL minus zuko's (negative: nflow_np better).
 """
 
 import argparse
+import json
+import math
 import os
 import sys
 
@@ -34,14 +36,26 @@ def _fmt(v, width=9, digits=3):
     return f"{'-':>{width}s}" if v is None else f"{v:{width}.{digits}f}"
 
 
-def run(names, models, sides, budget, size, seeds):
+def _paired(results):
+    """nflow_np's NLL minus zuko's per seed, their mean and its standard error (None for one seed)."""
+    diffs = [a["nll"] - b["nll"] for a, b in zip(results["nflow_np"], results["zuko"])]
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return diffs, mean, None
+    var = sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1)
+    return diffs, mean, math.sqrt(var / len(diffs))
+
+
+def run(names, models, sides, budget, size, seeds, out=None):
     print(f"# budget: {budget.layers} transforms, hidden {budget.hidden} (residual: {budget.res_hidden}), "
           f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
     header = f"{'data':13s}{'model':12s}{'params':>8s}{'entropy':>9s}" + "".join(
-        f"{s + ' NLL':>13s}{'KL':>8s}" for s in sides) + (f"{'vs zuko':>9s}" if len(sides) == 2 else "")
+        f"{s + ' NLL':>13s}{'KL':>8s}" for s in sides) + (
+        f"{'vs zuko':>9s}" + (f"{'+-se':>7s}" if len(seeds) > 1 else "") if len(sides) == 2 else "")
     print(header)
     print("-" * len(header), flush=True)
     gaps = []
+    records = []
     splits = {}       # each data set drawn once per seed; its exact test log-density computed once (see protocol)
     for name in names:
         for model in models:
@@ -68,11 +82,18 @@ def run(names, models, sides, budget, size, seeds):
                 mean[side] = sum(c["nll"] for c in results[side]) / len(seeds)
                 kls = [c["kl"] for c in results[side]]
                 row += f"{mean[side]:13.3f}" + _fmt(None if kls[0] is None else sum(kls) / len(kls), 8)
-            if len(sides) == 2:
-                gap = mean["nflow_np"] - mean["zuko"]
+            record = {"data": name, "model": model, "entropy": entropy, "seeds": list(seeds),
+                      **{side: [c["nll"] for c in results[side]] for side in sides}}
+            if len(sides) == 2 and not model.endswith(RESIDUAL):
+                diffs, gap, se = _paired(results)
                 gaps.append(gap)
-                row += f"{gap:+9.3f}"
+                row += f"{gap:+9.3f}" + ("" if se is None else f"{se:7.3f}")
+                record.update(gap=gap, gap_se=se)
             print(row, flush=True)
+            records.append(record)
+            if out is not None:        # rewritten after every cell, so a long run that is stopped keeps its cells
+                with open(out, "w") as f:
+                    json.dump({"budget": budget.__dict__, "size": size, "cells": records}, f, indent=1)
     if gaps:
         print(f"# vs zuko: mean {sum(gaps) / len(gaps):+.3f}, worst {max(gaps):+.3f} nats over {len(gaps)} cells")
 
@@ -91,8 +112,12 @@ if __name__ == "__main__":
                         help="the residual conditioners of the '-res' models: one width per block, all equal")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="several seeds: each cell is the mean over them, and 'vs zuko' gets the standard "
+                             "error of the paired per-seed differences")
+    parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
     args = parser.parse_args()
     budget = Budget(layers=args.layers, hidden=tuple(args.hidden), epochs=3 if args.quick else args.epochs,
                     batch=args.batch, lr=args.lr, res_hidden=tuple(args.res_hidden))
-    run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds)
+    run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds,
+        out=args.out)

@@ -15,6 +15,7 @@ from .bijectors import (
     Invert, LeakyReLU, LULinear, MaskedAutoregressive, NormalCDF, Permute, Power, RationalQuadraticSpline, Reverse,
     Rotation, Scale, ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, SplineAutoregressive, SplineCoupling, Tanh,
 )
+from .bijectors import Householder, Planar, Radial, RandomRotation
 from .bijectors.transforms import TRANSFORMS
 from .distributions import (
     GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
@@ -320,6 +321,34 @@ def _lu_build(c, a):
                     name=c["name"])
 
 
+def _sized_config(obj):
+    config = _named(obj)
+    config["dim"] = obj.event_size
+    return config
+
+
+def _sized_build(cls, key, axis=0):
+    """Planar, Radial, Householder: rebuilt from their size (rng=0 skips drawing entropy), parameters copied in."""
+    def build(c, a):
+        _agree(a, key, axis, c["dim"], "dim")
+        extra = {"n_reflections": a[key].shape[0]} if cls is Householder else {}
+        return cls(int(c["dim"]), rng=0, dtype=c["dtype"], name=c["name"], **extra)
+    return build
+
+
+def _random_rotation_entry():
+    def to_spec(obj, encode):
+        return {**_named(obj), "dim": obj.event_size}, {"matrix": obj.matrix}
+
+    def from_spec(c, a, decode):
+        if set(a) != {"matrix"}:
+            raise ValueError(f"the spec lists arrays {sorted(a)} but a RandomRotation holds ['matrix']")
+        _agree(a, "matrix", 0, c["dim"], "dim")
+        # the constructor refuses a matrix that is not a rotation, and copies it bit for bit
+        return RandomRotation(int(c["dim"]), matrix=a["matrix"], dtype=c["dtype"], name=c["name"])
+    return to_spec, from_spec
+
+
 _SPLINE_SETTINGS = ("bound", "min_bin_width", "min_bin_height", "min_derivative")
 
 
@@ -459,6 +488,10 @@ register("BatchNorm", BatchNorm, *_leaf(_batch_norm_build, _batch_norm_config))
 register("ActNorm", ActNorm, *_leaf(_act_norm_build, _act_norm_config))
 register("LULinear", LULinear, *_leaf(_lu_build, _lu_config))
 register("RationalQuadraticSpline", RationalQuadraticSpline, *_leaf(_spline_build, _spline_config))
+register("Planar", Planar, *_leaf(_sized_build(Planar, "w"), _sized_config))
+register("Radial", Radial, *_leaf(_sized_build(Radial, "z0"), _sized_config))
+register("Householder", Householder, *_leaf(_sized_build(Householder, "vectors", axis=1), _sized_config))
+register("RandomRotation", RandomRotation, *_random_rotation_entry())
 register("Normal", Normal, *_distribution_entry(Normal, "loc", "scale"))
 register("MultivariateNormalDiag", MultivariateNormalDiag,
          *_distribution_entry(MultivariateNormalDiag, "loc", "scale_diag"))

@@ -1,4 +1,4 @@
-"""Ready-made flows: RealNVP, NICE, MAF, IAF and NSF over a standard normal base.
+"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, Planar and Radial over a standard normal base.
 
 Each constructor returns a ``TransformedDistribution`` whose bijector is a
 ``Chain``; every trainable array is reachable through ``flow.parameters()``.
@@ -217,3 +217,37 @@ def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *,
 
     return _stack(dim, n_layers, where, make_layer, mixer, batch_norm=batch_norm, act_norm=act_norm,
                   lu_linear=lu_linear, rng=rng, dtype=dtype, embedding=embedding)
+
+
+def _residual_flow(layer_cls, dim, n_layers, where, rng, dtype):
+    def make_layer(i, rng, dtype):
+        return layer_cls(dim, rng=rng, dtype=dtype)
+
+    return _stack(dim, n_layers, where, make_layer, lambda d, rng: None, batch_norm=False, act_norm=False,
+                  lu_linear=False, rng=rng, dtype=dtype)
+
+
+def Planar(dim, n_layers=8, *, rng=None, dtype=np.float64):
+    """A chain of ``n_layers`` planar layers (:class:`~nflow_np.bijectors.Planar`) over a standard normal.
+
+    Each layer bends space along one hyperplane, ``y = x + u_hat tanh(w . x + b)``. Sampling and its
+    log-density are explicit, so the flow suits variational inference
+    (:func:`~nflow_np.train.fit_to_target`); ``log_prob`` of given points solves one scalar equation per
+    layer.
+
+    References: Rezende and Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
+    """
+    from .bijectors.planar import Planar as PlanarLayer
+    return _residual_flow(PlanarLayer, dim, n_layers, "Planar", rng, dtype)
+
+
+def Radial(dim, n_layers=8, *, rng=None, dtype=np.float64):
+    """A chain of ``n_layers`` radial layers (:class:`~nflow_np.bijectors.Radial`) over a standard normal.
+
+    Each layer contracts or expands space around a point ``z0``; its inverse has a closed form, so
+    sampling and density evaluation cost the same.
+
+    References: Rezende and Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
+    """
+    from .bijectors.radial import Radial as RadialLayer
+    return _residual_flow(RadialLayer, dim, n_layers, "Radial", rng, dtype)

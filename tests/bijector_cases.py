@@ -326,4 +326,43 @@ CASES.update({
         lambda rng, dt, n: (0.2 * rng.normal(size=(n, 2))).astype(dt), dim=2),
 })
 
+
+
+def _planar(rng, dtype, w_dot_u=None):
+    b = nb.Planar(3, rng=rng, dtype=dtype)
+    b.params["b"][...] = rng.normal()
+    if w_dot_u is not None:   # m(w . u) = softplus(w . u) - 1 near -1: the map nearly folds along w
+        w = b.params["w"]
+        b.params["u"] += ((w_dot_u - w @ b.params["u"]) * w / (w @ w)).astype(dtype)
+    return b
+
+
+def _radial(rng, dtype, raw_beta=None):
+    b = nb.Radial(3, rng=rng, dtype=dtype)
+    b.params["raw_alpha"][...] = rng.normal(scale=0.5)
+    if raw_beta is not None:  # beta_hat close to -alpha: a strong contraction towards z0
+        b.params["raw_beta"][...] = raw_beta
+    return b
+
+
+def _around_z0(bijector, x):
+    # edge rows: close to z0 (the map is not smooth at z0 itself) and far from it
+    x = x.copy()
+    z0 = bijector.params["z0"]
+    x[0] = z0 + np.array([0.05, -0.03, 0.02], dtype=x.dtype)
+    x[1] = z0 + np.array([20.0, -10.0, 5.0], dtype=x.dtype)
+    return x
+
+
+# Planar and radial flows (inverse solved numerically) and orthogonal maps.
+CASES.update({
+    "Planar": Case(lambda rng, dt: _planar(rng, dt), _vectors(3), dim=3),
+    "Planar(nearly folding)": Case(lambda rng, dt: _planar(rng, dt, w_dot_u=-4.0), _vectors(3), dim=3),
+    "Radial": Case(lambda rng, dt: _radial(rng, dt), _vectors(3), dim=3, adjust=_around_z0),
+    "Radial(contracting)": Case(lambda rng, dt: _radial(rng, dt, raw_beta=-3.0), _vectors(3), dim=3,
+                                adjust=_around_z0),
+    "Householder": Case(lambda rng, dt: nb.Householder(4, n_reflections=3, rng=rng, dtype=dt), _vectors(4), dim=4),
+    "RandomRotation": Case(lambda rng, dt: nb.RandomRotation(5, rng=rng, dtype=dt), _vectors(5), dim=5),
+})
+
 DTYPES = [np.float64, np.float32]

@@ -23,6 +23,9 @@ from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from .transforms import AdditiveTransform, AffineTransform, SinhArcsinhTransform, SplineTransform, Transform
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
+from .orthogonal import Householder, RandomRotation
+from .planar import Planar
+from .radial import Radial
 from .normalization import ActNorm, BatchNorm
 from .spline import RationalQuadraticSpline
 
@@ -36,4 +39,5 @@ __all__ = [
     "AdditiveCoupling", "AffineCoupling", "SplineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
     "SplineAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",
+    "Planar", "Radial", "Householder", "RandomRotation",
 ]
