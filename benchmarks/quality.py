@@ -4,6 +4,8 @@
     python benchmarks/quality.py --quick               # a smoke run: small data, 3 epochs
     python benchmarks/quality.py --datasets two-moons teacher-8 --models RealNVP NSF
     python benchmarks/quality.py --sides nflow_np      # without the peer (no torch needed)
+    python benchmarks/quality.py --sides nflow_np --models NSF NSF-res --res-hidden 40 40
+                                                       # residual conditioners: 2 blocks of width 40
 
 Data sets (``qualitysuite/data.py``): the 2-D toys with their exact
 densities, random teacher flows in 4-32 dimensions, an 8-D Student-t and an
@@ -26,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from qualitysuite import data  # noqa: E402
-from qualitysuite.models import MODELS, Budget  # noqa: E402
+from qualitysuite.models import MODELS, RESIDUAL, RESIDUAL_MODELS, Budget  # noqa: E402
 from qualitysuite.protocol import run_cell  # noqa: E402
 
 
@@ -45,9 +47,9 @@ def _paired(results):
 
 
 def run(names, models, sides, budget, size, seeds, out=None):
-    print(f"# budget: {budget.layers} transforms, hidden {budget.hidden}, {budget.epochs} epochs, "
-          f"batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
-    header = f"{'data':13s}{'model':8s}{'entropy':>9s}" + "".join(
+    print(f"# budget: {budget.layers} transforms, hidden {budget.hidden} (residual: {budget.res_hidden}), "
+          f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
+    header = f"{'data':13s}{'model':12s}{'params':>8s}{'entropy':>9s}" + "".join(
         f"{s + ' NLL':>13s}{'KL':>8s}" for s in sides) + (
         f"{'vs zuko':>9s}" + (f"{'+-se':>7s}" if len(seeds) > 1 else "") if len(sides) == 2 else "")
     print(header)
@@ -66,10 +68,15 @@ def run(names, models, sides, budget, size, seeds, out=None):
                 split = splits[(name, seed)]
                 b = Budget(**{**budget.__dict__, "seed": seed})
                 for side in sides:
+                    if side == "zuko" and model.endswith(RESIDUAL):
+                        results[side].append({"nll": float("nan"), "kl": None})     # nflow_np's conditioners only
+                        continue
                     cell = run_cell(split, model, side, b)
                     results[side].append(cell)
                     entropy = cell["entropy"]
-            row = f"{name:13s}{model:8s}{_fmt(entropy)}"
+            history = results[sides[0]][0].get("history")
+            n_params = getattr(history, "n_params", None)
+            row = f"{name:13s}{model:12s}{'-' if n_params is None else n_params:>8}{_fmt(entropy)}"
             mean = {}
             for side in sides:
                 mean[side] = sum(c["nll"] for c in results[side]) / len(seeds)
@@ -77,7 +84,7 @@ def run(names, models, sides, budget, size, seeds, out=None):
                 row += f"{mean[side]:13.3f}" + _fmt(None if kls[0] is None else sum(kls) / len(kls), 8)
             record = {"data": name, "model": model, "entropy": entropy, "seeds": list(seeds),
                       **{side: [c["nll"] for c in results[side]] for side in sides}}
-            if len(sides) == 2:
+            if len(sides) == 2 and not model.endswith(RESIDUAL):
                 diffs, gap, se = _paired(results)
                 gaps.append(gap)
                 row += f"{gap:+9.3f}" + ("" if se is None else f"{se:7.3f}")
@@ -95,11 +102,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data and 3 epochs: check the script runs")
     parser.add_argument("--datasets", nargs="+", choices=data.ALL, default=data.ALL)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
+    parser.add_argument("--models", nargs="+", choices=MODELS + RESIDUAL_MODELS, default=MODELS,
+                        help=f"'<model>{RESIDUAL}': the model with residual conditioners (nflow_np only)")
     parser.add_argument("--sides", nargs="+", choices=["nflow_np", "zuko"], default=["nflow_np", "zuko"])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--layers", type=int, default=5)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    parser.add_argument("--res-hidden", type=int, nargs="+", default=[32, 32],
+                        help="the residual conditioners of the '-res' models: one width per block, all equal")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -108,6 +118,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
     args = parser.parse_args()
     budget = Budget(layers=args.layers, hidden=tuple(args.hidden), epochs=3 if args.quick else args.epochs,
-                    batch=args.batch, lr=args.lr)
+                    batch=args.batch, lr=args.lr, res_hidden=tuple(args.res_hidden))
     run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds,
         out=args.out)

@@ -21,6 +21,7 @@ from .bijectors.transforms import TRANSFORMS
 from .distributions import (
     GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
 )
+from .nn import MLP, ResidualMLP
 
 REGISTRY = {}
 """Type name -> ``(to_spec, from_spec)``; see :func:`register`."""
@@ -151,7 +152,7 @@ def _layer_spline_kwargs(c):
 def _coupling_config(obj):
     config = _named(obj)
     config.update(mask=obj.mask.tolist(), hidden=list(obj.net.hidden), activation=obj.net.activation,
-                  context=obj.context_size)
+                  context=obj.context_size, conditioner=obj.conditioner)
     if isinstance(obj, AffineCoupling):
         config.update(log_scale_clamp=obj.log_scale_clamp, shift=obj.transform.shift)
     if isinstance(obj, SplineCoupling):
@@ -167,10 +168,23 @@ def _agree(arrays, key, axis, value, what):
         raise ValueError(f"the spec's {what} {value!r} does not match array {key!r} of shape {shape}")
 
 
-def _check_net(arrays, prefix, hidden, n_inputs):
+def _check_net(arrays, prefix, hidden, n_inputs, conditioner="mlp"):
+    if conditioner == "resnet":
+        _agree(arrays, f"{prefix}in_w", 0, n_inputs, "network input size")
+        for i, width in enumerate(hidden):
+            _agree(arrays, f"{prefix}block{i}_w0", 1, width, f"residual block width {i}")
+        return
     _agree(arrays, f"{prefix}w0", 0, n_inputs, "network input size")
     for i, width in enumerate(hidden):
         _agree(arrays, f"{prefix}w{i}", 1, width, f"hidden width {i}")
+
+
+def _conditioner(c):
+    # files written before residual conditioners existed have none: their networks were MLPs
+    kind = c.get("conditioner", "mlp")
+    if kind not in ("mlp", "resnet"):
+        raise ValueError(f"a layer's conditioner must be 'mlp' or 'resnet'; got {kind!r}")
+    return kind
 
 
 def _context(c):
@@ -180,14 +194,14 @@ def _context(c):
 
 def _coupling_build(cls):
     def build(c, a):
-        _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
+        _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
         extra = {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)} if cls is AffineCoupling \
             else {}
         if cls is SplineCoupling:
             extra = _layer_spline_kwargs(c)
         # rng=0: the initial weights are overwritten, a fixed seed just skips drawing OS entropy
         return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], context=_context(c), rng=0,
-                   dtype=c["dtype"], name=c["name"], **extra)
+                   dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c), **extra)
     return build
 
 
@@ -195,7 +209,7 @@ def _made_config(obj):
     made = obj if isinstance(obj, (MaskedAutoregressive, SplineAutoregressive)) else obj.bijector
     config = _named(obj)
     config.update(features=made.features, hidden=list(made.net.hidden), activation=made.net.activation,
-                  order=made.net.order.tolist(), context=made.context_size)
+                  order=made.net.order.tolist(), context=made.context_size, conditioner=made.conditioner)
     if isinstance(made, SplineAutoregressive):
         config.update(_layer_spline_config(made))
     else:
@@ -206,11 +220,11 @@ def _made_config(obj):
 def _made_build(cls):
     def build(c, a):
         prefix = "bijector.net." if cls is InverseAutoregressive else "net."
-        _check_net(a, prefix, c["hidden"], c["features"] + _context(c))
+        _check_net(a, prefix, c["hidden"], c["features"] + _context(c), _conditioner(c))
         extra = _layer_spline_kwargs(c) if cls is SplineAutoregressive else \
             {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)}
         return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
-                   context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], **extra)
+                   context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c), **extra)
     return build
 
 
@@ -248,7 +262,7 @@ def _transform_build(c):
 def _frame_config(obj):
     config = _named(obj)
     config.update(hidden=list(obj.net.hidden), activation=obj.net.activation, context=obj.context_size,
-                  transform=_transform_config(obj.transform))
+                  transform=_transform_config(obj.transform), conditioner=obj.conditioner)
     if isinstance(obj, Coupling):
         config["mask"] = obj.mask.tolist()
     else:
@@ -259,12 +273,12 @@ def _frame_config(obj):
 def _frame_build(cls):
     def build(c, a):
         transform = _transform_build(c["transform"])
-        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"])
+        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c))
         if cls is Coupling:
-            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
+            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
             return Coupling(np.array(c["mask"], dtype=bool), transform, tuple(c["hidden"]), c["activation"],
                             **common)
-        _check_net(a, "net.", c["hidden"], c["features"] + _context(c))
+        _check_net(a, "net.", c["hidden"], c["features"] + _context(c), _conditioner(c))
         return Autoregressive(int(c["features"]), transform, tuple(c["hidden"]), c["activation"],
                               order=np.array(c["order"], dtype=np.int64), **common)
     return build
@@ -355,7 +369,7 @@ def _circular_layer_config(obj):
     """A circular-spline layer: its frame's settings and its spline's (``SplineSettings``)."""
     config = _named(obj)
     config.update(hidden=list(obj.net.hidden), activation=obj.net.activation, context=obj.context_size,
-                  **_layer_spline_config(obj))
+                  conditioner=obj.conditioner, **_layer_spline_config(obj))
     if isinstance(obj, Coupling):
         config["mask"] = obj.mask.tolist()
     else:
@@ -365,11 +379,12 @@ def _circular_layer_config(obj):
 
 def _circular_layer_build(cls):
     def build(c, a):
-        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], **_layer_spline_kwargs(c))
+        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c),
+                      **_layer_spline_kwargs(c))
         if cls is CircularSplineCoupling:
-            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
+            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
             return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], **common)
-        _check_net(a, "net.", c["hidden"], c["features"] + _context(c))
+        _check_net(a, "net.", c["hidden"], c["features"] + _context(c), _conditioner(c))
         return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
                    **common)
     return build
@@ -436,12 +451,41 @@ def _student_t_build(c, a):
 
 def _transformed_entry():
     def to_spec(obj, encode):
-        return {"distribution": encode(obj.distribution, "distribution"),
-                "bijector": encode(obj.bijector, "bijector")}, {}
+        config = {"distribution": encode(obj.distribution, "distribution"),
+                  "bijector": encode(obj.bijector, "bijector")}
+        if getattr(obj, "embedding", None) is not None:
+            config["embedding"] = encode(obj.embedding, "embedding")
+        return config, {}
 
     def from_spec(c, a, decode):
-        return TransformedDistribution(decode(c["distribution"], "distribution"), decode(c["bijector"], "bijector"))
+        embedding = decode(c["embedding"], "embedding") if c.get("embedding") is not None else None
+        return TransformedDistribution(decode(c["distribution"], "distribution"), decode(c["bijector"], "bijector"),
+                                       embedding=embedding)
     return to_spec, from_spec
+
+
+def _dense_embedding_config(net):
+    config = {"in_features": net.in_features, "out_features": net.out_features, "activation": net.activation,
+              "dtype": _dtype_name(net.dtype)}
+    if isinstance(net, ResidualMLP):
+        config.update(width=net.width, blocks=net.blocks)
+    else:
+        config["hidden"] = list(net.hidden)
+    return config
+
+
+def _mlp_build(c, a):
+    # a flow's context embedding (a network without a context input of its own)
+    _check_net(a, "", c["hidden"], c["in_features"])
+    return MLP(int(c["in_features"]), int(c["out_features"]), tuple(c["hidden"]), c["activation"], rng=0,
+               dtype=c["dtype"])
+
+
+def _residual_mlp_build(c, a):
+    _agree(a, "in_w", 1, c["width"], "residual width")
+    _check_net(a, "", [c["width"]] * int(c["blocks"]), c["in_features"], "resnet")
+    return ResidualMLP(int(c["in_features"]), int(c["out_features"]), int(c["width"]), int(c["blocks"]),
+                       c["activation"], rng=0, dtype=c["dtype"])
 
 
 for _cls in (Identity, Exp, Tanh, Softsign, Softplus, NormalCDF):
@@ -489,3 +533,5 @@ register("CircularSplineAutoregressive", CircularSplineAutoregressive,
 register("CircularShift", CircularShift,
          *_leaf(lambda c, a: CircularShift(a["shift"], bound=float(c["bound"]), dtype=c["dtype"], name=c["name"]),
                 lambda obj: {**_named(obj), "bound": obj.bound}))
+register("MLP", MLP, *_leaf(_mlp_build, _dense_embedding_config))
+register("ResidualMLP", ResidualMLP, *_leaf(_residual_mlp_build, _dense_embedding_config))

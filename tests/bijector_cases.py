@@ -350,6 +350,19 @@ CASES.update({
     "CircularSplineAutoregressive(1-D)": Case(
         lambda rng, dt: _randomized(CircularSplineAutoregressive(1, (3,), "tanh", bins=3, rng=rng, dtype=dt), rng),
         _angles(1), dim=1),
+    # residual conditioners (ResidualMLP, ResidualMADE) in both frames
+    "AffineCoupling(resnet)": Case(
+        lambda rng, dt: _randomized(AffineCoupling([True, False, True, False], (5, 5), "tanh", conditioner="resnet",
+                                                   rng=rng, dtype=dt), rng),
+        _vectors(4), dim=4),
+    "SplineCoupling(resnet)": Case(
+        lambda rng, dt: _randomized(SplineCoupling([False, True, True], (5,), "silu", bins=4, bound=3.0,
+                                                   conditioner="resnet", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "MaskedAutoregressive(resnet)": Case(
+        lambda rng, dt: _randomized(MaskedAutoregressive(3, (6, 6), "tanh", order=rng.permutation(3),
+                                                         conditioner="resnet", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
     "BatchNorm(eval)": Case(lambda rng, dt: _batch_norm_eval(rng, dt), _vectors(3), dim=3),
     "ActNorm": Case(lambda rng, dt: _act_norm(rng, dt), _vectors(3), dim=3),
     "LULinear": Case(lambda rng, dt: _randomized(nb.LULinear(4, rng=rng, dtype=dt), rng, scale=0.2),

@@ -154,6 +154,25 @@ def test_ncsf_round_trip_is_bit_exact(kind, dtype, tmp_path):
         assert ka == kb and a.dtype == b.dtype and np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("kwargs", [dict(conditioner="resnet", hidden=(8, 8), context=2),
+                                    dict(autoregressive=False, conditioner="resnet", hidden=(8, 8), context=1),
+                                    dict(embedding="mlp")], ids=["resnet-ar", "resnet-coupling", "embedding"])
+def test_conditional_ncsf_with_residual_conditioners_or_an_embedding_round_trips(kwargs, tmp_path):
+    from nflow_np import nn
+    if kwargs.get("embedding") == "mlp":
+        kwargs = dict(embedding=nn.MLP(3, 4, (6,), rng=1))
+    flow = perturbed(flows.NCSF(2, n_layers=2, rng=0, **kwargs))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-3.0, 3.0, (9, 2))
+    context = rng.normal(size=(9, flow.context_size))
+    path = tmp_path / "ncsf.npz"
+    io.save(flow, path)
+    loaded = io.load(path)
+    lp = flow.log_prob(x, context=context)
+    assert np.all(np.isfinite(lp))
+    assert np.array_equal(loaded.log_prob(x, context=context), lp)
+    assert not np.allclose(flow.log_prob(x, context=context[::-1]), lp)     # the context matters
+
 def von_mises_torus(n, rng):
     """Two correlated angles: a von Mises angle and a second one around it, both wrapped to [-pi, pi)."""
     a = rng.vonmises(2.0, 4.0, n)

@@ -119,7 +119,7 @@ def _mean_nll(flow, data, batch_size, context=None):
 def _rows_context(flow, context, data, where, argname):
     """``context`` for a conditional fit: one row per data row (or one row for all), as an (n, c) array;
     None for an unconditional flow."""
-    rows = flow.bijector._prepare_context(context, data, where, "data", where=f"{where} ({argname})")
+    rows = flow._prepare_context(context, data, where, "data", where=f"{where} ({argname})")
     return None if rows is None else np.ascontiguousarray(rows)
 
 
@@ -246,6 +246,9 @@ def _compiled_trainer(flow, optimizer, batch_size):
     name = resolve_backend(None)
     if name not in ("numba", "cuda") or type(optimizer) is not Adam:
         return None
+    if getattr(flow, "embedding", None) is not None:
+        return None     # the compiled epoch returns no context gradient for the embedding: NumPy steps
+
     from ..kernels.plan import NumbaTrainer, program_for
     program = program_for(flow)
     if program is None:

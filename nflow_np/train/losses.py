@@ -3,7 +3,6 @@
 import numpy as np
 
 from .._validation import as_float_array, as_generator, check_finite
-from ..bijectors.base import CONTEXT_GRAD
 from ..distributions.transformed import TransformedDistribution
 from ..kernels.backend import resolve_backend
 
@@ -50,8 +49,9 @@ def nll_and_grad(flow, x, backend=None, context=None):
     """
     where = "value_and_grad"
     x = flow._prepare(x, where)
-    extra = flow._context_args(context, x, where)
-    program = flow._compiled(backend, where)
+    extra, embedding_cache = flow._embedded_context(context, x, where)
+    # the compiled program returns no context gradient: a flow with an embedding trains on the NumPy passes
+    program = None if embedding_cache is not None else flow._compiled(backend, where)
     if program is not None and x.ndim >= 1 and x.size:
         loss, gtheta = program.nll_and_grad(x.reshape(-1, flow.event_shape[0]), flow._context_rows(extra))
         return loss, program.gradients(gtheta)
@@ -67,9 +67,10 @@ def nll_and_grad(flow, x, backend=None, context=None):
     grad_z, base_grads = _base_grads(flow, z, grad_lp)
     _, grads = bijector._inverse_backward(ctx, grad_z.astype(z.dtype, copy=False),
                                           _expand_to(grad_lp, log_det.shape))
-    grads.pop(CONTEXT_GRAD, None)   # the context is data, not a parameter
+    # the context is data, not a parameter: its gradient only trains an embedding
+    embedding_grads = flow._embedding_backward(grads, embedding_cache)
     return loss, {**{f"distribution.{k}": v for k, v in base_grads.items()},
-                  **{f"bijector.{k}": v for k, v in grads.items()}}
+                  **{f"bijector.{k}": v for k, v in grads.items()}, **embedding_grads}
 
 
 def _check_reparameterizable(flow, where):
