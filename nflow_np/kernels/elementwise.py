@@ -1,4 +1,4 @@
-"""Per-feature layers and reductions: permutations, ActNorm, the standard normal's log-density.
+"""Per-feature layers and reductions: permutations, ActNorm, the base distributions' log-densities.
 
 Arrays are ``(n, d)`` rows; log-dets are added to ``ld`` (one per row).
 Permutations are index arrays: ``out[:, j] = inp[:, idx[j]]``, whose backward
@@ -6,9 +6,9 @@ scatters ``g_in[:, idx[j]] = g_out[:, j]``.
 
 The kernels here are the compiled ones; their reference is the NumPy passes
 of :class:`nflow_np.bijectors.Permute` and :class:`nflow_np.bijectors.ActNorm`
-and the log-density of a standard
-:class:`nflow_np.distributions.MultivariateNormalDiag`, which the tests hold
-them to.
+and the log-densities of a standard
+:class:`nflow_np.distributions.MultivariateNormalDiag` and of a
+:class:`nflow_np.distributions.Uniform` box, which the tests hold them to.
 """
 
 import math
@@ -86,3 +86,17 @@ def normal_log_prob_numba(z, out):
         for j in range(d):
             acc += z[i, j] * z[i, j]
         out[i] += -0.5 * acc - d * HALF_LOG_2PI
+
+
+@numba_twin
+def uniform_log_prob_numba(z, base, out):
+    """``out += log U(z; low, high)``: ``base[0]`` (``-sum log(high - low)``) where ``low <= z <= high`` in every
+    coordinate, ``-inf`` elsewhere (NaN included); ``base`` holds ``[inside, low (d), high (d), ...]``."""
+    d = z.shape[1]
+    for i in range(z.shape[0]):
+        inside = True
+        for j in range(d):
+            v = z[i, j]
+            if not (v >= base[1 + j] and v <= base[1 + d + j]):
+                inside = False
+        out[i] += base[0] if inside else -np.inf

@@ -53,8 +53,11 @@ class Program:
         base = flow.distribution.lower()
         self.dtype = np.dtype(flow.dtype)
         self.d = d = int(flow.event_shape[0]) if flow.event_shape else 0
-        if not isinstance(base, specs.StandardNormalSpec) or base.d != d:
-            raise prog.Unsupported("the base distribution is not a standard normal over the flow's coordinates")
+        if not isinstance(base, (specs.StandardNormalSpec, specs.UniformSpec)) or base.d != d:
+            raise prog.Unsupported("the base distribution is neither a standard normal nor a uniform box over the "
+                                   "flow's coordinates")
+        self.base = base
+        self.base_kind = prog.BASE_UNIFORM if isinstance(base, specs.UniformSpec) else prog.BASE_NORMAL
         self.context_size = c = int(flow.context_size)
         self.layers = flow.bijector.flatten()
         self.specs = []        # each layer's spec, in density order
@@ -168,6 +171,16 @@ class Program:
             self.fields[layer, prog.F_CONSTS] = start
             self.constants += [(start + k, value) for k, value in enumerate(values)]
             pmask.extend([1.0] * len(values))
+        base_at = len(pmask)
+        if self.base_kind == prog.BASE_UNIFORM:
+            # the log-density inside the box, summed in the dtype as the NumPy base sums it, then the box
+            inside = self.dtype.type(0)
+            for value in base.log_widths.astype(self.dtype):
+                inside += -value
+            values = [inside] + [v for arr in (base.low, base.high, base.span, base.half)
+                                 for v in arr.astype(self.dtype)]
+            self.constants += [(base_at + k, value) for k, value in enumerate(values)]
+            pmask.extend([1.0] * len(values))
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)
         n_layers = len(ops)
@@ -181,7 +194,7 @@ class Program:
         row += cache[0]
         self.fields[:, prog.F_CACHE] += caches_at
         layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"], self.n_params,
-                                                             offsets[prog.W_CTX], c]
+                                                             offsets[prog.W_CTX], c, self.base_kind, base_at]
         self.layout = np.array(layout, dtype=np.int64)
         self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
         # each slot's name in flow.parameters(), so gradients come back keyed like the optimizer's arrays

@@ -1,7 +1,7 @@
 """A whole flow as one compiled program: log_prob, sampling and training epochs without Python per layer.
 
-:func:`compile_flow` flattens a ``TransformedDistribution`` (standard normal
-base, a ``Chain`` of supported layers) into plain arrays that compiled code
+:func:`compile_flow` flattens a ``TransformedDistribution`` (a standard normal
+base or a uniform box, a ``Chain`` of supported layers) into plain arrays that compiled code
 walks with one loop over layers:
 
 ``ops``      int64 ``(L,)``: the op of each layer, in density order (data -> base);
@@ -46,3 +46,8 @@ N_FIELDS = 10
 W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST, W_PARAMS = range(12)
 # the context block's per-row offset and width
 W_CTX, W_CTXW = 12, 13
+# the base distribution (BASE_*) and the offset in theta of its constants (a uniform box: the log-density inside,
+# then low, high, span and half, d each)
+W_BASE, W_BASEC = 14, 15
+N_LAYOUT = 16
+BASE_NORMAL, BASE_UNIFORM = 0, 1
