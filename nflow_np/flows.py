@@ -248,9 +248,8 @@ def NCSF(dim, n_layers=4, bins=8, hidden=(64, 64), activation="relu", *, autoreg
     ``log_prob`` refuses other points with a ``ValueError``. ``context=c``:
     a conditional flow.
 
-    The flow runs the layers' NumPy passes: the compiled engine evaluates
-    flows over a standard normal base (its frames run the circular spline
-    compiled in such flows).
+    Without ``rotate`` the compiled engine runs the whole flow (its uniform
+    base included) on the ``"numba"`` and ``"cuda"`` backends.
 
     References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan
     and Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020; Durkan et

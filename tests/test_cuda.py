@@ -530,6 +530,72 @@ def test_nsf_fit_and_draws_on_the_device_match_numpy(autoregressive, dtype):
     close(lp, flows_fit[1].log_prob(samples, backend="numpy"), dtype, "sample_and_log_prob")
 
 
+def ncsf(autoregressive, dtype):
+    flow = flows.NCSF(3, n_layers=2, bins=3, hidden=(4,), autoregressive=autoregressive, rng=0, dtype=dtype)
+    return perturbed(flow)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_ncsf_over_its_uniform_base_on_the_device_matches_numpy(autoregressive, dtype):
+    """The uniform box base on the device: log_prob at the torus's edges, sampling from given base points, the NLL
+    gradient, against the NumPy passes."""
+    flow = ncsf(autoregressive, dtype)
+    runner = runner_mod.runner_for(plan.program_for(flow))
+    assert runner is not None and runner.base is not None
+    rng = np.random.default_rng(13)
+    x = rng.uniform(-np.pi, np.pi, (6, 3)).astype(dtype)
+    bound = dtype(np.pi)
+    x[0], x[1] = bound, [-bound, bound, np.nextafter(bound, dtype(0))]
+    ref = flow.log_prob(x, backend="numpy")
+    assert np.all(np.isfinite(ref))
+    close(flow.log_prob(x, backend="cuda"), ref, dtype, "log_prob")
+    z = flow.distribution.sample(5, rng=1)
+    z[0] = -bound
+    xs, lp = runner.sample(z)
+    ref_x, _ = flow.bijector.forward_and_log_det(z)
+    close(xs, ref_x, dtype, "sample")
+    close(lp, flow.log_prob(ref_x, backend="numpy"), dtype, "sample log_prob")
+    loss, grads = nll_and_grad(flow, x, backend="cuda")
+    ref_loss, ref_grads = nll_and_grad(flow, x, backend="numpy")
+    close(loss, ref_loss, dtype, "loss")
+    for key in ref_grads:
+        close(grads[key], ref_grads[key], dtype, f"gradient {key}")
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_uniform_base_draws_on_the_device_match_their_reference(dtype):
+    low, high = np.array([-1.0, 0.0, 2.0], dtype), np.array([1.5, 3.0, 2.5], dtype)
+    base = dev(np.concatenate([[0.0], low, high, high - low, np.ones(3)]).astype(dtype))
+    for n in (1, 5):
+        out = dev(np.zeros((n, 3), dtype))
+        elementwise_dev.philox_uniform_cuda(99, out, base)
+        u = elementwise_dev.philox_uniform_numpy(99, 3 * n, dtype).reshape(n, 3)
+        np.testing.assert_array_equal(host(out), np.minimum(low + (high - low) * u, high))
+    u = elementwise_dev.philox_uniform_numpy(7, 200_000, dtype)
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
+    # a flow's device draws: on the torus, their log-densities the NumPy passes', reproducible for a seed
+    flow = ncsf(True, dtype)
+    samples, lp = flow.sample_and_log_prob(6, rng=3, backend="cuda")
+    assert np.all(np.abs(samples) <= dtype(np.pi))
+    close(lp, flow.log_prob(samples, backend="numpy"), dtype, "sample_and_log_prob")
+    np.testing.assert_array_equal(flow.sample(6, rng=3, backend="cuda"), samples)
+
+
+@cuda_test
+def test_an_ncsf_fit_on_the_device_matches_numpy():
+    data = np.random.default_rng(4).uniform(-np.pi, np.pi, (32, 3))
+    histories = []
+    for backend in ("numpy", "cuda"):
+        flow = ncsf(True, np.float64)
+        histories.append(fit(flow, data, epochs=1, batch_size=16, lr=1e-2, rng=0, backend=backend))
+    ref, got = histories
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=1e-7)
+    assert (got.steps, got.rejected_steps) == (ref.steps, ref.rejected_steps) == (2, 0)
+
+
 @cuda_test
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")     # the simulator's float32 overflows, in Python
 def test_fit_on_the_device_rejects_steps_as_the_cpu_does():
