@@ -248,8 +248,8 @@ def NCSF(dim, n_layers=4, bins=8, hidden=(64, 64), activation="relu", *, autoreg
     ``log_prob`` refuses other points with a ``ValueError``. ``context=c``:
     a conditional flow.
 
-    Without ``rotate`` the compiled engine runs the whole flow (its uniform
-    base included) on the ``"numba"`` and ``"cuda"`` backends.
+    The compiled engine runs the whole flow, its uniform base and rotations
+    included, on the ``"numba"`` backend (and on ``"cuda"``).
 
     References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan
     and Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020; Durkan et

@@ -131,6 +131,10 @@ COMPILED_NCSF = {
     "autoregressive": lambda dt: flows.NCSF(3, n_layers=2, bins=5, hidden=(8,), rng=0, dtype=dt),
     "coupling": lambda dt: flows.NCSF(3, n_layers=3, bins=4, hidden=(6, 6), autoregressive=False,
                                       permute="random", rng=1, dtype=dt),
+    "coupling(rotate)": lambda dt: flows.NCSF(3, n_layers=3, bins=4, hidden=(6,), autoregressive=False,
+                                              permute="random", rotate=True, rng=1, dtype=dt),
+    "autoregressive(rotate)": lambda dt: flows.NCSF(3, n_layers=2, bins=4, hidden=(6,), rotate=True, rng=0,
+                                                    dtype=dt),
 }
 
 
@@ -155,8 +159,10 @@ def test_ncsf_runs_compiled_over_its_uniform_base(kind, dtype):
     flow = perturbed(COMPILED_NCSF[kind](dtype))
     assert plan.supports(flow) == (True, "")
     program = plan.program_for(flow)
-    assert program is not None and program.transforms.count("circular_spline") == (2 if kind == "autoregressive"
-                                                                                   else 3)
+    assert program is not None and program.transforms.count("circular_spline") == \
+        (2 if kind.startswith("autoregressive") else 3)
+    assert program.entry_names.count("circular_shift") == (0 if "rotate" not in kind else
+                                                            1 if kind.startswith("autoregressive") else 2)
     x = torus_points(dtype)
     ref = flow.log_prob(x, backend="numpy")
     assert np.all(np.isfinite(ref))
@@ -204,6 +210,40 @@ def test_the_compiled_uniform_base_matches_uniform_log_prob_at_its_edges(dtype):
     loss_ref, _ = nll_and_grad(flow, z[3:5], backend="numpy")
     loss_got, grads = nll_and_grad(flow, z[3:5], backend="numba")
     assert loss_ref == loss_got == np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("shift", [[0.5, -3.0, np.pi], [2.0]], ids=["per-coordinate", "one angle"])
+def test_the_compiled_circular_shift_matches_its_bijector(shift, dtype):
+    """Both directions and the density pass's VJP against CircularShift's NumPy passes, the interval's ends and
+    points landing on the seam included; an input outside [-B, B] comes out NaN (the flow then asks the
+    bijector, whose check names the point)."""
+    pytest.importorskip("numba")
+    from nflow_np.kernels import elementwise
+    layer = nb.CircularShift(np.array(shift, dtype), bound=2.5, dtype=dtype)
+    box = Uniform(np.full(3, -2.5, dtype), np.full(3, 2.5, dtype))
+    assert plan.supports(TransformedDistribution(box, nb.Chain([layer, nb.Reverse()]))) == (True, "")
+    bound, period = dtype(2.5), dtype(5.0)
+    s = layer.params["shift"]
+    x = np.random.default_rng(0).uniform(-2.5, 2.5, (30, 3)).astype(dtype)
+    x[0], x[1] = bound, -bound
+    x[2] = np.broadcast_to(-bound + s, (3,)) if s.size == 1 else -bound + s     # lands on the seam
+    x[3] = np.nextafter(bound, dtype(0))
+    x = np.clip(x, -bound, bound)
+    for direction, ref in ((1, layer.forward(x)), (-1, layer.inverse(x))):
+        got = np.empty_like(x)
+        elementwise.circular_shift_numba(x, s.ravel(), bound, period, direction, got)
+        np.testing.assert_allclose(got, ref, **tol(dtype), err_msg=f"direction {direction}")
+    gout = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    ref_gin, ref_grads = layer.inverse_vjp(x, gout, event_ndims=1)
+    gin, gshift = np.empty_like(x), np.empty(s.size, dtype)
+    elementwise.circular_shift_backward_numba(gout, gin, gshift)
+    np.testing.assert_allclose(gin, ref_gin, **tol(dtype))
+    np.testing.assert_allclose(gshift, ref_grads["shift"].ravel(), **tol(dtype))
+    outside = np.array([[2.6, 0.0, 0.0], [0.0, np.nan, 0.0]], dtype)
+    got = np.zeros_like(outside)
+    elementwise.circular_shift_numba(outside, s.ravel(), bound, period, -1, got)
+    assert np.isnan(got[0, 0]) and np.isnan(got[1, 1]) and not np.isnan(got[0, 1])
 
 
 def test_a_uniform_that_is_not_a_box_over_the_coordinates_is_not_lowered():

@@ -143,6 +143,11 @@ class Program:
                 self.batchnorms.append((len(ops), spec))
                 clamp = spec.eps
                 op = prog.OP_BATCHNORM
+            elif isinstance(spec, specs.CircularShiftSpec):
+                f[prog.F_THETA] = add_params(spec.params, ["shift"])
+                f[prog.F_PARAMS] = spec.params["shift"].size     # one angle per coordinate, or one for all
+                self.transform_constants.append((len(ops), (spec.bound, 2.0 * spec.bound)))
+                op = prog.OP_CIRCULAR_SHIFT
             else:
                 raise prog.Unsupported(f"{b.name}: spec {type(spec).__name__} is not compiled")
             ops.append(op)

@@ -21,7 +21,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 __all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CircularSplineSpec", "SinhArcsinhSpec", "CouplingSpec",
-           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "StandardNormalSpec",
+           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "CircularShiftSpec", "StandardNormalSpec",
            "UniformSpec", "TRANSFORMS"]
 
 
@@ -158,6 +158,14 @@ class BatchNormSpec:
     features: int
     eps: float
     momentum: float
+
+
+@dataclass(frozen=True, eq=False)
+class CircularShiftSpec:
+    """A rotation of the circle ``[-bound, bound]``: ``y = wrap(x + shift)``, log-det 0; ``params["shift"]`` holds
+    one angle per coordinate or one for all."""
+    params: dict
+    bound: float
 
 
 @dataclass(frozen=True)
