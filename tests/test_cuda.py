@@ -27,6 +27,7 @@ from kernel_references import (activated, activation_derivative, flat, guarded_a
 import nflow_np
 from nflow_np import bijectors, flows
 from nflow_np.kernels import plan, specs, transforms
+from nflow_np.kernels import program as prog
 from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
 from nflow_np.kernels import scalar as scalar_ref
 from nflow_np.kernels.backend import cuda_available
@@ -530,20 +531,22 @@ def test_nsf_fit_and_draws_on_the_device_match_numpy(autoregressive, dtype):
     close(lp, flows_fit[1].log_prob(samples, backend="numpy"), dtype, "sample_and_log_prob")
 
 
-def ncsf(autoregressive, dtype):
-    flow = flows.NCSF(3, n_layers=2, bins=3, hidden=(4,), autoregressive=autoregressive, rng=0, dtype=dtype)
+def ncsf(autoregressive, dtype, rotate=False):
+    flow = flows.NCSF(3, n_layers=2, bins=3, hidden=(4,), autoregressive=autoregressive, rotate=rotate, rng=0,
+                      dtype=dtype)
     return perturbed(flow)
 
 
 @cuda_test
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("autoregressive", [False, True])
-def test_ncsf_over_its_uniform_base_on_the_device_matches_numpy(autoregressive, dtype):
-    """The uniform box base on the device: log_prob at the torus's edges, sampling from given base points, the NLL
-    gradient, against the NumPy passes."""
-    flow = ncsf(autoregressive, dtype)
+@pytest.mark.parametrize("autoregressive,rotate", [(False, False), (True, False), (True, True)])
+def test_ncsf_over_its_uniform_base_on_the_device_matches_numpy(autoregressive, rotate, dtype):
+    """The uniform box base (and the rotations) on the device: log_prob at the torus's edges, sampling from given
+    base points, the NLL gradient, against the NumPy passes."""
+    flow = ncsf(autoregressive, dtype, rotate)
     runner = runner_mod.runner_for(plan.program_for(flow))
     assert runner is not None and runner.base is not None
+    assert sum(layer.op == prog.OP_CIRCULAR_SHIFT for layer in runner.layers) == int(rotate)
     rng = np.random.default_rng(13)
     x = rng.uniform(-np.pi, np.pi, (6, 3)).astype(dtype)
     bound = dtype(np.pi)
@@ -562,6 +565,40 @@ def test_ncsf_over_its_uniform_base_on_the_device_matches_numpy(autoregressive, 
     close(loss, ref_loss, dtype, "loss")
     for key in ref_grads:
         close(grads[key], ref_grads[key], dtype, f"gradient {key}")
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_circular_shifts_on_the_device_match_numpy(dtype):
+    """One angle for all coordinates and one per coordinate: both directions and the shifts' gradients."""
+    from nflow_np.distributions import Uniform
+    box = Uniform(np.full(3, -2.0, dtype), np.full(3, 2.0, dtype))
+    layers = [bijectors.CircularShift(np.array(0.7, dtype), bound=2.0), bijectors.Reverse(),
+              bijectors.CircularShift(np.array([1.9, -0.4, 3.5], dtype), bound=2.0)]
+    flow = TransformedDistribution(box, bijectors.Chain(layers))
+    runner = runner_mod.runner_for(plan.program_for(flow))
+    assert runner is not None
+    x = np.random.default_rng(2).uniform(-2.0, 2.0, (7, 3)).astype(dtype)
+    x[0] = [2.0, -2.0, 0.0]
+    close(flow.log_prob(x, backend="cuda"), flow.log_prob(x, backend="numpy"), dtype, "log_prob")
+    xs, _ = runner.sample(x)
+    close(xs, flow.bijector.forward(x), dtype, "sample")
+    # a density that depends on the shifts: the uniform base restricted to a smaller box does not, so weight the
+    # base point through the gradient seed directly
+    gz = np.random.default_rng(3).standard_normal(x.shape).astype(dtype)
+    ref_gx, ref_grads = flow.bijector.inverse_vjp(x, gz)
+    v = runner.keeping_workspace(7).views(7)
+    v.z[0].copy_to_device(x)
+    runner._upload()
+    from nflow_np.kernels.cuda.flow import density_backward, density_pass
+    density_pass(runner.layers, runner.theta, v, v.z[0], v.ld, runner.work)
+    v.g[0].copy_to_device(gz)
+    v.gld.copy_to_device(np.zeros(7, dtype))
+    density_backward(runner.layers, runner.theta, runner.gtheta, v, runner.work)
+    grads = runner.gradients(runner.gtheta.copy_to_host())
+    close(host(v.g[len(layers) % 2]), ref_gx, dtype, "input gradient")
+    for key in ref_grads:
+        close(grads["bijector." + key], ref_grads[key], dtype, key)
 
 
 @cuda_test

@@ -20,13 +20,13 @@ import numpy as np
 from ..elementwise import HALF_LOG_2PI
 from .device import cuda, family, jit, launch_rows, scratch_or_default
 from .reduce import PRODUCT, SUM, column_sums, vector_sum
-from .scalar import affine_density, affine_sampling
+from .scalar import affine_density, affine_sampling, circular_wrap
 
 __all__ = ["gather_cuda", "scatter_cuda", "permute_cuda", "permute_backward_cuda", "actnorm_inverse_cuda",
            "actnorm_forward_cuda", "actnorm_inverse_backward_cuda", "normal_log_prob_cuda", "nll_head_cuda",
            "fill_cuda", "masked_copy_cuda", "copy_tail_cuda", "gather_rows_cuda", "philox_normal_numpy",
            "philox_normal_cuda", "uniform_log_prob_cuda", "uniform_nll_head_cuda", "philox_uniform_numpy",
-           "philox_uniform_cuda"]
+           "philox_uniform_cuda", "circular_shift_cuda", "circular_shift_backward_cuda"]
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M = (0xD2511F53, 0xCD9E8D57)
@@ -439,3 +439,53 @@ def philox_uniform_cuda(seed, out, base):
     kernel, per = _philox_uniform(out.dtype)
     key0, key1 = _seed_key(seed)
     launch_rows(kernel, -(-out.size // per), out, base, np.uint64(key0), np.uint64(key1))
+
+
+# ---------------------------------------------------------------- CircularShift
+
+@family
+def _shift_kernels(ft, geom):
+    one = ft(1)
+    nan = ft(np.nan)
+
+    @jit
+    def shift(inp, angles, bound, period, direction, out):
+        # +1: out = wrap(inp + shift) (sampling); -1: out = wrap(inp - shift), NaN for an input outside [-B, B]
+        i = cuda.grid(1)
+        if i < inp.shape[0]:
+            wide = angles.size > 1
+            for j in range(inp.shape[1]):
+                s = angles[j] if wide else angles[0]
+                v = inp[i, j]
+                if direction > 0:
+                    out[i, j] = circular_wrap(v + s, bound, period, one)
+                elif v >= -bound and v <= bound:
+                    out[i, j] = circular_wrap(v - s, bound, period, one)
+                else:
+                    out[i, j] = nan
+
+    @jit
+    def copy(src, dst):
+        i = cuda.grid(1)
+        if i < src.shape[0]:
+            for j in range(src.shape[1]):
+                dst[i, j] = src[i, j]
+
+    return shift, copy
+
+
+def circular_shift_cuda(inp, angles, bound, period, direction, out):
+    """:func:`~nflow_np.kernels.elementwise.circular_shift_numba` on the device (``bound``, ``period`` in the
+    dtype)."""
+    ft = inp.dtype.type
+    launch_rows(_shift_kernels(inp.dtype)[0], inp.shape[0], inp, angles, ft(bound), ft(period), int(direction), out)
+
+
+def circular_shift_backward_cuda(gout, gin, gshift, work=None):
+    """The density pass's VJP: ``gin = gout``; ``gshift = -sum_i gout`` per coordinate (over everything for one
+    angle)."""
+    launch_rows(_shift_kernels(gout.dtype)[1], gout.shape[0], gout, gin)
+    if gshift.size > 1:
+        column_sums(gout, gshift, SUM, scale=-1.0, work=work)
+    else:
+        vector_sum(gout.reshape(gout.size), gshift, scale=-1.0, work=work)
