@@ -51,6 +51,7 @@ if READY:
     from nflow_np.kernels.cuda import optim as optim_dev
     from nflow_np.kernels.cuda import reduce as reduce_dev
     from nflow_np.kernels.cuda import runner as runner_mod
+    from nflow_np.kernels.cuda import torus as torus_dev
     if SIMULATED:
         # simulated threads hand the interpreter lock around at every switch interval: switch often
         sys.setswitchinterval(1e-4)
@@ -608,10 +609,10 @@ def test_uniform_base_draws_on_the_device_match_their_reference(dtype):
     base = dev(np.concatenate([[0.0], low, high, high - low, np.ones(3)]).astype(dtype))
     for n in (1, 5):
         out = dev(np.zeros((n, 3), dtype))
-        elementwise_dev.philox_uniform_cuda(99, out, base)
-        u = elementwise_dev.philox_uniform_numpy(99, 3 * n, dtype).reshape(n, 3)
+        torus_dev.philox_uniform_cuda(99, out, base)
+        u = torus_dev.philox_uniform_numpy(99, 3 * n, dtype).reshape(n, 3)
         np.testing.assert_array_equal(host(out), np.minimum(low + (high - low) * u, high))
-    u = elementwise_dev.philox_uniform_numpy(7, 200_000, dtype)
+    u = torus_dev.philox_uniform_numpy(7, 200_000, dtype)
     assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
     # a flow's device draws: on the torus, their log-densities the NumPy passes', reproducible for a seed
     flow = ncsf(True, dtype)

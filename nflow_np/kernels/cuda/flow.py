@@ -23,11 +23,12 @@ import numpy as np
 
 from .. import program as prog
 from .device import cuda, empty
-from .elementwise import actnorm_forward_cuda, actnorm_inverse_backward_cuda, actnorm_inverse_cuda, \
-    circular_shift_backward_cuda, circular_shift_cuda, fill_cuda, permute_backward_cuda, permute_cuda
+from .elementwise import actnorm_forward_cuda, actnorm_inverse_backward_cuda, actnorm_inverse_cuda, fill_cuda, \
+    permute_backward_cuda, permute_cuda
 from .frames import autoregressive_backward_cuda, autoregressive_density_cuda, autoregressive_sampling_cuda, \
     coupling_backward_cuda, coupling_density_cuda, coupling_sampling_cuda, transform_settings
 from .normalization import batchnorm_forward_cuda, batchnorm_inverse_backward_cuda, batchnorm_inverse_cuda
+from .torus import circular_shift_backward_cuda, circular_shift_cuda
 
 __all__ = ["SUPPORTED_OPS", "Layer", "Workspace", "density_pass", "density_backward", "sampling_pass"]
 

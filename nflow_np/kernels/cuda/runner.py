@@ -30,10 +30,11 @@ from ..plan import AdamExchange
 from ..backend import resolve_backend
 from .device import Scratch, as_device, cuda, empty, is_device_array
 from .elementwise import copy_tail_cuda, gather_rows_cuda, masked_copy_cuda, nll_head_cuda, normal_log_prob_cuda, \
-    philox_normal_cuda, philox_uniform_cuda, uniform_log_prob_cuda, uniform_nll_head_cuda
+    philox_normal_cuda
 from .flow import SUPPORTED_OPS, Layer, Workspace, density_backward, density_pass, sampling_pass
 from .optim import guarded_adam_step_cuda
 from .reduce import vector_sum
+from .torus import philox_uniform_cuda, uniform_log_prob_cuda, uniform_nll_head_cuda
 
 __all__ = ["DeviceProgram", "DeviceTrainer", "runner_for", "covers", "log_prob_on_device", "WORKSPACE_BYTES"]
 
@@ -189,7 +190,7 @@ class DeviceProgram:
         """``n`` samples and their log-densities, the base points drawn on the device from a seed taken from ``rng``.
 
         The draws are Philox4x32-10 normals (:func:`.elementwise.philox_normal_numpy`), or for a uniform box
-        base its uniforms scaled into the box (:func:`.elementwise.philox_uniform_numpy`), not the CPU
+        base its uniforms scaled into the box (:func:`.torus.philox_uniform_numpy`), not the CPU
         backends' stream: a seed gives the same samples on every device, other samples than on the CPU.
         With ``on_device`` the results stay on the device.
         """
