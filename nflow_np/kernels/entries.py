@@ -38,8 +38,8 @@ from . import elementwise as _elementwise
 from . import mlp as _mlp
 from . import normalization as _normalization
 from .backend import load_numba
-from .program import F_A, F_B, F_CACHE, F_CONSTS, F_FLAG, F_PARAMS, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, W_G0, W_G1, W_GLD, \
-    W_LD, W_Z
+from .program import F_A, F_B, F_CACHE, F_CONSTS, F_FLAG, F_PARAMS, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, \
+    W_G0, W_G1, W_GLD, W_LD, W_Z
 
 # the twins become compiled dispatchers before anything below binds them
 load_numba()

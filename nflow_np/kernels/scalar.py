@@ -121,8 +121,8 @@ def loss_level(loss, level, spread, seen):
 
 @numba_twin
 def circular_wrap(v, bound, period, one):
-    """``v - 2B floor((v + B) / 2B)`` clipped to ``[-B, B]`` (``period = 2B``): :class:`~nflow_np.bijectors.CircularShift`'s
-    wrap. The floor is taken in the working dtype, ``t = q - q mod 1``, less one where that rounded up."""
+    """``v - 2B floor((v + B) / 2B)`` clipped to ``[-B, B]`` (``period = 2B``), the wrap of
+    :class:`~nflow_np.bijectors.CircularShift`. The floor is taken in the working dtype, ``t = q - q mod 1``, less one where that rounded up."""
     q = (v + bound) / period
     t = q - q % one
     if t > q:

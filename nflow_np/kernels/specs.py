@@ -21,8 +21,8 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 __all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CircularSplineSpec", "SinhArcsinhSpec", "CouplingSpec",
-           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "CircularShiftSpec", "StandardNormalSpec",
-           "UniformSpec", "TRANSFORMS"]
+           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "CircularShiftSpec",
+           "StandardNormalSpec", "UniformSpec", "TRANSFORMS"]
 
 
 class Unsupported(ValueError):
