@@ -64,7 +64,8 @@ class Program:
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
         self.batchnorms = []   # (layer index, spec); their running statistics follow the parameters
-        self.transform_constants = []    # (layer index, floats): each frame's transform constants follow, in theta
+        self.transform_constants = []    # (layer index, floats): a frame's transform constants (a circular shift: its
+        # bound and period) follow the parameters in theta
         self.entry_names = []  # each layer's compiled entry: its op, and a frame's transform ("coupling.affine")
         self.transforms = []   # each layer's transform name (None: not a frame)
         self.actnorms = []     # each ActNorm's state: compiled calls wait until it has seen data
