@@ -79,7 +79,7 @@ class _ResidualNet(_DenseNet):
         act = self.activation
         h = inp @ w["in_w"]
         h += p["in_b"]
-        hs, cache = [], []
+        cache = []
         for k in range(self.blocks):
             a, a_aux = _activate(act, h.copy())
             u = a @ w[f"block{k}_w0"]

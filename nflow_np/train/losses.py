@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._validation import as_float_array, as_generator, check_finite
+from ..bijectors.base import CONTEXT_GRAD
 from ..distributions.transformed import TransformedDistribution
 from ..kernels.backend import resolve_backend
 
