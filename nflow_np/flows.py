@@ -1,4 +1,4 @@
-"""Ready-made flows: RealNVP, NICE, MAF, IAF and NSF over a standard normal base.
+"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, NAF and BNAF over a standard normal base.
 
 Each constructor returns a ``TransformedDistribution`` whose bijector is a
 ``Chain``; every trainable array is reachable through ``flow.parameters()``.
@@ -174,6 +174,32 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
     return _coupling_flow(SplineCoupling, dim, n_layers, hidden, activation, "NSF", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
                           bins=bins, bound=bound, context=context, init=init)
+
+
+def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *, batch_norm=False,
+        act_norm=False, lu_linear=False, min_slope=1e-3, context=0, init="random", rng=None, dtype=np.float64):
+    """Neural autoregressive flow: MADE-conditioned deep sigmoidal transforms, order reversed between layers.
+
+    Each layer maps data to base coordinate by coordinate,
+    ``x_i = logit(sum_j w_ij sigmoid(a_ij y_i + b_ij))`` with ``sigmoid_units``
+    terms whose parameters come from ``y_<i`` (and the context): an
+    :class:`~nflow_np.bijectors.Autoregressive` layer with a
+    :class:`~nflow_np.bijectors.SigmoidalTransform`. Density evaluation takes
+    one network call per layer; sampling solves each coordinate numerically
+    (bracketed Newton), ``dim`` network calls per layer.
+
+    References: Huang, Krueger, Lacoste and Courville, "Neural Autoregressive Flows", ICML 2018.
+    """
+    from .bijectors import Autoregressive, SigmoidalTransform
+    SigmoidalTransform(sigmoid_units, min_slope, "NAF")     # validates the settings before any layer is built
+
+    def layer(features, hidden, activation, **kwargs):
+        return Autoregressive(features, SigmoidalTransform(sigmoid_units, min_slope, "NAF"), hidden, activation,
+                              **kwargs)
+
+    return _autoregressive_flow(layer, dim, n_layers, hidden, activation, "NAF", batch_norm=batch_norm,
+                                act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype, context=context,
+                                init=init)
 
 
 def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,

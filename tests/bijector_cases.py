@@ -302,6 +302,14 @@ CASES.update({
         lambda rng, dt: _randomized(nb.Autoregressive(3, nb.AdditiveTransform(), (4,), "elu", rng=rng, dtype=dt),
                                     rng),
         _vectors(3), dim=3),
+    "Coupling(Sigmoidal)": Case(
+        lambda rng, dt: _randomized(nb.Coupling([True, False, False], nb.SigmoidalTransform(units=3), (5,), "tanh",
+                                                rng=rng, dtype=dt), rng),
+        _vectors(3, scale=3.0), dim=3),
+    "Autoregressive(Sigmoidal)": Case(
+        lambda rng, dt: _randomized(nb.Autoregressive(3, nb.SigmoidalTransform(units=4), (5,), "tanh",
+                                                      order=rng.permutation(3), rng=rng, dtype=dt), rng),
+        _vectors(3, scale=3.0), dim=3),
     "BatchNorm(eval)": Case(lambda rng, dt: _batch_norm_eval(rng, dt), _vectors(3), dim=3),
     "ActNorm": Case(lambda rng, dt: _act_norm(rng, dt), _vectors(3), dim=3),
     "LULinear": Case(lambda rng, dt: _randomized(nb.LULinear(4, rng=rng, dtype=dt), rng, scale=0.2),

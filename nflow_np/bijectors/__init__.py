@@ -20,7 +20,8 @@ from .inline import Inline
 from .affine import Affine
 from .autoregressive import Autoregressive, InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
-from .transforms import AdditiveTransform, AffineTransform, SinhArcsinhTransform, SplineTransform, Transform
+from .transforms import AdditiveTransform, AffineTransform, SigmoidalTransform, SinhArcsinhTransform, SplineTransform, \
+    Transform
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
 from .normalization import ActNorm, BatchNorm
@@ -33,6 +34,7 @@ __all__ = [
     "Permute", "Reverse", "Rotation", "ScaleMatvecTriL", "Affine",
     "Coupling", "Autoregressive", "Transform", "AffineTransform", "AdditiveTransform", "SplineTransform",
     "SinhArcsinhTransform",
+    "SigmoidalTransform",
     "AdditiveCoupling", "AffineCoupling", "SplineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
     "SplineAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",

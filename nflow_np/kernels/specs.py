@@ -20,7 +20,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "SinhArcsinhSpec", "CouplingSpec",
+__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "SinhArcsinhSpec", "SigmoidalSpec",
+           "CouplingSpec",
            "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "StandardNormalSpec", "TRANSFORMS"]
 
 
@@ -93,7 +94,19 @@ class SinhArcsinhSpec:
     outputs_per_coordinate = 2
 
 
-TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec)
+@dataclass(frozen=True)
+class SigmoidalSpec:
+    """NAF's deep sigmoidal transform with ``units`` sigmoids; ``3 units`` outputs per coordinate (raw slopes,
+    offsets, raw weights), slopes at least ``min_slope``."""
+    units: int
+    min_slope: float
+
+    @property
+    def outputs_per_coordinate(self):
+        return 3 * self.units
+
+
+TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec, SigmoidalSpec)
 
 
 # ---------------------------------------------------------------- layers
