@@ -15,6 +15,7 @@ from .bijectors import (
     Invert, LeakyReLU, LULinear, MaskedAutoregressive, NormalCDF, Permute, Power, RationalQuadraticSpline, Reverse,
     Rotation, Scale, ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, SplineAutoregressive, SplineCoupling, Tanh,
 )
+from .bijectors.block_autoregressive import BlockNeuralAutoregressive
 from .bijectors.transforms import TRANSFORMS
 from .distributions import (
     GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
@@ -390,6 +391,18 @@ def _transformed_entry():
     return to_spec, from_spec
 
 
+def _bnaf_config(obj):
+    config = _named(obj)
+    config.update(features=obj.features, hidden_factor=obj.hidden_factor, hidden_layers=obj.hidden_layers,
+                  leak=obj.leak)
+    return config
+
+
+def _bnaf_build(c, a):
+    return BlockNeuralAutoregressive(int(c["features"]), int(c["hidden_factor"]), int(c["hidden_layers"]),
+                                     leak=float(c["leak"]), dtype=c["dtype"], name=c["name"])
+
+
 for _cls in (Identity, Exp, Tanh, Softsign, Softplus, NormalCDF):
     register(_cls.__name__, _cls, *_plain(_cls))
 register("Shift", Shift, *_with_params(Shift, "shift"))
@@ -415,6 +428,7 @@ register("SplineAutoregressive", SplineAutoregressive, *_leaf(_made_build(Spline
 register("BatchNorm", BatchNorm, *_leaf(_batch_norm_build, _batch_norm_config))
 register("ActNorm", ActNorm, *_leaf(_act_norm_build, _act_norm_config))
 register("LULinear", LULinear, *_leaf(_lu_build, _lu_config))
+register("BlockNeuralAutoregressive", BlockNeuralAutoregressive, *_leaf(_bnaf_build, _bnaf_config))
 register("RationalQuadraticSpline", RationalQuadraticSpline, *_leaf(_spline_build, _spline_config))
 register("Normal", Normal, *_distribution_entry(Normal, "loc", "scale"))
 register("MultivariateNormalDiag", MultivariateNormalDiag,

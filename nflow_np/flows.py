@@ -191,7 +191,9 @@ def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *,
     References: Huang, Krueger, Lacoste and Courville, "Neural Autoregressive Flows", ICML 2018.
     """
     from .bijectors import Autoregressive, SigmoidalTransform
-    SigmoidalTransform(sigmoid_units, min_slope, "NAF")     # validates the settings before any layer is built
+    if isinstance(sigmoid_units, bool) or not isinstance(sigmoid_units, (int, np.integer)) or sigmoid_units < 1:
+        raise ValueError(f"NAF: sigmoid_units must be a positive int; got {sigmoid_units!r}")
+    SigmoidalTransform(sigmoid_units, min_slope, "NAF")     # validates min_slope before any layer is built
 
     def layer(features, hidden, activation, **kwargs):
         return Autoregressive(features, SigmoidalTransform(sigmoid_units, min_slope, "NAF"), hidden, activation,
@@ -200,6 +202,32 @@ def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *,
     return _autoregressive_flow(layer, dim, n_layers, hidden, activation, "NAF", batch_norm=batch_norm,
                                 act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype, context=context,
                                 init=init)
+
+
+def BNAF(dim, n_layers=1, hidden_factor=8, hidden_layers=2, *, leak=0.01, batch_norm=False, act_norm=False,
+         lu_linear=False, rng=None, dtype=np.float64):
+    """Block neural autoregressive flow: ``n_layers`` BNAF networks, order reversed between them.
+
+    Each layer is a :class:`~nflow_np.bijectors.BlockNeuralAutoregressive`: a
+    network with ``hidden_layers`` leaky-tanh layers of ``dim * hidden_factor``
+    units and block-triangular weights with positive diagonal blocks, monotone
+    in each coordinate given the ones before it. Density evaluation is one
+    network pass per layer; sampling solves the coordinates one after the
+    other, each by a bracketed Newton iteration.
+
+    References: De Cao, Aziz and Titov, "Block Neural Autoregressive Flow", UAI 2019.
+    """
+    from .bijectors import BlockNeuralAutoregressive
+    BlockNeuralAutoregressive(1, hidden_factor, hidden_layers, leak=leak, name="BNAF")     # validates the settings
+
+    def make_layer(i, rng, dtype):
+        return BlockNeuralAutoregressive(dim, hidden_factor, hidden_layers, leak=leak, rng=rng, dtype=dtype)
+
+    def mixer(d, rng):
+        return Reverse() if d > 1 else None
+
+    return _stack(dim, n_layers, "BNAF", make_layer, mixer, batch_norm=batch_norm, act_norm=act_norm,
+                  lu_linear=lu_linear, rng=rng, dtype=dtype)
 
 
 def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,

@@ -307,9 +307,13 @@ CASES.update({
                                                 rng=rng, dtype=dt), rng),
         _vectors(3, scale=3.0), dim=3),
     "Autoregressive(Sigmoidal)": Case(
-        lambda rng, dt: _randomized(nb.Autoregressive(3, nb.SigmoidalTransform(units=4), (5,), "tanh",
+        lambda rng, dt: _randomized(nb.Autoregressive(3, nb.SigmoidalTransform(units=2), (4,), "tanh",
                                                       order=rng.permutation(3), rng=rng, dtype=dt), rng),
         _vectors(3, scale=3.0), dim=3),
+    # small: the parameter checks solve its sampling direction (d bracketed Newton solves) once per stencil point
+    "BlockNeuralAutoregressive": Case(
+        lambda rng, dt: nb.BlockNeuralAutoregressive(3, hidden_factor=2, hidden_layers=1, rng=rng, dtype=dt),
+        _vectors(3, scale=2.0), dim=3),
     "BatchNorm(eval)": Case(lambda rng, dt: _batch_norm_eval(rng, dt), _vectors(3), dim=3),
     "ActNorm": Case(lambda rng, dt: _act_norm(rng, dt), _vectors(3), dim=3),
     "LULinear": Case(lambda rng, dt: _randomized(nb.LULinear(4, rng=rng, dtype=dt), rng, scale=0.2),

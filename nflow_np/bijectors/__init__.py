@@ -19,6 +19,7 @@ from .elementwise import (
 from .inline import Inline
 from .affine import Affine
 from .autoregressive import Autoregressive, InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
+from .block_autoregressive import BlockNeuralAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from .transforms import AdditiveTransform, AffineTransform, SigmoidalTransform, SinhArcsinhTransform, SplineTransform, \
     Transform
@@ -36,6 +37,6 @@ __all__ = [
     "SinhArcsinhTransform",
     "SigmoidalTransform",
     "AdditiveCoupling", "AffineCoupling", "SplineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
-    "SplineAutoregressive",
+    "SplineAutoregressive", "BlockNeuralAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",
 ]

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..kernels.spline import (rqs_forward_backward_numpy, rqs_forward_numpy, rqs_inverse_backward_numpy,
                               rqs_inverse_numpy)
+from ._roots import bracketed_newton
 from .spline import SplineSettings
 
 __all__ = ["Transform", "AffineTransform", "AdditiveTransform", "SplineTransform", "SinhArcsinhTransform",
@@ -364,31 +365,14 @@ class SigmoidalTransform(Transform):
         return self._vjp(y, a, b, lw, grad_x, np.broadcast_to(grad_log_det, y.shape))
 
     def _solve(self, v, a, b, lw):
-        """The root of ``f(y) = v``, elementwise: Newton inside a shrinking bracket, bisecting when a step leaves it."""
-        from ..kernels.transforms.sigmoidal import MAX_ITER, TOL32, TOL64
-        tol = TOL32 if v.dtype == np.float32 else TOL64
+        """The root of ``f(y) = v``, elementwise (:func:`~nflow_np.bijectors._roots.bracketed_newton`)."""
         c = (v[..., None] - b) / a
-        lo, hi = c.min(axis=-1), c.max(axis=-1)
-        x = np.clip((np.exp(lw) * c).sum(axis=-1), lo, hi)
-        active = lo < hi
-        x = np.where(active, x, lo)
-        for _ in range(MAX_ITER):
-            if not active.any():
-                break
-            f, log_d = self._terms(x, a, b, lw)[:2]
-            diff = f - v
-            hi = np.where(active & (diff > 0), x, hi)
-            lo = np.where(active & (diff < 0), x, lo)
-            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-                step = x - diff / np.exp(log_d)
-            inside = (step > lo) & (step < hi)
-            mid = (lo + hi) / 2
-            mid_inside = (mid > lo) & (mid < hi)
-            moves = active & (diff != 0) & (inside | mid_inside)
-            done = active & ((diff == 0) | ~(inside | mid_inside) | (inside & (np.abs(step - x) <= tol * np.abs(step))))
-            x = np.where(moves, np.where(inside, step, mid), x)
-            active = active & ~done
-        return x
+
+        def fn(y, active):
+            f, log_slope = self._terms(y, a, b, lw)[:2]
+            return f, np.exp(log_slope)
+
+        return bracketed_newton(fn, v, c.min(axis=-1), c.max(axis=-1), (np.exp(lw) * c).sum(axis=-1))
 
     def sampling(self, x, params):
         a, b, lw = self._unpack(params)

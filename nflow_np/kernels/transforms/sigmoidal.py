@@ -35,9 +35,8 @@ from ..specs import SigmoidalSpec
 
 SPEC = SigmoidalSpec
 
-#: Newton/bisection steps at most in the sampling direction
+# as the NumPy reference's (nflow_np.bijectors._roots): steps at most, and the relative step tolerance, 8 ulps
 MAX_ITER = 100
-#: the sampling direction's relative step tolerance, per dtype (a few ulps)
 TOL64 = 8.0 * 2.0 ** -52
 TOL32 = 8.0 * 2.0 ** -23
 
@@ -148,7 +147,7 @@ def _solve(v, p, r, base, stride, st):
             lo = x
         step = x - diff / math.exp(e[1])
         if not (step > lo and step < hi):
-            step = (lo + hi) / two
+            step = lo + (hi - lo) / two
             if not (step > lo and step < hi):
                 break           # no float left between the bracket's ends
             x = step
