@@ -14,7 +14,8 @@ defaults to 5 transforms with (64, 64) ReLU conditioners, 20 epochs, batch
 512, learning rate 1e-3. Each cell prints the test NLL in the data's units
 (nats per point); ``KL`` is ``mean(log p - log q)`` on the test points where
 the density p is known (the gap to the entropy, with less noise); ``vs zuko``
-is nflow_np's NLL minus zuko's (negative: nflow_np better).
+is nflow_np's NLL minus zuko's (negative: nflow_np better); ``s/ep`` the training time per epoch
+(compilation and validation included).
 """
 
 import argparse
@@ -36,7 +37,7 @@ def run(names, models, sides, budget, size, seeds):
     print(f"# budget: {budget.layers} transforms, hidden {budget.hidden}, {budget.epochs} epochs, "
           f"batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
     header = f"{'data':13s}{'model':8s}{'entropy':>9s}" + "".join(
-        f"{s + ' NLL':>13s}{'KL':>8s}" for s in sides) + (f"{'vs zuko':>9s}" if len(sides) == 2 else "")
+        f"{s + ' NLL':>13s}{'KL':>8s}{'s/ep':>7s}" for s in sides) + (f"{'vs zuko':>9s}" if len(sides) == 2 else "")
     print(header)
     print("-" * len(header), flush=True)
     gaps = []
@@ -61,6 +62,7 @@ def run(names, models, sides, budget, size, seeds):
                 mean[side] = sum(c["nll"] for c in results[side]) / len(seeds)
                 kls = [c["kl"] for c in results[side]]
                 row += f"{mean[side]:13.3f}" + _fmt(None if kls[0] is None else sum(kls) / len(kls), 8)
+                row += f"{sum(c['seconds'] for c in results[side]) / len(seeds) / budget.epochs:7.2f}"
             if len(sides) == 2:
                 gap = mean["nflow_np"] - mean["zuko"]
                 gaps.append(gap)

@@ -68,6 +68,8 @@ class BlockNeuralAutoregressive(Bijector):
     """
 
     event_ndims = 1
+    #: the first layer starts dividing by SPREAD, the last multiplying by it (see __init__)
+    SPREAD = 10.0
 
     def __init__(self, features, hidden_factor=8, hidden_layers=2, *, leak=0.01, rng=None, dtype=np.float64,
                  name=None):
@@ -91,13 +93,21 @@ class BlockNeuralAutoregressive(Bijector):
             self._lower.append(col < row)
             self._diag.append(col == row)
             fan_in = np.maximum(1, (col <= row).sum(axis=1, keepdims=True))
-            bound = 1.0 / np.sqrt(fan_in)
+            bound = 0.3 / np.sqrt(fan_in)
             raw = rng.uniform(-1.0, 1.0, (d * a_out, d * a_in)) * bound
-            # diagonal blocks: exp(raw) around 1 / a_in, so that each unit starts near the mean of its block's inputs
-            raw = np.where(self._diag[-1], np.log(1.0 / a_in) + 0.3 * rng.uniform(-1.0, 1.0, raw.shape), raw)
+            # diagonal blocks: each row sums to 1 (a unit starts at the mean of its block's inputs; from a single
+            # input, a gain within 30% of 1), except that the first layer divides by SPREAD and the last multiplies
+            # back: standardized data start in the activation's near-linear range, and the layer near the identity
+            noise = 0.3 * rng.uniform(-1.0, 1.0, (d * a_out, a_in))
+            if a_in > 1:
+                noise -= np.log(np.exp(noise).sum(axis=1, keepdims=True))
+            if layer == 0:
+                noise -= np.log(self.SPREAD)
+            if layer == len(self._blocks) - 2:
+                noise += np.log(self.SPREAD)
+            raw[self._diag[-1]] = noise.ravel()
             self.params[f"w{layer}"] = (raw * (self._lower[-1] | self._diag[-1])).astype(self.dtype)
-            self.params[f"b{layer}"] = (rng.uniform(-1.0, 1.0, d * a_out) / np.sqrt(fan_in[:, 0])).astype(
-                self.dtype)
+            self.params[f"b{layer}"] = np.zeros(d * a_out, dtype=self.dtype)
 
     @property
     def n_layers(self):
