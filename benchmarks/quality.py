@@ -4,6 +4,8 @@
     python benchmarks/quality.py --quick               # a smoke run: small data, 3 epochs
     python benchmarks/quality.py --datasets two-moons teacher-8 --models RealNVP NSF
     python benchmarks/quality.py --sides nflow_np      # without the peer (no torch needed)
+    python benchmarks/quality.py --sides nflow_np --models NSF NSF-res --res-hidden 40 40
+                                                       # residual conditioners: 2 blocks of width 40
 
 Data sets (``qualitysuite/data.py``): the 2-D toys with their exact
 densities, random teacher flows in 4-32 dimensions, an 8-D Student-t and an
@@ -19,13 +21,15 @@ is nflow_np's NLL minus zuko's (negative: nflow_np better); ``s/ep`` the trainin
 """
 
 import argparse
+import json
+import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from qualitysuite import data  # noqa: E402
-from qualitysuite.models import MODELS, Budget  # noqa: E402
+from qualitysuite.models import MODELS, RESIDUAL, RESIDUAL_MODELS, Budget  # noqa: E402
 from qualitysuite.protocol import run_cell  # noqa: E402
 
 
@@ -33,14 +37,26 @@ def _fmt(v, width=9, digits=3):
     return f"{'-':>{width}s}" if v is None else f"{v:{width}.{digits}f}"
 
 
-def run(names, models, sides, budget, size, seeds):
-    print(f"# budget: {budget.layers} transforms, hidden {budget.hidden}, {budget.epochs} epochs, "
-          f"batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
-    header = f"{'data':13s}{'model':8s}{'entropy':>9s}" + "".join(
-        f"{s + ' NLL':>13s}{'KL':>8s}{'s/ep':>7s}" for s in sides) + (f"{'vs zuko':>9s}" if len(sides) == 2 else "")
+def _paired(results):
+    """nflow_np's NLL minus zuko's per seed, their mean and its standard error (None for one seed)."""
+    diffs = [a["nll"] - b["nll"] for a, b in zip(results["nflow_np"], results["zuko"])]
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return diffs, mean, None
+    var = sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1)
+    return diffs, mean, math.sqrt(var / len(diffs))
+
+
+def run(names, models, sides, budget, size, seeds, out=None):
+    print(f"# budget: {budget.layers} transforms, hidden {budget.hidden} (residual: {budget.res_hidden}), "
+          f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
+    header = f"{'data':13s}{'model':12s}{'params':>8s}{'entropy':>9s}" + "".join(
+        f"{s + ' NLL':>13s}{'KL':>8s}{'s/ep':>7s}" for s in sides) + (
+        f"{'vs zuko':>9s}" + (f"{'+-se':>7s}" if len(seeds) > 1 else "") if len(sides) == 2 else "")
     print(header)
     print("-" * len(header), flush=True)
     gaps = []
+    records = []
     splits = {}       # each data set drawn once per seed; its exact test log-density computed once (see protocol)
     for name in names:
         for model in models:
@@ -53,21 +69,34 @@ def run(names, models, sides, budget, size, seeds):
                 split = splits[(name, seed)]
                 b = Budget(**{**budget.__dict__, "seed": seed})
                 for side in sides:
+                    if side == "zuko" and model.endswith(RESIDUAL):
+                        results[side].append({"nll": float("nan"), "kl": None})     # nflow_np's conditioners only
+                        continue
                     cell = run_cell(split, model, side, b)
                     results[side].append(cell)
                     entropy = cell["entropy"]
-            row = f"{name:13s}{model:8s}{_fmt(entropy)}"
+            history = results[sides[0]][0].get("history")
+            n_params = getattr(history, "n_params", None)
+            row = f"{name:13s}{model:12s}{'-' if n_params is None else n_params:>8}{_fmt(entropy)}"
             mean = {}
             for side in sides:
                 mean[side] = sum(c["nll"] for c in results[side]) / len(seeds)
                 kls = [c["kl"] for c in results[side]]
                 row += f"{mean[side]:13.3f}" + _fmt(None if kls[0] is None else sum(kls) / len(kls), 8)
-                row += f"{sum(c['seconds'] for c in results[side]) / len(seeds) / budget.epochs:7.2f}"
-            if len(sides) == 2:
-                gap = mean["nflow_np"] - mean["zuko"]
+                seconds = [c["seconds"] for c in results[side] if "seconds" in c]
+                row += _fmt(sum(seconds) / len(seconds) / budget.epochs if seconds else None, 7, 2)
+            record = {"data": name, "model": model, "entropy": entropy, "seeds": list(seeds),
+                      **{side: [c["nll"] for c in results[side]] for side in sides}}
+            if len(sides) == 2 and not model.endswith(RESIDUAL):
+                diffs, gap, se = _paired(results)
                 gaps.append(gap)
-                row += f"{gap:+9.3f}"
+                row += f"{gap:+9.3f}" + ("" if se is None else f"{se:7.3f}")
+                record.update(gap=gap, gap_se=se)
             print(row, flush=True)
+            records.append(record)
+            if out is not None:        # rewritten after every cell, so a long run that is stopped keeps its cells
+                with open(out, "w") as f:
+                    json.dump({"budget": budget.__dict__, "size": size, "cells": records}, f, indent=1)
     if gaps:
         print(f"# vs zuko: mean {sum(gaps) / len(gaps):+.3f}, worst {max(gaps):+.3f} nats over {len(gaps)} cells")
 
@@ -76,15 +105,22 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data and 3 epochs: check the script runs")
     parser.add_argument("--datasets", nargs="+", choices=data.ALL, default=data.ALL)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
+    parser.add_argument("--models", nargs="+", choices=MODELS + RESIDUAL_MODELS, default=MODELS,
+                        help=f"'<model>{RESIDUAL}': the model with residual conditioners (nflow_np only)")
     parser.add_argument("--sides", nargs="+", choices=["nflow_np", "zuko"], default=["nflow_np", "zuko"])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--layers", type=int, default=5)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    parser.add_argument("--res-hidden", type=int, nargs="+", default=[32, 32],
+                        help="the residual conditioners of the '-res' models: one width per block, all equal")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="several seeds: each cell is the mean over them, and 'vs zuko' gets the standard "
+                             "error of the paired per-seed differences")
+    parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
     args = parser.parse_args()
     budget = Budget(layers=args.layers, hidden=tuple(args.hidden), epochs=3 if args.quick else args.epochs,
-                    batch=args.batch, lr=args.lr)
-    run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds)
+                    batch=args.batch, lr=args.lr, res_hidden=tuple(args.res_hidden))
+    run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds,
+        out=args.out)

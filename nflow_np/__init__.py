@@ -20,10 +20,11 @@ _SUBMODULES = ("bijectors", "distributions", "nn", "kernels", "flows", "train", 
                "estimator")
 
 __all__ = ["bijectors", "distributions", "nn", "kernels", "flows", "train", "datasets", "plot", "testing",
-           "TransformedDistribution", "__version__", "backend", "get_backend", "set_backend", "FlowDensity", "save",
-           "load"]
+           "TransformedDistribution", "__version__", "backend", "get_backend", "set_backend", "FlowDensity",
+           "FlowOutlierDetector", "save", "load"]
 
-_LAZY = {"FlowDensity": ("estimator", "FlowDensity"), "save": ("io", "save"), "load": ("io", "load"),
+_LAZY = {"FlowDensity": ("estimator", "FlowDensity"), "FlowOutlierDetector": ("estimator", "FlowOutlierDetector"),
+         "save": ("io", "save"), "load": ("io", "load"),
          **{name: (name, None) for name in _SUBMODULES}}
 
 

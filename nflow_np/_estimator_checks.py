@@ -101,3 +101,62 @@ def _standardized(X, mean, scale, where):
         raise ValueError(f"{where}: column {col} cannot be standardized: row {row} ({X[row, col]:.3g}) lies farther "
                          f"from the column's mean ({mean[col]:.3g}) than float64 can hold; rescale that column")
     return Z
+
+
+def _checked_array(X, where, argname="X", allow_1d=False):
+    """``X`` as a finite float64 array, 2-D (1-D too with ``allow_1d``), scikit-learn's ``validate_data``
+    conventions; ``ValueError``/``TypeError`` naming ``where`` and ``argname`` otherwise."""
+    if _is_sparse(X):
+        raise TypeError(f"{where}: sparse input is not supported (a flow needs dense data); "
+                        f"convert it with {argname}.toarray()")
+    arr = np.asarray(X)
+    if arr.dtype.kind == "c":
+        raise ValueError(f"{where}: Complex data not supported; got {arr.dtype}")
+    if arr.dtype.kind not in "fiub":
+        # strings or objects: float() explains what cannot be converted, after which method and argument
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{where}: {argname} must hold numbers; {exc}") from None
+    arr = np.asarray(arr, dtype=np.float64)
+    if allow_1d and arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        if allow_1d:
+            raise ValueError(f"{where}: {argname} must be a 1-D or 2-D array (one context row per sample); got "
+                             f"{arr.ndim}D (shape {arr.shape})")
+        raise ValueError(f"{where}: Expected 2D array, got {arr.ndim}D array instead (shape {arr.shape}). "
+                         f"Reshape your data either using X.reshape(-1, 1) if your data has a single feature "
+                         f"or X.reshape(1, -1) if it contains a single sample.")
+    n, d = arr.shape
+    if d == 0:
+        raise ValueError(f"{where}: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if n == 0:
+        raise ValueError(f"{where}: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        what = "a density is defined only at finite points" if argname == "X" else \
+            "a context must be finite (encode a missing value as a column of its own)"
+        raise ValueError(f"{where}: Input {argname} contains NaN or infinity ({arr[row, col]} at row {row}, column "
+                         f"{col}); {what}")
+    return arr
+
+
+def _context_rows(y, n, width, where):
+    """The context of ``sample``: one row (shape ``(k,)``, ``(1, k)``, or a scalar when ``k == 1``) repeated for
+    the ``n`` samples, or ``n`` rows (shape ``(n, k)``, or ``(n,)`` when ``k == 1``), as an ``(n, k)`` array."""
+    arr = np.asarray(y, dtype=np.float64) if not _is_sparse(y) else y
+    if _is_sparse(arr):
+        raise TypeError(f"{where}: sparse y is not supported; convert it with y.toarray()")
+    if arr.ndim == 0:
+        arr = arr.reshape(1, 1)
+    elif arr.ndim == 1:
+        # (k,) is one row; with a single context feature, (n,) is one value per sample
+        arr = arr[None, :] if len(arr) == width and (width > 1 or len(arr) == 1) else arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] not in (1, n):
+        raise ValueError(f"{where}: y must be one context row of {width} value(s) (for every sample) or {n} rows of "
+                         f"{width}, shape ({n}, {width}); got shape {np.shape(y)}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{where}: y contains NaN or infinity; a context must be finite")
+    return np.broadcast_to(arr, (n, width))

@@ -16,10 +16,13 @@ from .bijectors import (
     Rotation, Scale, ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, SplineAutoregressive, SplineCoupling, Tanh,
 )
 from .bijectors.block_autoregressive import BlockNeuralAutoregressive
+from .bijectors import Householder, Planar, Radial, RandomRotation
+from .bijectors import CircularShift, CircularSplineAutoregressive, CircularSplineCoupling
 from .bijectors.transforms import TRANSFORMS
 from .distributions import (
     GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
 )
+from .nn import MLP, ResidualMLP
 
 REGISTRY = {}
 """Type name -> ``(to_spec, from_spec)``; see :func:`register`."""
@@ -150,7 +153,7 @@ def _layer_spline_kwargs(c):
 def _coupling_config(obj):
     config = _named(obj)
     config.update(mask=obj.mask.tolist(), hidden=list(obj.net.hidden), activation=obj.net.activation,
-                  context=obj.context_size)
+                  context=obj.context_size, conditioner=obj.conditioner)
     if isinstance(obj, AffineCoupling):
         config.update(log_scale_clamp=obj.log_scale_clamp, shift=obj.transform.shift)
     if isinstance(obj, SplineCoupling):
@@ -166,10 +169,23 @@ def _agree(arrays, key, axis, value, what):
         raise ValueError(f"the spec's {what} {value!r} does not match array {key!r} of shape {shape}")
 
 
-def _check_net(arrays, prefix, hidden, n_inputs):
+def _check_net(arrays, prefix, hidden, n_inputs, conditioner="mlp"):
+    if conditioner == "resnet":
+        _agree(arrays, f"{prefix}in_w", 0, n_inputs, "network input size")
+        for i, width in enumerate(hidden):
+            _agree(arrays, f"{prefix}block{i}_w0", 1, width, f"residual block width {i}")
+        return
     _agree(arrays, f"{prefix}w0", 0, n_inputs, "network input size")
     for i, width in enumerate(hidden):
         _agree(arrays, f"{prefix}w{i}", 1, width, f"hidden width {i}")
+
+
+def _conditioner(c):
+    # files written before residual conditioners existed have none: their networks were MLPs
+    kind = c.get("conditioner", "mlp")
+    if kind not in ("mlp", "resnet"):
+        raise ValueError(f"a layer's conditioner must be 'mlp' or 'resnet'; got {kind!r}")
+    return kind
 
 
 def _context(c):
@@ -179,14 +195,14 @@ def _context(c):
 
 def _coupling_build(cls):
     def build(c, a):
-        _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
+        _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
         extra = {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)} if cls is AffineCoupling \
             else {}
         if cls is SplineCoupling:
             extra = _layer_spline_kwargs(c)
         # rng=0: the initial weights are overwritten, a fixed seed just skips drawing OS entropy
         return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], context=_context(c), rng=0,
-                   dtype=c["dtype"], name=c["name"], **extra)
+                   dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c), **extra)
     return build
 
 
@@ -194,7 +210,7 @@ def _made_config(obj):
     made = obj if isinstance(obj, (MaskedAutoregressive, SplineAutoregressive)) else obj.bijector
     config = _named(obj)
     config.update(features=made.features, hidden=list(made.net.hidden), activation=made.net.activation,
-                  order=made.net.order.tolist(), context=made.context_size)
+                  order=made.net.order.tolist(), context=made.context_size, conditioner=made.conditioner)
     if isinstance(made, SplineAutoregressive):
         config.update(_layer_spline_config(made))
     else:
@@ -205,11 +221,11 @@ def _made_config(obj):
 def _made_build(cls):
     def build(c, a):
         prefix = "bijector.net." if cls is InverseAutoregressive else "net."
-        _check_net(a, prefix, c["hidden"], c["features"] + _context(c))
+        _check_net(a, prefix, c["hidden"], c["features"] + _context(c), _conditioner(c))
         extra = _layer_spline_kwargs(c) if cls is SplineAutoregressive else \
             {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)}
         return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
-                   context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], **extra)
+                   context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c), **extra)
     return build
 
 
@@ -247,7 +263,7 @@ def _transform_build(c):
 def _frame_config(obj):
     config = _named(obj)
     config.update(hidden=list(obj.net.hidden), activation=obj.net.activation, context=obj.context_size,
-                  transform=_transform_config(obj.transform))
+                  transform=_transform_config(obj.transform), conditioner=obj.conditioner)
     if isinstance(obj, Coupling):
         config["mask"] = obj.mask.tolist()
     else:
@@ -258,12 +274,12 @@ def _frame_config(obj):
 def _frame_build(cls):
     def build(c, a):
         transform = _transform_build(c["transform"])
-        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"])
+        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c))
         if cls is Coupling:
-            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c))
+            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
             return Coupling(np.array(c["mask"], dtype=bool), transform, tuple(c["hidden"]), c["activation"],
                             **common)
-        _check_net(a, "net.", c["hidden"], c["features"] + _context(c))
+        _check_net(a, "net.", c["hidden"], c["features"] + _context(c), _conditioner(c))
         return Autoregressive(int(c["features"]), transform, tuple(c["hidden"]), c["activation"],
                               order=np.array(c["order"], dtype=np.int64), **common)
     return build
@@ -307,6 +323,34 @@ def _lu_build(c, a):
                     name=c["name"])
 
 
+def _sized_config(obj):
+    config = _named(obj)
+    config["dim"] = obj.event_size
+    return config
+
+
+def _sized_build(cls, key, axis=0):
+    """Planar, Radial, Householder: rebuilt from their size (rng=0 skips drawing entropy), parameters copied in."""
+    def build(c, a):
+        _agree(a, key, axis, c["dim"], "dim")
+        extra = {"n_reflections": a[key].shape[0]} if cls is Householder else {}
+        return cls(int(c["dim"]), rng=0, dtype=c["dtype"], name=c["name"], **extra)
+    return build
+
+
+def _random_rotation_entry():
+    def to_spec(obj, encode):
+        return {**_named(obj), "dim": obj.event_size}, {"matrix": obj.matrix}
+
+    def from_spec(c, a, decode):
+        if set(a) != {"matrix"}:
+            raise ValueError(f"the spec lists arrays {sorted(a)} but a RandomRotation holds ['matrix']")
+        _agree(a, "matrix", 0, c["dim"], "dim")
+        # the constructor refuses a matrix that is not a rotation, and copies it bit for bit
+        return RandomRotation(int(c["dim"]), matrix=a["matrix"], dtype=c["dtype"], name=c["name"])
+    return to_spec, from_spec
+
+
 _SPLINE_SETTINGS = ("bound", "min_bin_width", "min_bin_height", "min_derivative")
 
 
@@ -320,6 +364,31 @@ def _spline_build(c, a):
     # the parameters go in as given: the constructor copies them bit for bit
     return RationalQuadraticSpline(a["unnormalized_widths"], a["unnormalized_heights"], a["unnormalized_derivatives"],
                                    dtype=c["dtype"], name=c["name"], **{key: c[key] for key in _SPLINE_SETTINGS})
+
+
+def _circular_layer_config(obj):
+    """A circular-spline layer: its frame's settings and its spline's (``SplineSettings``)."""
+    config = _named(obj)
+    config.update(hidden=list(obj.net.hidden), activation=obj.net.activation, context=obj.context_size,
+                  conditioner=obj.conditioner, **_layer_spline_config(obj))
+    if isinstance(obj, Coupling):
+        config["mask"] = obj.mask.tolist()
+    else:
+        config.update(features=obj.features, order=obj.net.order.tolist())
+    return config
+
+
+def _circular_layer_build(cls):
+    def build(c, a):
+        common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c),
+                      **_layer_spline_kwargs(c))
+        if cls is CircularSplineCoupling:
+            _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
+            return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], **common)
+        _check_net(a, "net.", c["hidden"], c["features"] + _context(c), _conditioner(c))
+        return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
+                   **common)
+    return build
 
 
 def _permute_entry():
@@ -383,11 +452,16 @@ def _student_t_build(c, a):
 
 def _transformed_entry():
     def to_spec(obj, encode):
-        return {"distribution": encode(obj.distribution, "distribution"),
-                "bijector": encode(obj.bijector, "bijector")}, {}
+        config = {"distribution": encode(obj.distribution, "distribution"),
+                  "bijector": encode(obj.bijector, "bijector")}
+        if getattr(obj, "embedding", None) is not None:
+            config["embedding"] = encode(obj.embedding, "embedding")
+        return config, {}
 
     def from_spec(c, a, decode):
-        return TransformedDistribution(decode(c["distribution"], "distribution"), decode(c["bijector"], "bijector"))
+        embedding = decode(c["embedding"], "embedding") if c.get("embedding") is not None else None
+        return TransformedDistribution(decode(c["distribution"], "distribution"), decode(c["bijector"], "bijector"),
+                                       embedding=embedding)
     return to_spec, from_spec
 
 
@@ -401,6 +475,28 @@ def _bnaf_config(obj):
 def _bnaf_build(c, a):
     return BlockNeuralAutoregressive(int(c["features"]), int(c["hidden_factor"]), int(c["hidden_layers"]),
                                      leak=float(c["leak"]), dtype=c["dtype"], name=c["name"])
+def _dense_embedding_config(net):
+    config = {"in_features": net.in_features, "out_features": net.out_features, "activation": net.activation,
+              "dtype": _dtype_name(net.dtype)}
+    if isinstance(net, ResidualMLP):
+        config.update(width=net.width, blocks=net.blocks)
+    else:
+        config["hidden"] = list(net.hidden)
+    return config
+
+
+def _mlp_build(c, a):
+    # a flow's context embedding (a network without a context input of its own)
+    _check_net(a, "", c["hidden"], c["in_features"])
+    return MLP(int(c["in_features"]), int(c["out_features"]), tuple(c["hidden"]), c["activation"], rng=0,
+               dtype=c["dtype"])
+
+
+def _residual_mlp_build(c, a):
+    _agree(a, "in_w", 1, c["width"], "residual width")
+    _check_net(a, "", [c["width"]] * int(c["blocks"]), c["in_features"], "resnet")
+    return ResidualMLP(int(c["in_features"]), int(c["out_features"]), int(c["width"]), int(c["blocks"]),
+                       c["activation"], rng=0, dtype=c["dtype"])
 
 
 for _cls in (Identity, Exp, Tanh, Softsign, Softplus, NormalCDF):
@@ -430,6 +526,10 @@ register("ActNorm", ActNorm, *_leaf(_act_norm_build, _act_norm_config))
 register("LULinear", LULinear, *_leaf(_lu_build, _lu_config))
 register("BlockNeuralAutoregressive", BlockNeuralAutoregressive, *_leaf(_bnaf_build, _bnaf_config))
 register("RationalQuadraticSpline", RationalQuadraticSpline, *_leaf(_spline_build, _spline_config))
+register("Planar", Planar, *_leaf(_sized_build(Planar, "w"), _sized_config))
+register("Radial", Radial, *_leaf(_sized_build(Radial, "z0"), _sized_config))
+register("Householder", Householder, *_leaf(_sized_build(Householder, "vectors", axis=1), _sized_config))
+register("RandomRotation", RandomRotation, *_random_rotation_entry())
 register("Normal", Normal, *_distribution_entry(Normal, "loc", "scale"))
 register("MultivariateNormalDiag", MultivariateNormalDiag,
          *_distribution_entry(MultivariateNormalDiag, "loc", "scale_diag"))
@@ -438,3 +538,12 @@ register("GaussianMixture", GaussianMixture,
          *_leaf(_mixture_build, lambda obj: {"dtype": _dtype_name(obj.dtype)}))
 register("StudentT", StudentT, *_leaf(_student_t_build, lambda obj: {"dtype": _dtype_name(obj.dtype)}))
 register("TransformedDistribution", TransformedDistribution, *_transformed_entry())
+register("CircularSplineCoupling", CircularSplineCoupling,
+         *_leaf(_circular_layer_build(CircularSplineCoupling), _circular_layer_config))
+register("CircularSplineAutoregressive", CircularSplineAutoregressive,
+         *_leaf(_circular_layer_build(CircularSplineAutoregressive), _circular_layer_config))
+register("CircularShift", CircularShift,
+         *_leaf(lambda c, a: CircularShift(a["shift"], bound=float(c["bound"]), dtype=c["dtype"], name=c["name"]),
+                lambda obj: {**_named(obj), "bound": obj.bound}))
+register("MLP", MLP, *_leaf(_mlp_build, _dense_embedding_config))
+register("ResidualMLP", ResidualMLP, *_leaf(_residual_mlp_build, _dense_embedding_config))

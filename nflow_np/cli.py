@@ -1,6 +1,6 @@
 """The ``nflow-np`` command: train, sample, score and inspect flows from the shell.
 
-Subcommands: ``demo``, ``fit``, ``sample``, ``logprob``, ``info``; run
+Subcommands: ``demo``, ``fit``, ``sample``, ``logprob``, ``outliers``, ``info``; run
 ``nflow-np <command> --help`` for each. Bad input (a missing file, a ragged or
 non-numeric CSV, NaN rows, a column count the model does not take, a damaged
 model file) ends with one line on stderr, ``nflow-np: error: ...``, and exit
@@ -15,65 +15,17 @@ import time
 import numpy as np
 
 from . import io as model_io
+from . import _cli_context as context_cli
 from . import _cli_stream as stream
-from ._tables import check_file, read_data
+from ._cli_common import CLIError, _Interrupted, _as_sampler_and_scorer, _check_columns, _load_model, _offset, \
+    _one_line
+from ._cli_info import cmd_info
+from ._estimator_flows import flow_names
+from ._tables import read_data
 
 __all__ = ["main"]
 
 PROG = "nflow-np"
-_FLOW_CHOICES = ("realnvp", "nice", "maf", "iaf", "nsf")
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-class _Interrupted(Exception):
-    """Ctrl-C with nothing to keep: printed as one line, exit status 130."""
-
-
-def _one_line(exc):
-    return " ".join(str(exc).split())
-
-
-# ---------------------------------------------------------------------------- models
-
-def _load_model(path):
-    check_file(path)
-    try:
-        return model_io.load(path)
-    except ValueError as exc:
-        raise CLIError(_one_line(exc)) from None
-
-
-def _as_sampler_and_scorer(model, path):
-    """``(n_features, sample(n, seed), log_density(X))`` for an estimator or a flow."""
-    from .distributions import Distribution
-    from .estimator import FlowDensity
-    if isinstance(model, FlowDensity):
-        return model.n_features_in_, (lambda n, seed: model.sample(n, random_state=seed)), model.score_samples
-    if isinstance(model, Distribution) and len(model.event_shape) <= 1:
-        d = model.event_shape[0] if model.event_shape else 1
-
-        def sample(n, seed):
-            return model.sample(n, rng=seed).reshape(n, d)
-
-        def score(X):
-            points = X.astype(model.dtype)
-            return model.log_prob(points if model.event_shape else points[:, 0])
-        return d, sample, score
-    raise CLIError(f"{path}: holds a {type(model).__name__}, not a flow over vectors or a FlowDensity")
-
-
-def _check_columns(X, n_features, data_path, model_path):
-    if X.shape[1] != n_features:
-        raise CLIError(f"{data_path} has {X.shape[1]} column(s), but the model in {model_path} takes "
-                       f"{n_features} feature(s)")
-
-
-def _offset(scale):
-    """What standardization adds to a per-point NLL measured on standardized data."""
-    return float(np.log(scale).sum())
 
 
 # ---------------------------------------------------------------------------- progress
@@ -124,9 +76,10 @@ class _Progress:
             self.stream.write("\n")
 
 
-def _train(estimator, X, progress, *, resume=False, reset_lr=False):
+def _train(estimator, X, progress, *, resume=False, reset_lr=False, context=None):
     try:
-        interrupted = estimator._fit(X, callback=progress, resume=resume, catch_interrupt=True, reset_lr=reset_lr)
+        interrupted = estimator._fit(X, context, callback=progress, resume=resume, catch_interrupt=True,
+                                     reset_lr=reset_lr)
     except KeyboardInterrupt:
         progress.close()
         raise _Interrupted("interrupted before the first epoch finished; nothing saved") from None
@@ -178,34 +131,62 @@ def _positive_int(text):
     return value
 
 
+def _contamination(text):
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5]; got {text!r}") from None
+    if not 0.0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5]; got {text!r}")
+    return value
+
+
 def _cmd_fit(args):
-    from .estimator import FlowDensity
-    X = read_data(args.data)
+    from .estimator import FlowDensity, FlowOutlierDetector
+    X, context = context_cli.split_columns(read_data(args.data), args.context_columns, args.data)
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "random_state": args.seed,
                 "validation_fraction": args.validation_fraction, "patience": args.patience}
     if args.lr is not None:
         settings["lr"] = args.lr
+    if args.contamination is not None:
+        settings["contamination"] = args.contamination
     if args.resume:
         estimator = _load_model(args.out)
         if not isinstance(estimator, FlowDensity):
             raise CLIError(f"{args.out}: --resume needs a model written by 'nflow-np fit'; this file holds a "
                            f"{type(estimator).__name__}")
+        if args.contamination is not None and not isinstance(estimator, FlowOutlierDetector):
+            raise CLIError(f"{args.out}: --contamination cannot be added on --resume: the model was fitted without "
+                           f"it (fit a new model with --contamination)")
+        width = getattr(estimator, "n_context_in_", 0)
+        if (context is None) != (width == 0) or context is not None and context.shape[1] != width:
+            kind = f"conditional on {width} context column(s)" if width else "unconditional"
+            raise CLIError(f"{args.out}: the model is {kind}; --context-columns must name "
+                           f"{'as many columns' if width else 'none'} on --resume")
         _check_columns(X, estimator.n_features_in_, args.data, args.out)
         estimator.set_params(**settings)
         offset = _offset(estimator.scale_)
     else:
-        estimator = FlowDensity(flow=args.flow, n_layers=args.layers, hidden=args.hidden, dtype=args.dtype,
-                                **settings)
+        cls = FlowOutlierDetector if args.contamination is not None else FlowDensity
+        estimator = cls(flow=args.flow, n_layers=args.layers, hidden=args.hidden, dtype=args.dtype,
+                        conditional=context is not None, **settings)
         estimator._validated_params()
         if X.shape[0] < 2:
             raise CLIError(f"{args.data}: needs at least 2 rows to fit; got {X.shape[0]}")
         offset = _offset(FlowDensity._standardization(X)[1])
     progress = _Progress(args.epochs, offset, quiet=args.quiet)
     # on --resume, Adam continues at its saved learning rate unless --lr names another
-    interrupted = _train(estimator, X, progress, resume=args.resume, reset_lr=args.lr is not None)
+    with context_cli.backend_of(args):
+        interrupted = _train(estimator, X, progress, resume=args.resume, reset_lr=args.lr is not None,
+                             context=context)
     _save(estimator, args.out)
+    extra = f", conditional on {estimator.n_context_in_} context column(s)" if context is not None else ""
+    if hasattr(estimator, "offset_"):
+        extra += f", outlier threshold {estimator.offset_:.6g}"
     print(f"saved {args.out}: {estimator.flow}, {estimator.n_layers} layers, {estimator.n_features_in_} "
-          f"feature(s); {_summary(estimator)}")
+          f"feature(s){extra}; {_summary(estimator)}")
     # the model is saved either way; the status still tells a script that training was cut short
     return 130 if interrupted else 0
 
@@ -216,31 +197,40 @@ _SAMPLE_CHUNK = 65536
 
 def _cmd_sample(args):
     model = _load_model(args.model)
-    if args.n < 0:
+    if args.n is not None and args.n < 0:
         raise CLIError(f"-n must be non-negative; got {args.n}")
-    _, sample, _ = _as_sampler_and_scorer(model, args.model)
+    _, width, sample, _ = _as_sampler_and_scorer(model, args.model)
+    context, n = context_cli.sample_context(args, width)
     if args.scheduler:
+        if context is not None:
+            raise CLIError("--scheduler draws from unconditional models only; sample a conditional one without it")
         from .distributions import Distribution
         if isinstance(model, Distribution) and not hasattr(model, "bijector"):
             raise CLIError(f"{args.model}: --scheduler samples flows and FlowDensity models; this is a "
                            f"{type(model).__name__}")
         with stream.connect(args.scheduler) as client:
-            stream.write_chunks(stream.sample_on_cluster(client, args.model, args.n, args.seed, _SAMPLE_CHUNK),
+            stream.write_chunks(stream.sample_on_cluster(client, args.model, n, args.seed, _SAMPLE_CHUNK),
                                 args.out)
         return 0
     # one generator for every chunk: its stream, and so the points, do not depend on the chunk size
     rng = np.random.default_rng(args.seed)
 
     def chunks():
-        for start in range(0, args.n, _SAMPLE_CHUNK):
-            yield sample(min(_SAMPLE_CHUNK, args.n - start), rng)
-    stream.write_chunks(chunks(), args.out)
+        for start in range(0, n, _SAMPLE_CHUNK):
+            size = min(_SAMPLE_CHUNK, n - start)
+            if context is None:
+                yield sample(size, rng)
+            else:
+                rows = context if context.ndim == 1 else context[start:start + size]
+                yield sample(size, rng, np.broadcast_to(rows, (size, width)))
+    with context_cli.backend_of(args):
+        stream.write_chunks(chunks(), args.out)
     return 0
 
 
 def _cmd_logprob(args):
     model = _load_model(args.model)
-    n_features, _, _ = _as_sampler_and_scorer(model, args.model)
+    n_features, width, _, _ = _as_sampler_and_scorer(model, args.model)
 
     def checked():
         for X in stream.read_chunks(args.data, stream.CHUNK_ROWS):
@@ -248,83 +238,19 @@ def _cmd_logprob(args):
             yield X
     try:
         if args.scheduler:
+            if width or args.context is not None or args.context_columns is not None:
+                raise CLIError("--scheduler scores unconditional models only; score a conditional one without it")
             with stream.connect(args.scheduler) as client:
                 stream.write_chunks(stream.score_on_cluster(client, args.model, checked()), args.out, "log_prob",
                                     flat=True)
         else:
-            stream.write_chunks((stream.score_model(model, X) for X in checked()), args.out, "log_prob", flat=True)
+            with context_cli.backend_of(args):
+                stream.write_chunks((scores for _, scores in context_cli.scored_chunks(model, args)), args.out,
+                                    "log_prob", flat=True)
     except ValueError as exc:
         text = _one_line(exc)
         raise CLIError(text if text.startswith(args.data) or text.startswith(args.out) else
                        f"{args.data}: {text}") from None
-    return 0
-
-
-def _describe(node, indent, lines):
-    config = node.get("config", {})
-    shown = []
-    for key, value in config.items():
-        if isinstance(value, dict) and "type" in value or key == "bijectors":
-            continue
-        if key == "name" and value == node["type"] or value is None and key == "dtype":
-            continue
-        if isinstance(value, list) and len(value) > 12:
-            value = f"[{len(value)} values]"
-        shown.append(f"{key}={value}")
-    n_params = sum(int(np.prod(r["shape"])) for r in node.get("arrays", {}).values())
-    count = f"  ({n_params} values)" if n_params else ""
-    lines.append(f"{'  ' * indent}{node['type']}({', '.join(shown)}){count}")
-    for key, value in config.items():
-        if isinstance(value, dict) and "type" in value:
-            _describe(value, indent + 1, lines)
-        elif key == "bijectors":
-            for child in value:
-                _describe(child, indent + 1, lines)
-
-
-def _cmd_info(args):
-    from .distributions import Distribution
-    from .estimator import FlowDensity
-    model = _load_model(args.model)
-    spec = model_io.read_spec(args.model)
-    flow = model.flow_ if isinstance(model, FlowDensity) else model
-    n_params = sum(a.size for _, a in flow.parameters())
-    print(f"{args.model}: {type(model).__name__} (model format {spec['format_version']}, written by nflow_np "
-          f"{spec.get('nflow_np_version', '?')})")
-    if isinstance(model, FlowDensity):
-        print(f"flow: {model.flow}, {model.n_layers} layers, hidden {tuple(model.hidden)}")
-        print(f"features: {model.n_features_in_}")
-    elif isinstance(model, Distribution):
-        print(f"event shape: {model.event_shape}")
-    print(f"dtype: {getattr(flow, 'dtype', None)}")
-    print(f"parameters: {n_params}")
-    lines = []
-    _describe(spec["root"], 1, lines)
-    print("architecture:")
-    print("\n".join(lines))
-    if isinstance(model, FlowDensity):
-        history = model.history_
-        if history is not None:
-            offset = _offset(model.scale_)
-            parts = [f"{history.epochs} epochs", f"{history.steps} steps"]
-            if history.best_epoch >= 0:
-                parts.append(f"best epoch {history.best_epoch + 1}")
-                parts.append(f"train NLL {history.train_loss[history.best_epoch] + offset:.4f}")
-                if history.val_loss:
-                    parts.append(f"validation NLL {history.val_loss[history.best_epoch] + offset:.4f}")
-            parts.append(f"{history.wall_time:.1f} s")
-            if history.rejected_steps:
-                parts.append(f"{history.rejected_steps} rejected steps")
-            if history.stopped_early:
-                parts.append("stopped early")
-            print("training: " + ", ".join(parts))
-        print(f"standardization: mean {np.array2string(model.mean_, precision=4)}, "
-              f"scale {np.array2string(model.scale_, precision=4)}")
-        state = model.optimizer_state_
-        if state is None:
-            print("optimizer: not stored (an older file; --resume starts a fresh Adam)")
-        else:
-            print(f"optimizer: Adam, {state['steps']} steps, lr {state['lr']:.4g}")
     return 0
 
 
@@ -435,7 +361,7 @@ def _build_parser():
 
     p = command("fit", "fit a flow to a CSV or .npy file of points", _cmd_fit)
     p.add_argument("data", help="DATA.csv (one point per line, commas or spaces) or DATA.npy")
-    p.add_argument("--flow", choices=_FLOW_CHOICES, default="realnvp", help="which flow")
+    p.add_argument("--flow", choices=flow_names(), default="realnvp", help="which flow")
     p.add_argument("--layers", type=_positive_int, default=4, help="coupling or autoregressive layers")
     p.add_argument("--hidden", type=_parse_hidden, default=(64, 64), help="hidden widths, comma-separated")
     p.add_argument("--epochs", type=_positive_int, default=100, help="training epochs")
@@ -454,16 +380,32 @@ def _build_parser():
                    "standardization: --flow, --layers, --hidden and --dtype are ignored); with the same data and "
                    "--seed, the validation split and shuffles are those an uninterrupted fit would draw")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--context-columns", type=context_cli.parse_columns, default=None, metavar="COLS",
+                   help="columns of DATA that are a context, comma-separated, 0 the first (e.g. 2,3): the model "
+                        "learns the density of the other columns given these, p(x | context); encode a category "
+                        "as one-hot 0/1 columns. 'logprob', 'sample' and 'outliers' then take the context too")
+    p.add_argument("--contamination", type=_contamination, default=None,
+                   help="also set an outlier threshold: the fraction of DATA taken to be outliers, in (0, 0.5], or "
+                        "'auto' (0.001); 'nflow-np outliers' then uses it")
+    context_cli.add_backend_option(p)
 
     p = command("sample", "draw points from a model, as CSV, .npy or Parquet", _cmd_sample)
     p.add_argument("model", help="model file (.npz)")
-    p.add_argument("-n", type=int, default=1000, help="number of points (drawn and written in chunks, so any number "
-                                                        "fits in memory; 0 writes an empty file)")
+    p.add_argument("-n", type=int, default=None, help="number of points (drawn and written in chunks, so any number "
+                                                        "fits in memory; 0 writes an empty file) (default: 1000, or "
+                                                        "one per row of --context-file)")
     p.add_argument("--out", default="-", help="file to write: .npy, .parquet, else CSV; - for stdout (CSV)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="draw on the Dask cluster at ADDRESS (nflow_np.dask.sample: the same points for a seed on "
                         "any cluster, but not those drawn without --scheduler)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--context", type=context_cli.parse_values, default=None, metavar="VALUES",
+                       help="for a conditional model: the context of every point drawn, comma-separated (e.g. 1,0,0 "
+                            "for the first of three one-hot categories)")
+    group.add_argument("--context-file", default=None, metavar="FILE",
+                       help="for a conditional model: a CSV or .npy file of context rows; one point is drawn per row")
+    context_cli.add_backend_option(p)
 
     p = command("logprob", "log-density of each row of a data file, read and written in chunks", _cmd_logprob)
     p.add_argument("model", help="model file (.npz)")
@@ -472,8 +414,12 @@ def _build_parser():
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="score on the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786); the model travels as its "
                         "file's bytes")
+    context_cli.add_context_options(p, "to score")
+    context_cli.add_backend_option(p)
 
-    p = command("info", "describe a model file: architecture, sizes, dtype, training summary", _cmd_info)
+    context_cli.add_outliers_parser(command)
+
+    p = command("info", "describe a model file: architecture, sizes, dtype, training summary", cmd_info)
     p.add_argument("model", help="model file (.npz)")
     return parser
 

@@ -1,11 +1,21 @@
-"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, NAF and BNAF over a standard normal base.
+"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, NAF, BNAF, Planar and Radial over a standard normal base;
+NCSF, a flow of angles over the uniform distribution on a torus.
 
 Each constructor returns a ``TransformedDistribution`` whose bijector is a
 ``Chain``; every trainable array is reachable through ``flow.parameters()``.
 ``context=c`` makes every coupling or autoregressive layer conditional on a
 ``c``-wide input: the flow is then a conditional density p(x | context),
 ``flow.log_prob(x, context=y)``, ``flow.sample(n, context=y)``,
-``fit(flow, x, context=y)``.
+``fit(flow, x, context=y)``. ``embedding=net`` (an :class:`~nflow_np.nn.MLP`
+or any layer following :mod:`nflow_np.nn.embedding`) maps the raw context to
+the features every layer sees, trained with the flow; ``context`` then
+defaults to ``net.out_features`` (see
+:class:`~nflow_np.distributions.TransformedDistribution`).
+
+``conditioner="resnet"`` swaps every coupling's MLP for a
+:class:`~nflow_np.nn.ResidualMLP` and every MADE for a
+:class:`~nflow_np.nn.ResidualMADE`, with ``hidden=(width,) * blocks``
+(Durkan et al.'s residual conditioners; NumPy passes on every backend).
 
 ``init="random"`` (the default) starts every conditioner as PyTorch's
 ``nn.Linear`` does, uniform in +-1/sqrt(fan_in) with the last layer
@@ -22,6 +32,9 @@ from .bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressiv
 from .bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling, alternating_mask
 from .bijectors.autoregressive import SplineAutoregressive
 from .distributions import MultivariateNormalDiag, TransformedDistribution
+from .bijectors.autoregressive import CircularSplineAutoregressive
+from .bijectors.circular import CircularShift
+from .bijectors.coupling import CircularSplineCoupling
 
 
 def _check_dim(dim, where, minimum=1):
@@ -52,7 +65,19 @@ def _between(dim, *, batch_norm, act_norm, lu_linear, rng, dtype):
     return extra
 
 
-def _stack(dim, n_layers, where, make_layer, mixer, *, batch_norm, act_norm, lu_linear, rng, dtype, min_dim=1):
+def _context_width(context, embedding, where):
+    """The layers' ``context``: the embedding's output width when only an embedding is given."""
+    if embedding is None or context:
+        return context
+    width = getattr(embedding, "out_features", None)
+    if not isinstance(width, (int, np.integer)) or isinstance(width, bool):
+        from .nn.embedding import check_embedding
+        check_embedding(embedding, 0, None, where)     # raises, naming what the object lacks
+    return int(width)
+
+
+def _stack(dim, n_layers, where, make_layer, mixer, *, batch_norm, act_norm, lu_linear, rng, dtype, min_dim=1,
+           embedding=None):
     """Stack ``make_layer(i, rng, dtype)`` n_layers times, with optional layers and ``mixer()`` between them."""
     dim = _check_dim(dim, where, minimum=min_dim)
     if isinstance(n_layers, (bool, np.bool_)) or not isinstance(n_layers, (int, np.integer)):
@@ -71,7 +96,7 @@ def _stack(dim, n_layers, where, make_layer, mixer, *, batch_norm, act_norm, lu_
             if mixing is not None:
                 stages.append(mixing)
         stages.append(make_layer(i, rng, dtype))
-    return TransformedDistribution(_standard_normal(dim, dtype), Chain(list(reversed(stages))))
+    return TransformedDistribution(_standard_normal(dim, dtype), Chain(list(reversed(stages))), embedding=embedding)
 
 
 def _check_permute(permute, where):
@@ -80,8 +105,9 @@ def _check_permute(permute, where):
 
 
 def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
-                   permute, rng, dtype, **layer_kwargs):
+                   permute, rng, dtype, embedding=None, **layer_kwargs):
     _check_permute(permute, where)
+    layer_kwargs["context"] = _context_width(layer_kwargs.get("context", 0), embedding, where)
     def make_layer(i, rng, dtype):
         return layer_cls(alternating_mask(dim, parity=i % 2), hidden, activation, rng=rng, dtype=dtype,
                          **layer_kwargs)
@@ -90,11 +116,12 @@ def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch
         return Permute(rng.permutation(d)) if permute == "random" else None
 
     return _stack(dim, n_layers, where, make_layer, mixer, batch_norm=batch_norm, act_norm=act_norm,
-                  lu_linear=lu_linear, rng=rng, dtype=dtype, min_dim=2)
+                  lu_linear=lu_linear, rng=rng, dtype=dtype, min_dim=2, embedding=embedding)
 
 
 def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=False, act_norm=False,
-            lu_linear=False, permute=None, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64):
+            lu_linear=False, permute=None, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64,
+            conditioner="mlp", embedding=None):
     """RealNVP: affine couplings with alternating masks over a standard normal.
 
     ``batch_norm`` / ``act_norm`` / ``lu_linear`` insert those layers between
@@ -105,11 +132,13 @@ def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=Fal
     """
     return _coupling_flow(AffineCoupling, dim, n_layers, hidden, activation, "RealNVP", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
-                          log_scale_clamp=log_scale_clamp, context=context, init=init)
+                          log_scale_clamp=log_scale_clamp, context=context, init=init, conditioner=conditioner,
+                          embedding=embedding)
 
 
 def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=True,
-         lu_linear=False, permute=None, context=0, init="random", rng=None, dtype=np.float64):
+         lu_linear=False, permute=None, context=0, init="random", rng=None, dtype=np.float64, conditioner="mlp",
+         embedding=None):
     """NICE: additive (volume-preserving) couplings; ``act_norm`` (default on) supplies the scaling
     that NICE's final diagonal layer provides.
 
@@ -117,17 +146,18 @@ def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=Fals
     """
     flow = _coupling_flow(AdditiveCoupling, dim, n_layers, hidden, activation, "NICE", batch_norm=batch_norm,
                           act_norm=False, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
-                          context=context, init=init)
+                          context=context, init=init, conditioner=conditioner, embedding=embedding)
     if act_norm:
         from .bijectors.normalization import ActNorm
         # a trainable diagonal scaling on the data side, as NICE's last layer
         chain = Chain([ActNorm(flow.event_shape[0], dtype=dtype)] + flow.bijector.bijectors)
-        flow = TransformedDistribution(flow.distribution, chain)
+        flow = TransformedDistribution(flow.distribution, chain, embedding=flow.embedding)
     return flow
 
 
 def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=False,
-        lu_linear=False, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64):
+        lu_linear=False, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64, conditioner="mlp",
+        embedding=None):
     """MAF: masked autoregressive layers with the order reversed between layers.
 
     Density evaluation takes one network call per layer; sampling ``dim`` calls per layer.
@@ -136,24 +166,25 @@ def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False
     """
     return _autoregressive_flow(MaskedAutoregressive, dim, n_layers, hidden, activation, "MAF",
                                 batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype,
-                                log_scale_clamp=log_scale_clamp, context=context, init=init)
+                                log_scale_clamp=log_scale_clamp, context=context, init=init,
+                                conditioner=conditioner, embedding=embedding)
 
 
 def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, init="random",
-        rng=None,
-        dtype=np.float64):
+        rng=None, dtype=np.float64, conditioner="mlp", embedding=None):
     """IAF: inverse autoregressive layers; sampling takes one network call per layer (variational inference).
 
     References: Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow", 2016.
     """
     return _autoregressive_flow(InverseAutoregressive, dim, n_layers, hidden, activation, "IAF",
                                 batch_norm=False, act_norm=False, lu_linear=False, rng=rng, dtype=dtype,
-                                log_scale_clamp=log_scale_clamp, context=context, init=init)
+                                log_scale_clamp=log_scale_clamp, context=context, init=init,
+                                conditioner=conditioner, embedding=embedding)
 
 
 def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", *, autoregressive=False,
         batch_norm=False, act_norm=False, lu_linear=False, permute=None, context=0, init="random", rng=None,
-        dtype=np.float64):
+        dtype=np.float64, conditioner="mlp", embedding=None):
     """Neural spline flow: rational-quadratic spline layers over a standard normal.
 
     Each layer transforms half of the coordinates (``autoregressive=False``:
@@ -170,10 +201,12 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
     if autoregressive:
         return _autoregressive_flow(SplineAutoregressive, dim, n_layers, hidden, activation, "NSF",
                                     batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng,
-                                    dtype=dtype, bins=bins, bound=bound, context=context, init=init)
+                                    dtype=dtype, bins=bins, bound=bound, context=context, init=init,
+                                    conditioner=conditioner, embedding=embedding)
     return _coupling_flow(SplineCoupling, dim, n_layers, hidden, activation, "NSF", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
-                          bins=bins, bound=bound, context=context, init=init)
+                          bins=bins, bound=bound, context=context, init=init, conditioner=conditioner,
+                          embedding=embedding)
 
 
 def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *, batch_norm=False,
@@ -231,7 +264,8 @@ def BNAF(dim, n_layers=1, hidden_factor=8, hidden_layers=2, *, leak=0.01, batch_
 
 
 def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,
-                         rng, dtype, **layer_kwargs):
+                         rng, dtype, embedding=None, **layer_kwargs):
+    layer_kwargs["context"] = _context_width(layer_kwargs.get("context", 0), embedding, where)
     def make_layer(i, rng, dtype):
         return layer_cls(dim, hidden, activation, rng=rng, dtype=dtype, **layer_kwargs)
 
@@ -240,4 +274,109 @@ def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *,
         return Reverse() if d > 1 else None
 
     return _stack(dim, n_layers, where, make_layer, mixer, batch_norm=batch_norm, act_norm=act_norm,
-                  lu_linear=lu_linear, rng=rng, dtype=dtype)
+                  lu_linear=lu_linear, rng=rng, dtype=dtype, embedding=embedding)
+
+
+def _residual_flow(layer_cls, dim, n_layers, where, rng, dtype):
+    def make_layer(i, rng, dtype):
+        return layer_cls(dim, rng=rng, dtype=dtype)
+
+    return _stack(dim, n_layers, where, make_layer, lambda d, rng: None, batch_norm=False, act_norm=False,
+                  lu_linear=False, rng=rng, dtype=dtype)
+
+
+def Planar(dim, n_layers=8, *, rng=None, dtype=np.float64):
+    """A chain of ``n_layers`` planar layers (:class:`~nflow_np.bijectors.Planar`) over a standard normal.
+
+    Each layer bends space along one hyperplane, ``y = x + u_hat tanh(w . x + b)``. Sampling and its
+    log-density are explicit, so the flow suits variational inference
+    (:func:`~nflow_np.train.fit_to_target`); ``log_prob`` of given points solves one scalar equation per
+    layer.
+
+    References: Rezende and Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
+    """
+    from .bijectors.planar import Planar as PlanarLayer
+    return _residual_flow(PlanarLayer, dim, n_layers, "Planar", rng, dtype)
+
+
+def Radial(dim, n_layers=8, *, rng=None, dtype=np.float64):
+    """A chain of ``n_layers`` radial layers (:class:`~nflow_np.bijectors.Radial`) over a standard normal.
+
+    Each layer contracts or expands space around a point ``z0``; its inverse has a closed form, so
+    sampling and density evaluation cost the same.
+
+    References: Rezende and Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
+    """
+    from .bijectors.radial import Radial as RadialLayer
+    return _residual_flow(RadialLayer, dim, n_layers, "Radial", rng, dtype)
+
+
+def NCSF(dim, n_layers=4, bins=8, hidden=(64, 64), activation="relu", *, autoregressive=True, bound=np.pi,
+         permute=None, rotate=False, context=0, init="random", rng=None, dtype=np.float64, conditioner="mlp",
+         embedding=None):
+    """Neural circular spline flow: a density on the torus ``[-bound, bound]^dim`` (angles; ``bound`` pi by default).
+
+    The base is the uniform distribution on the torus, and every layer maps
+    the torus onto itself: circular rational-quadratic splines
+    (:class:`~nflow_np.bijectors.transforms.CircularSplineTransform`, ``bins``
+    bins, both ends fixed, one shared end slope) of every coordinate given the
+    earlier ones (``autoregressive=True``, the default:
+    :class:`~nflow_np.bijectors.CircularSplineAutoregressive`, the order
+    reversed between layers; ``dim = 1`` works, each layer then one learned
+    circle map) or of half of the coordinates given the other half
+    (``autoregressive=False``: :class:`~nflow_np.bijectors.CircularSplineCoupling`,
+    alternating masks, ``dim >= 2``; ``permute="random"`` adds a fixed random
+    permutation between layers). ``rotate=True`` puts a trainable
+    :class:`~nflow_np.bijectors.CircularShift` between layers, starting at
+    random angles, which moves the point ``+-bound`` that every circular
+    spline fixes. Data must lie in ``[-bound, bound]`` (wrap angles first);
+    ``log_prob`` refuses other points with a ``ValueError``. ``context=c``:
+    a conditional flow; ``embedding`` and ``conditioner`` as for :func:`NSF`.
+    The conditioners read the angles as they are, as zuko's NCSF does, so a
+    layer's parameters jump where a conditioning angle crosses ``+-bound``;
+    the map stays a bijection of the torus with exact log-dets.
+
+    The flow runs the layers' NumPy passes: the compiled engine evaluates
+    flows over a standard normal base (its frames run the circular spline
+    compiled in such flows).
+
+    References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan
+    and Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020; Durkan et
+    al., "Neural Spline Flows", NeurIPS 2019.
+    """
+    from .distributions import Uniform
+
+    where = "NCSF"
+    _check_permute(permute, where)
+    context = _context_width(context, embedding, where)
+    dtype = resolve_dtype(dtype, where=where)
+    if not isinstance(rotate, (bool, np.bool_)):
+        raise TypeError(f"{where}: rotate must be True or False; got {rotate!r}")
+    if not autoregressive and isinstance(dim, (int, np.integer)) and dim == 1:
+        raise ValueError(f"{where}: autoregressive=False (couplings) needs dim >= 2, one part conditioning the "
+                         f"other; for one angle use autoregressive=True (one learned circle map per layer)")
+    if autoregressive:
+        def make_layer(i, rng, dtype):
+            return CircularSplineAutoregressive(dim, hidden, activation, bins=bins, bound=bound, context=context,
+                                                rng=rng, dtype=dtype, init=init, conditioner=conditioner)
+    else:
+        def make_layer(i, rng, dtype):
+            return CircularSplineCoupling(alternating_mask(dim, parity=i % 2), hidden, activation, bins=bins,
+                                          bound=bound, context=context, rng=rng, dtype=dtype, init=init,
+                                          conditioner=conditioner)
+
+    def mixer(d, rng):
+        parts = []
+        if autoregressive and d > 1:
+            parts.append(Reverse())
+        elif not autoregressive and permute == "random":
+            parts.append(Permute(rng.permutation(d)))
+        if rotate:
+            parts.append(CircularShift(rng.uniform(-bound, bound, d).astype(dtype), bound=bound, dtype=dtype))
+        return Chain(parts) if len(parts) > 1 else (parts[0] if parts else None)
+
+    flow = _stack(dim, n_layers, where, make_layer, mixer, batch_norm=False, act_norm=False, lu_linear=False, rng=rng,
+                  dtype=dtype, min_dim=1 if autoregressive else 2)
+    d = flow.event_shape[0]
+    torus = Uniform(np.full(d, -bound, dtype=dtype), np.full(d, bound, dtype=dtype), dtype=dtype)
+    return TransformedDistribution(torus, flow.bijector, embedding=embedding)

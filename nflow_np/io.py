@@ -16,6 +16,11 @@ for a fitted ``FlowDensity``, its optimizer's state
     ``eps``, ``weight_decay``, ``clip_norm``) in the spec, so that ``nflow-np
     fit --resume`` continues the same Adam. Such a file is format version 2;
     every other file is version 1, which older nflow_np releases read too.
+for a conditional ``FlowDensity``
+    its context's standardization, ``"estimator.context_mean"`` and
+    ``"estimator.context_scale"``; a ``FlowOutlierDetector`` also stores its
+    threshold ``offset_`` in the spec (its ``contamination`` is among its
+    parameters).
 
 :func:`load` reads it with ``np.load(path, allow_pickle=False)`` and rebuilds
 each object from its constructor arguments before copying the stored arrays
@@ -139,17 +144,35 @@ def _optimizer_spec(estimator, encoder):
 
 
 def _estimator_spec(estimator, encoder):
-    from .estimator import FlowDensity
-    params = FlowDensity._json_params(estimator.get_params())
+    name = type(estimator).__name__
+    if name not in _estimator_classes():
+        raise TypeError(f"save: cannot save a {name} (a subclass of FlowDensity); save a FlowDensity or "
+                        f"FlowOutlierDetector")
+    params = estimator._json_params(estimator.get_params())
     if not hasattr(estimator, "flow_"):
-        raise ValueError("save: this FlowDensity is not fitted; fit it before saving")
-    spec = {"class": "FlowDensity", "params": params, "n_features_in": int(estimator.n_features_in_),
+        raise ValueError(f"save: this {name} is not fitted; fit it before saving")
+    spec = {"class": name, "params": params, "n_features_in": int(estimator.n_features_in_),
             "history": None if getattr(estimator, "history_", None) is None else _history_to_json(estimator.history_),
             "arrays": {"mean": encoder.add("estimator.mean", np.asarray(estimator.mean_, np.float64), "FlowDensity"),
                        "scale": encoder.add("estimator.scale", np.asarray(estimator.scale_, np.float64),
                                             "FlowDensity")},
             "optimizer": _optimizer_spec(estimator, encoder)}
+    if hasattr(estimator, "context_mean_"):
+        # a conditional model: its context's standardization
+        spec["arrays"]["context_mean"] = encoder.add("estimator.context_mean",
+                                                     np.asarray(estimator.context_mean_, np.float64), name)
+        spec["arrays"]["context_scale"] = encoder.add("estimator.context_scale",
+                                                      np.asarray(estimator.context_scale_, np.float64), name)
+    if hasattr(estimator, "offset_"):
+        if not math.isfinite(estimator.offset_):
+            raise ValueError(f"save: this {name}'s offset_ is {estimator.offset_}; a threshold must be finite")
+        spec["offset"] = float(estimator.offset_)
     return spec, encoder.encode(estimator.flow_, "flow")
+
+
+def _estimator_classes():
+    from .estimator import FlowDensity, FlowOutlierDetector
+    return {"FlowDensity": FlowDensity, "FlowOutlierDetector": FlowOutlierDetector}
 
 
 def _create_temp(directory):
@@ -400,15 +423,25 @@ def _optimizer_from_spec(node, flow, decoder, where, version):
 
 
 def _build_estimator(spec, flow, decoder, where, version=1):
-    from .estimator import FlowDensity
-    if not isinstance(spec, dict) or spec.get("class") != "FlowDensity":
+    classes = _estimator_classes()
+    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) or spec["class"] not in classes:
         raise ValueError(f"{where}: unknown estimator spec {str(spec)[:80]!r}")
+    cls = classes[spec["class"]]
     try:
-        estimator = FlowDensity(**FlowDensity._params_from_json(spec["params"]))
+        estimator = cls(**cls._params_from_json(spec["params"]))
         estimator._validated_params()
         n_features = int(spec["n_features_in"])
         mean = decoder.take(spec["arrays"]["mean"], "estimator", "mean")
         scale = decoder.take(spec["arrays"]["scale"], "estimator", "scale")
+        context = None
+        if "context_mean" in spec["arrays"] or "context_scale" in spec["arrays"]:
+            context = (decoder.take(spec["arrays"]["context_mean"], "estimator", "context_mean"),
+                       decoder.take(spec["arrays"]["context_scale"], "estimator", "context_scale"))
+        offset = spec.get("offset")
+        if (offset is not None) != (cls is not classes["FlowDensity"]) or \
+                (offset is not None and (not _is_number(offset) or not math.isfinite(offset))):
+            raise ValueError(f"a {cls.__name__} {'needs' if offset is None else 'takes no'} finite offset; got "
+                             f"{offset!r}")
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{where}: the estimator spec is malformed ({type(exc).__name__}: {exc})") from None
     except ValueError as exc:
@@ -419,9 +452,19 @@ def _build_estimator(spec, flow, decoder, where, version=1):
     if mean.shape != (n_features,) or scale.shape != (n_features,) or not np.all(scale > 0):
         raise ValueError(f"{where}: the standardization must be {n_features} means and positive scales; got "
                          f"shapes {mean.shape}, {scale.shape}")
+    width = getattr(flow, "context_size", 0)
+    if context is None and (width or estimator.conditional) or context is not None and (
+            context[0].shape != (width,) or context[1].shape != (width,) or not estimator.conditional or
+            not np.all(context[1] > 0)):
+        raise ValueError(f"{where}: the estimator's context does not match its flow (conditional="
+                         f"{estimator.conditional!r}, a context of {width} column(s); context standardization "
+                         f"shapes {None if context is None else (context[0].shape, context[1].shape)})")
     optimizer = _optimizer_from_spec(spec.get("optimizer"), flow, decoder, where, version)
     estimator._set_fitted(flow, mean.astype(np.float64), scale.astype(np.float64),
-                          _history_from_json(spec.get("history"), where), optimizer)
+                          _history_from_json(spec.get("history"), where), optimizer,
+                          None if context is None else tuple(c.astype(np.float64) for c in context))
+    if offset is not None:
+        estimator.offset_ = float(offset)
     return estimator
 
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ._plot_checks import _as_points, _axes_list, _check_bounds, _check_grid, _evaluate_on_grid, _log_density_fn, \
-    _positive_int
+    _positive_int, _shades
 
 __all__ = ["plot_stages", "plot_density", "plot_samples", "plot_history"]
 
@@ -177,7 +177,7 @@ def plot_stages(flow, n=1000, rng=None, *, titles=None, axes=None, ncols=None, m
 
 
 def plot_density(dist, bounds, grid=200, kind="contour", *, ax=None, log=False, levels=20, cmap="viridis",
-                 title=None, chunk_size=16384):
+                 title=None, chunk_size=16384, context=None):
     """Contour map and/or 3-D surface of a 2-D density on a rectangular grid.
 
     ``dist.log_prob`` is evaluated on a ``grid`` x ``grid`` lattice spanning
@@ -186,9 +186,10 @@ def plot_density(dist, bounds, grid=200, kind="contour", *, ax=None, log=False, 
 
     Parameters
     ----------
-    dist : Distribution or callable
+    dist : Distribution, FlowDensity or callable
         A distribution over 2-D points (event shape ``(2,)``), such as a flow,
-        or a function from an ``(m, 2)`` array to ``m`` log-densities, such as
+        a :class:`~nflow_np.estimator.FlowDensity` fitted on 2 features, or a
+        function from an ``(m, 2)`` array to ``m`` log-densities, such as
         :func:`nflow_np.datasets.bimodal_log_prob`. The grid is built in
         ``dist.dtype`` when it has one.
     bounds : ((float, float), (float, float))
@@ -212,6 +213,13 @@ def plot_density(dist, bounds, grid=200, kind="contour", *, ax=None, log=False, 
         Figure title.
     chunk_size : int, default 16384
         Grid points per ``log_prob`` call.
+    context : array_like, optional
+        For a conditional density (a flow built with ``context=c``, a
+        ``FlowDensity(conditional=True)``): the one context row whose density
+        p(x | context) is drawn, ``c`` values (for a FlowDensity, in the units
+        of the ``y`` it was fitted with). Required by a conditional density,
+        refused by an unconditional one; a callable is then called as
+        ``dist(x, context_rows)``.
 
     Returns
     -------
@@ -222,8 +230,9 @@ def plot_density(dist, bounds, grid=200, kind="contour", *, ax=None, log=False, 
     ------
     ValueError
         If ``dist`` is not 2-D, ``bounds`` or ``grid`` are malformed, ``kind``
-        is unknown, the given axes do not fit ``kind``, or ``log_prob`` fails
-        on the grid.
+        is unknown, the given axes do not fit ``kind``, ``context`` is missing
+        for a conditional density (or given to an unconditional one, or of the
+        wrong width), or ``log_prob`` fails on the grid.
 
     See Also
     --------
@@ -240,7 +249,7 @@ def plot_density(dist, bounds, grid=200, kind="contour", *, ax=None, log=False, 
     plt = _pyplot()
     if kind not in ("contour", "surface", "both"):
         raise ValueError(f"{where}: kind must be 'contour', 'surface' or 'both'; got {kind!r}")
-    log_density = _log_density_fn(dist, where)
+    log_density = _log_density_fn(dist, where, context)
     box = _check_bounds(bounds, where)
     nx, ny = _check_grid(grid, where)
     chunk_size = _positive_int(chunk_size, where, "chunk_size")
@@ -296,15 +305,27 @@ def _panel_height(finite, width):
     return float(np.clip(width * np.clip(aspect, 0.25, 4.0), 1.5, 7.0)) + 0.9
 
 
-def _draw_points(ax, arr, bins, colour, label, marker_size, alpha):
+def _draw_points(ax, arr, bins, colour, label, marker_size, alpha, shade=None, marker="o"):
+    """Scatter 2-D points (a histogram of 1-D ones) in ``colour``, or coloured by ``shade``, their context:
+    ``("category", codes, k)`` or ``("value", values, (vmin, vmax))``; returns the scatter."""
     if arr.ndim == 1:
-        ax.hist(arr[np.isfinite(arr)], bins=bins, density=True, color=colour, alpha=alpha, label=label)
-    else:
-        ax.scatter(arr[:, 0], arr[:, 1], s=marker_size, color=colour, alpha=alpha, linewidths=0, label=label)
+        return ax.hist(arr[np.isfinite(arr)], bins=bins, density=True, color=colour, alpha=alpha, label=label)
+    if shade is None:
+        return ax.scatter(arr[:, 0], arr[:, 1], s=marker_size, color=colour, alpha=alpha, linewidths=0, label=label,
+                          marker=marker)
+    kind, values, extra = shade
+    if kind == "category":
+        for k in range(extra):
+            mine = values == k
+            ax.scatter(arr[mine, 0], arr[mine, 1], s=marker_size, color=f"C{k % 10}", alpha=alpha, linewidths=0,
+                       marker=marker, label=f"{label}: context {k}")
+        return None
+    return ax.scatter(arr[:, 0], arr[:, 1], s=marker_size, c=values, cmap="viridis", vmin=extra[0], vmax=extra[1],
+                      alpha=alpha, linewidths=0, label=label, marker=marker)
 
 
 def plot_samples(data, samples, ax=None, title=None, *, overlay=None, labels=("data", "samples"),
-                 marker_size=3.0, alpha=0.6):
+                 marker_size=3.0, alpha=0.6, context=None):
     """Training data against a flow's samples, side by side or overlaid.
 
     2-D points are scattered at equal axis scales; 1-D values (shape ``(n,)``
@@ -329,17 +350,28 @@ def plot_samples(data, samples, ax=None, title=None, *, overlay=None, labels=("d
         Scatter marker size (points squared).
     alpha : float, default 0.6
         Opacity of markers and bars.
+    context : array_like or (array_like, array_like), optional
+        The context of each 2-D point (for a conditional model: the ``y``
+        the data came with and the samples were drawn at), which colours it:
+        one array for both sets (when they have as many points, such as
+        samples drawn with ``sample(len(data), y=y)``), or a pair
+        ``(data_context, samples_context)``. One column (shape ``(n,)`` or
+        ``(n, 1)``): coloured by value, with a colour bar; several one-hot
+        columns: one colour per category, with a legend. Overlaid, the
+        samples are drawn as crosses.
 
     Returns
     -------
     matplotlib.figure.Figure
-        A new one has one axes (overlaid) or two (side by side).
+        A new one has one axes (overlaid) or two (side by side); a colour bar
+        adds one.
 
     Raises
     ------
     ValueError
         If an input has another shape or is empty, the two differ in
-        dimension, or ``ax`` holds more than two axes.
+        dimension, ``ax`` holds more than two axes, or ``context`` does not
+        hold one finite value or one-hot row per point.
 
     See Also
     --------
@@ -363,6 +395,7 @@ def plot_samples(data, samples, ax=None, title=None, *, overlay=None, labels=("d
     both = np.concatenate([data, samples])
     finite = both[np.all(np.isfinite(both.reshape(len(both), -1)), axis=1)]
     bins = np.histogram_bin_edges(finite, bins=40) if data.ndim == 1 and len(finite) else 40
+    shades = _shades(context, data, samples, where)
 
     if ax is None:
         height = _panel_height(finite, 4.5)
@@ -374,22 +407,30 @@ def plot_samples(data, samples, ax=None, title=None, *, overlay=None, labels=("d
         if len(targets) not in (1, 2):
             raise ValueError(f"{where}: ax must be one axes (overlay) or a pair (side by side); got {len(targets)}")
         fig = targets[0].figure
+    drawn = []
     if len(targets) == 1:
-        _draw_points(targets[0], data, bins, "C0", labels[0], marker_size, alpha)
-        _draw_points(targets[0], samples, bins, "C1", labels[1], marker_size, alpha)
+        drawn.append(_draw_points(targets[0], data, bins, "C0", labels[0], marker_size, alpha, shades[0]))
+        drawn.append(_draw_points(targets[0], samples, bins, "C1", labels[1], marker_size, alpha, shades[1],
+                                  marker="o" if context is None else "x"))
         targets[0].legend(loc="best", markerscale=3.0 if data.ndim == 2 else 1.0)
         if title is not None:
             targets[0].set_title(title)
     else:
-        for target, arr, colour, label in zip(targets, (data, samples), ("C0", "C1"), labels):
-            _draw_points(target, arr, bins, colour, label, marker_size, alpha)
+        for target, arr, colour, label, shade in zip(targets, (data, samples), ("C0", "C1"), labels, shades):
+            drawn.append(_draw_points(target, arr, bins, colour, label, marker_size, alpha, shade))
             target.set_title(label)
+            if shade is not None and shade[0] == "category":
+                target.legend(loc="best", markerscale=3.0)
         if title is not None:
             fig.suptitle(title)
+
     for target in targets if data.ndim == 2 else ():
         target.set_aspect("equal", adjustable="box")
     if ax is None:
         fig.tight_layout()
+    if shades[0] is not None and shades[0][0] == "value":
+        # after the layout, which a colour bar's axes would not fit
+        fig.colorbar(drawn[0], ax=targets, label="context")
     return fig
 
 

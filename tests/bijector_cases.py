@@ -14,6 +14,8 @@ import numpy as np
 from nflow_np import bijectors as nb
 from nflow_np.bijectors.autoregressive import InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
 from nflow_np.bijectors.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
+from nflow_np.bijectors.coupling import CircularSplineCoupling
+from nflow_np.bijectors.autoregressive import CircularSplineAutoregressive
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,40 @@ def _vectors(dim, scale=1.5):
     def points(rng, dtype, n):
         return rng.normal(scale=scale, size=(n, dim)).astype(dtype)
     return points
+
+
+def _angles(dim, bound=np.pi):
+    """Points of the torus [-B, B]^dim: the edge rows within a hair of +-B (on them, every central stencil
+    would leave the domain), the bulk uniform inside."""
+    def points(rng, dtype, n):
+        x = rng.uniform(-bound, bound, size=(n, dim))
+        hair = 1e-3 if _f32(dtype) else 1e-9
+        signs = np.where(np.arange(dim) % 2 == 0, 1.0, -1.0)
+        x[0] = signs * (bound - hair)
+        x[1] = -signs * (bound - 10 * hair)
+        return x.astype(dtype)
+    return points
+
+
+def _circular_shift(rng, dtype):
+    # turns of 0.5 to 2.5 either way: the seam (where x + shift crosses +-pi) lies well inside the interval
+    turn = rng.uniform(0.5, 2.5, size=WIDTH) * rng.choice([-1.0, 1.0], size=WIDTH)
+    return nb.CircularShift(turn.astype(dtype))
+
+
+def _off_seam(bijector, x, margin=0.2):
+    """Points clear of the rotation's seam and of +-B by a stencil's reach; the edge rows move only off the seam."""
+    bound, shift = bijector.bound, bijector.params["shift"].astype(np.float64)
+    rng = np.random.default_rng(0)
+    x = x.astype(np.float64)
+    for _ in range(100):
+        turned = (x + shift + bound) % (2 * bound) - bound
+        bad = np.abs(turned) > bound - margin
+        bad[2:] |= np.abs(x[2:]) > bound - margin
+        if not bad.any():
+            break
+        x = np.where(bad, rng.uniform(-bound + margin, bound - margin, size=x.shape), x)
+    return x.astype(bijector.dtype)
 
 
 def _off_kink(inner, x, margin=0.15):
@@ -228,6 +264,7 @@ CASES = {
     "RationalQuadraticSpline(shared)": Case(lambda rng, dt: _spline(rng, dt, batch=()),
                                             _reals(edges64=_SPLINE_EDGES, edges32=_SPLINE_EDGES),
                                             adjust=_spline_points),
+    "CircularShift": Case(_circular_shift, _angles(WIDTH), adjust=_off_seam),
     "Inline(shift-and-cube)": Case(lambda rng, dt: _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
                                    _vectors(2, scale=0.7), dim=2),
 }
@@ -314,6 +351,30 @@ CASES.update({
     "BlockNeuralAutoregressive": Case(
         lambda rng, dt: nb.BlockNeuralAutoregressive(3, hidden_factor=2, hidden_layers=1, rng=rng, dtype=dt),
         _vectors(3, scale=2.0), dim=3),
+    "CircularSplineCoupling": Case(
+        lambda rng, dt: _randomized(CircularSplineCoupling([True, False, False, True], (6,), "tanh", bins=5,
+                                                           rng=rng, dtype=dt), rng),
+        _angles(4), dim=4),
+    "CircularSplineAutoregressive": Case(
+        lambda rng, dt: _randomized(CircularSplineAutoregressive(2, (3,), "tanh", bins=3, order=[1, 0], rng=rng,
+                                                                 dtype=dt), rng),
+        _angles(2), dim=2),
+    "CircularSplineAutoregressive(1-D)": Case(
+        lambda rng, dt: _randomized(CircularSplineAutoregressive(1, (3,), "tanh", bins=3, rng=rng, dtype=dt), rng),
+        _angles(1), dim=1),
+    # residual conditioners (ResidualMLP, ResidualMADE) in both frames
+    "AffineCoupling(resnet)": Case(
+        lambda rng, dt: _randomized(AffineCoupling([True, False, True, False], (5, 5), "tanh", conditioner="resnet",
+                                                   rng=rng, dtype=dt), rng),
+        _vectors(4), dim=4),
+    "SplineCoupling(resnet)": Case(
+        lambda rng, dt: _randomized(SplineCoupling([False, True, True], (5,), "silu", bins=4, bound=3.0,
+                                                   conditioner="resnet", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "MaskedAutoregressive(resnet)": Case(
+        lambda rng, dt: _randomized(MaskedAutoregressive(3, (6, 6), "tanh", order=rng.permutation(3),
+                                                         conditioner="resnet", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
     "BatchNorm(eval)": Case(lambda rng, dt: _batch_norm_eval(rng, dt), _vectors(3), dim=3),
     "ActNorm": Case(lambda rng, dt: _act_norm(rng, dt), _vectors(3), dim=3),
     "LULinear": Case(lambda rng, dt: _randomized(nb.LULinear(4, rng=rng, dtype=dt), rng, scale=0.2),
@@ -323,6 +384,45 @@ CASES.update({
                                   _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
                                   nb.Scale(np.array([2.0, 1.5], dtype=dt)), nb.Shift(np.array([0.0, -2.0], dtype=dt))]),
         lambda rng, dt, n: (0.2 * rng.normal(size=(n, 2))).astype(dt), dim=2),
+})
+
+
+
+def _planar(rng, dtype, w_dot_u=None):
+    b = nb.Planar(3, rng=rng, dtype=dtype)
+    b.params["b"][...] = rng.normal()
+    if w_dot_u is not None:   # m(w . u) = softplus(w . u) - 1 near -1: the map nearly folds along w
+        w = b.params["w"]
+        b.params["u"] += ((w_dot_u - w @ b.params["u"]) * w / (w @ w)).astype(dtype)
+    return b
+
+
+def _radial(rng, dtype, raw_beta=None):
+    b = nb.Radial(3, rng=rng, dtype=dtype)
+    b.params["raw_alpha"][...] = rng.normal(scale=0.5)
+    if raw_beta is not None:  # beta_hat close to -alpha: a strong contraction towards z0
+        b.params["raw_beta"][...] = raw_beta
+    return b
+
+
+def _around_z0(bijector, x):
+    # edge rows: close to z0 (the map is not smooth at z0 itself) and far from it
+    x = x.copy()
+    z0 = bijector.params["z0"]
+    x[0] = z0 + np.array([0.05, -0.03, 0.02], dtype=x.dtype)
+    x[1] = z0 + np.array([20.0, -10.0, 5.0], dtype=x.dtype)
+    return x
+
+
+# Planar and radial flows (inverse solved numerically) and orthogonal maps.
+CASES.update({
+    "Planar": Case(lambda rng, dt: _planar(rng, dt), _vectors(3), dim=3),
+    "Planar(nearly folding)": Case(lambda rng, dt: _planar(rng, dt, w_dot_u=-4.0), _vectors(3), dim=3),
+    "Radial": Case(lambda rng, dt: _radial(rng, dt), _vectors(3), dim=3, adjust=_around_z0),
+    "Radial(contracting)": Case(lambda rng, dt: _radial(rng, dt, raw_beta=-3.0), _vectors(3), dim=3,
+                                adjust=_around_z0),
+    "Householder": Case(lambda rng, dt: nb.Householder(4, n_reflections=3, rng=rng, dtype=dt), _vectors(4), dim=4),
+    "RandomRotation": Case(lambda rng, dt: nb.RandomRotation(5, rng=rng, dtype=dt), _vectors(5), dim=5),
 })
 
 DTYPES = [np.float64, np.float32]

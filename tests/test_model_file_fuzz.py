@@ -19,7 +19,7 @@ import pytest
 
 import nflow_np
 from nflow_np import cli, datasets, flows, io
-from nflow_np.estimator import FlowDensity
+from nflow_np.estimator import FlowDensity, FlowOutlierDetector
 
 MiB = 2 ** 20
 
@@ -34,21 +34,26 @@ def numpy_backend():
 def _objects():
     estimator = FlowDensity(n_layers=1, hidden=(3,), epochs=1, batch_size=32, random_state=0)
     estimator.fit(datasets.load("two-moons", 64, rng=0))
+    points, moon = datasets.two_moons(64, rng=0, return_labels=True)
+    detector = FlowOutlierDetector(conditional=True, n_layers=1, hidden=(3,), epochs=1, batch_size=32, random_state=0)
+    detector.fit(points, np.eye(2)[moon])
     return {
         "realnvp": flows.RealNVP(2, n_layers=2, hidden=(3,), rng=0),
         "nsf": flows.NSF(2, n_layers=2, bins=3, hidden=(3,), rng=1),
         "maf-batchnorm": flows.MAF(2, n_layers=2, hidden=(3,), batch_norm=True, rng=2),
         "estimator": estimator,
+        "conditional-detector": detector,
     }
 
 
-KINDS = ["realnvp", "nsf", "maf-batchnorm", "estimator"]
+KINDS = ["realnvp", "nsf", "maf-batchnorm", "estimator", "conditional-detector"]
 X = np.random.default_rng(0).normal(size=(5, 2))
 
 
 def _log_prob(model):
     flow = model.flow_ if isinstance(model, FlowDensity) else model
-    return flow.log_prob(X)
+    context = getattr(flow, "context_size", 0)
+    return flow.log_prob(X, context=np.ones((len(X), context)) if context else None)
 
 
 @pytest.fixture(scope="module")

@@ -263,3 +263,91 @@ def _repo_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- a conditional density's context
+def _conditional_estimator():
+    import nflow_np
+    from nflow_np.estimator import FlowDensity
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 2, 200)
+    X = np.array([[-3.0, 0.0], [3.0, 0.0]])[label] + 0.5 * rng.normal(size=(200, 2))
+    with nflow_np.backend("numpy"):
+        est = FlowDensity(conditional=True, n_layers=2, hidden=(8,), epochs=10, batch_size=64, lr=1e-2,
+                          random_state=0).fit(X, np.eye(2)[label])
+    return est, X, label
+
+
+def test_density_at_one_context(tmp_path):
+    import nflow_np
+    est, _, _ = _conditional_estimator()
+    box = ((-6, 6), (-3, 3))
+    gx, gy = np.meshgrid(np.linspace(-6, 6, 41), np.linspace(-3, 3, 21))
+    points = np.stack([gx.ravel(), gy.ravel()], axis=-1)
+    with nflow_np.backend("numpy"):
+        for row, side in (([1.0, 0.0], -1), ([0.0, 1.0], 1)):
+            fig = plot.plot_density(est, box, grid=(41, 21), context=row, log=True, levels=np.linspace(-60, 0, 61))
+            assert_renders(fig, tmp_path / "cond.png", 1)
+            lp = est.score_samples(points, np.tile(row, (len(points), 1)))
+            assert np.sign(points[np.argmax(lp)][0]) == side      # the first category lies left, the second right
+            # the filled cells are those of the estimator's log-density at that context
+            contours = fig.axes[0].collections[0]
+            drawn = [i for i, path in enumerate(contours.get_paths()) if len(path.vertices)]
+            assert contours.levels[max(drawn) + 1] >= lp.max() > contours.levels[max(drawn)]
+        flow = flows.RealNVP(2, n_layers=2, hidden=(4,), context=1, rng=0)
+        assert_renders(plot.plot_density(flow, box, grid=30, context=[0.5]), tmp_path / "flow.png", 1)
+
+
+def test_density_context_errors():
+    est, _, _ = _conditional_estimator()
+    box = ((-1, 1), (-1, 1))
+    with pytest.raises(ValueError, match="is conditional .* passing context= one row of 2 value"):
+        plot.plot_density(est, box, grid=5)
+    with pytest.raises(ValueError, match="context must be one row of 2 value"):
+        plot.plot_density(est, box, grid=5, context=[1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="conditional \\(a context of size 1\\)"):
+        plot.plot_density(flows.MAF(2, n_layers=1, hidden=(4,), context=1, rng=0), box, grid=5)
+    with pytest.raises(ValueError, match="unconditional"):
+        plot.plot_density(flows.MAF(2, n_layers=1, hidden=(4,), rng=0), box, grid=5, context=[1.0])
+
+
+def test_samples_coloured_by_a_categorical_context(tmp_path):
+    import nflow_np
+    est, X, label = _conditional_estimator()
+    Y = np.eye(2)[label]
+    with nflow_np.backend("numpy"):
+        drawn = est.sample(len(X), y=Y, random_state=0)
+    fig = plot.plot_samples(X, drawn, context=Y)
+    assert_renders(fig, tmp_path / "categories.png", 2)
+    # one scatter per category on each panel, each holding that category's points
+    for ax, arr in zip(fig.axes, (X, drawn)):
+        offsets = [c.get_offsets() for c in ax.collections]
+        assert len(offsets) == 2
+        np.testing.assert_array_equal(offsets[1], arr[label == 1])
+        assert [t.get_text() for t in ax.get_legend().get_texts()][0].endswith("context 0")
+    fig = plot.plot_samples(X, drawn[:50], context=(Y, Y[:50]), overlay=True)
+    assert_renders(fig, tmp_path / "overlay.png", 1)
+
+
+def test_samples_coloured_by_a_value_context(tmp_path):
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, 300)
+    data = np.c_[np.cos(3 * t), np.sin(3 * t)] + 0.05 * rng.normal(size=(300, 2))
+    fig = plot.plot_samples(data, data[::-1], context=t)
+    assert_renders(fig, tmp_path / "values.png", 3)        # two panels and a colour bar
+    np.testing.assert_array_equal(fig.axes[0].collections[0].get_array(), t)
+    assert fig.axes[0].collections[0].get_clim() == (t.min(), t.max())
+
+
+def test_samples_context_errors():
+    good = np.zeros((10, 2))
+    with pytest.raises(ValueError, match="one context value or row per point \\(10 of them\\)"):
+        plot.plot_samples(good, good, context=np.zeros(9))
+    with pytest.raises(ValueError, match="must be one-hot"):
+        plot.plot_samples(good, good, context=np.ones((10, 2)))
+    with pytest.raises(ValueError, match="pass context as a pair"):
+        plot.plot_samples(good, good[:5], context=np.zeros(10))
+    with pytest.raises(ValueError, match="context colours 2-D points"):
+        plot.plot_samples(np.zeros(10), np.zeros(10), context=np.zeros(10))
+    with pytest.raises(ValueError, match="must be finite"):
+        plot.plot_samples(good, good, context=np.full(10, np.nan))

@@ -17,6 +17,8 @@ from nflow_np.kernels.backend import load_numba
 
 DTYPES = [np.float64, np.float32]
 EDGES = np.array([0.0, 2.0, -2.0, 2.5, -7.0, 1e3, -1e-7, 1.9999])
+# a circular spline has no value outside [-B, B]: its edges are the ends and points next to them
+CIRCULAR_EDGES = np.array([0.0, 2.0, -2.0, 1.9999, -1.9999, 1e-7, -1e-7, 2.0 - 1e-12])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,9 +28,16 @@ def compiled():
 
 def reference(name):
     made = TRANSFORMS[name]()
-    if name == "spline":
+    if name in ("spline", "circular_spline"):
         made = TRANSFORMS[name](bins=4, bound=2.0)
     return made
+
+
+def draw_values(name, rng, n, dtype):
+    """Edge values in the first row, the bulk after: inside a circular spline's interval, anywhere otherwise."""
+    if name == "circular_spline":
+        return np.concatenate([CIRCULAR_EDGES[None], rng.uniform(-2.0, 2.0, (n - 1, EDGES.size))]).astype(dtype)
+    return np.concatenate([EDGES[None], 1.5 * rng.standard_normal((n - 1, EDGES.size))]).astype(dtype)
 
 
 def tol(dtype):
@@ -53,7 +62,7 @@ def test_scalar_math_matches_the_reference(name, by_coordinate, dtype):
     module = transforms.module_for(name)
     per = made.params_per_coordinate
     n, m = 5, EDGES.size
-    values = np.concatenate([EDGES[None], 1.5 * rng.standard_normal((n - 1, m))]).astype(dtype)
+    values = draw_values(name, rng, n, dtype)
     params = (0.8 * rng.standard_normal((n, m, per))).astype(dtype)
     st = module.settings(np.array(module.constants(made.lower()), dtype=dtype))
     # the network output the frames read: by coordinate (j * P + q) or by parameter (q * m + j)
@@ -130,3 +139,33 @@ def test_sigmoidal_settings_are_checked():
         TRANSFORMS["sigmoidal"](units=0)
     with pytest.raises(ValueError, match="min_slope"):
         TRANSFORMS["sigmoidal"](min_slope=0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_circular_spline_outside_its_interval(dtype):
+    """The NumPy passes refuse a point outside [-B, B], naming it; the compiled ones return NaN (never a value)."""
+    made = reference("circular_spline")
+    module = transforms.module_for("circular_spline")
+    st = module.settings(np.array(module.constants(made.lower()), dtype=dtype))
+    params = np.zeros((1, 1, made.params_per_coordinate), dtype=dtype)
+    for direction, argname in (("density", "y"), ("sampling", "x")):
+        with pytest.raises(ValueError, match=r"CircularSplineTransform: " + argname + r" must lie in the circular "
+                                             r"spline's interval \[-bound, bound\] = \[-2, 2\].*got 2.5 at index "
+                                             r"\(0, 0\)"):
+            getattr(made, direction)(np.array([[2.5]], dtype=dtype), params)
+        for v in (2.5, -2.0001, np.nan):
+            out, ld = getattr(module, direction)(dtype(v), params.reshape(1, -1).copy(), 0, 0, 1, st)
+            assert np.isnan(out) and np.isnan(ld)
+    gp = np.full((1, made.params_per_coordinate), np.nan, dtype=dtype)
+    assert np.isnan(module.density_vjp(dtype(3.0), dtype(1.0), dtype(1.0), params.reshape(1, -1).copy(), gp, 0, 0, 1,
+                                       st))
+    assert np.all(gp == 0)
+    # both ends are fixed points of every circular spline, the slopes there equal
+    rng = np.random.default_rng(5)
+    raw = rng.standard_normal((1, made.params_per_coordinate)).astype(dtype)
+    slopes = []
+    for v in (-2.0, 2.0):
+        out, ld = module.density(dtype(v), raw.copy(), 0, 0, 1, st)
+        assert out == dtype(v)
+        slopes.append(ld)
+    np.testing.assert_allclose(slopes[0], slopes[1], **tol(dtype))

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 MODELS = ["RealNVP", "NICE", "MAF", "NSF", "NSF-AR", "NAF", "BNAF"]
+# the same flows with residual conditioners (nflow_np only): conditioner="resnet", hidden=Budget.res_hidden
+RESIDUAL = "-res"
+RESIDUAL_MODELS = [m + RESIDUAL for m in MODELS if m not in ("NAF", "BNAF")]
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Budget:
     batch: int = 512
     lr: float = 1e-3
     seed: int = 0
+    res_hidden: tuple = (32, 32)     # (width,) * blocks of the "-res" models' residual conditioners
 
 
 # ---------------------------------------------------------------------------
@@ -43,6 +47,9 @@ class Budget:
 def nflow_model(model, dim, budget, **overrides):
     from nflow_np import flows
     common = dict(n_layers=budget.layers, hidden=budget.hidden, rng=budget.seed, dtype=np.float32)
+    if model.endswith(RESIDUAL):
+        model = model[:-len(RESIDUAL)]
+        common.update(hidden=budget.res_hidden, conditioner="resnet")
     common.update(overrides)
     if model == "RealNVP":
         return flows.RealNVP(dim, **common)
@@ -71,6 +78,7 @@ def nflow_train(model, train, val, budget, fit_options=None, **overrides):
                    rng=budget.seed + 1, backend="numba")
     options.update(fit_options or {})
     history = fit(flow, train, **options)
+    history.n_params = int(sum(p.size for _, p in flow.parameters()))
     return (lambda x: flow.log_prob(x, backend="numba").astype(np.float64)), history
 
 

@@ -20,11 +20,18 @@ from .inline import Inline
 from .affine import Affine
 from .autoregressive import Autoregressive, InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
 from .block_autoregressive import BlockNeuralAutoregressive
+from .autoregressive import CircularSplineAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
-from .transforms import AdditiveTransform, AffineTransform, SigmoidalTransform, SinhArcsinhTransform, SplineTransform, \
-    Transform
+from .coupling import CircularSplineCoupling
+from .transforms import AdditiveTransform, AffineTransform, SinhArcsinhTransform, SplineTransform, Transform
+from .transforms import CircularSplineTransform
+from .transforms import SigmoidalTransform
+from .circular import CircularShift
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
+from .orthogonal import Householder, RandomRotation
+from .planar import Planar
+from .radial import Radial
 from .normalization import ActNorm, BatchNorm
 from .spline import RationalQuadraticSpline
 
@@ -39,4 +46,6 @@ __all__ = [
     "AdditiveCoupling", "AffineCoupling", "SplineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
     "SplineAutoregressive", "BlockNeuralAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",
+    "Planar", "Radial", "Householder", "RandomRotation",
+    "CircularSplineTransform", "CircularSplineCoupling", "CircularSplineAutoregressive", "CircularShift",
 ]

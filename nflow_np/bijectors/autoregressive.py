@@ -4,11 +4,10 @@ MADE conditioner."""
 import numpy as np
 
 from .._validation import check_event_shape
-from ..nn.mlp import MaskedMLP
 from .base import CONTEXT_GRAD, Bijector
 from .chain import Invert
-from .coupling import check_context_size, net_backward, network_init
-from .transforms import AffineTransform, SplineTransform, Transform
+from .coupling import check_conditioner, check_context_size, masked_conditioner, net_backward, network_init
+from .transforms import AffineTransform, CircularSplineTransform, SplineTransform, Transform
 
 
 class Autoregressive(Bijector):
@@ -33,7 +32,8 @@ class Autoregressive(Bijector):
         ``AffineTransform()`` (MAF), ``SplineTransform()`` (autoregressive
         NSF), ``SinhArcsinhTransform()``, ``AdditiveTransform()`` or your own.
     hidden : tuple of int
-        Hidden widths of the MADE network.
+        Hidden widths of the MADE network; with ``conditioner="resnet"``,
+        ``(width,) * blocks`` (one entry per residual block, all equal).
     activation : {"relu", "tanh", "elu", "silu"}
     order : array of int, optional
         The autoregressive order of the coordinates (default ``0..d-1``).
@@ -45,15 +45,20 @@ class Autoregressive(Bijector):
         The conditioner's start (:func:`~nflow_np.bijectors.coupling.network_init`):
         every layer as PyTorch's ``nn.Linear`` (near the identity), or exactly
         the identity (a zero last layer).
+    conditioner : {"mlp", "resnet"}, default "mlp"
+        The network: MADE (:class:`~nflow_np.nn.MaskedMLP`) or the masked
+        residual MADE of Durkan et al. (:class:`~nflow_np.nn.ResidualMADE`);
+        residual conditioners run the NumPy passes on every backend.
 
     References: Papamakarios, Pavlakou and Murray, "Masked Autoregressive Flow
-    for Density Estimation", NeurIPS 2017; Germain et al., "MADE", ICML 2015.
+    for Density Estimation", NeurIPS 2017; Germain et al., "MADE", ICML 2015;
+    Durkan et al., "Neural Spline Flows", NeurIPS 2019 (residual MADE).
     """
 
     event_ndims = 1
 
     def __init__(self, features, transform, hidden=(64, 64), activation="relu", *, order=None, context=0,
-                 rng=None, dtype=np.float64, name=None, init="random"):
+                 rng=None, dtype=np.float64, name=None, init="random", conditioner="mlp"):
         super().__init__(dtype=np.dtype(dtype), name=name)
         if not isinstance(transform, Transform):
             raise TypeError(f"{self.name}: transform must be a nflow_np.bijectors.transforms.Transform; "
@@ -63,9 +68,10 @@ class Autoregressive(Bijector):
         if isinstance(features, bool) or not isinstance(features, (int, np.integer)) or features < 1:
             raise ValueError(f"{self.name}: features must be a positive int; got {features!r}")
         self.features = int(features)
-        self.net = MaskedMLP(self.features, hidden, out_per_feature=transform.params_per_coordinate,
-                             activation=activation, order=order, rng=rng, dtype=self.dtype,
-                             context_features=self.context_size, **network_init(init, self.name))
+        self.conditioner, hidden = check_conditioner(conditioner, hidden, self.name)
+        self.net = masked_conditioner(self.conditioner, self.features, hidden, transform.params_per_coordinate,
+                                      activation, order=order, rng=rng, dtype=self.dtype,
+                                      context_features=self.context_size, **network_init(init, self.name))
         self.init = init
         # the coordinates in the order they are generated
         self._generation = np.argsort(self.net.order)
@@ -149,10 +155,10 @@ class MaskedAutoregressive(Autoregressive):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base"):
+                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp"):
         transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
-                         dtype=dtype, name=name, init=init)
+                         dtype=dtype, name=name, init=init, conditioner=conditioner)
         self.log_scale_clamp = transform.clamp
 
 
@@ -191,10 +197,10 @@ class InverseAutoregressive(Invert):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base"):
+                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp"):
         super().__init__(MaskedAutoregressive(features, hidden, activation, order=order,
                                               log_scale_clamp=log_scale_clamp, context=context, rng=rng,
-                                              dtype=dtype, init=init, shift=shift),
+                                              dtype=dtype, init=init, shift=shift, conditioner=conditioner),
                          name=name or "InverseAutoregressive")
         self.features = self.bijector.features
 
@@ -211,7 +217,7 @@ class SplineAutoregressive(Autoregressive):
     Parameters
     ----------
     features : int
-    hidden, activation, order, context, rng, dtype
+    hidden, activation, order, context, rng, dtype, init, conditioner
         As in :class:`Autoregressive`.
     bins, bound, min_bin_width, min_bin_height, min_derivative
         As in :class:`~nflow_np.bijectors.SplineCoupling`.
@@ -222,9 +228,44 @@ class SplineAutoregressive(Autoregressive):
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
                  min_bin_height=1e-3, min_derivative=1e-3, order=None, context=0, rng=None, dtype=np.float64,
-                 name=None, init="random"):
+                 name=None, init="random", conditioner="mlp"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
                                     name or type(self).__name__)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
-                         dtype=dtype, name=name, init=init)
+                         dtype=dtype, name=name, init=init, conditioner=conditioner)
+        self.spline = transform.spline
+
+
+class CircularSplineAutoregressive(Autoregressive):
+    """Autoregressive circular rational-quadratic spline (NCSF on a torus) with a MADE conditioner.
+
+    Data ``y`` and base ``x`` are angles related by ``x_i = g_i(y_i)``, a
+    circular spline (:class:`~nflow_np.bijectors.transforms.CircularSplineTransform`)
+    whose ``3 bins`` parameters come from ``y_<i`` (in ``order``) and the
+    context: each ``g_i`` maps ``[-bound, bound]`` onto itself with the ends
+    fixed and one shared end slope, so the layer is a diffeomorphism of the
+    torus. With ``features=1`` the spline's parameters are the network's
+    output biases: one learned circle map. Coordinates outside
+    ``[-bound, bound]`` are refused with a ``ValueError``.
+
+    Parameters
+    ----------
+    features : int
+    hidden, activation, order, context, rng, dtype, init
+        As in :class:`Autoregressive`.
+    bins, bound, min_bin_width, min_bin_height, min_derivative
+        As in :class:`~nflow_np.bijectors.CircularSplineCoupling` (``bound`` pi by default).
+
+    References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan and
+    Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020; Germain et al.,
+    "MADE", ICML 2015.
+    """
+
+    def __init__(self, features, hidden=(64, 64), activation="relu", *, bins=8, bound=np.pi, min_bin_width=1e-3,
+                 min_bin_height=1e-3, min_derivative=1e-3, order=None, context=0, rng=None, dtype=np.float64,
+                 name=None, init="random", conditioner="mlp"):
+        transform = CircularSplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
+                                            name or type(self).__name__)
+        super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
+                         dtype=dtype, name=name, init=init, conditioner=conditioner)
         self.spline = transform.spline

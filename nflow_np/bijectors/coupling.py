@@ -1,5 +1,5 @@
-"""The coupling frame (:class:`Coupling`) and its named forms: NICE's additive, RealNVP's affine and NSF's spline
-coupling.
+"""The coupling frame (:class:`Coupling`) and its named forms: NICE's additive, RealNVP's affine, NSF's spline and
+NCSF's circular spline coupling.
 
 A boolean ``mask`` splits each vector: the masked part ``x_a`` passes through
 unchanged and conditions an MLP, which computes the parameters of an
@@ -9,9 +9,9 @@ elementwise transform of the other part ``x_b``.
 import numpy as np
 
 from .._validation import check_event_shape
-from ..nn.mlp import MLP
+from ..nn.mlp import MLP, MaskedMLP, _check_hidden
 from .base import CONTEXT_GRAD, PassBijector
-from .transforms import AdditiveTransform, AffineTransform, SplineTransform, Transform
+from .transforms import AdditiveTransform, AffineTransform, CircularSplineTransform, SplineTransform, Transform
 
 
 def _split_mask(mask, where):
@@ -52,6 +52,41 @@ def network_init(init, where):
     return {"init": "uniform", "zero_last": False} if init == "random" else {"init": "normal", "zero_last": True}
 
 
+CONDITIONERS = ("mlp", "resnet")
+
+
+def check_conditioner(conditioner, hidden, where):
+    """Validate a frame's ``conditioner=`` and ``hidden=``; return ``(conditioner, hidden)``.
+
+    ``"mlp"``: ``hidden`` lists the hidden widths. ``"resnet"``: ``hidden`` is
+    ``(width,) * blocks``, one entry per residual block, all equal (an int
+    means one block), e.g. ``(64, 64)`` for two blocks of width 64.
+    """
+    if not (isinstance(conditioner, str) and conditioner in CONDITIONERS):
+        raise ValueError(f"{where}: conditioner must be one of {CONDITIONERS}; got {conditioner!r}")
+    hidden = _check_hidden(hidden, where)
+    if conditioner == "resnet" and (not hidden or len(set(hidden)) != 1):
+        raise ValueError(f"{where}: with conditioner='resnet', hidden is (width,) * blocks, one equal width per "
+                         f"residual block, e.g. (64, 64); got {hidden!r}")
+    return conditioner, hidden
+
+
+def dense_conditioner(conditioner, in_features, out_features, hidden, activation, **kwargs):
+    """The coupling frame's network: :class:`~nflow_np.nn.MLP` or :class:`~nflow_np.nn.ResidualMLP`."""
+    if conditioner == "resnet":
+        from ..nn.resnet import ResidualMLP
+        return ResidualMLP(in_features, out_features, hidden[0], len(hidden), activation, **kwargs)
+    return MLP(in_features, out_features, hidden, activation, **kwargs)
+
+
+def masked_conditioner(conditioner, features, hidden, out_per_feature, activation, **kwargs):
+    """The autoregressive frame's network: :class:`~nflow_np.nn.MaskedMLP` or :class:`~nflow_np.nn.ResidualMADE`."""
+    if conditioner == "resnet":
+        from ..nn.resnet import ResidualMADE
+        return ResidualMADE(features, hidden[0], len(hidden), out_per_feature, activation, **kwargs)
+    return MaskedMLP(features, hidden, out_per_feature=out_per_feature, activation=activation, **kwargs)
+
+
 def net_backward(net, cache, grad_out):
     """``net.backward`` as ``(grad_input, grads)``, the context's gradient moved into ``grads``."""
     result = net.backward(cache, grad_out)
@@ -87,11 +122,17 @@ class Coupling(PassBijector):
         ``AffineTransform()`` (RealNVP), ``AdditiveTransform()`` (NICE),
         ``SplineTransform()`` (NSF), ``SinhArcsinhTransform()``, or your own.
     hidden : tuple of int
-        Hidden widths of the conditioner MLP.
+        Hidden widths of the conditioner MLP; with ``conditioner="resnet"``,
+        ``(width,) * blocks`` (one entry per residual block, all equal).
     activation : {"relu", "tanh", "elu", "silu"}
     context : int, default 0
         Width of a conditioning input: the network then sees ``(x_a, context)``,
         and every pass takes ``context=`` (one row per point, or one row for all).
+    conditioner : {"mlp", "resnet"}, default "mlp"
+        The network: a plain :class:`~nflow_np.nn.MLP`, or a
+        :class:`~nflow_np.nn.ResidualMLP` (pre-activation residual blocks, as
+        Durkan et al.'s NSF); residual conditioners run the NumPy passes on
+        every backend (they do not lower to the compiled engine).
     rng : Generator or int, optional
     dtype : float64 (default) or float32
     init : {"random", "identity"}, default "random"
@@ -106,7 +147,7 @@ class Coupling(PassBijector):
     event_ndims = 1
 
     def __init__(self, mask, transform, hidden=(64, 64), activation="relu", *, context=0, rng=None,
-                 dtype=np.float64, name=None, init="random"):
+                 dtype=np.float64, name=None, init="random", conditioner="mlp"):
         super().__init__(dtype=np.dtype(dtype), name=name)
         if not isinstance(transform, Transform):
             raise TypeError(f"{self.name}: transform must be a nflow_np.bijectors.transforms.Transform; "
@@ -117,9 +158,10 @@ class Coupling(PassBijector):
         self.context_size = check_context_size(context, self.name)
         self._a = np.flatnonzero(self.mask)
         self._b = np.flatnonzero(~self.mask)
-        self.net = MLP(self._a.size, transform.params_per_coordinate * self._b.size, hidden, activation, rng=rng,
-                       dtype=self.dtype, context_features=self.context_size,
-                       **network_init(init, self.name))
+        self.conditioner, hidden = check_conditioner(conditioner, hidden, self.name)
+        self.net = dense_conditioner(self.conditioner, self._a.size, transform.params_per_coordinate * self._b.size,
+                                     hidden, activation, rng=rng, dtype=self.dtype,
+                                     context_features=self.context_size, **network_init(init, self.name))
         self.init = init
 
     def _children(self):
@@ -192,9 +234,9 @@ class AdditiveCoupling(Coupling):
     """
 
     def __init__(self, mask, hidden=(64, 64), activation="relu", *, context=0, rng=None, dtype=np.float64,
-                 name=None, init="random"):
+                 name=None, init="random", conditioner="mlp"):
         super().__init__(mask, AdditiveTransform(), hidden, activation, context=context, rng=rng, dtype=dtype,
-                         name=name, init=init)
+                         name=name, init=init, conditioner=conditioner)
 
 
 class AffineCoupling(Coupling):
@@ -212,10 +254,10 @@ class AffineCoupling(Coupling):
     """
 
     def __init__(self, mask, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, rng=None,
-                 dtype=np.float64, name=None, init="random", shift="base"):
+                 dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp"):
         transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift)
         super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,
-                         init=init)
+                         init=init, conditioner=conditioner)
         self.log_scale_clamp = transform.clamp
 
 
@@ -234,7 +276,7 @@ class SplineCoupling(Coupling):
 
     Parameters
     ----------
-    mask, hidden, activation, context, rng, dtype
+    mask, hidden, activation, context, rng, dtype, init, conditioner
         As in :class:`Coupling`.
     bins : int, default 8
     bound : float, default 5.0
@@ -246,9 +288,44 @@ class SplineCoupling(Coupling):
 
     def __init__(self, mask, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
                  min_bin_height=1e-3, min_derivative=1e-3, context=0, rng=None, dtype=np.float64, name=None,
-                 init="random"):
+                 init="random", conditioner="mlp"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
                                     name or type(self).__name__)
         super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,
-                         init=init)
+                         init=init, conditioner=conditioner)
+        self.spline = transform.spline
+
+
+class CircularSplineCoupling(Coupling):
+    """Coupling with a circular rational-quadratic spline per transformed coordinate (NCSF, angles).
+
+    As :class:`SplineCoupling`, with a
+    :class:`~nflow_np.bijectors.transforms.CircularSplineTransform`: the
+    network maps ``(x_a, context)`` to ``3 bins`` numbers per transformed
+    coordinate (widths, heights, the ``bins - 1`` interior slopes and the slope
+    shared by both ends), and each spline maps ``[-bound, bound]`` onto itself
+    with ``-bound`` and ``bound`` fixed, a diffeomorphism of the circle. Every
+    coordinate must lie in ``[-bound, bound]`` (default ``[-pi, pi]``); a
+    transformed one outside it is refused with a ``ValueError``. The
+    conditioner reads the passed-through angles as they are.
+
+    Parameters
+    ----------
+    mask, hidden, activation, context, rng, dtype, init
+        As in :class:`Coupling`.
+    bins : int, default 8
+    bound : float, default pi
+    min_bin_width, min_bin_height, min_derivative : float, default 1e-3
+
+    References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan and
+    Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020.
+    """
+
+    def __init__(self, mask, hidden=(64, 64), activation="relu", *, bins=8, bound=np.pi, min_bin_width=1e-3,
+                 min_bin_height=1e-3, min_derivative=1e-3, context=0, rng=None, dtype=np.float64, name=None,
+                 init="random", conditioner="mlp"):
+        transform = CircularSplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
+                                            name or type(self).__name__)
+        super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,
+                         init=init, conditioner=conditioner)
         self.spline = transform.spline

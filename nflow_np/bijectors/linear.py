@@ -184,6 +184,10 @@ class Rotation(_VolumePreserving):
     ``sum(grad_y1 * y0 - grad_y0 * y1)``; on the inverse pass
     ``dx/dtheta = (x1, -x0)``.
 
+    Two dimensions only. In ``d`` dimensions, :class:`~nflow_np.bijectors.RandomRotation`
+    is a fixed random rotation and :class:`~nflow_np.bijectors.Householder`
+    a trainable orthogonal map (a product of reflections).
+
     Parameters
     ----------
     theta : float

@@ -58,21 +58,24 @@ class SplineSettings:
 
     ``args`` is what the spline kernels take after the parameters; ``split``
     views a conditioner's output, ``(n, m, 3 bins - 1)``, as the unnormalized
-    widths, heights and interior-knot derivatives.
+    widths, heights and interior-knot derivatives. ``circular=True``: ``3 bins``
+    outputs, the last derivative the slope shared by both ends (a circular spline).
     """
 
-    def __init__(self, bins, bound, min_bin_width, min_bin_height, min_derivative, where):
+    def __init__(self, bins, bound, min_bin_width, min_bin_height, min_derivative, where, circular=False):
         if isinstance(bins, (bool, np.bool_)) or not isinstance(bins, (int, np.integer)) or bins < 2:
             raise ValueError(f"{where}: bins must be an int >= 2; got {bins!r}")
         self.bins = int(bins)
         self.args = spline_constants(self.bins, bound, min_bin_width, min_bin_height, min_derivative, where)
         self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative = self.args
-        self.per_dim = 3 * self.bins - 1
+        self.circular = bool(circular)
+        self.per_dim = 3 * self.bins - (0 if self.circular else 1)
 
     def lower(self):
-        """The compiled engine's spec of this spline (:class:`nflow_np.kernels.specs.SplineSpec`)."""
-        from ..kernels.specs import SplineSpec
-        return SplineSpec(self.bins, *self.args)
+        """The compiled engine's spec of this spline (:class:`nflow_np.kernels.specs.SplineSpec`, or
+        :class:`~nflow_np.kernels.specs.CircularSplineSpec`)."""
+        from ..kernels.specs import CircularSplineSpec, SplineSpec
+        return (CircularSplineSpec if self.circular else SplineSpec)(self.bins, *self.args)
 
     def split(self, out):
         k = self.bins

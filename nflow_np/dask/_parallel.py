@@ -161,7 +161,7 @@ def fit_distributed(flow, data, *, client=None, steps=100, batch_size=8192, lr=1
         first_context = None if ctx is None else shards[0][1][:batch_size]
     for m in modules(flow):      # ActNorm takes its statistics from a first batch, once, here
         if hasattr(m, "initialized") and not m.initialized:
-            flow.bijector._inverse_and_log_det(first, *flow.bijector._context_args(first_context))
+            flow.bijector._inverse_and_log_det(first, *flow._context_args(first_context, first, where))
             break
     set_training(flow, False)
     params = dict(flow.parameters())

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from .._validation import as_generator, as_sample_shape, is_dask_array
-from ..bijectors.base import Bijector
+from .._validation import as_float_array, as_generator, as_sample_shape, is_dask_array, sum_to_shape
+from ..bijectors.base import CONTEXT_GRAD, Bijector
 from ..kernels.backend import on_device, resolve_backend
 from .base import Distribution, warn_if_not_finite
 
@@ -37,9 +37,24 @@ class TransformedDistribution(Distribution):
     With ``x`` a ``dask.array.Array``, ``log_prob`` returns a lazy Dask array
     (:func:`nflow_np.dask.log_prob`); ``sample(n, rng=seed, chunks=k)`` returns
     one (:func:`nflow_np.dask.sample`). Dask is imported only then.
+
+    ``embedding`` (a conditional flow only): a network applied to the raw
+    context first, ``h = embedding(context)``; every layer then sees ``h``
+    (``log p(x | c) = log p_base(z) + log|det dz/dx|`` with ``z = inverse(x; h(c))``).
+    ``context_size`` becomes the raw width ``embedding.in_features``; the
+    layers' own ``context`` width must equal ``embedding.out_features``. Its
+    parameters are the flow's ``"embedding.*"``, trained jointly: the layers'
+    context gradients are summed and taken back through ``embedding.backward``.
+    Any object following :mod:`nflow_np.nn.embedding`'s protocol works, e.g.
+    ``nflow_np.nn.MLP(raw_width, k, (32,))``. With an embedding the compiled
+    backends run the embedding in NumPy and the layers compiled for
+    ``log_prob`` and sampling; training runs the NumPy passes.
+
+    References (embedding): the ``embedding_net`` of ``nflows`` (Durkan,
+    Bekasov, Murray and Papamakarios, 2019).
     """
 
-    def __init__(self, distribution, bijector):
+    def __init__(self, distribution, bijector, embedding=None):
         if not isinstance(distribution, Distribution):
             raise TypeError(f"TransformedDistribution: distribution must be a Distribution; "
                             f"got {type(distribution).__name__}")
@@ -60,10 +75,17 @@ class TransformedDistribution(Distribution):
         self.batch_shape = full[:len(full) - rank]
         self.event_shape = full[len(full) - rank:]
         self._base_extra = rank - distribution.event_ndims
+        if embedding is not None:
+            from ..nn.embedding import check_embedding
+            embedding = check_embedding(embedding, bijector.context_size, self.dtype,
+                                        "TransformedDistribution")
+        self.embedding = embedding
 
     @property
     def context_size(self):
-        """Width of the conditioning input (0 for an unconditional flow)."""
+        """Width of the conditioning input (0 for an unconditional flow); the embedding's input width if any."""
+        if self.embedding is not None:
+            return int(self.embedding.in_features)
         return self.bijector.context_size
 
     def parameters(self):
@@ -71,6 +93,9 @@ class TransformedDistribution(Distribution):
             yield f"distribution.{key}", value
         for key, value in self.bijector.parameters():
             yield f"bijector.{key}", value
+        if self.embedding is not None:
+            for key, value in self.embedding.parameters():
+                yield f"embedding.{key}", value
 
     @property
     def name(self):
@@ -105,9 +130,59 @@ class TransformedDistribution(Distribution):
         return program
 
     def _context_args(self, context, points, method, argname="x"):
-        """The bijector's extra pass arguments for ``context``, validated against ``points``."""
-        return self.bijector._context_args(self.bijector._prepare_context(
-            context, points, method, argname, where=f"{self.name}.{method}"))
+        """The bijector's extra pass arguments for ``context``, validated against ``points`` (and embedded)."""
+        return self._embedded_context(context, points, method, argname)[0]
+
+    def _raw_context(self, context, points, where, argname):
+        """An embedded flow's raw context, validated, and the batch shape of ``points`` it broadcasts to."""
+        c = self.context_size
+        if context is None:
+            raise ValueError(f"{where}: conditional on a context of size {c}; pass context= an array of shape "
+                             f"(..., {c}), one row per point or one row for all")
+        ctx = as_float_array(context, self.dtype, where, "context")
+        if ctx.ndim == 0 or ctx.shape[-1] != c:
+            raise ValueError(f"{where}: context must have shape (..., {c}); got shape {ctx.shape}")
+        batch = points.shape[:points.ndim - self.bijector.event_ndims]
+        try:
+            np.broadcast_shapes(ctx.shape[:-1], batch)
+        except ValueError:
+            raise ValueError(f"{where}: context of shape {ctx.shape} does not broadcast to the batch shape "
+                             f"{batch} of {argname} (one context row per point, or one row for all)") from None
+        return ctx, batch
+
+    def _prepare_context(self, context, points, method, argname="x", where=None):
+        """``context`` validated and broadcast to the batch shape of ``points`` (raw: before any embedding)."""
+        where = where or f"{self.name}.{method}"
+        if self.embedding is None:
+            return self.bijector._prepare_context(context, points, method, argname, where=where)
+        ctx, batch = self._raw_context(context, points, where, argname)
+        return np.broadcast_to(ctx, batch + ctx.shape[-1:])
+
+    def _embedded_context(self, context, points, method, argname="x"):
+        """``(extra pass arguments, embedding cache)``: the embedding runs once on the given rows, its features
+        are broadcast to the batch; the cache (None without an embedding) is what :meth:`_embedding_backward`
+        takes."""
+        where = f"{self.name}.{method}"
+        if self.embedding is None:
+            return self.bijector._context_args(self.bijector._prepare_context(
+                context, points, method, argname, where=where)), None
+        ctx, batch = self._raw_context(context, points, where, argname)
+        features, cache = self.embedding.forward_with_cache(ctx)
+        k = self.bijector.context_size
+        if features.shape != ctx.shape[:-1] + (k,) or features.dtype != self.dtype:
+            raise ValueError(f"{where}: the embedding returned features of shape {features.shape} and dtype "
+                             f"{features.dtype}; expected shape {ctx.shape[:-1] + (k,)} and dtype {self.dtype}")
+        return (np.broadcast_to(features, batch + (k,)),), (cache, features.shape)
+
+    def _embedding_backward(self, grads, embedding_cache):
+        """Take the layers' summed context gradient (``grads[CONTEXT_GRAD]``, popped) back through the embedding;
+        return its parameter gradients keyed ``"embedding.*"`` (empty without an embedding)."""
+        grad_features = grads.pop(CONTEXT_GRAD, None)
+        if embedding_cache is None:
+            return {}
+        cache, shape = embedding_cache
+        _, egrads = self.embedding.backward(cache, sum_to_shape(np.asarray(grad_features), shape))
+        return {f"embedding.{k}": v for k, v in egrads.items()}
 
     def log_prob(self, x, context=None, backend=None):
         """Log-density at ``x``, one value per event; ``backend`` picks NumPy or the compiled program.
@@ -151,7 +226,7 @@ class TransformedDistribution(Distribution):
 
     def _context_rows(self, extra):
         """The validated context as ``(n, c)`` rows for the compiled program (None when unconditional)."""
-        return extra[0].reshape(-1, self.context_size) if extra else None
+        return extra[0].reshape(-1, self.bijector.context_size) if extra else None
 
     def _sample_shape(self, sample_shape, context, method):
         if isinstance(sample_shape, tuple) and not sample_shape:
@@ -240,4 +315,5 @@ class TransformedDistribution(Distribution):
         return np.where(increasing, self.distribution._log_survival(z), self.distribution._log_cdf(z))
 
     def __repr__(self):
-        return f"TransformedDistribution(distribution={self.distribution!r}, bijector={self.bijector!r})"
+        embedding = "" if self.embedding is None else f", embedding={self.embedding!r}"
+        return f"TransformedDistribution(distribution={self.distribution!r}, bijector={self.bijector!r}{embedding})"

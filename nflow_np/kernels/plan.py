@@ -55,7 +55,8 @@ class Program:
         self.d = d = int(flow.event_shape[0]) if flow.event_shape else 0
         if not isinstance(base, specs.StandardNormalSpec) or base.d != d:
             raise prog.Unsupported("the base distribution is not a standard normal over the flow's coordinates")
-        self.context_size = c = int(flow.context_size)
+        # the layers' context width (an embedding, run in NumPy, maps the raw context to it first)
+        self.context_size = c = int(flow.bijector.context_size)
         self.layers = flow.bijector.flatten()
         self.specs = []        # each layer's spec, in density order
         ops, fields, clamps, idata, pmask = [], [], [], [0], []

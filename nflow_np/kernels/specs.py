@@ -20,8 +20,8 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "SinhArcsinhSpec", "SigmoidalSpec",
-           "CouplingSpec",
+__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CircularSplineSpec", "SinhArcsinhSpec",
+           "SigmoidalSpec", "CouplingSpec",
            "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "StandardNormalSpec", "TRANSFORMS"]
 
 
@@ -76,6 +76,7 @@ class SplineSpec:
     min_bin_width: float
     min_bin_height: float
     min_derivative: float
+    circular = False
 
     @property
     def outputs_per_coordinate(self):
@@ -84,6 +85,17 @@ class SplineSpec:
     @property
     def constants(self):
         return (self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
+
+
+@dataclass(frozen=True)
+class CircularSplineSpec(SplineSpec):
+    """A circular rational-quadratic spline on ``[-bound, bound]`` (no value outside): the ends fixed, one shared
+    end slope; ``3 bins`` outputs per coordinate."""
+    circular = True
+
+    @property
+    def outputs_per_coordinate(self):
+        return 3 * self.bins
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,7 @@ class SigmoidalSpec:
         return 3 * self.units
 
 
-TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec, SigmoidalSpec)
+TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec, CircularSplineSpec, SigmoidalSpec)
 
 
 # ---------------------------------------------------------------- layers

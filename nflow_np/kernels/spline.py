@@ -20,6 +20,12 @@ in the last bin), with ``w, h`` its width and height, ``s = h / w``,
 
 Outside ``[-B, B]`` the map is the identity (log-det 0).
 
+A *circular* spline (Rezende et al. 2020) takes ``K`` derivatives instead of
+``K - 1``: the last sets the shared end slope ``d_0 = d_K = min_derivative +
+softplus(ud_{K-1} + c0)``, so that the map, which fixes ``-B`` and ``B``, is a
+diffeomorphism of the circle ``[-B, B)`` with ``-B ~ B``. Every function here
+takes either layout: the derivatives' count says which.
+
 The map is symmetric under swapping the bin's ends (``xi -> 1 - xi``,
 ``d_k <-> d_{k+1}``, ``y - y_k -> y_{k+1} - y``), and both directions are
 evaluated from the *nearer* end of the bin (``sigma = +1`` from the left,
@@ -77,12 +83,20 @@ def _take(a, k, offset):
 
 
 def _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative):
-    """Every element's knots ``xs``, ``ys`` and slopes ``d`` (``K + 1`` each), with what the backward needs."""
+    """Every element's knots ``xs``, ``ys`` and slopes ``d`` (``K + 1`` each), with what the backward needs.
+
+    ``K - 1`` derivatives set the interior slopes (the ends are 1); ``K`` set them and, with the last, the
+    shared end slope ``d_0 = d_K`` of a circular spline: slope ``j`` comes from ``ud_{(j - 1) mod K}``.
+    """
+    nbins = uw.shape[-1]
     xs, pw = _knots_numpy(uw, bound, min_width)
     ys, ph = _knots_numpy(uh, bound, min_height)
     z = ud + derivative_shift(min_derivative)
-    d = np.ones(ud.shape[:-1] + (ud.shape[-1] + 2,), dtype=ud.dtype)
-    d[..., 1:-1] = min_derivative + softplus(z)
+    d = np.ones(uw.shape[:-1] + (nbins + 1,), dtype=ud.dtype)
+    slopes = min_derivative + softplus(z)
+    d[..., 1:-1] = slopes[..., :nbins - 1]
+    if ud.shape[-1] == nbins:
+        d[..., 0] = d[..., nbins] = slopes[..., nbins - 1]
     return dict(xs=xs, ys=ys, d=d, pw=pw, ph=ph, z=z)
 
 
@@ -157,10 +171,12 @@ def _param_grads_numpy(b, gy, gld, q, xi, bound, min_width, min_height, guw, guh
                                        (b["ph"], (g_ya, g_yb), guh, min_height)):
         _softmax_backward_numpy(p, b["k"], np.where(left, ga, gb), np.where(left, gb, ga), bound, min_size, out)
     g_dk, g_dk1 = np.where(left, g_da, g_db), np.where(left, g_db, g_da)
+    nbins = b["pw"].shape[-1]
     j = np.arange(gud.shape[-1])
     k = b["k"][..., None]
-    # d_{j+1} comes from ud_j; the end derivatives d_0 = d_K = 1 are constants
-    gud[...] = ((j == k - 1) * g_dk[..., None] + (j == k) * g_dk1[..., None]) * sigmoid(b["z"])
+    # d_k comes from ud_{(k - 1) mod K}: with K - 1 derivatives, j never reaches K - 1, so the end slopes
+    # d_0 = d_K = 1 stay constants; with K (circular), ud_{K - 1} is the shared end slope d_0 = d_K
+    gud[...] = ((j == (k - 1) % nbins) * g_dk[..., None] + (j == k) * g_dk1[..., None]) * sigmoid(b["z"])
     return sigma * g_xi / w
 
 

@@ -260,8 +260,8 @@ def _context_stream(flow, context, stream, argname):
             context = np.asarray(context)
         first = context if context.ndim <= 1 else Stream(context, block_rows=max(1, len(stream))).read(0, 1)
     # the flow's own checks: a context where none is taken, none where one is needed, the wrong width
-    flow.bijector._prepare_context(first, np.zeros((1,) + stream.shape[1:], dtype=flow.dtype), "fit", "data",
-                                   where=f"fit ({argname})")
+    flow._prepare_context(first, np.zeros((1,) + stream.shape[1:], dtype=flow.dtype), "fit", "data",
+                          where=f"fit ({argname})")
     if context is None:
         return None
     if context.ndim <= 1 or context.shape[0] == 1 and len(stream) != 1:

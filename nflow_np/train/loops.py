@@ -1,4 +1,4 @@
-"""Training loops: maximum likelihood on data (``fit``) and reverse KL to a target (``fit_to_target``)."""
+"""Training loops: maximum likelihood on data (``fit``); the reverse KL to a target is in :mod:`.variational`."""
 
 import sys
 import time
@@ -11,7 +11,7 @@ from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
 from ..kernels.scalar import loss_diverged
 from ._guard import Snapshot, Watch, guarded_step, plain, restore_kept, verified_state
-from .losses import _check_flow, _check_reparameterizable, _reverse_kl, nll_and_grad
+from .losses import _check_flow, nll_and_grad
 from .optim import Adam, Optimizer, _clip_norm, _real
 from .schedules import as_schedule
 
@@ -119,7 +119,7 @@ def _mean_nll(flow, data, batch_size, context=None):
 def _rows_context(flow, context, data, where, argname):
     """``context`` for a conditional fit: one row per data row (or one row for all), as an (n, c) array;
     None for an unconditional flow."""
-    rows = flow.bijector._prepare_context(context, data, where, "data", where=f"{where} ({argname})")
+    rows = flow._prepare_context(context, data, where, "data", where=f"{where} ({argname})")
     return None if rows is None else np.ascontiguousarray(rows)
 
 
@@ -246,6 +246,9 @@ def _compiled_trainer(flow, optimizer, batch_size):
     name = resolve_backend(None)
     if name not in ("numba", "cuda") or type(optimizer) is not Adam:
         return None
+    if getattr(flow, "embedding", None) is not None:
+        return None     # the compiled epoch returns no context gradient for the embedding: NumPy steps
+
     from ..kernels.plan import NumbaTrainer, program_for
     program = program_for(flow)
     if program is None:
@@ -474,89 +477,3 @@ def _safe_nll(flow, data, batch_size, context=None):
     except (ValueError, FloatingPointError):
         # a point the current flow cannot map back (outside a bounded support): no valid score
         return np.inf
-
-
-def fit_to_target(flow, log_prob_fn, *, steps=1000, n_samples=256, lr=1e-3, optimizer=None, grad_fn=None,
-                  rng=None, log_every=50, callback=None, progress=False, clip_norm=None):
-    """Fit ``flow`` to an unnormalized density by minimizing the reverse KL (maximizing the ELBO).
-
-    Each step draws ``n_samples`` base points, pushes them forward, and
-    follows the gradient of ``mean(log q(x) - log_prob_fn(x))`` through the
-    reparameterized samples. ``grad_fn(x)`` is the gradient of ``log_prob_fn``
-    (finite differences when not given). Returns a ``History`` whose
-    ``train_loss`` holds the mean loss of every ``log_every`` steps; the
-    parameters with the best such mean are kept, and restored (in evaluation
-    mode) also when anything raises during training.
-
-    A step whose loss or gradient is not finite is skipped and the learning
-    rate halved (counted in ``History.rejected_steps``), as in :func:`fit`;
-    among them the steps where ``log_prob_fn`` was not finite at a sample
-    (-inf outside the target's support, NaN where it is undefined; counted in
-    ``History.target_rejected_steps`` too). Those samples are not simply left
-    out: the reverse KL is infinite there, and a loss over the other samples
-    alone would reward the flow for moving its mass out of the support. A
-    target with a bounded support needs a flow whose samples stay in it.
-
-    Raises
-    ------
-    RuntimeError
-        When every step was rejected: the flow is left as it was.
-    """
-    _check_flow(flow, "fit_to_target")
-    _check_reparameterizable(flow, "fit_to_target")
-    if not callable(log_prob_fn):
-        raise TypeError("fit_to_target: log_prob_fn must be callable")
-    rng = as_generator(rng)
-    optimizer, history, snapshot, best = _begin(flow, optimizer, lr, clip_norm, "fit_to_target")
-    initial = Snapshot(best.params)
-    start = time.perf_counter()
-    try:
-        _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, log_every, callback, progress,
-                      history, snapshot, best)
-    except BaseException:
-        restore_kept(history, best, initial, ())
-        set_training(flow, False)
-        if progress:
-            print(file=sys.stderr)
-        raise
-    if history.steps == 0:
-        restore_kept(history, None, initial, ())
-        set_training(flow, False)
-        if progress:
-            print(file=sys.stderr)
-        raise RuntimeError(
-            f"fit_to_target: every step was rejected ({history.rejected_steps} steps, {history.target_rejected_steps} "
-            f"of them because log_prob_fn was not finite at a sample), so the flow was left unchanged: log_prob_fn "
-            f"must be finite wherever the flow puts samples (a target with a bounded support needs a flow whose "
-            f"samples stay in it), and the loss and its gradient finite (else lower lr)")
-    return _finish(flow, history, best, start, progress)
-
-
-def _target_steps(flow, log_prob_fn, steps, n_samples, optimizer, grad_fn, rng, log_every, callback, progress,
-                  history, snapshot, best):
-    """The steps of :func:`fit_to_target`, with its best-state bookkeeping."""
-    best_loss = np.inf
-    window = []
-    set_training(flow, True)
-    for step in range(steps):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, grads, target_finite = _reverse_kl(flow, log_prob_fn, n_samples, rng, grad_fn, None,
-                                                     refuse_non_finite=False)
-            history.target_rejected_steps += int(not target_finite)
-            accepted = guarded_step(optimizer, loss, grads, snapshot, history)
-        if accepted:
-            window.append(loss)
-        if (step + 1) % log_every == 0 or step == steps - 1:
-            mean = float(np.mean(window)) if window else np.nan
-            window = []
-            history.train_loss.append(mean)
-            history.lr.append(optimizer.lr)
-            if np.isfinite(mean) and mean < best_loss:
-                best_loss = mean
-                history.best_epoch = len(history.train_loss) - 1
-                best.save()
-            if progress:
-                print(f"\rstep {step + 1}/{steps}  loss {mean:.4f}", end="", file=sys.stderr, flush=True)
-            if callback is not None and callback(step, history):
-                history.stopped_early = True
-                break

@@ -11,8 +11,10 @@ element, and the knots are rebuilt from the weights while scanning for the
 bin (``K`` is small, and the parameters sit in cache).
 
 ``st`` is ``(0, 1, 2, B, 2B, min_width, min_height, min_derivative,
-1 - min_width K, 1 - min_height K, c0, K)``, the derived values computed in
-float64 on the host and rounded once to the dtype.
+1 - min_width K, 1 - min_height K, c0, circular, K)``, the derived values computed in
+float64 on the host and rounded once to the dtype. ``circular`` (1 or 0) selects
+the circular spline (:mod:`.circular_spline`): ``K`` derivatives per element, the
+last the shared end slope ``d_0 = d_K``, and no value outside ``[-B, B]``.
 """
 
 import math
@@ -27,12 +29,31 @@ def constants(spec):
     k = spec.bins
     mw, mh, md = spec.min_bin_width, spec.min_bin_height, spec.min_derivative
     return (0.0, 1.0, 2.0, spec.bound, 2.0 * spec.bound, mw, mh, md, 1.0 - mw * k, 1.0 - mh * k,
-            math.log(math.expm1(1.0 - md)), float(k))
+            math.log(math.expm1(1.0 - md)), 1.0 if spec.circular else 0.0, float(k))
 
 
 @numba_twin
 def settings(c):
-    return c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], int(c[11])
+    return c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], int(c[12])
+
+
+@numba_twin
+def _derivatives(st):
+    """How many derivatives an element has: ``K - 1``, or ``K`` for a circular spline."""
+    if st[11] > st[0]:
+        return st[12]
+    return st[12] - 1
+
+
+@numba_twin
+def _outside(v, st):
+    """A pass's result at ``v`` outside ``[-B, B]`` (or NaN): the identity with log-det 0, or NaN for a circular
+    spline, which has no value there (the bijectors' NumPy passes refuse such input with a ValueError)."""
+    zero = st[0]
+    if st[11] > zero:
+        nan = zero / zero
+        return nan, nan
+    return v, zero
 
 
 @numba_twin
@@ -55,17 +76,20 @@ def _softmax(p, r, base, stride, nbins):
 @numba_twin
 def _prepare(p, r, base, stride, st):
     """The element's widths and heights as softmax weights, in place (the derivatives stay raw)."""
-    nbins = st[11]
+    nbins = st[12]
     _softmax(p, r, base, stride, nbins)
     _softmax(p, r, base + nbins * stride, stride, nbins)
 
 
 @numba_twin
 def _knot_derivative(p, r, bd, stride, j, st):
-    """``d_j`` and its derivative with respect to ``ud_{j-1}`` (0 at the fixed ends ``j = 0, K``)."""
-    zero, one, md, shift, nbins = st[0], st[1], st[7], st[10], st[11]
+    """``d_j`` and its derivative with respect to ``ud_{(j-1) mod K}`` (0 at the fixed ends ``j = 0, K``, unless
+    circular: there ``ud_{K-1}`` sets both)."""
+    zero, one, md, shift, nbins = st[0], st[1], st[7], st[10], st[12]
     if j == 0 or j == nbins:
-        return one, zero
+        if not st[11] > zero:
+            return one, zero
+        j = nbins
     z = p[r, bd + (j - 1) * stride] + shift
     if z > zero:     # softplus without overflow
         e = math.exp(-z)
@@ -81,7 +105,7 @@ def _locate(v, p, r, base, stride, st, inverse):
     ``p`` holds the element's parameters as :func:`_prepare` leaves them. Returns
     ``(k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1)``.
     """
-    zero, one, bound, two_bound, mw, mh, sw, sh, nbins = st[0], st[1], st[3], st[4], st[5], st[6], st[8], st[9], st[11]
+    zero, one, bound, two_bound, mw, mh, sw, sh, nbins = st[0], st[1], st[3], st[4], st[5], st[6], st[8], st[9], st[12]
     bh = base + nbins * stride
     cx = zero
     cy = zero
@@ -184,7 +208,7 @@ def density(v, p, r, base, stride, st):
     """``(g(v), log g'(v))``; the identity (and 0) outside ``[-B, B]`` or at NaN. Leaves ``p`` prepared."""
     bound = st[3]
     if not (v >= -bound and v <= bound):
-        return v, st[0]
+        return _outside(v, st)
     _prepare(p, r, base, stride, st)
     b = _locate(v, p, r, base, stride, st, False)
     w, h = b[7], b[8]
@@ -197,7 +221,7 @@ def sampling(v, p, r, base, stride, st):
     """``(g^-1(v), log dg^-1/dv)``; the identity outside ``[-B, B]``."""
     bound = st[3]
     if not (v >= -bound and v <= bound):
-        return v, st[0]
+        return _outside(v, st)
     _prepare(p, r, base, stride, st)
     b = _locate(v, p, r, base, stride, st, True)
     w, h = b[7], b[8]
@@ -209,13 +233,14 @@ def sampling(v, p, r, base, stride, st):
 
 @numba_twin
 def density_vjp(v, g, gld, p, gp, r, base, stride, st):
-    zero, one, two, bound, sw, sh, nbins = st[0], st[1], st[2], st[3], st[8], st[9], st[11]
+    zero, one, two, bound, sw, sh, nbins = st[0], st[1], st[2], st[3], st[8], st[9], st[12]
     bh = base + nbins * stride
     bd = base + 2 * nbins * stride
+    n_derivatives = _derivatives(st)
     if not (v >= -bound and v <= bound):
-        for q in range(3 * nbins - 1):
+        for q in range(2 * nbins + n_derivatives):
             gp[r, base + q * stride] = zero
-        return g
+        return _outside(g, st)[0]
     k, left, sigma, xa, ya, da, db, w, h, dist, sig_k, sig_k1 = _locate(v, p, r, base, stride, st, False)
     s = h / w
     xi = dist / w
@@ -240,11 +265,14 @@ def density_vjp(v, g, gld, p, gp, r, base, stride, st):
         _softmax_backward(p, gp, r, bh, stride, nbins, k, g_yb, g_ya, sh, st)
         g_dk = g_db
         g_dk1 = g_da
-    # d_{j+1} comes from ud_j; the end derivatives d_0 = d_K = 1 are constants
-    for q in range(nbins - 1):
+    # d_j comes from ud_{(j - 1) mod K}; the end derivatives d_0 = d_K = 1 are constants unless circular, where
+    # ud_{K - 1} is both
+    for q in range(n_derivatives):
         gp[r, bd + q * stride] = zero
     if k >= 1:
-        gp[r, bd + (k - 1) * stride] = g_dk * sig_k
-    if k < nbins - 1:
-        gp[r, bd + k * stride] = g_dk1 * sig_k1
+        gp[r, bd + (k - 1) * stride] += g_dk * sig_k
+    elif n_derivatives == nbins:
+        gp[r, bd + (nbins - 1) * stride] += g_dk * sig_k
+    if k < n_derivatives:
+        gp[r, bd + k * stride] += g_dk1 * sig_k1
     return sigma * g_xi / w
