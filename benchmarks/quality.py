@@ -16,7 +16,8 @@ defaults to 5 transforms with (64, 64) ReLU conditioners, 20 epochs, batch
 512, learning rate 1e-3. Each cell prints the test NLL in the data's units
 (nats per point); ``KL`` is ``mean(log p - log q)`` on the test points where
 the density p is known (the gap to the entropy, with less noise); ``vs zuko``
-is nflow_np's NLL minus zuko's (negative: nflow_np better).
+is nflow_np's NLL minus zuko's (negative: nflow_np better); ``s/ep`` the training time per epoch
+(compilation and validation included).
 """
 
 import argparse
@@ -50,7 +51,7 @@ def run(names, models, sides, budget, size, seeds, out=None):
     print(f"# budget: {budget.layers} transforms, hidden {budget.hidden} (residual: {budget.res_hidden}), "
           f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
     header = f"{'data':13s}{'model':12s}{'params':>8s}{'entropy':>9s}" + "".join(
-        f"{s + ' NLL':>13s}{'KL':>8s}" for s in sides) + (
+        f"{s + ' NLL':>13s}{'KL':>8s}{'s/ep':>7s}" for s in sides) + (
         f"{'vs zuko':>9s}" + (f"{'+-se':>7s}" if len(seeds) > 1 else "") if len(sides) == 2 else "")
     print(header)
     print("-" * len(header), flush=True)
@@ -82,6 +83,8 @@ def run(names, models, sides, budget, size, seeds, out=None):
                 mean[side] = sum(c["nll"] for c in results[side]) / len(seeds)
                 kls = [c["kl"] for c in results[side]]
                 row += f"{mean[side]:13.3f}" + _fmt(None if kls[0] is None else sum(kls) / len(kls), 8)
+                seconds = [c["seconds"] for c in results[side] if "seconds" in c]
+                row += _fmt(sum(seconds) / len(seconds) / budget.epochs if seconds else None, 7, 2)
             record = {"data": name, "model": model, "entropy": entropy, "seeds": list(seeds),
                       **{side: [c["nll"] for c in results[side]] for side in sides}}
             if len(sides) == 2 and not model.endswith(RESIDUAL):

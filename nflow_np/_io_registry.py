@@ -15,6 +15,7 @@ from .bijectors import (
     Invert, LeakyReLU, LULinear, MaskedAutoregressive, NormalCDF, Permute, Power, RationalQuadraticSpline, Reverse,
     Rotation, Scale, ScaleMatvecTriL, Shift, Sigmoid, Softplus, Softsign, SplineAutoregressive, SplineCoupling, Tanh,
 )
+from .bijectors.block_autoregressive import BlockNeuralAutoregressive
 from .bijectors import Householder, Planar, Radial, RandomRotation
 from .bijectors import CircularShift, CircularSplineAutoregressive, CircularSplineCoupling
 from .bijectors.transforms import TRANSFORMS
@@ -464,6 +465,16 @@ def _transformed_entry():
     return to_spec, from_spec
 
 
+def _bnaf_config(obj):
+    config = _named(obj)
+    config.update(features=obj.features, hidden_factor=obj.hidden_factor, hidden_layers=obj.hidden_layers,
+                  leak=obj.leak)
+    return config
+
+
+def _bnaf_build(c, a):
+    return BlockNeuralAutoregressive(int(c["features"]), int(c["hidden_factor"]), int(c["hidden_layers"]),
+                                     leak=float(c["leak"]), dtype=c["dtype"], name=c["name"])
 def _dense_embedding_config(net):
     config = {"in_features": net.in_features, "out_features": net.out_features, "activation": net.activation,
               "dtype": _dtype_name(net.dtype)}
@@ -513,6 +524,7 @@ register("SplineAutoregressive", SplineAutoregressive, *_leaf(_made_build(Spline
 register("BatchNorm", BatchNorm, *_leaf(_batch_norm_build, _batch_norm_config))
 register("ActNorm", ActNorm, *_leaf(_act_norm_build, _act_norm_config))
 register("LULinear", LULinear, *_leaf(_lu_build, _lu_config))
+register("BlockNeuralAutoregressive", BlockNeuralAutoregressive, *_leaf(_bnaf_build, _bnaf_config))
 register("RationalQuadraticSpline", RationalQuadraticSpline, *_leaf(_spline_build, _spline_config))
 register("Planar", Planar, *_leaf(_sized_build(Planar, "w"), _sized_config))
 register("Radial", Radial, *_leaf(_sized_build(Radial, "z0"), _sized_config))

@@ -1,5 +1,5 @@
-"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, Planar and Radial over a standard normal base; NCSF, a
-flow of angles over the uniform distribution on a torus.
+"""Ready-made flows: RealNVP, NICE, MAF, IAF, NSF, NAF, BNAF, Planar and Radial over a standard normal base;
+NCSF, a flow of angles over the uniform distribution on a torus.
 
 Each constructor returns a ``TransformedDistribution`` whose bijector is a
 ``Chain``; every trainable array is reachable through ``flow.parameters()``.
@@ -207,6 +207,60 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
                           bins=bins, bound=bound, context=context, init=init, conditioner=conditioner,
                           embedding=embedding)
+
+
+def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *, batch_norm=False,
+        act_norm=False, lu_linear=False, min_slope=1e-3, context=0, init="random", rng=None, dtype=np.float64):
+    """Neural autoregressive flow: MADE-conditioned deep sigmoidal transforms, order reversed between layers.
+
+    Each layer maps data to base coordinate by coordinate,
+    ``x_i = logit(sum_j w_ij sigmoid(a_ij y_i + b_ij))`` with ``sigmoid_units``
+    terms whose parameters come from ``y_<i`` (and the context): an
+    :class:`~nflow_np.bijectors.Autoregressive` layer with a
+    :class:`~nflow_np.bijectors.SigmoidalTransform`. Density evaluation takes
+    one network call per layer; sampling solves each coordinate numerically
+    (bracketed Newton), ``dim`` network calls per layer.
+
+    References: Huang, Krueger, Lacoste and Courville, "Neural Autoregressive Flows", ICML 2018.
+    """
+    from .bijectors import Autoregressive, SigmoidalTransform
+    if isinstance(sigmoid_units, bool) or not isinstance(sigmoid_units, (int, np.integer)) or sigmoid_units < 1:
+        raise ValueError(f"NAF: sigmoid_units must be a positive int; got {sigmoid_units!r}")
+    SigmoidalTransform(sigmoid_units, min_slope, "NAF")     # validates min_slope before any layer is built
+
+    def layer(features, hidden, activation, **kwargs):
+        return Autoregressive(features, SigmoidalTransform(sigmoid_units, min_slope, "NAF"), hidden, activation,
+                              **kwargs)
+
+    return _autoregressive_flow(layer, dim, n_layers, hidden, activation, "NAF", batch_norm=batch_norm,
+                                act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype, context=context,
+                                init=init)
+
+
+def BNAF(dim, n_layers=1, hidden_factor=8, hidden_layers=2, *, leak=0.01, batch_norm=False, act_norm=False,
+         lu_linear=False, rng=None, dtype=np.float64):
+    """Block neural autoregressive flow: ``n_layers`` BNAF networks, order reversed between them.
+
+    Each layer is a :class:`~nflow_np.bijectors.BlockNeuralAutoregressive`: a
+    network with ``hidden_layers`` leaky-tanh layers of ``dim * hidden_factor``
+    units and block-triangular weights with positive diagonal blocks, monotone
+    in each coordinate given the ones before it. Density evaluation is one
+    network pass per layer; sampling solves the coordinates one after the
+    other, each by a bracketed Newton iteration.
+
+    References: De Cao, Aziz and Titov, "Block Neural Autoregressive Flow", UAI 2019.
+    """
+    from .bijectors import BlockNeuralAutoregressive
+    BlockNeuralAutoregressive(1, hidden_factor, hidden_layers, leak=leak, name="BNAF")     # validates the settings
+
+    def make_layer(i, rng, dtype):
+        return BlockNeuralAutoregressive(dim, hidden_factor, hidden_layers, leak=leak, rng=rng, dtype=dtype)
+
+    def mixer(d, rng):
+        return Reverse() if d > 1 else None
+
+    return _stack(dim, n_layers, "BNAF", make_layer, mixer, batch_norm=batch_norm, act_norm=act_norm,
+                  lu_linear=lu_linear, rng=rng, dtype=dtype)
 
 
 def _autoregressive_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch_norm, act_norm, lu_linear,

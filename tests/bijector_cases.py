@@ -339,6 +339,18 @@ CASES.update({
         lambda rng, dt: _randomized(nb.Autoregressive(3, nb.AdditiveTransform(), (4,), "elu", rng=rng, dtype=dt),
                                     rng),
         _vectors(3), dim=3),
+    "Coupling(Sigmoidal)": Case(
+        lambda rng, dt: _randomized(nb.Coupling([True, False, False], nb.SigmoidalTransform(units=3), (5,), "tanh",
+                                                rng=rng, dtype=dt), rng),
+        _vectors(3, scale=3.0), dim=3),
+    "Autoregressive(Sigmoidal)": Case(
+        lambda rng, dt: _randomized(nb.Autoregressive(3, nb.SigmoidalTransform(units=2), (4,), "tanh",
+                                                      order=rng.permutation(3), rng=rng, dtype=dt), rng),
+        _vectors(3, scale=3.0), dim=3),
+    # small: the parameter checks solve its sampling direction (d bracketed Newton solves) once per stencil point
+    "BlockNeuralAutoregressive": Case(
+        lambda rng, dt: nb.BlockNeuralAutoregressive(3, hidden_factor=2, hidden_layers=1, rng=rng, dtype=dt),
+        _vectors(3, scale=2.0), dim=3),
     "CircularSplineCoupling": Case(
         lambda rng, dt: _randomized(CircularSplineCoupling([True, False, False, True], (6,), "tanh", bins=5,
                                                            rng=rng, dtype=dt), rng),

@@ -412,6 +412,7 @@ def transform_for(name, frame):
             # bound 1.5: the test points fall inside the spline, outside it and on both ends
             "spline": lambda: bijectors.SplineTransform(bins=3 if coupling else 4, bound=1.5),
             "sinh_arcsinh": lambda: bijectors.SinhArcsinhTransform(log_tail_clamp=2.0 if coupling else None),
+            "sigmoidal": lambda: bijectors.SigmoidalTransform(units=3 if coupling else 4),
             # bound 4: the test points lie inside its interval (it has no value outside), 4.0 on its end
             "circular_spline": lambda: bijectors.CircularSplineTransform(bins=3 if coupling else 4, bound=4.0)}[name]()
 

@@ -34,6 +34,8 @@ FLOWS = {
     "MAF": lambda dt: flows.MAF(3, n_layers=2, hidden=(6, 6), activation="silu", batch_norm=True, rng=3, dtype=dt),
     "MAF(1-D)": lambda dt: flows.MAF(1, n_layers=2, hidden=(4,), rng=4, dtype=dt),
     "IAF": lambda dt: flows.IAF(2, n_layers=2, hidden=(5,), rng=5, dtype=dt),
+    "NAF": lambda dt: flows.NAF(3, n_layers=2, hidden=(5,), sigmoid_units=3, act_norm=True, rng=6, dtype=dt),
+    "BNAF": lambda dt: flows.BNAF(3, n_layers=2, hidden_factor=3, hidden_layers=1, rng=7, dtype=dt),
 }
 
 

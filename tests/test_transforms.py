@@ -100,6 +100,48 @@ def test_scalar_math_matches_the_reference(name, by_coordinate, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoidal_tails_stay_finite_and_invert_in_both_dtypes(dtype):
+    """Far out every sigmoid rounds to 0 or 1 (float32 beyond ~17); the log-sigmoid forms keep the map, its
+    log-derivative and the numerical inverse finite and accurate there, compiled and in NumPy."""
+    made = TRANSFORMS["sigmoidal"](units=3)
+    module = transforms.module_for("sigmoidal")
+    rng = np.random.default_rng(5)
+    values = np.array([-300.0, -40.0, -17.5, -5.0, 0.0, 5.0, 17.5, 40.0, 300.0])
+    params = 0.8 * rng.standard_normal((1, values.size, 3 * made.units))
+    want, want_ld, _ = made.density(values[None], params)        # float64: the reference
+    got, got_ld, _ = made.density(values[None].astype(dtype), params.astype(dtype))
+    assert np.isfinite(got).all() and np.isfinite(got_ld).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(got_ld, want_ld, rtol=1e-4, atol=1e-5 if dtype == np.float32 else 1e-12)
+    back, back_ld, _ = made.sampling(got, params.astype(dtype))
+    np.testing.assert_allclose(back, values[None], rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+    np.testing.assert_allclose(back_ld, -got_ld, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
+    st = module.settings(np.array(module.constants(made.lower()), dtype=dtype))
+    net = params.reshape(1, -1).astype(dtype)
+    for j, v in enumerate(values.astype(dtype)):
+        x, ld = module.density(v, net.copy(), 0, 3 * made.units * j, 1, st)
+        assert np.isfinite(x) and np.isfinite(ld)
+        y, _ = module.sampling(x, net.copy(), 0, 3 * made.units * j, 1, st)
+        np.testing.assert_allclose(y, v, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_sigmoidal_zero_parameters_are_the_identity():
+    made = TRANSFORMS["sigmoidal"](units=4)
+    y = np.linspace(-30.0, 30.0, 13)[None]
+    x, ld, _ = made.density(y, np.zeros((1, 13, 12)))
+    np.testing.assert_allclose(x, y, atol=1e-12)
+    np.testing.assert_allclose(ld, 0.0, atol=1e-12)
+    np.testing.assert_allclose(made.sampling(y, np.zeros((1, 13, 12)))[0], y, atol=1e-12)
+
+
+def test_sigmoidal_settings_are_checked():
+    with pytest.raises(ValueError, match="units"):
+        TRANSFORMS["sigmoidal"](units=0)
+    with pytest.raises(ValueError, match="min_slope"):
+        TRANSFORMS["sigmoidal"](min_slope=0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_circular_spline_outside_its_interval(dtype):
     """The NumPy passes refuse a point outside [-B, B], naming it; the compiled ones return NaN (never a value)."""
     made = reference("circular_spline")

@@ -9,6 +9,14 @@ NSF-AR), 8-bin splines on [-5, 5]. zuko's side uses its own classes
 (``RealNVP``, ``NICE`` with its additive or spline univariate transform,
 ``MAF``, ``NSF``) with its own initialization and clamps; NICE on both sides
 ends with a learned diagonal scaling on the data side.
+
+The neural autoregressive flows: nflow_np's NAF (MADE-conditioned deep
+sigmoidal transforms, 16 sigmoids) against zuko's ``NAF`` (a monotonic
+network fed a 16-wide signal by the same kind of MADE hyper-network), and
+nflow_np's BNAF (``layers`` block networks with ``len(hidden)`` hidden layers of
+about ``hidden[0]`` units) against zuko's ``UNAF`` (zuko has no BNAF; its
+unconstrained monotonic network is the nearest peer), both of zuko's with
+``layers`` transforms and ``hidden`` hyper-networks.
 """
 
 import copy
@@ -16,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODELS = ["RealNVP", "NICE", "MAF", "NSF", "NSF-AR"]
+MODELS = ["RealNVP", "NICE", "MAF", "NSF", "NSF-AR", "NAF", "BNAF"]
 # the same flows with residual conditioners (nflow_np only): conditioner="resnet", hidden=Budget.res_hidden
 RESIDUAL = "-res"
-RESIDUAL_MODELS = [m + RESIDUAL for m in MODELS]
+RESIDUAL_MODELS = [m + RESIDUAL for m in MODELS if m not in ("NAF", "BNAF")]
 
 
 @dataclass
@@ -53,6 +61,12 @@ def nflow_model(model, dim, budget, **overrides):
         return flows.NSF(dim, bins=8, bound=5.0, **common)
     if model == "NSF-AR":
         return flows.NSF(dim, bins=8, bound=5.0, autoregressive=True, **common)
+    if model == "NAF":
+        return flows.NAF(dim, sigmoid_units=16, **common)
+    if model == "BNAF":
+        common.pop("hidden")
+        return flows.BNAF(dim, hidden_factor=max(1, budget.hidden[0] // dim), hidden_layers=len(budget.hidden),
+                          **common)
     raise ValueError(model)
 
 
@@ -87,6 +101,10 @@ def zuko_model(model, dim, budget):
     if model == "NSF":
         # a pure spline coupling flow: zuko's coupling class with its spline as the univariate transform
         return zuko.flows.NICE(univariate=MonotonicRQSTransform, shapes=[(8,), (8,), (7,)], **common)
+    if model == "NAF":
+        return zuko.flows.NAF(signal=16, **common)
+    if model == "BNAF":
+        return zuko.flows.UNAF(signal=16, **common)
     if model == "NICE":
         couplings = zuko.flows.NICE(univariate=AdditiveTransform, shapes=[()], **common)
         scaling = zuko.flows.UnconditionalTransform(

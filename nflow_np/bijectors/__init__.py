@@ -19,11 +19,13 @@ from .elementwise import (
 from .inline import Inline
 from .affine import Affine
 from .autoregressive import Autoregressive, InverseAutoregressive, MaskedAutoregressive, SplineAutoregressive
+from .block_autoregressive import BlockNeuralAutoregressive
 from .autoregressive import CircularSplineAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from .coupling import CircularSplineCoupling
 from .transforms import AdditiveTransform, AffineTransform, SinhArcsinhTransform, SplineTransform, Transform
 from .transforms import CircularSplineTransform
+from .transforms import SigmoidalTransform
 from .circular import CircularShift
 from .linear import Permute, Reverse, Rotation, ScaleMatvecTriL
 from .lu import LULinear
@@ -40,8 +42,9 @@ __all__ = [
     "Permute", "Reverse", "Rotation", "ScaleMatvecTriL", "Affine",
     "Coupling", "Autoregressive", "Transform", "AffineTransform", "AdditiveTransform", "SplineTransform",
     "SinhArcsinhTransform",
+    "SigmoidalTransform",
     "AdditiveCoupling", "AffineCoupling", "SplineCoupling", "MaskedAutoregressive", "InverseAutoregressive",
-    "SplineAutoregressive",
+    "SplineAutoregressive", "BlockNeuralAutoregressive",
     "BatchNorm", "ActNorm", "LULinear", "RationalQuadraticSpline",
     "Planar", "Radial", "Householder", "RandomRotation",
     "CircularSplineTransform", "CircularSplineCoupling", "CircularSplineAutoregressive", "CircularShift",

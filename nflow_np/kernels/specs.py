@@ -20,9 +20,9 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CircularSplineSpec", "SinhArcsinhSpec", "CouplingSpec",
-           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "CircularShiftSpec",
-           "StandardNormalSpec", "UniformSpec", "TRANSFORMS"]
+__all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CircularSplineSpec",
+           "SinhArcsinhSpec", "SigmoidalSpec", "CouplingSpec", "AutoregressiveSpec", "PermutationSpec", "ActNormSpec",
+           "BatchNormSpec", "CircularShiftSpec", "StandardNormalSpec", "UniformSpec", "TRANSFORMS"]
 
 
 class Unsupported(ValueError):
@@ -106,7 +106,19 @@ class SinhArcsinhSpec:
     outputs_per_coordinate = 2
 
 
-TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec, CircularSplineSpec)
+@dataclass(frozen=True)
+class SigmoidalSpec:
+    """NAF's deep sigmoidal transform with ``units`` sigmoids; ``3 units`` outputs per coordinate (raw slopes,
+    offsets, raw weights), slopes at least ``min_slope``."""
+    units: int
+    min_slope: float
+
+    @property
+    def outputs_per_coordinate(self):
+        return 3 * self.units
+
+
+TRANSFORMS = (AffineSpec, AdditiveSpec, SplineSpec, SinhArcsinhSpec, CircularSplineSpec, SigmoidalSpec)
 
 
 # ---------------------------------------------------------------- layers

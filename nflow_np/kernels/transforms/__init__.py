@@ -37,13 +37,13 @@ math, one line in :data:`MODULES`, its spec and the bijector-side transform that
 """
 
 from .. import specs
-from . import additive, affine, circular_spline, sinh_arcsinh, spline
+from . import additive, affine, circular_spline, sigmoidal, sinh_arcsinh, spline
 
 __all__ = ["MODULES", "module_for", "name_for"]
 
 # name -> module; the name is part of the compiled entries' names and cache keys
 MODULES = {"affine": affine, "additive": additive, "spline": spline, "sinh_arcsinh": sinh_arcsinh,
-           "circular_spline": circular_spline}
+           "circular_spline": circular_spline, "sigmoidal": sigmoidal}
 _BY_SPEC = {module.SPEC: name for name, module in MODULES.items()}
 
 
