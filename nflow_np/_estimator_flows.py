@@ -26,6 +26,11 @@ FLOWS = {
     # residual layers of a few parameters each, no networks: hidden is not used, and they take no context
     "planar": _Entry("Planar", 1, None, networks=False),
     "radial": _Entry("Radial", 1, None, networks=False),
+    # deep sigmoidal transforms in autoregressive layers (Huang et al. 2018)
+    "naf": _Entry("NAF", 1, None),
+    # block neural autoregressive layers (De Cao et al. 2019): their width is hidden_factor per feature, not hidden,
+    # and they take no context
+    "bnaf": _Entry("BNAF", 1, None, networks=False),
     # angles on the torus [-pi, pi]^d, taken as they are: standardizing would move them off the circle
     "ncsf": _Entry("NCSF", 1, None, standardize=False),
 }

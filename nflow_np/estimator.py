@@ -68,7 +68,7 @@ class FlowDensity(_ParamsMixin):
     ----------
     flow : str, default "realnvp"
         Which of :mod:`nflow_np.flows` to fit: "realnvp", "nice", "maf",
-        "iaf", "nsf", "planar", "radial" or "ncsf" (the table
+        "iaf", "nsf", "naf", "bnaf", "planar", "radial" or "ncsf" (the table
         ``nflow_np._estimator_flows.FLOWS``; the names are not case
         sensitive). The coupling flows ("realnvp", "nice") need at least 2
         features; the others also fit 1-D data.
@@ -80,6 +80,9 @@ class FlowDensity(_ParamsMixin):
         residual layers, made for variational inference) have no networks:
         ``hidden`` is unused, and they cannot be conditional; a planar
         layer's density solves one scalar equation per layer.
+        "naf" (deep sigmoidal autoregressive layers) and "bnaf" (block
+        neural autoregressive layers; ``hidden`` unused, not conditional)
+        sample by solving one scalar equation per feature and layer.
         "ncsf" is a density of angles on the torus [-pi, pi]^d (circular
         splines, a uniform base): the data are taken as they are, not
         standardized (``mean_`` 0, ``scale_`` 1), and must lie in

@@ -210,7 +210,8 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
 
 
 def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *, batch_norm=False,
-        act_norm=False, lu_linear=False, min_slope=1e-3, context=0, init="random", rng=None, dtype=np.float64):
+        act_norm=False, lu_linear=False, min_slope=1e-3, context=0, init="random", rng=None, dtype=np.float64,
+        conditioner="mlp", embedding=None):
     """Neural autoregressive flow: MADE-conditioned deep sigmoidal transforms, order reversed between layers.
 
     Each layer maps data to base coordinate by coordinate,
@@ -219,7 +220,8 @@ def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *,
     :class:`~nflow_np.bijectors.Autoregressive` layer with a
     :class:`~nflow_np.bijectors.SigmoidalTransform`. Density evaluation takes
     one network call per layer; sampling solves each coordinate numerically
-    (bracketed Newton), ``dim`` network calls per layer.
+    (bracketed Newton), ``dim`` network calls per layer. ``context``,
+    ``conditioner`` and ``embedding`` as for :func:`NSF`.
 
     References: Huang, Krueger, Lacoste and Courville, "Neural Autoregressive Flows", ICML 2018.
     """
@@ -234,7 +236,7 @@ def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *,
 
     return _autoregressive_flow(layer, dim, n_layers, hidden, activation, "NAF", batch_norm=batch_norm,
                                 act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype, context=context,
-                                init=init)
+                                init=init, conditioner=conditioner, embedding=embedding)
 
 
 def BNAF(dim, n_layers=1, hidden_factor=8, hidden_layers=2, *, leak=0.01, batch_norm=False, act_norm=False,

@@ -53,3 +53,21 @@ def test_bad_settings_name_the_argument():
         BlockNeuralAutoregressive(2, hidden_factor=0)
     with pytest.raises(ValueError, match="dim"):
         flows.BNAF(0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(conditioner="resnet", hidden=(8, 8), context=2), dict(embedding="mlp")],
+                         ids=["resnet", "embedding"])
+def test_a_conditional_naf_with_residual_conditioners_or_an_embedding_round_trips(kwargs, tmp_path):
+    from nflow_np import io, nn
+    if kwargs.get("embedding") == "mlp":
+        kwargs = dict(embedding=nn.MLP(3, 4, (6,), rng=1))
+    flow = flows.NAF(2, n_layers=2, sigmoid_units=3, rng=0, **kwargs)
+    rng = np.random.default_rng(0)
+    x, context = rng.normal(size=(7, 2)), rng.normal(size=(7, flow.context_size))
+    lp = flow.log_prob(x, context=context)
+    np.testing.assert_allclose(flow.log_prob(x, context=context, backend="numpy"), lp, rtol=1e-10, atol=1e-10)
+    io.save(flow, tmp_path / "naf.npz")
+    assert np.array_equal(io.load(tmp_path / "naf.npz").log_prob(x, context=context), lp)
+    draws = flow.sample(7, context=context, rng=1)
+    np.testing.assert_allclose(flow.log_prob(draws, context=context), flow.log_prob(draws, context=context,
+                                                                                    backend="numpy"), atol=1e-8)
