@@ -13,7 +13,8 @@ walks with one loop over layers:
 ``layout``   int64: per-row offsets of the workspace regions (``W_*`` below).
 
 Supported layers: whatever lowers to a coupling or autoregressive frame with a transform of
-:mod:`.transforms`, Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks;
+:mod:`.transforms`, Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks
+(MLPs or residual networks, :mod:`.residual`);
 couplings may be conditional (a context appended to their network input), autoregressive
 layers not. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
