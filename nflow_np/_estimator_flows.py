@@ -10,10 +10,11 @@ an entry with ``networks=False`` (layers without conditioner networks) is called
 
 from collections import namedtuple
 
-_Entry = namedtuple("_Entry", "constructor min_features one_feature networks", defaults=(True,))
+_Entry = namedtuple("_Entry", "constructor min_features one_feature networks standardize", defaults=(True, True))
 _Entry.__doc__ = """A ready-made flow: its constructor's name in :mod:`nflow_np.flows`, the fewest features it
 takes (2 for a coupling flow, whose one half conditions the other), extra keyword arguments used for 1-D data
-(None: none), and whether its layers have conditioner networks (``hidden``, and a context when conditional)."""
+(None: none), whether its layers have conditioner networks (``hidden``, and a context when conditional), and
+whether the estimator standardizes the data for it (False for a flow on a fixed domain, such as angles)."""
 
 FLOWS = {
     "realnvp": _Entry("RealNVP", 2, None),
@@ -25,6 +26,8 @@ FLOWS = {
     # residual layers of a few parameters each, no networks: hidden is not used, and they take no context
     "planar": _Entry("Planar", 1, None, networks=False),
     "radial": _Entry("Radial", 1, None, networks=False),
+    # angles on the torus [-pi, pi]^d, taken as they are: standardizing would move them off the circle
+    "ncsf": _Entry("NCSF", 1, None, standardize=False),
 }
 """Name -> :class:`_Entry`, in the order the names are listed in messages and ``--help``."""
 

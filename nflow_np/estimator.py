@@ -15,7 +15,7 @@ import numpy as np
 from ._estimator_checks import _as_generator, _check_int, _checked_array, _column_moments, _context_rows, \
     _finite_moments, _is_seed, _merge_histories, _standardized
 from ._estimator_base import _ParamsMixin
-from ._estimator_flows import build_flow
+from ._estimator_flows import FLOWS, build_flow
 from ._validation import check_sample_count, is_dask_array
 
 __all__ = ["FlowDensity", "FlowOutlierDetector", "NotFittedError"]
@@ -68,7 +68,7 @@ class FlowDensity(_ParamsMixin):
     ----------
     flow : str, default "realnvp"
         Which of :mod:`nflow_np.flows` to fit: "realnvp", "nice", "maf",
-        "iaf", "nsf", "planar" or "radial" (the table
+        "iaf", "nsf", "planar", "radial" or "ncsf" (the table
         ``nflow_np._estimator_flows.FLOWS``; the names are not case
         sensitive). The coupling flows ("realnvp", "nice") need at least 2
         features; the others also fit 1-D data.
@@ -80,6 +80,10 @@ class FlowDensity(_ParamsMixin):
         residual layers, made for variational inference) have no networks:
         ``hidden`` is unused, and they cannot be conditional; a planar
         layer's density solves one scalar equation per layer.
+        "ncsf" is a density of angles on the torus [-pi, pi]^d (circular
+        splines, a uniform base): the data are taken as they are, not
+        standardized (``mean_`` 0, ``scale_`` 1), and must lie in
+        [-pi, pi].
     n_layers : int, default 4
         Number of coupling, autoregressive (or planar, radial) layers.
     hidden : tuple of int, default (64, 64)
@@ -302,6 +306,8 @@ class FlowDensity(_ParamsMixin):
                 raise ValueError(f"FlowDensity.fit: found {X.shape[0]} sample(s) (n_samples = 1) while a minimum "
                                  f"of 2 is required (standardization needs a spread)")
             mean, scale = self._standardization(X)
+            if not FLOWS[params["flow"]].standardize:
+                mean, scale = np.zeros_like(mean), np.ones_like(scale)
             Y = self._check_y(y, X.shape[0], "fit", reset=True)
             context = None if Y is None else self._standardization(Y)
             flow = self._build_flow(params, X.shape[1], rng, 0 if Y is None else Y.shape[1])

@@ -282,9 +282,8 @@ def NCSF(dim, n_layers=4, bins=8, hidden=(64, 64), activation="relu", *, autoreg
     layer's parameters jump where a conditioning angle crosses ``+-bound``;
     the map stays a bijection of the torus with exact log-dets.
 
-    The flow runs the layers' NumPy passes: the compiled engine evaluates
-    flows over a standard normal base (its frames run the circular spline
-    compiled in such flows).
+    The compiled engine runs the whole flow, its uniform base and rotations
+    included, on the ``"numba"`` backend (and on ``"cuda"``).
 
     References: Rezende, Papamakarios, Racanière, Albergo, Kanwar, Shanahan
     and Cranmer, "Normalizing Flows on Tori and Spheres", ICML 2020; Durkan et

@@ -12,6 +12,7 @@ from nflow_np import bijectors as nb
 from nflow_np import flows, io
 from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution, Uniform
 from nflow_np.kernels import plan
+from nflow_np.kernels import program as prog
 from nflow_np.train import fit, nll_and_grad
 
 DTYPES = [np.float64, np.float32]
@@ -80,10 +81,9 @@ def test_compiled_log_prob_outside_the_interval_is_an_error_not_a_number():
     flow = normal_base_flow("coupling", np.float64)
     x = np.zeros((2, 3))
     x[1, 1] = 6.0
-    with pytest.raises(ValueError, match="y must lie in the circular spline's interval"):
-        flow.log_prob(x, backend="numpy")
-    with pytest.raises(ValueError, match="NaN"):
-        flow.log_prob(x, backend="numba")
+    for backend in ("numpy", "numba"):     # the compiled pass's NaN sends the point to the layer's own check
+        with pytest.raises(ValueError, match="y must lie in the circular spline's interval"):
+            flow.log_prob(x, backend=backend)
 
 
 # ---------------------------------------------------------------- NCSF
@@ -125,6 +125,156 @@ def test_ncsf_density_integrates_to_one(kind):
     grid = np.stack(np.meshgrid(*([mids] * d), indexing="ij"), axis=-1).reshape(-1, d)
     mass = np.exp(flow.log_prob(grid)).sum() * (2 * np.pi / n) ** d
     assert abs(mass - 1.0) < (1e-6 if d == 1 else 2e-2)
+
+
+COMPILED_NCSF = {
+    "autoregressive": lambda dt: flows.NCSF(3, n_layers=2, bins=5, hidden=(8,), rng=0, dtype=dt),
+    "coupling": lambda dt: flows.NCSF(3, n_layers=3, bins=4, hidden=(6, 6), autoregressive=False,
+                                      permute="random", rng=1, dtype=dt),
+    "coupling(rotate)": lambda dt: flows.NCSF(3, n_layers=3, bins=4, hidden=(6,), autoregressive=False,
+                                              permute="random", rotate=True, rng=1, dtype=dt),
+    "autoregressive(rotate)": lambda dt: flows.NCSF(3, n_layers=2, bins=4, hidden=(6,), rotate=True, rng=0,
+                                                    dtype=dt),
+}
+
+
+def torus_points(dtype, n=40, d=3, seed=3):
+    """Angles on [-pi, pi]^d with the edges, the corners and points a hair inside them."""
+    x = np.random.default_rng(seed).uniform(-np.pi, np.pi, (n, d)).astype(dtype)
+    bound = dtype(np.pi)
+    inside = np.nextafter(bound, dtype(0))
+    x[0], x[1] = bound, -bound
+    x[2] = [bound, -bound, 0.0]
+    x[3] = [inside, -inside, bound]
+    x[4] = [-inside, 0.5, inside]
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", sorted(COMPILED_NCSF))
+def test_ncsf_runs_compiled_over_its_uniform_base(kind, dtype):
+    """The engine evaluates the uniform base itself: NCSF's log_prob, draws and NLL gradient on backend="numba"
+    agree with the NumPy passes, edges and corners of the torus included."""
+    pytest.importorskip("numba")
+    flow = perturbed(COMPILED_NCSF[kind](dtype))
+    assert plan.supports(flow) == (True, "")
+    program = plan.program_for(flow)
+    assert program is not None and program.transforms.count("circular_spline") == \
+        (2 if kind.startswith("autoregressive") else 3)
+    assert program.entry_names.count("circular_shift") == (0 if "rotate" not in kind else
+                                                            1 if kind.startswith("autoregressive") else 2)
+    x = torus_points(dtype)
+    ref = flow.log_prob(x, backend="numpy")
+    assert np.all(np.isfinite(ref))
+    np.testing.assert_allclose(flow.log_prob(x, backend="numba"), ref, **tol(dtype))
+    s_ref, lp_ref = flow.sample_and_log_prob(60, rng=7, backend="numpy")
+    s_got, lp_got = flow.sample_and_log_prob(60, rng=7, backend="numba")
+    np.testing.assert_allclose(s_got, s_ref, **tol(dtype))
+    np.testing.assert_allclose(lp_got, lp_ref, **tol(dtype))
+    np.testing.assert_array_equal(flow.sample(5, rng=2, backend="numba").shape, (5, 3))
+    loss_ref, g_ref = nll_and_grad(flow, x, backend="numpy")
+    loss_got, g_got = nll_and_grad(flow, x, backend="numba")
+    np.testing.assert_allclose(loss_got, loss_ref, **tol(dtype))
+    assert set(g_got) == set(g_ref)
+    for key in g_ref:
+        scale = max(1.0, float(np.abs(g_ref[key]).max()))
+        np.testing.assert_allclose(g_got[key], g_ref[key], rtol=tol(dtype)["rtol"], atol=tol(dtype)["atol"] * scale,
+                                   err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_the_compiled_uniform_base_matches_uniform_log_prob_at_its_edges(dtype):
+    """Base points on the box's edges count as inside, a hair beyond them (and NaN) as outside: -inf, as
+    Uniform.log_prob has it; the constant is -sum log(high - low), a box of unequal sides included."""
+    pytest.importorskip("numba")
+    from nflow_np.kernels import compiled
+    low, high = np.array([-1.0, 0.0, 2.0], dtype), np.array([1.5, 3.0, 2.5], dtype)
+    base = Uniform(low, high, dtype=dtype)
+    spec = base.lower()
+    assert spec.d == 3 and spec.low.dtype == dtype
+    flow = TransformedDistribution(base, nb.Chain([nb.Permute([1, 2, 0]), nb.Permute([2, 0, 1])]))
+    program = plan.program_for(flow)
+    assert program is not None
+    z = np.array([low, high, (low + high) / 2, [low[0], high[1], low[2]],
+                  [np.nextafter(low[0], dtype(-9)), 1.0, 2.2], [0.0, np.nextafter(high[1], dtype(9)), 2.2],
+                  [0.0, 1.0, np.nan]], dtype)
+    ref = base._log_prob(z).sum(-1)      # the NumPy base itself (its public call refuses NaN)
+    assert np.isneginf(ref[4:]).all() and np.isfinite(ref[:4]).all()
+    got = np.zeros(len(z), dtype)
+    theta = program.theta()
+    compiled._uniform_log_prob(z, theta[int(program.layout[prog.W_BASEC]):], got)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(flow.log_prob(z[:4], backend="numba"), flow.log_prob(z[:4], backend="numpy"))
+    np.testing.assert_array_equal(flow.log_prob(z[4:6], backend="numba"), [-np.inf, -np.inf])
+    # the same points through the NLL: infinite, as the NumPy loss
+    loss_ref, _ = nll_and_grad(flow, z[3:5], backend="numpy")
+    loss_got, grads = nll_and_grad(flow, z[3:5], backend="numba")
+    assert loss_ref == loss_got == np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("shift", [[0.5, -3.0, np.pi], [2.0]], ids=["per-coordinate", "one angle"])
+def test_the_compiled_circular_shift_matches_its_bijector(shift, dtype):
+    """Both directions and the density pass's VJP against CircularShift's NumPy passes, the interval's ends and
+    points landing on the seam included; an input outside [-B, B] comes out NaN (the flow then asks the
+    bijector, whose check names the point)."""
+    pytest.importorskip("numba")
+    from nflow_np.kernels import elementwise
+    layer = nb.CircularShift(np.array(shift, dtype), bound=2.5, dtype=dtype)
+    box = Uniform(np.full(3, -2.5, dtype), np.full(3, 2.5, dtype))
+    assert plan.supports(TransformedDistribution(box, nb.Chain([layer, nb.Reverse()]))) == (True, "")
+    bound, period = dtype(2.5), dtype(5.0)
+    s = layer.params["shift"]
+    x = np.random.default_rng(0).uniform(-2.5, 2.5, (30, 3)).astype(dtype)
+    x[0], x[1] = bound, -bound
+    x[2] = np.broadcast_to(-bound + s, (3,)) if s.size == 1 else -bound + s     # lands on the seam
+    x[3] = np.nextafter(bound, dtype(0))
+    x = np.clip(x, -bound, bound)
+    for direction, ref in ((1, layer.forward(x)), (-1, layer.inverse(x))):
+        got = np.empty_like(x)
+        elementwise.circular_shift_numba(x, s.ravel(), bound, period, direction, got)
+        np.testing.assert_allclose(got, ref, **tol(dtype), err_msg=f"direction {direction}")
+    gout = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    ref_gin, ref_grads = layer.inverse_vjp(x, gout, event_ndims=1)
+    gin, gshift = np.empty_like(x), np.empty(s.size, dtype)
+    elementwise.circular_shift_backward_numba(gout, gin, gshift)
+    np.testing.assert_allclose(gin, ref_gin, **tol(dtype))
+    np.testing.assert_allclose(gshift, ref_grads["shift"].ravel(), **tol(dtype))
+    outside = np.array([[2.6, 0.0, 0.0], [0.0, np.nan, 0.0]], dtype)
+    got = np.zeros_like(outside)
+    elementwise.circular_shift_numba(outside, s.ravel(), bound, period, -1, got)
+    assert np.isnan(got[0, 0]) and np.isnan(got[1, 1]) and not np.isnan(got[0, 1])
+
+
+def test_a_uniform_that_is_not_a_box_over_the_coordinates_is_not_lowered():
+    from nflow_np.kernels.specs import Unsupported
+    with pytest.raises(Unsupported, match="Uniform box"):
+        Uniform(0.0, 1.0).lower()
+    with pytest.raises(Unsupported, match="Uniform box"):
+        Uniform(np.zeros((2, 2)), np.ones((2, 2))).lower()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", sorted(COMPILED_NCSF))
+def test_an_ncsf_fit_epoch_on_the_engine_matches_numpy(kind, dtype, monkeypatch):
+    pytest.importorskip("numba")
+    x = torus_points(dtype, n=96, seed=5)
+    epochs = []
+    compiled_epoch = plan.NumbaTrainer.epoch
+    monkeypatch.setattr(plan.NumbaTrainer, "epoch", lambda self, *a, **k: epochs.append(1) or compiled_epoch(
+        self, *a, **k))
+    runs = {}
+    for backend in ("numpy", "numba"):
+        flow = perturbed(COMPILED_NCSF[kind](dtype))
+        history = fit(flow, x, epochs=1, batch_size=32, lr=1e-2, rng=0, backend=backend)
+        runs[backend] = (history, {k: v.copy() for k, v in flow.parameters()})
+    (ref, ref_params), (got, got_params) = runs["numpy"], runs["numba"]
+    assert epochs == [1], "the numba fit ran the compiled trainer once"
+    assert got.steps == ref.steps == 3 and got.rejected_steps == ref.rejected_steps == 0
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, **tol(dtype))
+    for k in ref_params:
+        np.testing.assert_allclose(got_params[k], ref_params[k], rtol=1e-7 if dtype == np.float64 else 1e-3,
+                                   atol=1e-9 if dtype == np.float64 else 1e-4, err_msg=k)
 
 
 def test_ncsf_bad_arguments():

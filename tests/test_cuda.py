@@ -27,6 +27,7 @@ from kernel_references import (activated, activation_derivative, flat, guarded_a
 import nflow_np
 from nflow_np import bijectors, flows
 from nflow_np.kernels import plan, specs, transforms
+from nflow_np.kernels import program as prog
 from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
 from nflow_np.kernels import scalar as scalar_ref
 from nflow_np.kernels.backend import cuda_available
@@ -50,6 +51,7 @@ if READY:
     from nflow_np.kernels.cuda import optim as optim_dev
     from nflow_np.kernels.cuda import reduce as reduce_dev
     from nflow_np.kernels.cuda import runner as runner_mod
+    from nflow_np.kernels.cuda import torus as torus_dev
     if SIMULATED:
         # simulated threads hand the interpreter lock around at every switch interval: switch often
         sys.setswitchinterval(1e-4)
@@ -533,6 +535,108 @@ def test_nsf_fit_and_draws_on_the_device_match_numpy(autoregressive, dtype):
     # the trained flow's device draws: their log-densities are the NumPy passes'
     samples, lp = flows_fit[1].sample_and_log_prob(4, rng=3, backend="cuda")
     close(lp, flows_fit[1].log_prob(samples, backend="numpy"), dtype, "sample_and_log_prob")
+
+
+def ncsf(autoregressive, dtype, rotate=False):
+    flow = flows.NCSF(3, n_layers=2, bins=3, hidden=(4,), autoregressive=autoregressive, rotate=rotate, rng=0,
+                      dtype=dtype)
+    return perturbed(flow)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("autoregressive,rotate", [(False, False), (True, False), (True, True)])
+def test_ncsf_over_its_uniform_base_on_the_device_matches_numpy(autoregressive, rotate, dtype):
+    """The uniform box base (and the rotations) on the device: log_prob at the torus's edges, sampling from given
+    base points, the NLL gradient, against the NumPy passes."""
+    flow = ncsf(autoregressive, dtype, rotate)
+    runner = runner_mod.runner_for(plan.program_for(flow))
+    assert runner is not None and runner.base is not None
+    assert sum(layer.op == prog.OP_CIRCULAR_SHIFT for layer in runner.layers) == int(rotate)
+    rng = np.random.default_rng(13)
+    x = rng.uniform(-np.pi, np.pi, (6, 3)).astype(dtype)
+    bound = dtype(np.pi)
+    x[0], x[1] = bound, [-bound, bound, np.nextafter(bound, dtype(0))]
+    ref = flow.log_prob(x, backend="numpy")
+    assert np.all(np.isfinite(ref))
+    close(flow.log_prob(x, backend="cuda"), ref, dtype, "log_prob")
+    z = flow.distribution.sample(5, rng=1)
+    z[0] = -bound
+    xs, lp = runner.sample(z)
+    ref_x, _ = flow.bijector.forward_and_log_det(z)
+    close(xs, ref_x, dtype, "sample")
+    close(lp, flow.log_prob(ref_x, backend="numpy"), dtype, "sample log_prob")
+    loss, grads = nll_and_grad(flow, x, backend="cuda")
+    ref_loss, ref_grads = nll_and_grad(flow, x, backend="numpy")
+    close(loss, ref_loss, dtype, "loss")
+    for key in ref_grads:
+        close(grads[key], ref_grads[key], dtype, f"gradient {key}")
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_circular_shifts_on_the_device_match_numpy(dtype):
+    """One angle for all coordinates and one per coordinate: both directions and the shifts' gradients."""
+    from nflow_np.distributions import Uniform
+    box = Uniform(np.full(3, -2.0, dtype), np.full(3, 2.0, dtype))
+    layers = [bijectors.CircularShift(np.array(0.7, dtype), bound=2.0), bijectors.Reverse(),
+              bijectors.CircularShift(np.array([1.9, -0.4, 3.5], dtype), bound=2.0)]
+    flow = TransformedDistribution(box, bijectors.Chain(layers))
+    runner = runner_mod.runner_for(plan.program_for(flow))
+    assert runner is not None
+    x = np.random.default_rng(2).uniform(-2.0, 2.0, (7, 3)).astype(dtype)
+    x[0] = [2.0, -2.0, 0.0]
+    close(flow.log_prob(x, backend="cuda"), flow.log_prob(x, backend="numpy"), dtype, "log_prob")
+    xs, _ = runner.sample(x)
+    close(xs, flow.bijector.forward(x), dtype, "sample")
+    # a density that depends on the shifts: the uniform base restricted to a smaller box does not, so weight the
+    # base point through the gradient seed directly
+    gz = np.random.default_rng(3).standard_normal(x.shape).astype(dtype)
+    ref_gx, ref_grads = flow.bijector.inverse_vjp(x, gz)
+    v = runner.keeping_workspace(7).views(7)
+    v.z[0].copy_to_device(x)
+    runner._upload()
+    from nflow_np.kernels.cuda.flow import density_backward, density_pass
+    density_pass(runner.layers, runner.theta, v, v.z[0], v.ld, runner.work)
+    v.g[0].copy_to_device(gz)
+    v.gld.copy_to_device(np.zeros(7, dtype))
+    density_backward(runner.layers, runner.theta, runner.gtheta, v, runner.work)
+    grads = runner.gradients(runner.gtheta.copy_to_host())
+    close(host(v.g[len(layers) % 2]), ref_gx, dtype, "input gradient")
+    for key in ref_grads:
+        close(grads["bijector." + key], ref_grads[key], dtype, key)
+
+
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_uniform_base_draws_on_the_device_match_their_reference(dtype):
+    low, high = np.array([-1.0, 0.0, 2.0], dtype), np.array([1.5, 3.0, 2.5], dtype)
+    base = dev(np.concatenate([[0.0], low, high, high - low, np.ones(3)]).astype(dtype))
+    for n in (1, 5):
+        out = dev(np.zeros((n, 3), dtype))
+        torus_dev.philox_uniform_cuda(99, out, base)
+        u = torus_dev.philox_uniform_numpy(99, 3 * n, dtype).reshape(n, 3)
+        np.testing.assert_array_equal(host(out), np.minimum(low + (high - low) * u, high))
+    u = torus_dev.philox_uniform_numpy(7, 200_000, dtype)
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
+    # a flow's device draws: on the torus, their log-densities the NumPy passes', reproducible for a seed
+    flow = ncsf(True, dtype)
+    samples, lp = flow.sample_and_log_prob(6, rng=3, backend="cuda")
+    assert np.all(np.abs(samples) <= dtype(np.pi))
+    close(lp, flow.log_prob(samples, backend="numpy"), dtype, "sample_and_log_prob")
+    np.testing.assert_array_equal(flow.sample(6, rng=3, backend="cuda"), samples)
+
+
+@cuda_test
+def test_an_ncsf_fit_on_the_device_matches_numpy():
+    data = np.random.default_rng(4).uniform(-np.pi, np.pi, (32, 3))
+    histories = []
+    for backend in ("numpy", "cuda"):
+        flow = ncsf(True, np.float64)
+        histories.append(fit(flow, data, epochs=1, batch_size=16, lr=1e-2, rng=0, backend=backend))
+    ref, got = histories
+    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=1e-7)
+    assert (got.steps, got.rejected_steps) == (ref.steps, ref.rejected_steps) == (2, 0)
 
 
 @cuda_test

@@ -71,6 +71,13 @@ class CircularShift(ElementwiseBijector):
     def _derivatives(self, x, y):
         return 1.0, 0, {"shift": (1.0, 0)}
 
+    def lower(self, d):
+        from ..kernels.specs import CircularShiftSpec, Unsupported
+        shift = self.params["shift"]
+        if shift.ndim > 1 or shift.size not in (1, d):
+            raise Unsupported(f"{self.name}: a shift of shape {shift.shape} over {d} coordinates is not compiled")
+        return CircularShiftSpec(self.params, self.bound)
+
     def _is_increasing(self):
         # a rotation of the circle is not a monotone map of the interval: no CDF through it
         return Bijector._is_increasing(self)

@@ -207,6 +207,9 @@ class TransformedDistribution(Distribution):
                 else:
                     d = self.event_shape[0]
                     lp = program.log_prob(x.reshape(-1, d), self._context_rows(extra)).reshape(x.shape[:-1])
+                    if np.any(np.isnan(lp)):
+                        # a point outside a layer's domain: the NumPy passes name the layer and the point
+                        self._log_prob(x, *extra)
         except ValueError as exc:
             if "must be finite" not in str(exc):
                 raise       # a point outside a bijector's domain: its own message says which

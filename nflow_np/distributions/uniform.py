@@ -63,6 +63,20 @@ class Uniform(Distribution):
         x = self._half * self.low + self._span * u
         return np.minimum(x / self._half, self.high).astype(self.dtype, copy=False)
 
+    def lower(self):
+        """A :class:`~nflow_np.kernels.specs.UniformSpec` when this is a box over one axis (batch shape ``(d,)``),
+        the base of a flow on ``d`` coordinates."""
+        from ..kernels.specs import UniformSpec, Unsupported
+        if len(self.batch_shape) != 1 or dict(self.parameters()):
+            raise Unsupported("the base distribution is not a Uniform box over one axis of coordinates")
+        d = int(self.batch_shape[0])
+
+        def full(a):
+            return np.ascontiguousarray(np.broadcast_to(a, (d,)), dtype=self.dtype)
+
+        return UniformSpec(d, full(self.low), full(self.high), full(self._log_width), full(self._span),
+                           full(self._half))
+
     def mean(self):
         return np.broadcast_to(self.low / 2 + self.high / 2, self.batch_shape).copy()
 

@@ -25,9 +25,11 @@ from . import optim as _optim
 from . import scalar as _scalar
 from .entries import BACKWARD, DENSITY, ENTRIES, HEAD, PASSES, SAMPLING, _block, _jit, _jit_nogil, _row, \
     entry_address
-from .program import N_FIELDS, W_CTX, W_CTXW, W_G0, W_GLD, W_LD, W_PARAMS, W_Z
+from .program import BASE_NORMAL, N_FIELDS, N_LAYOUT, W_BASE, W_BASEC, W_CTX, W_CTXW, W_G0, W_GLD, W_LD, W_PARAMS, \
+    W_Z
 
 _normal_log_prob = _elementwise.normal_log_prob_numba
+_uniform_log_prob = _elementwise.uniform_log_prob_numba
 _adam_step = _optim.adam_step_numba
 _loss_diverged = _scalar.loss_diverged
 _loss_level = _scalar.loss_level
@@ -63,7 +65,7 @@ def compile_loop(index, dtype):
     """Compile (or load from the disk cache) loop ``LOOPS[index]`` for ``dtype``, by a call that runs no layer."""
     ft = np.dtype(dtype)
     table = np.zeros((0, PASSES), np.int64)
-    meta = pack_meta(np.zeros((0, N_FIELDS), np.int64), np.zeros(1, np.int64), np.zeros(14, np.int64), 1)
+    meta = pack_meta(np.zeros((0, N_FIELDS), np.int64), np.zeros(1, np.int64), np.zeros(N_LAYOUT, np.int64), 1)
     clamps, theta, vec = np.zeros(0, ft), np.zeros(1, ft), np.zeros(1, ft)
     rows, ctx = np.zeros((0, 1), ft), np.zeros((0, 0), ft)
     name = LOOPS[index]
@@ -106,6 +108,15 @@ def _layout(meta):
 
 
 @_jit
+def _base_log_prob(layout, theta, z, out):
+    """``out += log p_base(z)`` per row: the standard normal, or the uniform box whose constants ``theta`` holds."""
+    if layout[W_BASE] == BASE_NORMAL:
+        _normal_log_prob(z, out)
+    else:
+        _uniform_log_prob(z, theta[layout[W_BASEC]:], out)
+
+
+@_jit
 def _run(table, pass_, meta, clamps, theta, gtheta, w, n, d):
     """Every layer's ``pass_`` over one chunk of ``n`` rows, in the pass's order."""
     n_layers = meta[0]
@@ -138,7 +149,7 @@ def log_prob_rows(table, meta, clamps, theta, x, ctx, out, w, chunk, start, stop
         _run(table, DENSITY, meta, clamps, theta, theta, w, m, d)
         for i in range(m):
             out[first + i] = ld[i]
-        _normal_log_prob(_block(w, m, layout[W_Z] + n_layers * d, d), out[first:first + m])
+        _base_log_prob(layout, theta, _block(w, m, layout[W_Z] + n_layers * d, d), out[first:first + m])
 
 
 @_jit_nogil
@@ -159,7 +170,7 @@ def sample_rows(table, meta, clamps, theta, z, ctx, x, log_prob, w, chunk, start
             for j in range(d):
                 x[first + i, j] = z0[i, j]
             log_prob[first + i] = -ld[i]
-        _normal_log_prob(z[first:first + m], log_prob[first:first + m])
+        _base_log_prob(layout, theta, z[first:first + m], log_prob[first:first + m])
 
 
 @_jit
@@ -174,13 +185,23 @@ def _nll_grad(table, meta, clamps, theta, gtheta, w, n, d):
     gld = _row(w, n, layout[W_GLD])
     gout = _block(w, n, layout[W_G0], d)
     total = 0.0
-    for i in range(n):
-        sq = 0.0
-        for j in range(d):
-            sq += z[i, j] * z[i, j]
-            gout[i, j] = z[i, j] / n
-        total += ld[i] - 0.5 * sq - d * HALF_LOG_2PI
-        gld[i] = -1.0 / n
+    if layout[W_BASE] == BASE_NORMAL:
+        for i in range(n):
+            sq = 0.0
+            for j in range(d):
+                sq += z[i, j] * z[i, j]
+                gout[i, j] = z[i, j] / n
+            total += ld[i] - 0.5 * sq - d * HALF_LOG_2PI
+            gld[i] = -1.0 / n
+    else:
+        # the uniform box: a constant inside (-inf outside), whose gradient with respect to z is 0
+        gld[:] = 0.0
+        _uniform_log_prob(z, theta[layout[W_BASEC]:], gld)
+        for i in range(n):
+            for j in range(d):
+                gout[i, j] = 0.0
+            total += ld[i] + gld[i]
+            gld[i] = -1.0 / n
     _run(table, BACKWARD, meta, clamps, theta, gtheta, w, n, d)
     return -total / n
 

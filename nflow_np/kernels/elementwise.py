@@ -1,4 +1,4 @@
-"""Per-feature layers and reductions: permutations, ActNorm, the standard normal's log-density.
+"""Per-feature layers and reductions: permutations, ActNorm, the base distributions' log-densities.
 
 Arrays are ``(n, d)`` rows; log-dets are added to ``ld`` (one per row).
 Permutations are index arrays: ``out[:, j] = inp[:, idx[j]]``, whose backward
@@ -6,9 +6,9 @@ scatters ``g_in[:, idx[j]] = g_out[:, j]``.
 
 The kernels here are the compiled ones; their reference is the NumPy passes
 of :class:`nflow_np.bijectors.Permute` and :class:`nflow_np.bijectors.ActNorm`
-and the log-density of a standard
-:class:`nflow_np.distributions.MultivariateNormalDiag`, which the tests hold
-them to.
+and the log-densities of a standard
+:class:`nflow_np.distributions.MultivariateNormalDiag` and of a
+:class:`nflow_np.distributions.Uniform` box, which the tests hold them to.
 """
 
 import math
@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .backend import numba_twin
-from .scalar import affine_density, affine_sampling
+from .scalar import affine_density, affine_sampling, circular_wrap
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -86,3 +86,52 @@ def normal_log_prob_numba(z, out):
         for j in range(d):
             acc += z[i, j] * z[i, j]
         out[i] += -0.5 * acc - d * HALF_LOG_2PI
+
+
+@numba_twin
+def uniform_log_prob_numba(z, base, out):
+    """``out += log U(z; low, high)``: ``base[0]`` (``-sum log(high - low)``) where ``low <= z <= high`` in every
+    coordinate, ``-inf`` elsewhere (NaN included); ``base`` holds ``[inside, low (d), high (d), ...]``."""
+    d = z.shape[1]
+    for i in range(z.shape[0]):
+        inside = True
+        for j in range(d):
+            v = z[i, j]
+            if not (v >= base[1 + j] and v <= base[1 + d + j]):
+                inside = False
+        out[i] += base[0] if inside else -np.inf
+
+
+@numba_twin
+def circular_shift_numba(inp, shift, bound, period, direction, out):
+    """:class:`~nflow_np.bijectors.CircularShift`: ``out = wrap(inp + shift)`` (``direction`` +1, sampling) or
+    ``wrap(inp - shift)`` (-1, density; an input outside ``[-B, B]`` gives NaN, which the caller reports);
+    ``shift`` holds one angle per coordinate or one for all. Log-det 0."""
+    one = bound / bound
+    wide = shift.size > 1
+    for i in range(inp.shape[0]):
+        for j in range(inp.shape[1]):
+            s = shift[j] if wide else shift[0]
+            v = inp[i, j]
+            if direction > 0:
+                out[i, j] = circular_wrap(v + s, bound, period, one)
+            elif v >= -bound and v <= bound:
+                out[i, j] = circular_wrap(v - s, bound, period, one)
+            else:
+                out[i, j] = np.nan
+
+
+@numba_twin
+def circular_shift_backward_numba(gout, gin, gshift):
+    """The VJP of the density direction ``x = wrap(y - shift)``: ``dx/dy = 1``, ``dx/dshift = -1``."""
+    for k in range(gshift.size):
+        gshift[k] = 0.0
+    wide = gshift.size > 1
+    for i in range(gout.shape[0]):
+        for j in range(gout.shape[1]):
+            g = gout[i, j]
+            gin[i, j] = g
+            if wide:
+                gshift[j] -= g
+            else:
+                gshift[0] -= g

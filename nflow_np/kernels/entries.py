@@ -38,8 +38,8 @@ from . import elementwise as _elementwise
 from . import normalization as _normalization
 from . import residual as _residual
 from .backend import load_numba
-from .program import F_A, F_B, F_CACHE, F_FLAG, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, W_G0, W_G1, W_GLD, \
-    W_LD, W_Z
+from .program import F_A, F_B, F_CACHE, F_CONSTS, F_FLAG, F_PARAMS, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, \
+    W_G0, W_G1, W_GLD, W_LD, W_Z
 
 # the twins become compiled dispatchers before anything below binds them
 load_numba()
@@ -52,6 +52,8 @@ _actnorm_inverse = _elementwise.actnorm_inverse_numba
 _actnorm_inverse_backward = _elementwise.actnorm_inverse_backward_numba
 _permute = _elementwise.permute_numba
 _permute_backward = _elementwise.permute_backward_numba
+_circular_shift = _elementwise.circular_shift_numba
+_circular_shift_backward = _elementwise.circular_shift_backward_numba
 _batchnorm_forward = _normalization.batchnorm_forward_numba
 _batchnorm_inverse = _normalization.batchnorm_inverse_numba
 _batchnorm_inverse_backward = _normalization.batchnorm_inverse_backward_numba
@@ -269,6 +271,35 @@ def batchnorm_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, 
                                 zin, gout, gld, gin, gtheta[o:o + d], gtheta[o + d:o + 2 * d])
 
 
+@_jit
+def _shift_arrays(fields, theta, layer):
+    """A circular shift's angles (``theta``'s slice; one or one per coordinate), bound and period."""
+    f = fields[layer]
+    c = f[F_CONSTS]
+    return theta[f[F_THETA]:f[F_THETA] + f[F_PARAMS]], theta[c], theta[c + 1]
+
+
+def circular_shift_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    zin, zout, ld = _pass_arrays(-1, layout, w, layer, n, d)
+    shift, bound, period = _shift_arrays(fields, theta, layer)
+    _circular_shift(zin, shift, bound, period, -1, zout)
+
+
+def circular_shift_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    zin, zout, ld = _pass_arrays(1, layout, w, layer, n, d)
+    shift, bound, period = _shift_arrays(fields, theta, layer)
+    _circular_shift(zin, shift, bound, period, 1, zout)
+
+
+def circular_shift_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
+    fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
+    gout, gin, gld = _grads(layout, w, fields.shape[0], layer, n, d)
+    f = fields[layer]
+    _circular_shift_backward(gout, gin, gtheta[f[F_THETA]:f[F_THETA] + f[F_PARAMS]])
+
+
 # each op's entries, in the order of the passes
 ENTRIES = {
     # the networks of the frames, one compiled copy per dtype that every frame entry calls (see mlp_forward_at)
@@ -276,6 +307,7 @@ ENTRIES = {
     "permute": (permute_density, permute_sampling, permute_backward),
     "actnorm": (actnorm_density, actnorm_sampling, actnorm_backward),
     "batchnorm": (batchnorm_density, batchnorm_sampling, batchnorm_backward),
+    "circular_shift": (circular_shift_density, circular_shift_sampling, circular_shift_backward),
 }
 
 _entries = {}                 # (name, pass, dtype) -> compiled cfunc, kept alive so its address stays valid

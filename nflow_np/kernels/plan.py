@@ -60,8 +60,11 @@ class Program:
         base = flow.distribution.lower()
         self.dtype = np.dtype(flow.dtype)
         self.d = d = int(flow.event_shape[0]) if flow.event_shape else 0
-        if not isinstance(base, specs.StandardNormalSpec) or base.d != d:
-            raise prog.Unsupported("the base distribution is not a standard normal over the flow's coordinates")
+        if not isinstance(base, (specs.StandardNormalSpec, specs.UniformSpec)) or base.d != d:
+            raise prog.Unsupported("the base distribution is neither a standard normal nor a uniform box over the "
+                                   "flow's coordinates")
+        self.base = base
+        self.base_kind = prog.BASE_UNIFORM if isinstance(base, specs.UniformSpec) else prog.BASE_NORMAL
         # the layers' context width (an embedding, run in NumPy, maps the raw context to it first)
         self.context_size = c = int(flow.bijector.context_size)
         self.layers = flow.bijector.flatten()
@@ -69,7 +72,8 @@ class Program:
         ops, fields, clamps, idata, pmask = [], [], [], [0], []
         self.slots = []        # (params dict, key, offset, size)
         self.batchnorms = []   # (layer index, spec); their running statistics follow the parameters
-        self.transform_constants = []    # (layer index, floats): each frame's transform constants follow, in theta
+        self.transform_constants = []    # (layer index, floats): a frame's transform constants (a circular shift: its
+        # bound and period) follow the parameters in theta
         self.entry_names = []  # each layer's compiled entry: its op, and a frame's transform ("coupling.affine")
         self.transforms = []   # each layer's transform name (None: not a frame)
         self.actnorms = []     # each ActNorm's state: compiled calls wait until it has seen data
@@ -148,6 +152,11 @@ class Program:
                 self.batchnorms.append((len(ops), spec))
                 clamp = spec.eps
                 op = prog.OP_BATCHNORM
+            elif isinstance(spec, specs.CircularShiftSpec):
+                f[prog.F_THETA] = add_params(spec.params, ["shift"])
+                f[prog.F_PARAMS] = spec.params["shift"].size     # one angle per coordinate, or one for all
+                self.transform_constants.append((len(ops), (spec.bound, 2.0 * spec.bound)))
+                op = prog.OP_CIRCULAR_SHIFT
             else:
                 raise prog.Unsupported(f"{b.name}: spec {type(spec).__name__} is not compiled")
             ops.append(op)
@@ -176,6 +185,16 @@ class Program:
             self.fields[layer, prog.F_CONSTS] = start
             self.constants += [(start + k, value) for k, value in enumerate(values)]
             pmask.extend([1.0] * len(values))
+        base_at = len(pmask)
+        if self.base_kind == prog.BASE_UNIFORM:
+            # the log-density inside the box, summed in the dtype as the NumPy base sums it, then the box
+            inside = self.dtype.type(0)
+            for value in base.log_widths.astype(self.dtype):
+                inside += -value
+            values = [inside] + [v for arr in (base.low, base.high, base.span, base.half)
+                                 for v in arr.astype(self.dtype)]
+            self.constants += [(base_at + k, value) for k, value in enumerate(values)]
+            pmask.extend([1.0] * len(values))
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)
         n_layers = len(ops)
@@ -189,7 +208,7 @@ class Program:
         row += cache[0]
         self.fields[:, prog.F_CACHE] += caches_at
         layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"], self.n_params,
-                                                             offsets[prog.W_CTX], c]
+                                                             offsets[prog.W_CTX], c, self.base_kind, base_at]
         self.layout = np.array(layout, dtype=np.int64)
         self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
         # each slot's name in flow.parameters(), so gradients come back keyed like the optimizer's arrays

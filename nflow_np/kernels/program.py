@@ -1,7 +1,7 @@
 """A whole flow as one compiled program: log_prob, sampling and training epochs without Python per layer.
 
-:func:`compile_flow` flattens a ``TransformedDistribution`` (standard normal
-base, a ``Chain`` of supported layers) into plain arrays that compiled code
+:func:`compile_flow` flattens a ``TransformedDistribution`` (a standard normal
+base or a uniform box, a ``Chain`` of supported layers) into plain arrays that compiled code
 walks with one loop over layers:
 
 ``ops``      int64 ``(L,)``: the op of each layer, in density order (data -> base);
@@ -13,9 +13,9 @@ walks with one loop over layers:
 ``layout``   int64: per-row offsets of the workspace regions (``W_*`` below).
 
 Supported layers: whatever lowers to a coupling or autoregressive frame with a transform of
-:mod:`.transforms`, Permute, Reverse, ActNorm, BatchNorm, and Chains of them, with relu/tanh/elu networks
-(MLPs or residual networks, :mod:`.residual`);
-couplings may be conditional (a context appended to their network input), autoregressive
+:mod:`.transforms`, Permute, Reverse, ActNorm, BatchNorm, CircularShift, and Chains of them, with
+relu/tanh/elu networks (MLPs or residual networks, :mod:`.residual`); couplings may be conditional (a context
+appended to their network input), autoregressive
 layers not. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
 
@@ -33,13 +33,13 @@ from .specs import Unsupported
 
 __all__ = ["Unsupported"]
 
-OP_COUPLING, OP_AUTOREGRESSIVE, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM = range(5)
+OP_COUPLING, OP_AUTOREGRESSIVE, OP_PERMUTE, OP_ACTNORM, OP_BATCHNORM, OP_CIRCULAR_SHIFT = range(6)
 # the ops' entry names; a frame's is completed by its transform's (:mod:`.transforms`): "coupling.affine"
-OP_NAMES = ("coupling", "autoregressive", "permute", "actnorm", "batchnorm")
+OP_NAMES = ("coupling", "autoregressive", "permute", "actnorm", "batchnorm", "circular_shift")
 # fields columns: parameter offset, widths, activation, index arrays a / b (an autoregressive layer: none /
 # its generation order), cache offset, a flag (a coupling: its network emits parameters by coordinate; a
 # BatchNorm: training mode), MADE's degree groups, the offset in theta of the transform's constants, and the
-# transform's parameters per coordinate
+# transform's parameters per coordinate (a circular shift: its number of angles)
 F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS, F_CONSTS, F_PARAMS = range(10)
 N_FIELDS = 10
 # layout entries (per-row offsets), the two totals, and the number of trainable entries of theta (the
@@ -47,3 +47,8 @@ N_FIELDS = 10
 W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST, W_PARAMS = range(12)
 # the context block's per-row offset and width
 W_CTX, W_CTXW = 12, 13
+# the base distribution (BASE_*) and the offset in theta of its constants (a uniform box: the log-density inside,
+# then low, high, span and half, d each)
+W_BASE, W_BASEC = 14, 15
+N_LAYOUT = 16
+BASE_NORMAL, BASE_UNIFORM = 0, 1

@@ -22,7 +22,7 @@ import math
 from .backend import numba_twin
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
-           "adam_moments", "adam_update", "loss_diverged", "loss_level"]
+           "adam_moments", "adam_update", "loss_diverged", "loss_level", "circular_wrap"]
 
 
 @numba_twin
@@ -117,3 +117,19 @@ def loss_level(loss, level, spread, seen):
         return loss, 0.0, 1.0
     distance = abs(loss - level)
     return level + LEVEL_WEIGHT * (loss - level), spread + LEVEL_WEIGHT * (distance - spread), seen + 1.0
+
+
+@numba_twin
+def circular_wrap(v, bound, period, one):
+    """``v - 2B floor((v + B) / 2B)`` clipped to ``[-B, B]`` (``period = 2B``), the wrap of
+    :class:`~nflow_np.bijectors.CircularShift`. The floor is taken in the working dtype, ``t = q - q mod 1``, less one where that rounded up."""
+    q = (v + bound) / period
+    t = q - q % one
+    if t > q:
+        t -= one
+    w = v - period * t
+    if w < -bound:
+        return -bound
+    if w > bound:
+        return bound
+    return w

@@ -21,7 +21,8 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 __all__ = ["Unsupported", "NetworkSpec", "AffineSpec", "AdditiveSpec", "SplineSpec", "CircularSplineSpec", "SinhArcsinhSpec", "CouplingSpec",
-           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "StandardNormalSpec", "TRANSFORMS"]
+           "AutoregressiveSpec", "PermutationSpec", "ActNormSpec", "BatchNormSpec", "CircularShiftSpec",
+           "StandardNormalSpec", "UniformSpec", "TRANSFORMS"]
 
 
 class Unsupported(ValueError):
@@ -175,7 +176,32 @@ class BatchNormSpec:
     momentum: float
 
 
+@dataclass(frozen=True, eq=False)
+class CircularShiftSpec:
+    """A rotation of the circle ``[-bound, bound]``: ``y = wrap(x + shift)``, log-det 0; ``params["shift"]`` holds
+    one angle per coordinate or one for all."""
+    params: dict
+    bound: float
+
+
 @dataclass(frozen=True)
 class StandardNormalSpec:
     """The base distribution the engine evaluates itself: a standard normal over ``d`` coordinates."""
     d: int
+
+
+@dataclass(frozen=True, eq=False)
+class UniformSpec:
+    """The other base the engine evaluates itself: uniform on the box ``[low, high]`` over ``d`` coordinates.
+
+    ``log p(z) = -sum_j log(high_j - low_j)`` where ``low <= z <= high`` (edges included), ``-inf`` elsewhere;
+    ``low``, ``high`` and ``log_widths`` (``log(high - low)`` per coordinate, exact where the width overflows)
+    are ``(d,)`` arrays in the base's dtype, and ``span``/``half`` the width as the sampler scales by it (``half``
+    0.5 where the width overflows and is kept halved, else 1).
+    """
+    d: int
+    low: np.ndarray
+    high: np.ndarray
+    log_widths: np.ndarray
+    span: np.ndarray
+    half: np.ndarray

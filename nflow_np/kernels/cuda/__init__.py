@@ -11,6 +11,7 @@ Each module mirrors its CPU family: ``mlp`` (a tiled shared-memory matrix produc
 bias and activation fused, and the backward products), ``frames`` (the coupling and the
 autoregressive frame, calling any transform of :mod:`nflow_np.kernels.transforms` per
 element), ``elementwise`` (permutations, ActNorm, the normal log-density and base draws),
+``torus`` (the uniform box base and its draws, the circular shift),
 ``normalization`` (BatchNorm), ``optim`` (guarded Adam), ``reduce`` (deterministic
 column and vector sums), ``scalar`` (the shared scalar math as device functions), with
 ``device`` (launch geometry, per-dtype kernel families, device versions of plain-Python

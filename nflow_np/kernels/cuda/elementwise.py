@@ -1,4 +1,4 @@
-"""CUDA twin of :mod:`nflow_np.kernels.elementwise`: permutations, ActNorm, the standard normal, base draws.
+"""CUDA twin of :mod:`nflow_np.kernels.elementwise`: permutations, ActNorm, the base distributions, base draws.
 
 Row kernels run one thread per row (a flow's rows are short: the loops over
 columns stay in the thread, and a row's log-det sums without atomics). Column
@@ -9,7 +9,8 @@ random numbers: as easy as 1, 2, 3", SC 2011; the generator of cuRAND and
 PyTorch's CUDA backend), counter-based: element ``k`` of a draw depends only on
 the seed and ``k``, never on the launch geometry, so a seed reproduces the same
 points on every card and under the simulator. :func:`philox_normal_numpy` is its
-NumPy reference. Box-Muller turns each pair of uniforms into two normals.
+NumPy reference. Box-Muller turns each pair of uniforms into two normals; a
+uniform box base scales the uniforms themselves (:mod:`.torus`).
 """
 
 import math

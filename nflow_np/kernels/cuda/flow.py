@@ -28,11 +28,12 @@ from .elementwise import actnorm_forward_cuda, actnorm_inverse_backward_cuda, ac
 from .frames import autoregressive_backward_cuda, autoregressive_density_cuda, autoregressive_sampling_cuda, \
     coupling_backward_cuda, coupling_density_cuda, coupling_sampling_cuda, transform_settings
 from .normalization import batchnorm_forward_cuda, batchnorm_inverse_backward_cuda, batchnorm_inverse_cuda
+from .torus import circular_shift_backward_cuda, circular_shift_cuda
 
 __all__ = ["SUPPORTED_OPS", "Layer", "Workspace", "density_pass", "density_backward", "sampling_pass"]
 
 SUPPORTED_OPS = frozenset({prog.OP_COUPLING, prog.OP_AUTOREGRESSIVE, prog.OP_PERMUTE, prog.OP_ACTNORM,
-                           prog.OP_BATCHNORM})
+                           prog.OP_BATCHNORM, prog.OP_CIRCULAR_SHIFT})
 FRAME_OPS = (prog.OP_COUPLING, prog.OP_AUTOREGRESSIVE)
 
 
@@ -72,6 +73,9 @@ class Layer:
             self.sample_index = cuda.to_device(ints(f[prog.F_B]))
         elif self.op == prog.OP_BATCHNORM:
             self.stats_off = int(f[prog.F_B])
+        elif self.op == prog.OP_CIRCULAR_SHIFT:
+            self.per = int(f[prog.F_PARAMS])        # one angle per coordinate, or one for all
+            self.bound, self.period = dict(program.transform_constants)[index]
         self.hidden = sum(self.widths[1:-1])
         self.nout = self.widths[-1] if self.op in FRAME_OPS else 0
         self.widest = max(self.widths[1:-1], default=1)
@@ -88,6 +92,8 @@ class Layer:
             self.g0, self.g1 = gtheta[o:o + d], gtheta[o + d:o + 2 * d]
         if self.op == prog.OP_BATCHNORM:
             self.stats = theta[self.stats_off:self.stats_off + 2 * d + 1]
+        if self.op == prog.OP_CIRCULAR_SHIFT:
+            self.p0, self.g0 = theta[o:o + self.per], gtheta[o:o + self.per]
 
     def batch(self, rows):
         """Whether a BatchNorm normalizes by the batch (training mode, at least two rows)."""
@@ -177,6 +183,8 @@ def density_pass(layers, theta, v, x, ld, work):
             permute_cuda(zin, layer.density_index, zout)
         elif op == prog.OP_ACTNORM:
             actnorm_inverse_cuda(layer.p0, layer.p1, zin, zout, ld)
+        elif op == prog.OP_CIRCULAR_SHIFT:
+            circular_shift_cuda(zin, layer.p0, layer.bound, layer.period, -1, zout)
         elif op == prog.OP_BATCHNORM:
             batchnorm_inverse_cuda(layer.p0, layer.p1, layer.stats, layer.clamp, layer.batch(v.m), zin, zout, ld,
                                    work)
@@ -205,6 +213,8 @@ def density_backward(layers, theta, gtheta, v, work):
             permute_backward_cuda(gout, layer.density_index, gin)
         elif op == prog.OP_ACTNORM:
             actnorm_inverse_backward_cuda(layer.p0, zout, gout, v.gld, gin, layer.g0, layer.g1, work)
+        elif op == prog.OP_CIRCULAR_SHIFT:
+            circular_shift_backward_cuda(gout, gin, layer.g0, work)
         elif op == prog.OP_BATCHNORM:
             batchnorm_inverse_backward_cuda(layer.p0, layer.stats, layer.clamp, layer.batch(v.m), zin, gout, v.gld,
                                             gin, layer.g0, layer.g1, work)
@@ -231,6 +241,8 @@ def sampling_pass(layers, theta, v, z, x, ld, work):
             permute_cuda(zin, layer.sample_index, zout)
         elif op == prog.OP_ACTNORM:
             actnorm_forward_cuda(layer.p0, layer.p1, zin, zout, ld)
+        elif op == prog.OP_CIRCULAR_SHIFT:
+            circular_shift_cuda(zin, layer.p0, layer.bound, layer.period, 1, zout)
         elif op == prog.OP_BATCHNORM:
             batchnorm_forward_cuda(layer.p0, layer.p1, layer.stats, layer.clamp, zin, zout, ld)
         elif op == prog.OP_COUPLING:

@@ -34,6 +34,7 @@ from .elementwise import copy_tail_cuda, gather_rows_cuda, masked_copy_cuda, nll
 from .flow import SUPPORTED_OPS, Layer, Workspace, density_backward, density_pass, sampling_pass
 from .optim import guarded_adam_step_cuda
 from .reduce import vector_sum
+from .torus import philox_uniform_cuda, uniform_log_prob_cuda, uniform_nll_head_cuda
 
 __all__ = ["DeviceProgram", "DeviceTrainer", "runner_for", "covers", "log_prob_on_device", "WORKSPACE_BYTES"]
 
@@ -87,6 +88,18 @@ class DeviceProgram:
         self._inference = None
         self._keeping = None
         self._pmask = None
+        # a uniform box base: its constants ([inside, low, high, span, half]), fixed, on the device once
+        self.base = None
+        if program.base_kind == prog.BASE_UNIFORM:
+            at = int(program.layout[prog.W_BASEC])
+            self.base = cuda.to_device(np.ascontiguousarray(program.theta()[at:at + 1 + 4 * self.d]))
+
+    def _base_log_prob(self, z, out, sign=1):
+        """``out = sign * out + log p_base(z)`` per row."""
+        if self.base is None:
+            normal_log_prob_cuda(z, out, sign=sign)
+        else:
+            uniform_log_prob_cuda(z, self.base, out, sign=sign)
 
     @property
     def actnorms(self):
@@ -148,7 +161,7 @@ class DeviceProgram:
                 v = self._inference_views(chunk, m)
                 ld = out[start:start + m]          # the log-dets accumulate in the output itself
                 z = density_pass(self.layers, self.theta, v, x[start:start + m], ld, self.work)
-                normal_log_prob_cuda(z, ld)
+                self._base_log_prob(z, ld)
         return out if on_device else out.copy_to_host()
 
     def _sample_on_device(self, z):
@@ -163,7 +176,7 @@ class DeviceProgram:
                 v = self._inference_views(chunk, m)
                 lp = log_prob[start:start + m]
                 sampling_pass(self.layers, self.theta, v, z[start:start + m], x[start:start + m], lp, self.work)
-                normal_log_prob_cuda(z[start:start + m], lp, sign=-1)
+                self._base_log_prob(z[start:start + m], lp, sign=-1)
         return x, log_prob
 
     def sample(self, z, context=None):
@@ -176,13 +189,17 @@ class DeviceProgram:
     def draw(self, n, rng, on_device=False):
         """``n`` samples and their log-densities, the base points drawn on the device from a seed taken from ``rng``.
 
-        The draws are Philox4x32-10 normals (:func:`.elementwise.philox_normal_numpy`), not the CPU
+        The draws are Philox4x32-10 normals (:func:`.elementwise.philox_normal_numpy`), or for a uniform box
+        base its uniforms scaled into the box (:func:`.torus.philox_uniform_numpy`), not the CPU
         backends' stream: a seed gives the same samples on every device, other samples than on the CPU.
         With ``on_device`` the results stay on the device.
         """
         seed = int(rng.integers(0, 2 ** 63))
         z = empty((int(n), self.d), self.dtype)
-        philox_normal_cuda(seed, z)
+        if self.base is None:
+            philox_normal_cuda(seed, z)
+        else:
+            philox_uniform_cuda(seed, z, self.base)
         x, log_prob = self._sample_on_device(z)
         return (x, log_prob) if on_device else (x.copy_to_host(), log_prob.copy_to_host())
 
@@ -211,7 +228,10 @@ class DeviceProgram:
         m = v.m
         z = density_pass(self.layers, self.theta, v, v.z[0], v.ld, self.work)
         log_prob = self.work.get("log_prob", m, self.dtype)
-        nll_head_cuda(z, v.ld, log_prob, v.g[0], v.gld)
+        if self.base is None:
+            nll_head_cuda(z, v.ld, log_prob, v.g[0], v.gld)
+        else:
+            uniform_nll_head_cuda(z, v.ld, self.base, log_prob, v.g[0], v.gld)
         vector_sum(log_prob, scalars[:1], scale=-1.0 / m, work=self.work)
         density_backward(self.layers, self.theta, self.gtheta, v, self.work)
 
