@@ -15,7 +15,7 @@ defaults to ``net.out_features`` (see
 ``conditioner="resnet"`` swaps every coupling's MLP for a
 :class:`~nflow_np.nn.ResidualMLP` and every MADE for a
 :class:`~nflow_np.nn.ResidualMADE`, with ``hidden=(width,) * blocks``
-(Durkan et al.'s residual conditioners; NumPy passes on every backend).
+(Durkan et al.'s residual conditioners, compiled like the MLPs).
 
 ``init="random"`` (the default) starts every conditioner as PyTorch's
 ``nn.Linear`` does, uniform in +-1/sqrt(fan_in) with the last layer

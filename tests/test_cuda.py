@@ -331,6 +331,11 @@ FLOWS = {
     "NSF": lambda dtype: flows.NSF(3, n_layers=2, bins=4, bound=2.0, hidden=(4,), rng=0, dtype=dtype),
     "NSF-autoregressive": lambda dtype: flows.NSF(3, n_layers=2, bins=3, bound=2.0, hidden=(5,), autoregressive=True,
                                                   rng=0, dtype=dtype),
+    # residual conditioners (kernels.residual): two blocks in the couplings, one in the MADE
+    "RealNVP-resnet": lambda dtype: flows.RealNVP(3, n_layers=2, hidden=(4, 4), conditioner="resnet", rng=0,
+                                                  dtype=dtype),
+    "MAF-resnet": lambda dtype: flows.MAF(3, n_layers=2, hidden=(5,), activation="tanh", conditioner="resnet", rng=0,
+                                          dtype=dtype),
 }
 
 

@@ -180,7 +180,7 @@ def _cuda_ready():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_ready(), reason="needs a GPU or NUMBA_ENABLE_CUDASIM=1")
-def test_cuda_backend_falls_back_for_embeddings_and_residual_conditioners():
+def test_cuda_backend_matches_numpy_with_embeddings_and_residual_conditioners():
     rng = np.random.default_rng(7)
     x, c = rng.normal(size=(6, 3)), rng.normal(size=(6, RAW))
     for flow, context in ((_perturbed(FLOWS["RealNVP+MLP"](), rng), c),

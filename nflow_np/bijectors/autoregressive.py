@@ -48,7 +48,7 @@ class Autoregressive(Bijector):
     conditioner : {"mlp", "resnet"}, default "mlp"
         The network: MADE (:class:`~nflow_np.nn.MaskedMLP`) or the masked
         residual MADE of Durkan et al. (:class:`~nflow_np.nn.ResidualMADE`);
-        residual conditioners run the NumPy passes on every backend.
+        both are compiled (without a context; with one, the NumPy passes run).
 
     References: Papamakarios, Pavlakou and Murray, "Masked Autoregressive Flow
     for Density Estimation", NeurIPS 2017; Germain et al., "MADE", ICML 2015;

@@ -131,8 +131,7 @@ class Coupling(PassBijector):
     conditioner : {"mlp", "resnet"}, default "mlp"
         The network: a plain :class:`~nflow_np.nn.MLP`, or a
         :class:`~nflow_np.nn.ResidualMLP` (pre-activation residual blocks, as
-        Durkan et al.'s NSF); residual conditioners run the NumPy passes on
-        every backend (they do not lower to the compiled engine).
+        Durkan et al.'s NSF); both are compiled (``backend="numba"``/``"cuda"``).
     rng : Generator or int, optional
     dtype : float64 (default) or float32
     init : {"random", "identity"}, default "random"

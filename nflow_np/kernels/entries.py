@@ -35,8 +35,8 @@ from numba import carray, types
 from numba.extending import intrinsic
 
 from . import elementwise as _elementwise
-from . import mlp as _mlp
 from . import normalization as _normalization
+from . import residual as _residual
 from .backend import load_numba
 from .program import F_A, F_B, F_CACHE, F_CONSTS, F_FLAG, F_PARAMS, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, \
     W_G0, W_G1, W_GLD, W_LD, W_Z
@@ -44,8 +44,9 @@ from .program import F_A, F_B, F_CACHE, F_CONSTS, F_FLAG, F_PARAMS, F_THETA, F_W
 # the twins become compiled dispatchers before anything below binds them
 load_numba()
 
-_mlp_forward = _mlp.mlp_forward_numba
-_mlp_backward = _mlp.mlp_backward_numba
+# a frame's network: an MLP, or a residual network (activation code RESIDUAL and up)
+_mlp_forward = _residual.network_forward_numba
+_mlp_backward = _residual.network_backward_numba
 _actnorm_forward = _elementwise.actnorm_forward_numba
 _actnorm_inverse = _elementwise.actnorm_inverse_numba
 _actnorm_inverse_backward = _elementwise.actnorm_inverse_backward_numba

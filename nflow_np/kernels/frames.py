@@ -30,6 +30,7 @@ import numpy as np
 from .entries import _block, _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, mlp_backward_at, \
     mlp_forward_at
 from .mlp import activate_values
+from .residual import RESIDUAL
 from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_GCOND, W_GNET, W_ROW
 
 __all__ = ["FRAMES", "specialize"]
@@ -151,6 +152,19 @@ def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
     f = fields[layer]
     widths, cond, hid, net = _caches(f, idata, w, n)
     generation = _ints(idata, f[F_B])
+    if f[F_ACT] >= RESIDUAL:
+        # a residual MADE: its skip connections mix a unit's degree group with the layers before, so no unit is
+        # final early; d network passes over the partly filled y, each fixing the next coordinate
+        st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
+        y[:, :] = 0.0
+        for k in range(d):
+            i = generation[k]
+            mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], y, hid, net)
+            for r in range(n):
+                value, l = STEP(x[r, i], net, r, i, d, st)  # noqa: F821
+                y[r, i] = value
+                ld[r] += l
+        return
     groups = idata[f[F_GROUPS]:]
     scratch = w[n * layout[W_ROW]:]
     act = f[F_ACT]

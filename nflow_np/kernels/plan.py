@@ -14,6 +14,7 @@ import numpy as np
 from . import program as prog
 from . import specs, transforms
 from .mlp import ACTIVATION_CODES, hidden_size
+from .residual import RESIDUAL
 
 __all__ = ["Program", "compile_flow", "program_for", "supports", "AdamExchange", "NumbaTrainer"]
 
@@ -28,6 +29,12 @@ BLAS_SINGLE_THREAD = 65536
 def weights_size(widths):
     """Entries of a network's weight matrices: the autoregressive sampling entry keeps them transposed."""
     return int(sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)))
+
+
+def network_code(net):
+    """A network's activation code as the frames read it: ``RESIDUAL + code`` for a residual network
+    (:mod:`.residual`)."""
+    return ACTIVATION_CODES[net.activation] + (RESIDUAL if net.residual else 0)
 
 
 def degree_groups(degrees, d):
@@ -94,8 +101,8 @@ class Program:
             if net.context and net.masks is not None:
                 raise prog.Unsupported("conditional MADE networks (MAF with a context) are not compiled")
             widths = net.widths
-            keys = [f"{kind}{i}" for i in range(len(widths) - 1) for kind in ("w", "b")]
-            masks = None if net.masks is None else {f"w{i}": m for i, m in enumerate(net.masks)}
+            keys = list(net.keys)
+            masks = None if net.masks is None else dict(zip(keys[::2], net.masks))
             off = add_params(net.params, keys, masks)
             widest["hidden"] = max([widest["hidden"]] + list(net.hidden))
             widest["net"] = max(widest["net"], widths[-1])
@@ -115,7 +122,7 @@ class Program:
                 if name is None:
                     raise prog.Unsupported(f"{b.name}: transform {type(spec.transform).__name__} is not compiled")
                 f[prog.F_THETA], widths = add_net(spec.net)
-                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), ACTIVATION_CODES[spec.net.activation]
+                f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), network_code(spec.net)
                 f[prog.F_CACHE] = cache[0]
                 f[prog.F_PARAMS] = spec.transform.outputs_per_coordinate
                 self.transform_constants.append((len(ops), transforms.module_for(name).constants(spec.transform)))

@@ -14,7 +14,8 @@ walks with one loop over layers:
 
 Supported layers: whatever lowers to a coupling or autoregressive frame with a transform of
 :mod:`.transforms`, Permute, Reverse, ActNorm, BatchNorm, CircularShift, and Chains of them, with
-relu/tanh/elu networks; couplings may be conditional (a context appended to their network input), autoregressive
+relu/tanh/elu networks (MLPs or residual networks, :mod:`.residual`); couplings may be conditional (a context
+appended to their network input), autoregressive
 layers not. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
 

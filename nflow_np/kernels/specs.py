@@ -38,6 +38,13 @@ class NetworkSpec:
     ``widths`` runs from the network's input (coordinates, then ``context``
     inputs) to its output; ``masks`` (MADE only) multiply ``w0, w1, ...``;
     ``degrees`` are MADE's per-layer unit degrees (input first).
+
+    A residual network (``residual``: :class:`~nflow_np.nn.ResidualMLP`, masked
+    :class:`~nflow_np.nn.ResidualMADE`) of ``B`` blocks of width ``H`` has
+    ``widths = (inputs,) + (H,) * (2 B + 1) + (outputs,)``, one entry per weight
+    matrix as an MLP's, and ``names`` lists its parameters in that order (weight,
+    bias, weight, ...: ``in_w, in_b, block0_w0, ..., out_b``); ``masks`` follow the
+    weights of ``names``. See :mod:`nflow_np.kernels.residual` for its passes.
     """
     params: dict
     widths: Tuple[int, ...]
@@ -45,6 +52,15 @@ class NetworkSpec:
     context: int = 0
     masks: Optional[Tuple[np.ndarray, ...]] = None
     degrees: Optional[Tuple[np.ndarray, ...]] = None
+    residual: bool = False
+    names: Optional[Tuple[str, ...]] = None
+
+    @property
+    def keys(self):
+        """The parameter names in storage order: ``names``, or an MLP's ``w0, b0, w1, b1, ...``."""
+        if self.names is not None:
+            return tuple(self.names)
+        return tuple(f"{kind}{i}" for i in range(len(self.widths) - 1) for kind in ("w", "b"))
 
     @property
     def hidden(self):

@@ -63,10 +63,20 @@ class _ResidualNet(_DenseNet):
         return {k: v for k, v in self.params.items() if k.endswith(("_w", "_w0", "_w1"))}
 
     def lower(self):
-        """Residual networks are not compiled: raises :class:`~nflow_np.kernels.specs.Unsupported`, so a flow
-        holding one runs the NumPy passes on every backend."""
-        from ..kernels.specs import Unsupported
-        raise Unsupported(f"{type(self).__name__} (a residual conditioner) is not compiled")
+        """This network as the compiled engine's :class:`~nflow_np.kernels.specs.NetworkSpec` (``residual=True``;
+        its passes: :mod:`nflow_np.kernels.residual`)."""
+        from ..kernels.specs import NetworkSpec
+        names = ["in_w", "in_b"]
+        for k in range(self.blocks):
+            names += [f"block{k}_w0", f"block{k}_b0", f"block{k}_w1", f"block{k}_b1"]
+        names += ["out_w", "out_b"]
+        masks = getattr(self, "masks", None)
+        hidden = (self.width,) * (2 * self.blocks + 1)
+        return NetworkSpec(params=self.params, activation=self.activation, context=self.context_features,
+                           widths=(self.in_features + self.context_features,) + hidden + (self.out_features,),
+                           masks=None if masks is None else tuple(masks[key] for key in names[::2]),
+                           degrees=None if masks is None else (self.degrees[0],) + (self.degrees[1],) * len(hidden),
+                           residual=True, names=tuple(names))
 
     def __repr__(self):
         ctx = f", context_features={self.context_features}" if self.context_features else ""

@@ -25,6 +25,7 @@ reference of both is :class:`nflow_np.nn.MLP`.
 
 from types import SimpleNamespace
 
+from ..residual import RESIDUAL
 from .device import blocks, cuda, dummy, family, geometry, jit, launch, scratch_or_default
 from .reduce import reduce_partials
 from .scalar import activate, activation_grad
@@ -204,7 +205,11 @@ def _layers(theta, off, widths):
 
 def mlp_forward_cuda(theta, off, widths, act, inp, hid, out, work=None):
     """``out = net(inp)``, hidden activations into ``hid``; see :func:`nflow_np.kernels.mlp.mlp_forward_numba`
-    (reference: :meth:`nflow_np.nn.MLP.forward_with_cache`)."""
+    (reference: :meth:`nflow_np.nn.MLP.forward_with_cache`). An activation code of ``RESIDUAL`` and up runs a
+    residual network (:mod:`.residual`)."""
+    if act >= RESIDUAL:
+        from .residual import residual_forward_cuda
+        return residual_forward_cuda(theta, off, widths, act - RESIDUAL, inp, hid, out, work)
     n = inp.shape[0]
     layers = _layers(theta, off, widths)
     h, hp = inp, 0
@@ -220,7 +225,10 @@ def mlp_forward_cuda(theta, off, widths, act, inp, hid, out, work=None):
 
 def mlp_backward_cuda(theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2, work=None):
     """``gin = dL/dinp`` and the weight gradients into ``gtheta``; see :func:`nflow_np.kernels.mlp.mlp_backward_numba`
-    (reference: :meth:`nflow_np.nn.MLP.backward`)."""
+    (reference: :meth:`nflow_np.nn.MLP.backward`); a residual network for ``act >= RESIDUAL``."""
+    if act >= RESIDUAL:
+        from .residual import residual_backward_cuda
+        return residual_backward_cuda(theta, off, widths, act - RESIDUAL, inp, hid, gout, gin, gtheta, d1, d2, work)
     n = inp.shape[0]
     layers = _layers(theta, off, widths)
     inputs, hp = [inp], 0
