@@ -137,8 +137,11 @@ lr_schedule, conditional
         -------
         ndarray of shape (n_samples,), float64
         """
-        self._check_fitted("decision_function")
-        return np.asarray(self._log_density(X, y, "decision_function")) - self.offset_
+        return self._decision(X, y, "decision_function")
+
+    def _decision(self, X, y, method):
+        self._check_fitted(method)
+        return np.asarray(self._log_density(X, y, method)) - self.offset_
 
     def predict(self, X, y=None):
         """+1 for an inlier, -1 for an outlier (``decision_function < 0``).
@@ -153,9 +156,7 @@ lr_schedule, conditional
         -------
         ndarray of shape (n_samples,), int
         """
-        self._check_fitted("predict")
-        decision = np.asarray(self._log_density(X, y, "predict")) - self.offset_
-        return np.where(decision >= 0.0, 1, -1)
+        return np.where(self._decision(X, y, "predict") >= 0.0, 1, -1)
 
     def fit_predict(self, X, y=None):
         """``fit(X, y)`` then ``predict`` on the same points: the training outliers.

@@ -192,6 +192,19 @@ class _DenseNet:
         out = self._run(inp, keep=False)[0]
         return out.reshape(batch + (self.out_features,))
 
+    def _grad_rows(self, grad_out, batch, rows):
+        """``grad_out`` checked against the output's shape ``batch + (out_features,)`` (or broadcast to it), as
+        ``(rows, out_features)``."""
+        where = f"{type(self).__name__}.backward"
+        g = as_float_array(grad_out, self.dtype, where, "grad_out")
+        out_shape = batch + (self.out_features,)
+        if g.shape != out_shape:
+            try:
+                g = np.broadcast_to(g, out_shape)
+            except ValueError:
+                raise ValueError(f"{where}: grad_out must have the output's shape {out_shape}; got {g.shape}") from None
+        return g.reshape(rows, self.out_features)
+
     def forward_with_cache(self, x, context=None):
         """Network output and the cache that :meth:`backward` takes.
 
@@ -225,15 +238,7 @@ class _DenseNet:
             Keyed like ``params``, same shapes and dtype.
         """
         inp, hs, auxes, weights, batch, x_shape, c_shape = cache
-        where = f"{type(self).__name__}.backward"
-        g = as_float_array(grad_out, self.dtype, where, "grad_out")
-        out_shape = batch + (self.out_features,)
-        if g.shape != out_shape:
-            try:
-                g = np.broadcast_to(g, out_shape)
-            except ValueError:
-                raise ValueError(f"{where}: grad_out must have the output's shape {out_shape}; got {g.shape}") from None
-        g = g.reshape(inp.shape[0], self.out_features)
+        g = self._grad_rows(grad_out, batch, inp.shape[0])
 
         grads = {}
         last = len(self.hidden)

@@ -25,7 +25,7 @@ Flows", NeurIPS 2019 (residual and masked residual conditioners).
 
 import numpy as np
 
-from .._validation import as_float_array, as_generator, resolve_dtype, sum_to_shape
+from .._validation import as_generator, resolve_dtype, sum_to_shape
 from .init import check_init, dense_layer
 from .mlp import _activate, _activation_grad, _check_activation, _check_count, _DenseNet, made_degrees
 
@@ -117,15 +117,7 @@ class _ResidualNet(_DenseNet):
         """Vector-Jacobian product of the pass that made ``cache``; returns as :meth:`MLP.backward
         <nflow_np.nn.MLP.backward>`."""
         inp, h_last, blocks, w, batch, x_shape, c_shape = cache
-        where = f"{type(self).__name__}.backward"
-        g = as_float_array(grad_out, self.dtype, where, "grad_out")
-        out_shape = batch + (self.out_features,)
-        if g.shape != out_shape:
-            try:
-                g = np.broadcast_to(g, out_shape)
-            except ValueError:
-                raise ValueError(f"{where}: grad_out must have the output's shape {out_shape}; got {g.shape}") from None
-        g = g.reshape(inp.shape[0], self.out_features)
+        g = self._grad_rows(grad_out, batch, inp.shape[0])
         act = self.activation
         grads = {"out_w": h_last.T @ g, "out_b": g.sum(axis=0)}
         gh = g @ w["out_w"].T
