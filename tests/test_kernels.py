@@ -256,6 +256,10 @@ FLOWS = {
                                 activation="tanh", rng=0, dtype=dt),
     "nsf-ar": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8, 5), autoregressive=True,
                                    batch_norm=True, activation="elu", rng=0, dtype=dt),
+    "nsf-bounded": lambda dt: flows.NSF(4, n_layers=2, bins=5, bound=3.0, hidden=(9,), parameterization="bounded",
+                                        rng=0, dtype=dt),
+    "nsf-ar-bounded": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8,), autoregressive=True,
+                                           parameterization="bounded", rng=0, dtype=dt),
     # the frames with the transforms no ready-made flow uses
     "coupling-sinh": lambda dt: frame_flow("coupling", "sinh_arcsinh", 5, dt),
     "ar-sinh": lambda dt: frame_flow("autoregressive", "sinh_arcsinh", 4, dt),
