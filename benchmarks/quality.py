@@ -4,6 +4,7 @@
     python benchmarks/quality.py --quick               # a smoke run: small data, 3 epochs
     python benchmarks/quality.py --datasets two-moons teacher-8 --models RealNVP NSF
     python benchmarks/quality.py --sides nflow_np      # without the peer (no torch needed)
+    python benchmarks/quality.py --models NSF NSF-AR --spline-parameterization bounded
 
 Data sets (``qualitysuite/data.py``): the 2-D toys with their exact
 densities, random teacher flows in 4-32 dimensions, an 8-D Student-t and an
@@ -46,7 +47,8 @@ def _paired(results):
 
 def run(names, models, sides, budget, size, seeds, out=None):
     print(f"# budget: {budget.layers} transforms, hidden {budget.hidden}, {budget.epochs} epochs, "
-          f"batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
+          f"batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}; "
+          f"nflow_np splines {budget.spline_parameterization}", flush=True)
     header = f"{'data':13s}{'model':8s}{'entropy':>9s}" + "".join(
         f"{s + ' NLL':>13s}{'KL':>8s}" for s in sides) + (
         f"{'vs zuko':>9s}" + (f"{'+-se':>7s}" if len(seeds) > 1 else "") if len(sides) == 2 else "")
@@ -105,9 +107,11 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="several seeds: each cell is the mean over them, and 'vs zuko' gets the standard "
                              "error of the paired per-seed differences")
+    parser.add_argument("--spline-parameterization", choices=["softplus", "bounded"], default="softplus",
+                        help="how nflow_np's NSF and NSF-AR map their networks' outputs to bins and slopes")
     parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
     args = parser.parse_args()
     budget = Budget(layers=args.layers, hidden=tuple(args.hidden), epochs=3 if args.quick else args.epochs,
-                    batch=args.batch, lr=args.lr)
+                    batch=args.batch, lr=args.lr, spline_parameterization=args.spline_parameterization)
     run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds,
         out=args.out)

@@ -352,7 +352,8 @@ def test_program_calls_match_the_bijectors_and_compile_only_the_passes_used(kind
     assert table[:, BACKWARD].all() and not table[:, SAMPLING].any()
 
 
-@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn", "nsf", "nsf-ar"])
+@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn", "nsf", "nsf-ar",
+                                  "nsf-bounded", "nsf-ar-bounded"])
 def test_fit_takes_the_same_steps_on_both_backends(kind):
     data = np.random.default_rng(4).standard_normal((300, FLOWS[kind](np.float64).event_shape[0])) * [1.0] + 0.5
     runs = {}
