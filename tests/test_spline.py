@@ -551,3 +551,16 @@ def test_bounded_bijector_matches_kernels_and_is_the_identity_at_zero():
     np.testing.assert_allclose(yz, xz, atol=1e-5)
     np.testing.assert_allclose(ldz, 0.0, atol=1e-6)
     assert z.parameterization == "bounded"
+
+
+def test_every_spline_layer_refuses_an_unknown_parameterization():
+    from nflow_np import flows
+    from nflow_np.bijectors.transforms import SplineTransform
+    makes = [lambda: flows.NSF(2, parameterization="softplus2"),
+             lambda: flows.NSF(2, autoregressive=True, parameterization=None),
+             lambda: nb.SplineCoupling([True, False], parameterization="Bounded"),
+             lambda: nb.SplineAutoregressive(2, parameterization=1),
+             lambda: SplineTransform(parameterization="exp")]
+    for make in makes:
+        with pytest.raises(ValueError, match=re.escape("parameterization must be one of ('softplus', 'bounded')")):
+            make()
