@@ -113,9 +113,8 @@ class RationalQuadraticSpline(Bijector):
 
     whose interior slopes lie in ``(min_derivative, 1 / min_derivative)`` and
     bins are never narrower than ``min_derivative / (min_derivative + K - 1)``
-    of ``2B``; no parameter can drive a bin or slope to its floor, where the
-    gradient vanishes (with an NSF coupling flow on 64-D digits it learned about
-    0.75 nats per image better than the softplus one). Either way all-zero
+    of ``2B`` (with an NSF coupling flow on 64-D digits it learned about 0.75
+    nats per image better than the softplus one). Either way all-zero
     parameters give the identity, and the slope is continuous at
     ``+-B``. On bin ``k`` (``x_k <= x < x_{k+1}``; ``x = B`` in the last), with
     ``w, h`` its width and height, ``s = h / w``, ``xi = (x - x_k) / w``::
