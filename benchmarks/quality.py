@@ -6,6 +6,7 @@
     python benchmarks/quality.py --sides nflow_np      # without the peer (no torch needed)
     python benchmarks/quality.py --sides nflow_np --models NSF NSF-res --res-hidden 40 40
                                                        # residual conditioners: 2 blocks of width 40
+    python benchmarks/quality.py --models NSF NSF-AR --spline-parameterization bounded
 
 Data sets (``qualitysuite/data.py``): the 2-D toys with their exact
 densities, random teacher flows in 4-32 dimensions, an 8-D Student-t and an
@@ -49,7 +50,8 @@ def _paired(results):
 
 def run(names, models, sides, budget, size, seeds, out=None):
     print(f"# budget: {budget.layers} transforms, hidden {budget.hidden} (residual: {budget.res_hidden}), "
-          f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}", flush=True)
+          f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}; "
+          f"nflow_np splines {budget.spline_parameterization}", flush=True)
     header = f"{'data':13s}{'model':12s}{'params':>8s}{'entropy':>9s}" + "".join(
         f"{s + ' NLL':>13s}{'KL':>8s}{'s/ep':>7s}" for s in sides) + (
         f"{'vs zuko':>9s}" + (f"{'+-se':>7s}" if len(seeds) > 1 else "") if len(sides) == 2 else "")
@@ -118,9 +120,12 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="several seeds: each cell is the mean over them, and 'vs zuko' gets the standard "
                              "error of the paired per-seed differences")
+    parser.add_argument("--spline-parameterization", choices=["softplus", "bounded"], default="softplus",
+                        help="how nflow_np's NSF and NSF-AR map their networks' outputs to bins and slopes")
     parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
     args = parser.parse_args()
     budget = Budget(layers=args.layers, hidden=tuple(args.hidden), epochs=3 if args.quick else args.epochs,
-                    batch=args.batch, lr=args.lr, res_hidden=tuple(args.res_hidden))
+                    batch=args.batch, lr=args.lr, res_hidden=tuple(args.res_hidden),
+                    spline_parameterization=args.spline_parameterization)
     run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds,
         out=args.out)

@@ -139,15 +139,21 @@ def _clamp(value):
 
 
 def _layer_spline_config(layer):
-    """A spline layer's bins, bound and minima (``SplineSettings``), as constructor keywords."""
+    """A spline layer's bins, bound, minima and parameterization (``SplineSettings``), as constructor keywords."""
     sp = layer.spline
     return dict(bins=sp.bins, bound=sp.bound, min_bin_width=sp.min_bin_width, min_bin_height=sp.min_bin_height,
-                min_derivative=sp.min_derivative)
+                min_derivative=sp.min_derivative, parameterization=sp.parameterization)
+
+
+def _spline_parameterization(c):
+    # spline layers saved before the parameterization was an option use the softplus one
+    return c.get("parameterization", "softplus")
 
 
 def _layer_spline_kwargs(c):
     return dict(bins=int(c["bins"]), bound=float(c["bound"]), min_bin_width=float(c["min_bin_width"]),
-                min_bin_height=float(c["min_bin_height"]), min_derivative=float(c["min_derivative"]))
+                min_bin_height=float(c["min_bin_height"]), min_derivative=float(c["min_derivative"]),
+                parameterization=_spline_parameterization(c))
 
 
 def _coupling_config(obj):
@@ -356,14 +362,15 @@ _SPLINE_SETTINGS = ("bound", "min_bin_width", "min_bin_height", "min_derivative"
 
 def _spline_config(obj):
     config = _named(obj)
-    config.update({key: getattr(obj, key) for key in _SPLINE_SETTINGS})
+    config.update({key: getattr(obj, key) for key in _SPLINE_SETTINGS}, parameterization=obj.parameterization)
     return config
 
 
 def _spline_build(c, a):
     # the parameters go in as given: the constructor copies them bit for bit
     return RationalQuadraticSpline(a["unnormalized_widths"], a["unnormalized_heights"], a["unnormalized_derivatives"],
-                                   dtype=c["dtype"], name=c["name"], **{key: c[key] for key in _SPLINE_SETTINGS})
+                                   dtype=c["dtype"], name=c["name"], parameterization=_spline_parameterization(c),
+                                   **{key: c[key] for key in _SPLINE_SETTINGS})
 
 
 def _circular_layer_config(obj):

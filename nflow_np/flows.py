@@ -184,7 +184,7 @@ def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=
 
 def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", *, autoregressive=False,
         batch_norm=False, act_norm=False, lu_linear=False, permute=None, context=0, init="random", rng=None,
-        dtype=np.float64, conditioner="mlp", embedding=None):
+        dtype=np.float64, conditioner="mlp", embedding=None, parameterization="softplus"):
     """Neural spline flow: rational-quadratic spline layers over a standard normal.
 
     Each layer transforms half of the coordinates (``autoregressive=False``:
@@ -193,7 +193,10 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
     :class:`~nflow_np.bijectors.SplineAutoregressive`, order reversed between
     layers) with a monotone spline of ``bins`` bins on ``[-bound, bound]``,
     the identity outside. Data should be standardized so that it lies mostly
-    inside the bound. ``context=c``: a conditional flow.
+    inside the bound. ``context=c``: a conditional flow. ``parameterization``:
+    how the conditioners' outputs map to bins and slopes, ``"softplus"`` (the
+    default) or ``"bounded"`` (soft-clipped logits and log-slopes; formulas in
+    :class:`~nflow_np.bijectors.RationalQuadraticSpline`).
 
     References: Durkan, Bekasov, Murray and Papamakarios, "Neural Spline Flows", NeurIPS 2019.
     """
@@ -202,11 +205,12 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
         return _autoregressive_flow(SplineAutoregressive, dim, n_layers, hidden, activation, "NSF",
                                     batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng,
                                     dtype=dtype, bins=bins, bound=bound, context=context, init=init,
-                                    conditioner=conditioner, embedding=embedding)
+                                    conditioner=conditioner, embedding=embedding,
+                                    parameterization=parameterization)
     return _coupling_flow(SplineCoupling, dim, n_layers, hidden, activation, "NSF", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
                           bins=bins, bound=bound, context=context, init=init, conditioner=conditioner,
-                          embedding=embedding)
+                          embedding=embedding, parameterization=parameterization)
 
 
 def NAF(dim, n_layers=5, hidden=(64, 64), sigmoid_units=8, activation="relu", *, batch_norm=False,

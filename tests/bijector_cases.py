@@ -175,10 +175,11 @@ _SPLINE_BINS = 5
 _SPLINE_BOUND = 3.0
 
 
-def _spline(rng, dtype, batch=(WIDTH,)):
+def _spline(rng, dtype, batch=(WIDTH,), parameterization="softplus"):
     k = _SPLINE_BINS
     return nb.RationalQuadraticSpline(_param(rng, dtype, *batch, k), _param(rng, dtype, *batch, k),
-                                      _param(rng, dtype, *batch, k - 1), bound=_SPLINE_BOUND)
+                                      _param(rng, dtype, *batch, k - 1), bound=_SPLINE_BOUND,
+                                      parameterization=parameterization)
 
 
 def _spline_points(bijector, x):
@@ -190,11 +191,13 @@ def _spline_points(bijector, x):
     so its log-det has kinks, which symmetric differences average. Points exactly on knots are
     test_spline.py's business.
     """
-    from nflow_np.kernels.spline import _knots_numpy
+    from nflow_np.kernels.spline import _spline_numpy
 
     bins, bound = _SPLINE_BINS, bijector.bound
-    uw = np.broadcast_to(bijector.params["unnormalized_widths"], (WIDTH, bins))
-    knots = _knots_numpy(uw, bound, bijector.min_bin_width)[0].astype(np.float64)    # (WIDTH, K + 1)
+    u = [np.broadcast_to(bijector.params[key], (WIDTH, n)) for key, n in
+         (("unnormalized_widths", bins), ("unnormalized_heights", bins), ("unnormalized_derivatives", bins - 1))]
+    knots = _spline_numpy(*u, bound, bijector.min_bin_width, bijector.min_bin_height, bijector.min_derivative,
+                          bijector.parameterization)["xs"].astype(np.float64)     # (WIDTH, K + 1)
     reach = 4.0 * float(np.finfo(bijector.dtype).eps) ** 0.2   # twice a stencil's reach (2 steps)
     x = x.astype(np.float64)
     frac = 0.5 * (np.tanh(x) + 1.0)                                                    # in (0, 1), from the draw
@@ -265,6 +268,9 @@ CASES = {
                                             _reals(edges64=_SPLINE_EDGES, edges32=_SPLINE_EDGES),
                                             adjust=_spline_points),
     "CircularShift": Case(_circular_shift, _angles(WIDTH), adjust=_off_seam),
+    "RationalQuadraticSpline(bounded)": Case(lambda rng, dt: _spline(rng, dt, parameterization="bounded"),
+                                             _reals(edges64=_SPLINE_EDGES, edges32=_SPLINE_EDGES),
+                                             adjust=_spline_points),
     "Inline(shift-and-cube)": Case(lambda rng, dt: _seed000_shift_and_cube(float(rng.normal(3.0, 1.0))),
                                    _vectors(2, scale=0.7), dim=2),
 }
@@ -312,6 +318,14 @@ CASES.update({
     "SplineAutoregressive": Case(
         lambda rng, dt: _randomized(SplineAutoregressive(3, (4,), "tanh", bins=4, bound=3.0, order=rng.permutation(3),
                                                          rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "SplineCoupling(bounded)": Case(
+        lambda rng, dt: _randomized(SplineCoupling([True, False, False, True], (6,), "tanh", bins=4, bound=3.0,
+                                                   parameterization="bounded", rng=rng, dtype=dt), rng),
+        _vectors(4), dim=4),
+    "SplineAutoregressive(bounded)": Case(
+        lambda rng, dt: _randomized(SplineAutoregressive(3, (4,), "tanh", bins=4, bound=3.0, order=rng.permutation(3),
+                                                         parameterization="bounded", rng=rng, dtype=dt), rng),
         _vectors(3), dim=3),
     "AdditiveCoupling": Case(
         lambda rng, dt: _randomized(AdditiveCoupling([True, True, False], (5,), "elu", rng=rng, dtype=dt), rng),

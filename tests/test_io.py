@@ -36,6 +36,10 @@ FLOWS = {
     "IAF": lambda dt: flows.IAF(2, n_layers=2, hidden=(5,), rng=5, dtype=dt),
     "NAF": lambda dt: flows.NAF(3, n_layers=2, hidden=(5,), sigmoid_units=3, act_norm=True, rng=6, dtype=dt),
     "BNAF": lambda dt: flows.BNAF(3, n_layers=2, hidden_factor=3, hidden_layers=1, rng=7, dtype=dt),
+    "NSF(bounded)": lambda dt: flows.NSF(3, n_layers=2, bins=4, hidden=(5,), parameterization="bounded", rng=6,
+                                         dtype=dt),
+    "NSF-AR(bounded)": lambda dt: flows.NSF(2, n_layers=2, bins=3, hidden=(4,), autoregressive=True,
+                                            parameterization="bounded", rng=7, dtype=dt),
 }
 
 
@@ -725,3 +729,68 @@ def test_affine_layers_saved_before_the_shift_option_load_with_a_data_shift(tmp_
     loaded = io.load(old)
     np.testing.assert_array_equal(loaded.log_prob(x), expected)
     assert not np.allclose(expected, make().log_prob(x))
+
+
+def _spline_chain():
+    """Every kind of spline layer: a coupling, an autoregressive layer, a frame holding a spline transform and
+    the elementwise spline, over a standard normal."""
+    from nflow_np.bijectors import Coupling
+    from nflow_np.bijectors.coupling import SplineCoupling
+    from nflow_np.bijectors.autoregressive import SplineAutoregressive
+    from nflow_np.bijectors.transforms import SplineTransform
+    rng = np.random.default_rng(2)
+    layers = [SplineCoupling([True, False, True], (5,), bins=4, bound=2.0, rng=0),
+              SplineAutoregressive(3, (5,), bins=3, rng=1),
+              Coupling([False, True, True], SplineTransform(bins=5, bound=2.5), (4,), rng=2),
+              nb.RationalQuadraticSpline(*(rng.normal(size=(3, n)) for n in (4, 4, 3)), bound=2.0)]
+    return TransformedDistribution(MultivariateNormalDiag(np.zeros(3), np.ones(3)), nb.Chain(layers))
+
+
+@pytest.mark.parametrize("make", [lambda: flows.NSF(3, n_layers=2, bins=4, bound=2.0, hidden=(5,), rng=0),
+                                  lambda: flows.NSF(3, n_layers=2, bins=4, hidden=(5,), autoregressive=True, rng=1),
+                                  _spline_chain], ids=["NSF", "NSF-AR", "every spline layer"])
+def test_spline_layers_saved_before_the_parameterization_option_load_as_softplus(tmp_path, make):
+    """A file whose spline layers have no "parameterization" entry (written before it existed) loads them with the
+    softplus parameterization, bit for bit; a bounded layer records its parameterization and round-trips it."""
+    flow, x = _trained_like(make())
+    path = tmp_path / "new.npz"
+    io.save(flow, path)
+    spec, arrays = _contents(path)
+    removed = []
+
+    def strip(node):
+        if isinstance(node, dict):
+            if "parameterization" in node:
+                removed.append(node.pop("parameterization"))
+            for value in node.values():
+                strip(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip(value)
+
+    strip(spec)
+    assert removed and set(removed) == {"softplus"}
+    loaded = io.load(_write(tmp_path / "old.npz", spec, arrays))
+    assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+    assert np.array_equal(loaded.sample(5, rng=3), flow.sample(5, rng=3))
+    assert {getattr(b, "spline", b).parameterization for b in loaded.bijector.flatten()
+            if hasattr(b, "spline") or isinstance(b, nb.RationalQuadraticSpline)} == {"softplus"}
+    # the same weights in bounded layers: recorded, round-tripped, and a different density
+    for b in flow.bijector.flatten():
+        if hasattr(b, "spline"):
+            b.spline.parameterization = "bounded"
+        elif isinstance(b, nb.RationalQuadraticSpline):
+            b.parameterization = "bounded"
+    io.save(flow, tmp_path / "bounded.npz")
+    bounded = io.load(tmp_path / "bounded.npz")
+    assert np.array_equal(bounded.log_prob(x), flow.log_prob(x))
+    assert not np.allclose(bounded.log_prob(x), loaded.log_prob(x))
+
+
+def test_a_spline_parameterization_the_library_does_not_know_is_refused(tmp_path):
+    flow, _ = _trained_like(flows.NSF(3, n_layers=1, bins=3, hidden=(4,), rng=0))
+    io.save(flow, tmp_path / "good.npz")
+    spec, arrays = _contents(tmp_path / "good.npz")
+    text = json.dumps(spec).replace('"parameterization": "softplus"', '"parameterization": "cubic"')
+    with pytest.raises(ValueError, match="parameterization must be one of"):
+        io.load(_write(tmp_path / "bad.npz", json.loads(text), arrays))

@@ -257,6 +257,10 @@ FLOWS = {
     "nsf-ar": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8, 5), autoregressive=True,
                                    batch_norm=True, activation="elu", rng=0, dtype=dt),
     "naf": lambda dt: flows.NAF(3, n_layers=2, hidden=(7,), sigmoid_units=3, activation="tanh", rng=0, dtype=dt),
+    "nsf-bounded": lambda dt: flows.NSF(4, n_layers=2, bins=5, bound=3.0, hidden=(9,), parameterization="bounded",
+                                        rng=0, dtype=dt),
+    "nsf-ar-bounded": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8,), autoregressive=True,
+                                           parameterization="bounded", rng=0, dtype=dt),
     # the frames with the transforms no ready-made flow uses
     "coupling-sigmoidal": lambda dt: frame_flow("coupling", "sigmoidal", 4, dt),
     "coupling-sinh": lambda dt: frame_flow("coupling", "sinh_arcsinh", 5, dt),
@@ -350,7 +354,8 @@ def test_program_calls_match_the_bijectors_and_compile_only_the_passes_used(kind
     assert table[:, BACKWARD].all() and not table[:, SAMPLING].any()
 
 
-@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn", "nsf", "nsf-ar", "naf"])
+@pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn", "nsf", "nsf-ar", "naf",
+                                  "nsf-bounded", "nsf-ar-bounded"])
 def test_fit_takes_the_same_steps_on_both_backends(kind):
     data = np.random.default_rng(4).standard_normal((300, FLOWS[kind](np.float64).event_shape[0])) * [1.0] + 0.5
     runs = {}

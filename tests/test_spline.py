@@ -19,6 +19,8 @@ from nflow_np.kernels.transforms import spline as scalar
 
 B = 3.0
 SETTINGS = (B, 1e-3, 1e-3, 1e-3)   # bound, min_width, min_height, min_derivative
+BOUNDED = SETTINGS + ("bounded",)  # ... and the parameterization (softplus when absent)
+PARAMETERIZATIONS = pytest.mark.parametrize("settings", [SETTINGS, BOUNDED], ids=["softplus", "bounded"])
 DTYPES = [np.float64, np.float32]
 KERNELS = ("forward", "inverse", "forward_backward", "inverse_backward")
 
@@ -106,23 +108,26 @@ def run(name, backend, point, uw, uh, ud, upstream=None, settings=SETTINGS, as_g
         assert name != "inverse_backward", "the compiled scalar math has no inverse_backward"
         return run_compiled(name, point, uw, uh, ud, upstream, settings)
     fn = getattr(spline, f"rqs_{name}_{backend}")
+    kw = {"parameterization": settings[4]} if len(settings) > 4 else {}
     if upstream is None:
         out = (np.empty_like(point), np.empty_like(point))
-        fn(point, uw, uh, ud, *settings, *out)
+        fn(point, uw, uh, ud, *settings[:4], *out, **kw)
     else:
         out = (np.empty_like(point), np.empty(uw.shape, point.dtype), np.empty(uh.shape, point.dtype),
                np.empty(ud.shape, point.dtype))
-        fn(point, uw, uh, ud, *settings, *upstream, *out)
+        fn(point, uw, uh, ud, *settings[:4], *upstream, *out, **kw)
     return out
 
 
-def all_kernels(backend, x, uw, uh, ud, gy, gld, as_given=False):
-    y, ld = run("forward", backend, x, uw, uh, ud, as_given=as_given)
+def all_kernels(backend, x, uw, uh, ud, gy, gld, as_given=False, settings=SETTINGS):
+    y, ld = run("forward", backend, x, uw, uh, ud, as_given=as_given, settings=settings)
     found = {"forward": (y, ld),
-             "inverse": run("inverse", backend, y, uw, uh, ud, as_given=as_given),
-             "forward_backward": run("forward_backward", backend, x, uw, uh, ud, (gy, gld), as_given=as_given)}
+             "inverse": run("inverse", backend, y, uw, uh, ud, as_given=as_given, settings=settings),
+             "forward_backward": run("forward_backward", backend, x, uw, uh, ud, (gy, gld), as_given=as_given,
+                                     settings=settings)}
     if backend == "numpy":
-        found["inverse_backward"] = run("inverse_backward", backend, y, uw, uh, ud, (gy, gld), as_given=as_given)
+        found["inverse_backward"] = run("inverse_backward", backend, y, uw, uh, ud, (gy, gld), as_given=as_given,
+                                        settings=settings)
     return found
 
 
@@ -149,7 +154,8 @@ def either_side(got, name, point, uw, uh, ud, upstream, settings=SETTINGS):
     def error(c):
         err = np.abs(got[0] - c[0]) / (1 + np.abs(c[0]))
         for g, r in zip(got[1:], c[1:]):
-            err = np.maximum(err, (np.abs(g - r) / (1 + np.abs(r))).max(axis=-1, initial=0.0))
+            e = np.abs(g - r) / (1 + np.abs(r))
+            err = np.maximum(err, e.max(axis=-1, initial=0.0) if e.ndim == 3 else e)   # a pass's ld: per element
         return err
 
     best = np.argmin(np.stack([error(c) for c in candidates]), axis=0)[None]
@@ -158,15 +164,17 @@ def either_side(got, name, point, uw, uh, ud, upstream, settings=SETTINGS):
             for i, out in enumerate(got)]
 
 
+@PARAMETERIZATIONS
 @pytest.mark.parametrize("layout", ["views", "transposed"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_numba_matches_numpy(dtype, layout):
+def test_numba_matches_numpy(dtype, layout, settings):
     rng = np.random.default_rng(0)
     uw, uh, ud = params(rng, 48, 3, 5, dtype, layout=layout)
-    x = points(rng, knots(uw, uh, ud)[0], dtype)
+    x = points(rng, knots(uw, uh, ud, settings)[0], dtype)
     gy, gld = (rng.standard_normal(x.shape).astype(dtype) for _ in range(2))
-    ref, got = (all_kernels(b, x, uw, uh, ud, gy, gld, as_given=True) for b in ("numpy", "numba"))
-    ref["forward_backward"] = either_side(got["forward_backward"], "forward_backward", x, uw, uh, ud, (gy, gld))
+    ref, got = (all_kernels(b, x, uw, uh, ud, gy, gld, as_given=True, settings=settings) for b in ("numpy", "numba"))
+    ref["forward_backward"] = either_side(got["forward_backward"], "forward_backward", x, uw, uh, ud, (gy, gld),
+                                          settings)
     for name in got:
         for i, (a, b) in enumerate(zip(got[name], ref[name])):
             assert a.dtype == dtype
@@ -176,9 +184,10 @@ def test_numba_matches_numpy(dtype, layout):
             assert_close(a, b, dtype, f"{name} output {i}", rtol=rtol)
 
 
-def test_numba_matches_numpy_other_settings():
+@pytest.mark.parametrize("settings", [(2.0, 0.05, 0.02, 0.3), (2.0, 0.05, 0.02, 0.3, "bounded")],
+                         ids=["softplus", "bounded"])
+def test_numba_matches_numpy_other_settings(settings):
     rng = np.random.default_rng(1)
-    settings = (2.0, 0.05, 0.02, 0.3)
     uw, uh, ud = params(rng, 30, 2, 4, np.float64)
     x = points(rng, knots(uw, uh, ud, settings)[0], np.float64)
     gy, gld = (rng.standard_normal(x.shape) for _ in range(2))
@@ -216,15 +225,16 @@ def test_numba_matches_numpy_other_layouts_and_sizes(dtype):
                 assert_close(a, b, dtype, f"{what}: {name} output {i}", rtol=rtol)
 
 
+@PARAMETERIZATIONS
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_round_trip_and_log_dets(dtype):
+def test_round_trip_and_log_dets(dtype, settings):
     rng = np.random.default_rng(2)
     uw, uh, ud = params(rng, 40, 3, 6, dtype)
-    x = points(rng, knots(uw, uh, ud)[0], dtype)
+    x = points(rng, knots(uw, uh, ud, settings)[0], dtype)
     tol = 1e-12 if dtype == np.float64 else 2e-4
     for backend in ("numpy", "numba"):
-        y, ld = run("forward", backend, x, uw, uh, ud)
-        x_back, ild = run("inverse", backend, y, uw, uh, ud)
+        y, ld = run("forward", backend, x, uw, uh, ud, settings=settings)
+        x_back, ild = run("inverse", backend, y, uw, uh, ud, settings=settings)
         np.testing.assert_allclose(x_back, x, rtol=0, atol=tol * B * 10)
         np.testing.assert_allclose(ild, -ld, rtol=0, atol=tol * 100)
         outside = np.abs(x) > B
@@ -232,30 +242,32 @@ def test_round_trip_and_log_dets(dtype):
 
 
 # ---------------------------------------------------------------- knots, ends, identity, monotonicity
+@PARAMETERIZATIONS
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_knots_map_exactly_onto_knots(dtype):
+def test_knots_map_exactly_onto_knots(dtype, settings):
     rng = np.random.default_rng(3)
     k = 5
     uw, uh, ud = params(rng, 1, 2 * (k + 1), k, dtype)
     uw, uh, ud = (np.repeat(p, k + 1, axis=0) for p in (uw, uh, ud))    # row q: every element on knot q
-    x_on, y_on, d_on = (np.stack([a[q, :, q] for q in range(k + 1)]) for a in knots(uw, uh, ud))
+    x_on, y_on, d_on = (np.stack([a[q, :, q] for q in range(k + 1)]) for a in knots(uw, uh, ud, settings))
     assert np.all(x_on[0] == -B) and np.all(x_on[-1] == B) and np.all(y_on[0] == -B) and np.all(y_on[-1] == B)
-    y, ld = run("forward", "numpy", x_on, uw, uh, ud)
-    x, ild = run("inverse", "numpy", y_on, uw, uh, ud)
+    y, ld = run("forward", "numpy", x_on, uw, uh, ud, settings=settings)
+    x, ild = run("inverse", "numpy", y_on, uw, uh, ud, settings=settings)
     assert np.array_equal(y, y_on) and np.array_equal(x, x_on)      # the reference: exactly
     tol = 1e-14 if dtype == np.float64 else 1e-6
     np.testing.assert_allclose(ld, np.log(d_on), atol=tol)          # the slope at a knot is d_q from both sides
     np.testing.assert_allclose(ild, -np.log(d_on), atol=tol)
     # the compiled twin rounds its knots its own way: +-B exactly, interior knots to rounding
-    y, _ = run("forward", "numba", x_on, uw, uh, ud)
-    x, _ = run("inverse", "numba", y_on, uw, uh, ud)
+    y, _ = run("forward", "numba", x_on, uw, uh, ud, settings=settings)
+    x, _ = run("inverse", "numba", y_on, uw, uh, ud, settings=settings)
     assert np.all(y[[0, -1]] == y_on[[0, -1]]) and np.all(x[[0, -1]] == x_on[[0, -1]])
     np.testing.assert_allclose(y, y_on, atol=8 * B * np.finfo(dtype).eps)
     np.testing.assert_allclose(x, x_on, atol=8 * B * np.finfo(dtype).eps)
 
 
+@PARAMETERIZATIONS
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_zero_parameters_give_the_identity(dtype):
+def test_zero_parameters_give_the_identity(dtype, settings):
     rng = np.random.default_rng(4)
     for k in (1, 2, 7):
         uw, uh, ud = (np.zeros((20, 3, size), dtype=dtype) for size in (k, k, k - 1))
@@ -264,37 +276,40 @@ def test_zero_parameters_give_the_identity(dtype):
         # one bin (an empty derivatives array) would compile its own specialization: the slow test's
         for backend in ("numpy", "numba") if k > 1 else ("numpy",):
             for name in ("forward", "inverse"):
-                out, ld = run(name, backend, x, uw, uh, ud)
+                out, ld = run(name, backend, x, uw, uh, ud, settings=settings)
                 np.testing.assert_allclose(out, x, rtol=0, atol=16 * B * eps)
                 np.testing.assert_allclose(ld, 0.0, atol=16 * eps)
 
 
+@PARAMETERIZATIONS
 @pytest.mark.parametrize("scale", [1.0, 5.0])
-def test_monotone_and_continuous(scale):
+def test_monotone_and_continuous(scale, settings):
     rng = np.random.default_rng(5)
     uw, uh, ud = params(rng, 1, 4, 8, np.float64, scale=scale)
     x = np.linspace(-B - 0.5, B + 0.5, 4001)
     rows = np.broadcast_to(x[:, None], (x.size, 4)).copy()
     uw, uh, ud = (np.broadcast_to(p, (x.size,) + p.shape[1:]) for p in (uw, uh, ud))
     for backend in ("numpy", "numba"):
-        y, ld = run("forward", backend, rows, uw, uh, ud)
+        y, ld = run("forward", backend, rows, uw, uh, ud, settings=settings)
         assert np.all(np.diff(y, axis=0) > 0), "the spline must increase"
         # continuity across knots and +-B: steps bounded by the largest slope times the grid step
         assert np.all(np.diff(y, axis=0) <= np.exp(ld).max() * (x[1] - x[0]) * 1.01)
-        x_back, _ = run("inverse", backend, y, uw, uh, ud)
+        x_back, _ = run("inverse", backend, y, uw, uh, ud, settings=settings)
         np.testing.assert_allclose(x_back, rows, atol=1e-11)
 
 
+@pytest.mark.parametrize("settings, magnitude", [(SETTINGS, 20.0), (BOUNDED, 20.0), (BOUNDED, 1e30)],
+                         ids=["softplus", "bounded", "bounded-saturated"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_extreme_parameters_stay_finite(dtype):
+def test_extreme_parameters_stay_finite(dtype, settings, magnitude):
     rng = np.random.default_rng(6)
-    uw, uh, ud = (rng.choice([-20.0, 20.0], size).astype(dtype) + rng.uniform(-1, 1, size).astype(dtype)
+    uw, uh, ud = (rng.choice([-magnitude, magnitude], size).astype(dtype) + rng.uniform(-1, 1, size).astype(dtype)
                   for size in ((40, 3, 6), (40, 3, 6), (40, 3, 5)))
-    x = points(rng, knots(uw, uh, ud)[0], dtype)
+    x = points(rng, knots(uw, uh, ud, settings)[0], dtype)
     gy, gld = (rng.standard_normal(x.shape).astype(dtype) for _ in range(2))
     for backend in ("numpy", "numba"):
         with np.errstate(over="raise", divide="raise", invalid="raise"):   # not even in intermediates
-            results = all_kernels(backend, x, uw, uh, ud, gy, gld)
+            results = all_kernels(backend, x, uw, uh, ud, gy, gld, settings=settings)
         for name, outs in results.items():
             for out in outs:
                 assert np.all(np.isfinite(out)), f"{backend} {name}"
@@ -302,7 +317,10 @@ def test_extreme_parameters_stay_finite(dtype):
         x_back, _ = results["inverse"]
         # slopes from ~1e-6 to ~1e3: the inverse recovers x to the rounding of y carried back through the map
         noise = B * np.finfo(dtype).eps / np.exp(ld.astype(np.float64))
-        assert np.all(np.abs(x_back - x) <= 64 * noise), f"{backend}: round trip"
+        # bounded: knot slopes up to 1 / min_derivative = 1e3 either way; where a bin's two end slopes differ that
+        # much the inverse's root cancels a few more digits (as it does for softplus parameters of that size)
+        factor = 64 if len(settings) == 4 else 1024
+        assert np.all(np.abs(x_back - x) <= factor * noise), f"{backend}: round trip"
 
 
 def test_non_finite_input_gives_nan_without_raising():
@@ -325,28 +343,29 @@ def test_empty_batch():
 
 
 # ---------------------------------------------------------------- VJPs against finite differences
-def _fd_case():
+def _fd_case(settings=SETTINGS):
     rng = np.random.default_rng(8)
     uw, uh, ud = params(rng, 16, 2, 4, np.float64, layout="contiguous")
-    x = points(rng, knots(uw, uh, ud)[0], np.float64)
-    xs = knots(uw, uh, ud)[0]
+    x = points(rng, knots(uw, uh, ud, settings)[0], np.float64)
+    xs = knots(uw, uh, ud, settings)[0]
     # central differences need the stencil inside one bin: move knot points a little into their bin
     x = np.where(np.any(np.abs(x[..., None] - xs) < 1e-3, axis=-1), x + 2e-3 * np.sign(-x + 1e-9), x)
     gy, gld = rng.standard_normal(x.shape), rng.standard_normal(x.shape)
     return x, (uw, uh, ud), gy, gld
 
 
+@PARAMETERIZATIONS
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
-def test_vjps_match_finite_differences(direction):
-    x, (uw, uh, ud), gy, gld = _fd_case()
-    point = x if direction == "forward" else run("forward", "numpy", x, uw, uh, ud)[0]
+def test_vjps_match_finite_differences(direction, settings):
+    x, (uw, uh, ud), gy, gld = _fd_case(settings)
+    point = x if direction == "forward" else run("forward", "numpy", x, uw, uh, ud, settings=settings)[0]
     h = 1e-6
 
     def loss(p, ps):   # per element: gy * out + gld * ld
-        out, ld = run(direction, "numpy", p, *ps)
+        out, ld = run(direction, "numpy", p, *ps, settings=settings)
         return gy * out + gld * ld
 
-    grads = run(f"{direction}_backward", "numpy", point, uw, uh, ud, (gy, gld))
+    grads = run(f"{direction}_backward", "numpy", point, uw, uh, ud, (gy, gld), settings=settings)
     fd_x = (loss(point + h, (uw, uh, ud)) - loss(point - h, (uw, uh, ud))) / (2 * h)
     np.testing.assert_allclose(grads[0], fd_x, rtol=1e-5, atol=1e-5 * np.abs(fd_x).max(), err_msg="input")
     for which, name in enumerate(("uw", "uh", "ud")):
@@ -439,6 +458,8 @@ def test_identity_constructor():
     (lambda: nb.RationalQuadraticSpline.identity(4, min_bin_height=0.0), "min_bin_height must lie in (0, 1/K)"),
     (lambda: nb.RationalQuadraticSpline.identity(4, min_derivative=1.0), "min_derivative must lie in (0, 1)"),
     (lambda: nb.RationalQuadraticSpline.identity(0), "bins must be a positive int; got 0"),
+    (lambda: nb.RationalQuadraticSpline.identity(4, parameterization="clipped"),
+     "parameterization must be one of ('softplus', 'bounded'); got 'clipped'"),
     (lambda: nb.RationalQuadraticSpline(np.zeros(2), [0.0, np.nan], np.zeros(1)),
      "unnormalized_heights must be finite; got nan at index 1"),
 ])
@@ -461,3 +482,85 @@ def test_bijector_refuses_bad_inputs_and_parameters():
     with pytest.raises(ValueError, match=re.escape("RationalQuadraticSpline.forward_vjp: parameter "
                                                    "unnormalized_derivatives must be finite; got nan at index (1, 2)")):
         b.forward_vjp(np.zeros(3, dtype=np.float32))
+
+
+# ---------------------------------------------------------------- the bounded parameterization
+def test_bounded_parameterization_follows_its_formulas():
+    """W = softmax(softclip(uw, c_w)), d_k = exp(softclip(ud, c_d)); slopes in (md, 1/md), bins above md/(md+K-1)."""
+    rng = np.random.default_rng(12)
+    k, md = 6, 1e-3
+    uw, uh, ud = (rng.choice([-1.0, 1.0], (30, 2, n)) * 10.0 ** rng.uniform(-2, 8, (30, 2, n)) for n in (k, k, k - 1))
+    c_d = -np.log(md)
+    c_w = c_d / 2
+    xs, ys, d = knots(uw, uh, ud, (B, 1e-3, 1e-3, md, "bounded"))
+    for u, edges in ((uw, xs), (uh, ys)):
+        v = u / (1 + np.abs(u) / c_w)
+        assert np.all(np.abs(v) < c_w)
+        w = np.exp(v) / np.exp(v).sum(axis=-1, keepdims=True)
+        np.testing.assert_allclose(np.diff(edges, axis=-1), 2 * B * w, rtol=1e-12, atol=1e-15)
+        assert np.all(np.diff(edges, axis=-1) > 2 * B * md / (md + k - 1) * (1 - 1e-12))
+    np.testing.assert_allclose(d[..., 1:-1], np.exp(ud / (1 + np.abs(ud) / c_d)), rtol=1e-12)
+    assert np.all(d[..., [0, -1]] == 1) and np.all((d > md) & (d < 1 / md))
+    # the clip saturates: the largest parameters give (nearly) the extreme slopes
+    big = np.abs(ud) > 1e6
+    np.testing.assert_allclose(np.log(d[..., 1:-1][big]), np.sign(ud[big]) * c_d, rtol=1e-5)
+
+
+def test_bounded_numba_matches_numpy_where_the_clip_saturates():
+    """Parameters from 0.01 to 1e30 in size, both signs: the compiled twin against the reference, gradients too.
+
+    Saturated clips make bins down to ~md / K of 2B with slopes up to ~1e4 in them (or 1e-4 the other way), so a
+    knot a rounding away moves y (and x in the inverse) by that factor times its rounding: float64, with the
+    passes too held to the reference at the point or a float neighbour, to 1e-9. (Float32 at such slopes keeps
+    few digits; test_extreme_parameters_stay_finite checks it stays finite and inverts.)
+    """
+    dtype = np.float64
+    rng = np.random.default_rng(13)
+    net = rng.choice([-1.0, 1.0], (40, 3, 14)) * 10.0 ** rng.choice([-2.0, 0.0, 0.5, 1.0, 2.0, 6.0, 30.0], (40, 3, 14))
+    uw, uh, ud = as_views(net[..., :5], net[..., 5:10], net[..., 10:])
+    x = points(rng, knots(uw, uh, ud, BOUNDED)[0], dtype)
+    gy, gld = (rng.standard_normal(x.shape).astype(dtype) for _ in range(2))
+    ref, got = (all_kernels(b, x, uw, uh, ud, gy, gld, settings=BOUNDED) for b in ("numpy", "numba"))
+    y = ref["forward"][0]
+    for name, point, upstream in (("forward", x, None), ("inverse", y, None), ("forward_backward", x, (gy, gld))):
+        ref[name] = either_side(got[name], name, point, uw, uh, ud, upstream, BOUNDED)
+    for name in got:
+        for i, (a, b) in enumerate(zip(got[name], ref[name])):
+            assert np.all(np.isfinite(a)), f"{name} output {i}"
+            assert_close(a, b, dtype, f"{name} output {i}", rtol=1e-9)
+    # saturated parameters get (nearly) no gradient
+    for g, u in zip(ref["forward_backward"][1:], (uw, uh, ud)):
+        assert np.all(np.abs(g[np.abs(u) > 1e20]) < 1e-20)
+
+
+def test_bounded_bijector_matches_kernels_and_is_the_identity_at_zero():
+    rng = np.random.default_rng(14)
+    uw, uh, ud = (rng.standard_normal((2, 1, size)) * 3 for size in (4, 4, 3))
+    b = nb.RationalQuadraticSpline(uw, uh, ud, bound=B, parameterization="bounded")
+    x = rng.uniform(-B - 1, B + 1, (5, 2, 3))
+    y, ld = b.forward_and_log_det(x)
+    full = (np.broadcast_to(p, (5, 2, 3, p.shape[-1])).reshape(30, 1, -1) for p in (uw, uh, ud))
+    y_ref, ld_ref = run("forward", "numpy", x.reshape(30, 1), *full, settings=BOUNDED)
+    np.testing.assert_array_equal(y, y_ref.reshape(x.shape))
+    np.testing.assert_array_equal(ld, ld_ref.reshape(x.shape))
+    softplus = nb.RationalQuadraticSpline(uw, uh, ud, bound=B)
+    assert not np.allclose(softplus.forward(x), y)
+    z = nb.RationalQuadraticSpline.identity(5, (3,), parameterization="bounded", dtype=np.float32)
+    xz = np.linspace(-6, 6, 12, dtype=np.float32).reshape(4, 3)
+    yz, ldz = z.forward_and_log_det(xz)
+    np.testing.assert_allclose(yz, xz, atol=1e-5)
+    np.testing.assert_allclose(ldz, 0.0, atol=1e-6)
+    assert z.parameterization == "bounded"
+
+
+def test_every_spline_layer_refuses_an_unknown_parameterization():
+    from nflow_np import flows
+    from nflow_np.bijectors.transforms import SplineTransform
+    makes = [lambda: flows.NSF(2, parameterization="softplus2"),
+             lambda: flows.NSF(2, autoregressive=True, parameterization=None),
+             lambda: nb.SplineCoupling([True, False], parameterization="Bounded"),
+             lambda: nb.SplineAutoregressive(2, parameterization=1),
+             lambda: SplineTransform(parameterization="exp")]
+    for make in makes:
+        with pytest.raises(ValueError, match=re.escape("parameterization must be one of ('softplus', 'bounded')")):
+            make()

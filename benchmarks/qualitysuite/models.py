@@ -5,7 +5,8 @@ and standard deviation), train with Adam on shuffled mini-batches, validate
 once per epoch and keep the best validation epoch. Architectures match layer
 for layer: ``layers`` transforms with ``hidden`` ReLU conditioners,
 alternating coupling masks (RealNVP, NICE, NSF) or alternating orders (MAF,
-NSF-AR), 8-bin splines on [-5, 5]. zuko's side uses its own classes
+NSF-AR), 8-bin splines on [-5, 5] (nflow_np's in the parameterization
+``Budget.spline_parameterization``, softplus by default). zuko's side uses its own classes
 (``RealNVP``, ``NICE`` with its additive or spline univariate transform,
 ``MAF``, ``NSF``) with its own initialization and clamps; NICE on both sides
 ends with a learned diagonal scaling on the data side.
@@ -39,6 +40,7 @@ class Budget:
     lr: float = 1e-3
     seed: int = 0
     res_hidden: tuple = (32, 32)     # (width,) * blocks of the "-res" models' residual conditioners
+    spline_parameterization: str = "softplus"     # nflow_np's NSF and NSF-AR
 
 
 # ---------------------------------------------------------------------------
@@ -57,10 +59,11 @@ def nflow_model(model, dim, budget, **overrides):
         return flows.NICE(dim, **common)
     if model == "MAF":
         return flows.MAF(dim, **common)
+    spline = dict(bins=8, bound=5.0, parameterization=budget.spline_parameterization)
     if model == "NSF":
-        return flows.NSF(dim, bins=8, bound=5.0, **common)
+        return flows.NSF(dim, **spline, **common)
     if model == "NSF-AR":
-        return flows.NSF(dim, bins=8, bound=5.0, autoregressive=True, **common)
+        return flows.NSF(dim, autoregressive=True, **spline, **common)
     if model == "NAF":
         return flows.NAF(dim, sigmoid_units=16, **common)
     if model == "BNAF":

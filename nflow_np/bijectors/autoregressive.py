@@ -219,7 +219,7 @@ class SplineAutoregressive(Autoregressive):
     features : int
     hidden, activation, order, context, rng, dtype, init, conditioner
         As in :class:`Autoregressive`.
-    bins, bound, min_bin_width, min_bin_height, min_derivative
+    bins, bound, min_bin_width, min_bin_height, min_derivative, parameterization
         As in :class:`~nflow_np.bijectors.SplineCoupling`.
 
     References: Durkan, Bekasov, Murray and Papamakarios, "Neural Spline
@@ -228,9 +228,9 @@ class SplineAutoregressive(Autoregressive):
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
                  min_bin_height=1e-3, min_derivative=1e-3, order=None, context=0, rng=None, dtype=np.float64,
-                 name=None, init="random", conditioner="mlp"):
+                 name=None, init="random", conditioner="mlp", parameterization="softplus"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
-                                    name or type(self).__name__)
+                                    name or type(self).__name__, parameterization)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
                          dtype=dtype, name=name, init=init, conditioner=conditioner)
         self.spline = transform.spline

@@ -165,13 +165,16 @@ class SplineTransform(Transform):
     :class:`~nflow_np.bijectors.RationalQuadraticSpline`. The density
     direction evaluates the spline, sampling inverts it in closed form. A
     coupling's network emits each coordinate's parameters contiguously.
+    ``parameterization``: ``"softplus"`` (the default) or ``"bounded"`` (soft-clipped
+    logits and log-slopes), the formulas there.
     """
 
     by_coordinate = True
 
     def __init__(self, bins=8, bound=5.0, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
-                 where="SplineTransform"):
-        self.spline = SplineSettings(bins, bound, min_bin_width, min_bin_height, min_derivative, where)
+                 where="SplineTransform", parameterization="softplus"):
+        self.spline = SplineSettings(bins, bound, min_bin_width, min_bin_height, min_derivative, where,
+                                     parameterization=parameterization)
         self.params_per_coordinate = self.spline.per_dim
 
     def _run(self, kernel, values, params):
@@ -179,7 +182,8 @@ class SplineTransform(Transform):
         flat = np.ascontiguousarray(values.reshape(-1, m))
         flat_params = params.reshape(-1, m, self.params_per_coordinate)
         out, log_det = np.empty_like(flat), np.empty_like(flat)
-        kernel(flat, *self.spline.split(flat_params), *self.spline.args, out, log_det)
+        kernel(flat, *self.spline.split(flat_params), *self.spline.args, out, log_det,
+               parameterization=self.spline.parameterization)
         return out.reshape(values.shape), log_det.reshape(values.shape), (flat, flat_params, values.shape)
 
     def _backward(self, kernel, ctx, grad_out, grad_log_det):
@@ -190,7 +194,7 @@ class SplineTransform(Transform):
         kernel(flat, *self.spline.split(flat_params), *self.spline.args,
                np.ascontiguousarray(grad_out.reshape(-1, m)),
                np.ascontiguousarray(np.broadcast_to(grad_log_det, shape).reshape(-1, m)), grad_in,
-               *self.spline.split(grad_params))
+               *self.spline.split(grad_params), parameterization=self.spline.parameterization)
         return grad_in.reshape(shape), grad_params.reshape(shape + (self.params_per_coordinate,))
 
     def density(self, y, params):
@@ -211,7 +215,8 @@ class SplineTransform(Transform):
     def config(self):
         sp = self.spline
         return {"bins": sp.bins, "bound": sp.bound, "min_bin_width": sp.min_bin_width,
-                "min_bin_height": sp.min_bin_height, "min_derivative": sp.min_derivative}
+                "min_bin_height": sp.min_bin_height, "min_derivative": sp.min_derivative,
+                "parameterization": sp.parameterization}
 
 
 class CircularSplineTransform(SplineTransform):

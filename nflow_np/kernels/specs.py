@@ -86,12 +86,14 @@ class AdditiveSpec:
 
 @dataclass(frozen=True)
 class SplineSpec:
-    """A rational-quadratic spline on ``[-bound, bound]`` (identity outside); ``3 bins - 1`` outputs per coordinate."""
+    """A rational-quadratic spline on ``[-bound, bound]`` (identity outside); ``3 bins - 1`` outputs per coordinate.
+    ``parameterization`` is ``"softplus"`` or ``"bounded"`` (:mod:`nflow_np.kernels.spline`)."""
     bins: int
     bound: float
     min_bin_width: float
     min_bin_height: float
     min_derivative: float
+    parameterization: str = "softplus"
     circular = False
 
     @property

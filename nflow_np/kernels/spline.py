@@ -5,13 +5,21 @@ Arrays: ``x``, ``y``, ``ld`` and the upstream/downstream gradients are
 the unnormalized parameters of element ``(i, j)``'s spline, in any memory
 layout (views of a network's output). Outputs are written, not accumulated.
 
-Parameterization, per element::
+Parameterization, per element, ``"softplus"`` (the default)::
 
     W = min_width + (1 - min_width K) softmax(uw)        (heights likewise)
     x_0 = -B,  x_k = -B + 2B (W_0 + ... + W_{k-1}),  x_K = B
     d_0 = d_K = 1,  d_k = min_derivative + softplus(ud_{k-1} + c0),  c0 = log(expm1(1 - min_derivative))
 
-so that zero parameters give the identity. On bin ``[x_k, x_{k+1})`` (``x = B``
+or ``"bounded"``, soft-clipped logits (``min_width`` and ``min_height`` unused)::
+
+    softclip(u, c) = u / (1 + |u| / c)                   (odd, in (-c, c), slope 1 at 0)
+    W = softmax(softclip(uw, c_w))                       (heights likewise)
+    d_0 = d_K = 1,  d_k = exp(softclip(ud_{k-1}, c_d)),  c_d = -log(min_derivative),  c_w = c_d / 2
+
+so that the slopes lie in ``(min_derivative, 1 / min_derivative)`` and no bin
+is narrower than about ``min_derivative / K`` of ``2B``. Either way zero
+parameters give the identity. On bin ``[x_k, x_{k+1})`` (``x = B``
 in the last bin), with ``w, h`` its width and height, ``s = h / w``,
 ``xi = (x - x_k) / w``, ``t = xi (1 - xi)``::
 
@@ -38,7 +46,8 @@ Backward: the partial derivatives of ``y`` and ``ld`` with respect to the
 bin-local quantities (``xi``, ``s``, ``h``, ``d_k``, ``d_{k+1}``), chained to
 the two knots of the bin, then through the cumulative sums (an interior knot
 ``x_j`` moves with every ``W_i``, ``i < j``; the end knots are fixed), the
-softmax and the softplus. The inverse's VJP is the forward one at
+softmax and the softplus (or the soft clips and the exponential: ``dsoftclip/du = (1 - |v| / c)^2``
+with ``v = softclip(u, c)``). The inverse's VJP is the forward one at
 ``x = f^-1(y)`` by implicit differentiation: ``dL/dy = (gx - gld g_x) / f_x``
 and ``dL/dtheta = -(dL/dy) f_theta - gld g_theta`` (``f`` the map, ``g`` its
 forward log-det), with the derivatives taken at the ``x`` the inverse returns,
@@ -59,9 +68,26 @@ import numpy as np
 from .._special import sigmoid, softplus
 
 
+#: the ways to map the unnormalized parameters to bins and slopes (see the module docstring)
+PARAMETERIZATIONS = ("softplus", "bounded")
+
+
 def derivative_shift(min_derivative):
     """``c0`` with ``min_derivative + softplus(0 + c0) == 1``: zero parameters give unit knot derivatives."""
     return math.log(math.expm1(1.0 - min_derivative))
+
+
+def clip_levels(min_derivative):
+    """``(c_w, c_d)`` of the ``"bounded"`` parameterization: ``c_d = -log(min_derivative)``, ``c_w = c_d / 2``."""
+    c_d = -math.log(min_derivative)
+    return 0.5 * c_d, c_d
+
+
+def _softclip_numpy(u, c):
+    """``v = softclip(u, c) = u / (1 + |u| / c)`` (written ``c u / (c + |u|)``) and ``dv/du = (1 - |v| / c)^2``."""
+    v = u / (c + np.abs(u)) * c
+    r = 1.0 - np.abs(v) / c
+    return v, r * r
 
 
 # ---------------------------------------------------------------- NumPy reference
@@ -82,22 +108,38 @@ def _take(a, k, offset):
     return np.take_along_axis(a, (k + offset)[..., None], axis=-1)[..., 0]
 
 
-def _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative):
-    """Every element's knots ``xs``, ``ys`` and slopes ``d`` (``K + 1`` each), with what the backward needs.
+def _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative, parameterization="softplus"):
+    """Every element's knots ``xs``, ``ys`` and slopes ``d`` (``K + 1`` each), with what the backward needs:
+    the softmax weights ``pw``, ``ph``, the floors ``mw``, ``mh`` they were mapped with, the soft clips'
+    derivatives ``jw``, ``jh`` (None without) and ``dd``, the derivative of each slope in its parameter.
 
     ``K - 1`` derivatives set the interior slopes (the ends are 1); ``K`` set them and, with the last, the
     shared end slope ``d_0 = d_K`` of a circular spline: slope ``j`` comes from ``ud_{(j - 1) mod K}``.
     """
     nbins = uw.shape[-1]
-    xs, pw = _knots_numpy(uw, bound, min_width)
-    ys, ph = _knots_numpy(uh, bound, min_height)
-    z = ud + derivative_shift(min_derivative)
     d = np.ones(uw.shape[:-1] + (nbins + 1,), dtype=ud.dtype)
-    slopes = min_derivative + softplus(z)
+    if parameterization == "bounded":
+        c_w, c_d = clip_levels(min_derivative)
+        (vw, jw), (vh, jh), (z, jd) = _softclip_numpy(uw, c_w), _softclip_numpy(uh, c_w), _softclip_numpy(ud, c_d)
+        xs, pw = _knots_numpy(vw, bound, 0.0)
+        ys, ph = _knots_numpy(vh, bound, 0.0)
+        slopes = np.exp(z)
+        dd = slopes * jd
+        mw = mh = 0.0
+    elif parameterization == "softplus":
+        jw = jh = None
+        xs, pw = _knots_numpy(uw, bound, min_width)
+        ys, ph = _knots_numpy(uh, bound, min_height)
+        z = ud + derivative_shift(min_derivative)
+        slopes = min_derivative + softplus(z)
+        dd = sigmoid(z)
+        mw, mh = min_width, min_height
+    else:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {parameterization!r}")
     d[..., 1:-1] = slopes[..., :nbins - 1]
     if ud.shape[-1] == nbins:
         d[..., 0] = d[..., nbins] = slopes[..., nbins - 1]
-    return dict(xs=xs, ys=ys, d=d, pw=pw, ph=ph, z=z)
+    return dict(xs=xs, ys=ys, d=d, pw=pw, ph=ph, mw=mw, mh=mh, jw=jw, jh=jh, dd=dd)
 
 
 def _locate_numpy(v, spline, bound, inverse):
@@ -153,7 +195,7 @@ def _solve_numpy(b):
     return 2.0 * qc / (-qb - np.sqrt(disc))
 
 
-def _param_grads_numpy(b, gy, gld, q, xi, bound, min_width, min_height, guw, guh, gud):
+def _param_grads_numpy(b, gy, gld, q, xi, bound, guw, guh, gud):
     """Chain ``gy``, ``gld`` (upstreams of ``y`` and ``ld``) to the parameters; returns ``dL/dx``."""
     sigma, w, h, s = b["sigma"], b["w"], b["h"], b["s"]
     sg = sigma * gy
@@ -167,16 +209,18 @@ def _param_grads_numpy(b, gy, gld, q, xi, bound, min_width, min_height, guw, guh
     g_ya = gy - sigma * g_sh
     g_yb = sigma * g_sh
     left = b["left"]
-    for p, (ga, gb), out, min_size in ((b["pw"], (g_xa, g_xb), guw, min_width),
-                                       (b["ph"], (g_ya, g_yb), guh, min_height)):
+    for p, (ga, gb), out, min_size, jac in ((b["pw"], (g_xa, g_xb), guw, b["mw"], b["jw"]),
+                                            (b["ph"], (g_ya, g_yb), guh, b["mh"], b["jh"])):
         _softmax_backward_numpy(p, b["k"], np.where(left, ga, gb), np.where(left, gb, ga), bound, min_size, out)
+        if jac is not None:
+            out *= jac                    # through the soft clip
     g_dk, g_dk1 = np.where(left, g_da, g_db), np.where(left, g_db, g_da)
     nbins = b["pw"].shape[-1]
     j = np.arange(gud.shape[-1])
     k = b["k"][..., None]
     # d_k comes from ud_{(k - 1) mod K}: with K - 1 derivatives, j never reaches K - 1, so the end slopes
     # d_0 = d_K = 1 stay constants; with K (circular), ud_{K - 1} is the shared end slope d_0 = d_K
-    gud[...] = ((j == (k - 1) % nbins) * g_dk[..., None] + (j == k) * g_dk1[..., None]) * sigmoid(b["z"])
+    gud[...] = ((j == (k - 1) % nbins) * g_dk[..., None] + (j == k) * g_dk1[..., None]) * b["dd"]
     return sigma * g_xi / w
 
 
@@ -191,9 +235,11 @@ def _softmax_backward_numpy(p, k, g_left, g_right, bound, min_size, out):
     out[...] = (1.0 - min_size * nbins) * p * (g_size - (p * g_size).sum(axis=-1, keepdims=True))
 
 
-def rqs_forward_numpy(x, uw, uh, ud, bound, min_width, min_height, min_derivative, y, ld):
+def rqs_forward_numpy(x, uw, uh, ud, bound, min_width, min_height, min_derivative, y, ld, *,
+                      parameterization="softplus"):
     """``y = spline(x)`` and ``ld = log|dy/dx|`` per element."""
-    b = _locate_numpy(x, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative), bound, False)
+    b = _locate_numpy(x, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative, parameterization),
+                      bound, False)
     xi = b["sigma"] * (b["v"] - b["xa"]) / b["w"]
     q = _partials_numpy(xi, b["s"], b["da"], b["db"])
     y[...] = np.where(b["inside"], b["ya"] + b["sigma"] * b["h"] * q["R"], x)
@@ -201,9 +247,11 @@ def rqs_forward_numpy(x, uw, uh, ud, bound, min_width, min_height, min_derivativ
     return None
 
 
-def rqs_inverse_numpy(y, uw, uh, ud, bound, min_width, min_height, min_derivative, x, ld):
+def rqs_inverse_numpy(y, uw, uh, ud, bound, min_width, min_height, min_derivative, x, ld, *,
+                      parameterization="softplus"):
     """``x = spline^-1(y)`` and ``ld = log|dx/dy|`` per element."""
-    b = _locate_numpy(y, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative), bound, True)
+    b = _locate_numpy(y, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative, parameterization),
+                      bound, True)
     xi = _solve_numpy(b)
     q = _partials_numpy(xi, b["s"], b["da"], b["db"])
     x[...] = np.where(b["inside"], b["xa"] + b["sigma"] * xi * b["w"], y)
@@ -212,22 +260,23 @@ def rqs_inverse_numpy(y, uw, uh, ud, bound, min_width, min_height, min_derivativ
 
 
 def rqs_forward_backward_numpy(x, uw, uh, ud, bound, min_width, min_height, min_derivative, gy, gld,
-                               gx, guw, guh, gud):
+                               gx, guw, guh, gud, *, parameterization="softplus"):
     """VJP of the forward pass: ``gx``, ``guw``, ``guh``, ``gud`` from ``gy = dL/dy``, ``gld = dL/dld``."""
-    b = _locate_numpy(x, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative), bound, False)
+    b = _locate_numpy(x, _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative, parameterization),
+                      bound, False)
     xi = b["sigma"] * (b["v"] - b["xa"]) / b["w"]
     q = _partials_numpy(xi, b["s"], b["da"], b["db"])
     inside = b["inside"]
     g_in = _param_grads_numpy(b, np.where(inside, gy, 0.0), np.where(inside, gld, 0.0), q, xi, bound,
-                              min_width, min_height, guw, guh, gud)
+                              guw, guh, gud)
     gx[...] = np.where(inside, g_in, gy)
     return None
 
 
 def rqs_inverse_backward_numpy(y, uw, uh, ud, bound, min_width, min_height, min_derivative, gx, gld,
-                               gy, guw, guh, gud):
+                               gy, guw, guh, gud, *, parameterization="softplus"):
     """VJP of the inverse pass: ``gy``, ``guw``, ``guh``, ``gud`` from ``gx = dL/dx``, ``gld = dL/dld``."""
-    spline = _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative)
+    spline = _spline_numpy(uw, uh, ud, bound, min_width, min_height, min_derivative, parameterization)
     b = _locate_numpy(y, spline, bound, True)
     x = b["xa"] + b["sigma"] * _solve_numpy(b) * b["w"]
     # the derivatives at the x the inverse returns, located as the forward pass locates it: then this VJP is
@@ -239,6 +288,6 @@ def rqs_inverse_backward_numpy(y, uw, uh, ud, bound, min_width, min_height, min_
     inside = b["inside"]
     gx_in, gld_in = np.where(inside, gx, 0.0), np.where(inside, gld, 0.0)
     g_y = (gx_in - gld_in * b["sigma"] * q["ld_xi"] / b["w"]) / q["f_x"]
-    _param_grads_numpy(b, -g_y, -gld_in, q, xi, bound, min_width, min_height, guw, guh, gud)
+    _param_grads_numpy(b, -g_y, -gld_in, q, xi, bound, guw, guh, gud)
     gy[...] = np.where(inside, g_y, gx)
     return None

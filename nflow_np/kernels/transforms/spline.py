@@ -10,11 +10,21 @@ weights (:func:`_prepare`), which the VJP reads: nothing else is kept per
 element, and the knots are rebuilt from the weights while scanning for the
 bin (``K`` is small, and the parameters sit in cache).
 
+The ``"bounded"`` parameterization (``SplineSpec.parameterization``; flag
+``st[13]``) is a branch of the same math, not a compiled variant of its own: a
+pass leaves the soft-clipped logits ``v = softclip(u, c_w)`` in place of the
+widths and heights, and the bin search and the VJP compute the softmax weights
+from them as they read them (the VJP also needs ``dv/du = (1 - |v| / c_w)^2``,
+which the weights alone do not give). Its widths are the plain softmax, so it
+runs with the floors 0 and the scales 1 in ``st[5], st[6], st[8], st[9]``.
+
 ``st`` is ``(0, 1, 2, B, 2B, min_width, min_height, min_derivative,
-1 - min_width K, 1 - min_height K, c0, circular, K)``, the derived values computed in
-float64 on the host and rounded once to the dtype. ``circular`` (1 or 0) selects
+1 - min_width K, 1 - min_height K, c0, circular, K, bounded, c_w, c_d)``, the derived values
+computed in float64 on the host and rounded once to the dtype. ``circular`` (1 or 0) selects
 the circular spline (:mod:`.circular_spline`): ``K`` derivatives per element, the
-last the shared end slope ``d_0 = d_K``, and no value outside ``[-B, B]``.
+last the shared end slope ``d_0 = d_K``, and no value outside ``[-B, B]``. ``bounded``
+(1 or 0) selects the bounded parameterization; ``c_w``, ``c_d`` are its clip levels
+(:func:`nflow_np.kernels.spline.clip_levels`).
 """
 
 import math
@@ -28,13 +38,39 @@ SPEC = SplineSpec
 def constants(spec):
     k = spec.bins
     mw, mh, md = spec.min_bin_width, spec.min_bin_height, spec.min_derivative
+    bounded = spec.parameterization == "bounded"
+    if bounded:          # W = softmax(v): no floor, unit scale
+        mw = mh = 0.0
+    c_d = -math.log(md)
     return (0.0, 1.0, 2.0, spec.bound, 2.0 * spec.bound, mw, mh, md, 1.0 - mw * k, 1.0 - mh * k,
-            math.log(math.expm1(1.0 - md)), 1.0 if spec.circular else 0.0, float(k))
+            math.log(math.expm1(1.0 - md)), 1.0 if spec.circular else 0.0, float(k), 1.0 if bounded else 0.0,
+            0.5 * c_d, c_d)
 
 
 @numba_twin
 def settings(c):
-    return c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], int(c[12])
+    return c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], int(c[12]), c[13], c[14], c[15]
+
+
+@numba_twin
+def _softclip(u, c):
+    """``softclip(u, c) = u / (1 + |u| / c)``, written ``c u / (c + |u|)`` as the NumPy reference writes it."""
+    return u / (c + abs(u)) * c
+
+
+@numba_twin
+def _normalizer(p, r, base, stride, nbins):
+    """``(top, total)``: the largest of ``K`` logits and ``sum exp(v - top)``, so that the softmax weights are
+    ``exp(v - top) / total``."""
+    top = p[r, base]
+    for q in range(1, nbins):
+        v = p[r, base + q * stride]
+        if v > top:
+            top = v
+    total = top - top
+    for q in range(nbins):
+        total += math.exp(p[r, base + q * stride] - top)
+    return top, total
 
 
 @numba_twin
@@ -75,8 +111,14 @@ def _softmax(p, r, base, stride, nbins):
 
 @numba_twin
 def _prepare(p, r, base, stride, st):
-    """The element's widths and heights as softmax weights, in place (the derivatives stay raw)."""
+    """The element's widths and heights as softmax weights, in place (the derivatives stay raw); with the
+    bounded parameterization, as their soft-clipped logits."""
     nbins = st[12]
+    if st[13] > st[0]:
+        c = st[14]
+        for q in range(2 * nbins):
+            p[r, base + q * stride] = _softclip(p[r, base + q * stride], c)
+        return
     _softmax(p, r, base, stride, nbins)
     _softmax(p, r, base + nbins * stride, stride, nbins)
 
@@ -90,6 +132,12 @@ def _knot_derivative(p, r, bd, stride, j, st):
         if not st[11] > zero:
             return one, zero
         j = nbins
+    if st[13] > zero:     # d = exp(v), v = softclip(u, c_d)
+        c = st[15]
+        v = _softclip(p[r, bd + (j - 1) * stride], c)
+        d = math.exp(v)
+        a = one - abs(v) / c
+        return d, d * a * a
     z = p[r, bd + (j - 1) * stride] + shift
     if z > zero:     # softplus without overflow
         e = math.exp(-z)
@@ -107,6 +155,14 @@ def _locate(v, p, r, base, stride, st, inverse):
     """
     zero, one, bound, two_bound, mw, mh, sw, sh, nbins = st[0], st[1], st[3], st[4], st[5], st[6], st[8], st[9], st[12]
     bh = base + nbins * stride
+    bounded = st[13] > zero
+    top_w = zero
+    top_h = zero
+    total_w = one
+    total_h = one
+    if bounded:          # p holds the clipped logits: their softmax weights as they are read
+        top_w, total_w = _normalizer(p, r, base, stride, nbins)
+        top_h, total_h = _normalizer(p, r, bh, stride, nbins)
     cx = zero
     cy = zero
     x0 = -bound
@@ -116,8 +172,13 @@ def _locate(v, p, r, base, stride, st, inverse):
     k = 0
     for q in range(nbins):
         # knot q + 1 as the cumulative sum builds it, the last pinned to B
-        cx += mw + sw * p[r, base + q * stride]
-        cy += mh + sh * p[r, bh + q * stride]
+        pw = p[r, base + q * stride]
+        ph = p[r, bh + q * stride]
+        if bounded:
+            pw = math.exp(pw - top_w) / total_w
+            ph = math.exp(ph - top_h) / total_h
+        cx += mw + sw * pw
+        cy += mh + sh * ph
         if q + 1 == nbins:
             x1 = bound
             y1 = bound
@@ -180,8 +241,15 @@ def _solve(dist, h, s, da, db, zero, two):
 @numba_twin
 def _softmax_backward(p, gp, r, base, stride, nbins, k, g_left, g_right, scale, st):
     """From the gradients of bin ``k``'s two knots to those of the ``K`` unnormalized sizes (into ``gp``);
-    ``p`` holds their softmax weights."""
-    zero, two_bound = st[0], st[4]
+    ``p`` holds their softmax weights, or (bounded) their clipped logits ``v``, whose weights are recomputed and
+    whose clip is chained through ``dv/du = (1 - |v| / c_w)^2``."""
+    zero, one, two_bound = st[0], st[1], st[4]
+    bounded = st[13] > zero
+    c = st[14]
+    top = zero
+    total = one
+    if bounded:
+        top, total = _normalizer(p, r, base, stride, nbins)
     if k < 1:
         g_left = zero              # x_0 = -B is fixed
     if k + 1 > nbins - 1:
@@ -193,14 +261,22 @@ def _softmax_backward(p, gp, r, base, stride, nbins, k, g_left, g_right, scale, 
             g += g_left
         if i <= k:
             g += g_right
-        mean += p[r, base + i * stride] * g
+        w = p[r, base + i * stride]
+        if bounded:
+            w = math.exp(w - top) / total
+        mean += w * g
     for i in range(nbins):
         g = zero
         if i < k:
             g += g_left
         if i <= k:
             g += g_right
-        gp[r, base + i * stride] = scale * p[r, base + i * stride] * two_bound * (g - mean)
+        v = p[r, base + i * stride]
+        if bounded:
+            a = one - abs(v) / c
+            gp[r, base + i * stride] = scale * (math.exp(v - top) / total) * two_bound * (g - mean) * (a * a)
+        else:
+            gp[r, base + i * stride] = scale * v * two_bound * (g - mean)
 
 
 @numba_twin
