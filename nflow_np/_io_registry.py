@@ -376,8 +376,10 @@ def _spline_build(c, a):
 def _circular_layer_config(obj):
     """A circular-spline layer: its frame's settings and its spline's (``SplineSettings``)."""
     config = _named(obj)
+    spline = _layer_spline_config(obj)
+    del spline["parameterization"]          # circular splines have the softplus one only
     config.update(hidden=list(obj.net.hidden), activation=obj.net.activation, context=obj.context_size,
-                  conditioner=obj.conditioner, **_layer_spline_config(obj))
+                  conditioner=obj.conditioner, **spline)
     if isinstance(obj, Coupling):
         config["mask"] = obj.mask.tolist()
     else:
@@ -387,8 +389,12 @@ def _circular_layer_config(obj):
 
 def _circular_layer_build(cls):
     def build(c, a):
+        spline = _layer_spline_kwargs(c)
+        if spline.pop("parameterization") != "softplus":
+            raise ValueError(f"a {cls.__name__} has the softplus spline parameterization only; got "
+                             f"{c['parameterization']!r}")
         common = dict(context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c),
-                      **_layer_spline_kwargs(c))
+                      **spline)
         if cls is CircularSplineCoupling:
             _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
             return cls(np.array(c["mask"], dtype=bool), tuple(c["hidden"]), c["activation"], **common)
