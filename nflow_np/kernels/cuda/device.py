@@ -153,6 +153,10 @@ def device_version(fn):
         if found is not None:
             return found
         bound = dict(py.__globals__)
+        # Under NUMBA_ENABLE_CUDASIM the simulator iterates a device function's globals on every call while
+        # other threads run it; a warning raised there (a float64 overflow) would insert Python's warning
+        # registry into those globals mid-iteration ("dictionary changed size during iteration")
+        bound.setdefault("__warningregistry__", {})
         copy = types.FunctionType(py.__code__, bound, py.__name__, py.__defaults__, py.__closure__)
         copy.__qualname__ = py.__qualname__
         copy.__module__ = py.__module__
