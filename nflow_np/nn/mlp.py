@@ -192,6 +192,14 @@ class _DenseNet:
         out = self._run(inp, keep=False)[0]
         return out.reshape(batch + (self.out_features,))
 
+    def _set_sizes(self, in_features, out_features, context_features, where):
+        """The checked ``in_features``, ``out_features`` and ``context_features``; at least one input."""
+        self.in_features = _check_count(in_features, where, "in_features", 0)
+        self.out_features = _check_count(out_features, where, "out_features", 1)
+        self.context_features = _check_count(context_features, where, "context_features", 0)
+        if self.in_features + self.context_features < 1:
+            raise ValueError(f"{where}: needs at least one input (in_features + context_features >= 1)")
+
     def _grad_rows(self, grad_out, batch, rows):
         """``grad_out`` checked against the output's shape ``batch + (out_features,)`` (or broadcast to it), as
         ``(rows, out_features)``."""
@@ -305,11 +313,7 @@ class MLP(_DenseNet):
     def __init__(self, in_features, out_features, hidden=(64, 64), activation="relu", *, rng=None,
                  dtype=np.float64, zero_last=False, context_features=0, init="uniform"):
         where = type(self).__name__
-        self.in_features = _check_count(in_features, where, "in_features", 0)
-        self.out_features = _check_count(out_features, where, "out_features", 1)
-        self.context_features = _check_count(context_features, where, "context_features", 0)
-        if self.in_features + self.context_features < 1:
-            raise ValueError(f"{where}: needs at least one input (in_features + context_features >= 1)")
+        self._set_sizes(in_features, out_features, context_features, where)
         self.hidden = _check_hidden(hidden, where)
         self.activation = _check_activation(activation, where)
         self.dtype = resolve_dtype(dtype, where=type(self).__name__)

@@ -190,11 +190,7 @@ class ResidualMLP(_ResidualNet):
     def __init__(self, in_features, out_features, width=64, blocks=2, activation="relu", *, rng=None,
                  dtype=np.float64, zero_last=False, context_features=0, init="uniform"):
         where = type(self).__name__
-        self.in_features = _check_count(in_features, where, "in_features", 0)
-        self.out_features = _check_count(out_features, where, "out_features", 1)
-        self.context_features = _check_count(context_features, where, "context_features", 0)
-        if self.in_features + self.context_features < 1:
-            raise ValueError(f"{where}: needs at least one input (in_features + context_features >= 1)")
+        self._set_sizes(in_features, out_features, context_features, where)
         self.width = _check_width(width, where)
         self.blocks = _check_count(blocks, where, "blocks", 0)
         self.activation = _check_activation(activation, where)
