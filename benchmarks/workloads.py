@@ -1,4 +1,4 @@
-"""The benchmark workloads W1-W6, shared by the asv suite (``suites/``) and ``compare/``.
+"""The benchmark workloads W1-W7, shared by the asv suite (``suites/``) and ``compare/``.
 
 One place holds each workload's shape (flow, width, batch) and the nflow_np
 side of it, so that the asv numbers and the side-by-side comparison time the
@@ -36,6 +36,8 @@ DTYPE = np.float32
 BACKENDS = ("numpy", "numba")
 # workloads that time a training step and nothing else
 STEP_ONLY = ("W2", "W3", "W7")
+# workloads whose step is also timed in a user's own loop (value_and_grad + Adam.step: own_loop_call), next to fit
+OWN_LOOP = ("W2",)
 
 # A timed fit() call covers STEPS_PER_CALL optimizer steps, so fit's per-call work
 # (validation of the data, optimizer creation, best-state snapshot) is amortized;
@@ -56,6 +58,8 @@ SPECS = {
     # W7: a neural spline flow's training step, spline couplings with 8 bins on [-5, 5].
     "W7": dict(flow="NSF", dim=8, n_layers=5, hidden=(64, 64), bins=8, bound=5.0, batch=256),
 }
+# every workload, in the order the comparison runs them
+WORKLOADS = tuple(SPECS)
 
 
 # ---------------------------------------------------------------------------
@@ -138,6 +142,19 @@ def fit_call(flow, data, batch, backend):
     """One timed unit: ``len(data) / batch`` Adam steps through the public ``fit``."""
     from nflow_np.train import fit
     return fit(flow, data, epochs=1, batch_size=batch, lr=1e-3, rng=0, backend=backend)
+
+
+def own_loop_call(flow, data, batch, backend, rng=0):
+    """The same ``len(data) / batch`` Adam steps as :func:`fit_call`, in the loop a user writes around the public
+    API (docs/conventions.rst): a new ``Adam`` per call (as ``fit`` makes one), a shuffled pass over ``data``,
+    and per batch ``value_and_grad`` then ``Adam.step``. Its time next to ``fit_call``'s is what the Python
+    between the compiled calls costs."""
+    from nflow_np.train import Adam, value_and_grad
+    opt = Adam(flow.parameters(), lr=1e-3)
+    order = np.random.default_rng(rng).permutation(len(data))
+    for start in range(0, len(data), batch):
+        _, grads = value_and_grad(flow, data[order[start:start + batch]], backend=backend)
+        opt.step(grads)
 
 
 def w1_flow():

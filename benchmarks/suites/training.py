@@ -1,10 +1,13 @@
-"""Training cost: seed 001's whole job (W1) and single Adam steps (W2, W3, W4's MAF), float32.
+"""Training cost: seed 001's whole job (W1) and single Adam steps (W2, W3, W4's MAF, W7's NSF), float32.
 
 Every class is parametrized over the backend. ``setup`` builds the flow, the
 data and runs one warm-up call, so Numba's compile time never lands in a
 timing (it has its own benchmark in ``startup.py``). A timed ``fit`` call
 makes ``workloads.STEPS_PER_CALL`` (20) steps: divide a ``time_steps`` result
-by 20 for the time of one step.
+by 20 for the time of one step. W2 is also timed in a user's own loop
+(``value_and_grad`` + ``Adam.step``, ``workloads.own_loop_call``): the same 20
+steps, so ``time_own_loop`` over ``W2RealNVP8D.time_steps`` is the cost of
+the Python between the compiled calls.
 """
 
 from ._common import workloads as wl
@@ -71,3 +74,29 @@ class W4MAFTrain(_Steps):
     """D=8 MAF, 5 layers, hidden (64, 64), batch 256."""
 
     workload = "W4"
+
+
+class W7NSFTrain(_Steps):
+    """D=8 neural spline flow, 5 spline couplings (8 bins on [-5, 5]), hidden (64, 64), batch 256."""
+
+    workload = "W7"
+
+
+class W2OwnLoop:
+    """W2's 20 Adam steps in the loop a user writes: ``value_and_grad`` then ``Adam.step`` per batch."""
+
+    params = list(wl.BACKENDS)
+    param_names = ["backend"]
+    warmup_time = 0.0
+    timeout = 600
+
+    def setup(self, backend):
+        wl.require_backend(backend)
+        self.batch = wl.SPECS["W2"]["batch"]
+        self.flow = wl.build_flow("W2")
+        self.data = wl.step_data("W2")
+        wl.own_loop_call(self.flow, self.data, self.batch, backend)
+
+    def time_own_loop(self, backend):
+        """20 steps of value_and_grad + Adam.step, a new Adam per call (as fit makes one)."""
+        wl.own_loop_call(self.flow, self.data, self.batch, backend)
