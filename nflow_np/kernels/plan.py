@@ -16,11 +16,15 @@ from . import specs, transforms
 from .mlp import ACTIVATION_CODES, hidden_size
 from .residual import RESIDUAL
 
-__all__ = ["Program", "compile_flow", "program_for", "supports", "AdamExchange", "NumbaTrainer"]
+__all__ = ["FlatGradients", "Program", "compile_flow", "program_for", "supports", "AdamExchange", "NumbaTrainer"]
 
 # rows per chunk when BLAS does the products: large enough to amortize the calls, small enough for
 # the caches to stay in L2
 CHUNK = 256
+# nll_and_grad keeps a workspace between calls (a training loop calls it once per batch, with one or two batch
+# sizes) for up to this many sizes, each up to this many bytes
+SPARE_SIZES = 4
+SPARE_BYTES = 32 << 20
 # Up to this many multiply-adds per product, OpenBLAS runs a product on the calling thread, so
 # chunks can run on all threads at once; above it BLAS spreads each product over its own threads.
 BLAS_SINGLE_THREAD = 65536
@@ -51,6 +55,22 @@ def degree_groups(degrees, d):
         parts.append(offsets)
         parts.append(order)
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+class FlatGradients(dict):
+    """A gradient dict whose arrays are consecutive slices of one flat vector, as a compiled pass returns them.
+
+    It is an ordinary dict of arrays (change, replace or delete entries at will); ``flat_source`` is
+    ``(flat, names, views)``: the vector, the names in its order and the arrays as handed out, so that an optimizer
+    that finds every entry still the array handed out (``grads[name] is view``) can read the vector instead of
+    gathering the arrays (a change made in place to an entry is a change of the vector). Copies and pickles are
+    plain dicts.
+    """
+
+    __slots__ = ("flat_source",)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
 
 
 class Program:
@@ -214,6 +234,18 @@ class Program:
         # each slot's name in flow.parameters(), so gradients come back keyed like the optimizer's arrays
         by_id = {id(arr): name for name, arr in flow.parameters()}
         self.names = [by_id[id(params[key])] for params, key, _, _ in self.slots]
+        # what theta() and gradients() need per call, laid out once: the parameters fill theta[:n_params] in slot
+        # order, end to end (add_params appends them so), and the constants are scattered by index
+        self._slot_sizes = [size for _, _, _, size in self.slots]
+        packed = 0
+        for _, _, off, size in self.slots:
+            if off != packed:
+                raise AssertionError("the parameter slots are not packed end to end")
+            packed += size
+        self._const_at = np.array([off for off, _ in self.constants], dtype=np.int64)
+        self._const_values = np.array([value for _, value in self.constants], dtype=self.dtype)
+        self._named_slots = [(name, params, key, off, size) for name, (params, key, off, size)
+                             in zip(self.names, self.slots)]
 
     @staticmethod
     def _signature(flow):
@@ -221,15 +253,26 @@ class Program:
 
     # ------------------------------------------------------------------ parameters
     def theta(self):
-        """The flow's current parameters, then its running statistics, flat."""
+        """The flow's current parameters, then its running statistics, flat.
+
+        Read afresh on every call, from the arrays the layers' ``params`` hold now: an array changed in place or
+        replaced (of the same size) since the last call is what the next compiled call runs on.
+        """
         theta = np.empty(self.size, dtype=self.dtype)
-        for params, key, off, size in self.slots + self.buffer_slots:
+        arrays = [params[key] for params, key, _, _ in self.slots]
+        if [arr.size for arr in arrays] != self._slot_sizes:
+            for arr, (_, key, _, size) in zip(arrays, self.slots):
+                if arr.size != size:
+                    raise ValueError(f"parameter {key!r} changed size from {size} to {arr.size}; rebuild the flow")
+        if arrays:
+            # one copy into theta[:n_params] (the slots are packed in this order), cast as an assignment casts
+            np.concatenate([arr.reshape(-1) for arr in arrays], out=theta[:self.n_params], casting="unsafe")
+        for params, key, off, size in self.buffer_slots:
             arr = params[key]
             if arr.size != size:
                 raise ValueError(f"parameter {key!r} changed size from {size} to {arr.size}; rebuild the flow")
             theta[off:off + size] = arr.reshape(-1)
-        for off, value in self.constants:
-            theta[off] = value
+        theta[self._const_at] = self._const_values
         return theta
 
     def write_back(self, theta, params=True):
@@ -242,22 +285,57 @@ class Program:
         return any(spec.state.training for _, spec in self.batchnorms)
 
     def gradients(self, gtheta):
-        """A flat gradient as a dict keyed like ``flow.parameters()``."""
-        return {name: gtheta[off:off + size].reshape(params[key].shape).copy()
-                for name, (params, key, off, size) in zip(self.names, self.slots)}
+        """A flat gradient as a dict keyed like ``flow.parameters()``: views of ``gtheta``, one disjoint slice per
+        parameter (the caller hands over a fresh ``gtheta``: nothing else holds or reuses it). The dict is a
+        :class:`FlatGradients`, which lets an optimizer take the flat vector whole."""
+        views = [gtheta[off:off + size].reshape(params[key].shape) for _, params, key, off, size in self._named_slots]
+        grads = FlatGradients(zip(self.names, views))
+        grads.flat_source = (gtheta[:self.n_params], self.names, views)
+        return grads
 
     # ------------------------------------------------------------------ buffers
     def workspace(self, rows, parts=1):
         return np.empty((parts, rows * int(self.layout[prog.W_ROW]) + int(self.layout[prog.W_CONST])),
                         dtype=self.dtype)
 
+    def _borrow_workspace(self, rows):
+        """A one-part workspace for ``rows`` rows: one a previous call gave back, or a new one. A borrowed workspace
+        belongs to its caller alone until :meth:`_return_workspace` (calls on other threads borrow others)."""
+        try:
+            return self.__dict__["_spare"][rows].pop()
+        except (KeyError, IndexError):
+            return self.workspace(rows)[0]
+
+    def _return_workspace(self, rows, ws):
+        """Keep ``ws`` for the next call on ``rows`` rows: one per size, for the last few sizes, none above
+        SPARE_BYTES (a large batch amortizes its own allocation)."""
+        if ws.nbytes > SPARE_BYTES:
+            return
+        spare = self.__dict__.setdefault("_spare", {})
+        if rows not in spare and len(spare) >= SPARE_SIZES:
+            spare.clear()
+        held = spare.setdefault(rows, [])
+        if not held:
+            held.append(ws)
+
     def _arrays(self):
-        """``(meta, clamps)`` for the compiled runner, with each BatchNorm's current mode."""
-        for layer, spec in self.batchnorms:
-            self.fields[layer, prog.F_FLAG] = int(spec.state.training)
-        from .compiled import pack_meta
+        """``(meta, clamps)`` for the compiled runner, with each BatchNorm's current mode.
+
+        ``meta`` is packed again only when what it holds changed: a BatchNorm's mode or the addresses of the
+        compiled networks (:meth:`table` fills them in); the kernels only read it.
+        """
+        modes = tuple(int(spec.state.training) for _, spec in self.batchnorms)
         networks = self.__dict__.get("_networks", (0, 0))
-        return pack_meta(self.fields, self.idata, self.layout, self.size, networks), self.clamps
+        key = (modes, int(networks[0]), int(networks[1]))
+        cached = self.__dict__.get("_meta")
+        if cached is not None and cached[0] == key:
+            return cached[1], self.clamps
+        for (layer, _), mode in zip(self.batchnorms, modes):
+            self.fields[layer, prog.F_FLAG] = mode
+        from .compiled import pack_meta
+        meta = pack_meta(self.fields, self.idata, self.layout, self.size, networks)
+        self.__dict__["_meta"] = (key, meta)
+        return meta, self.clamps
 
     def table(self, *passes, loops=()):
         """The entry addresses of every layer (``layers x 3``), with those of ``passes`` compiled and filled in;
@@ -368,9 +446,13 @@ class Program:
         gtheta = np.zeros(self.size, dtype=self.dtype)
         theta = self._effective()
         table = self.table(DENSITY, BACKWARD, loops=("nll_grad",))
+        n = x.shape[0]
+        ws = self._borrow_workspace(n)
         loss = nll_grad(table, *self._arrays(), theta, self.pmask, np.ascontiguousarray(x),
-                        self.context_rows(context, x.shape[0]), self.workspace(x.shape[0])[0], gtheta)
-        self.write_back(theta, params=False)   # BatchNorm's running statistics moved
+                        self.context_rows(context, n), ws, gtheta)
+        self._return_workspace(n, ws)
+        if self.buffer_slots:
+            self.write_back(theta, params=False)   # BatchNorm's running statistics moved
         return float(loss), gtheta
 
 

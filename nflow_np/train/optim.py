@@ -310,6 +310,137 @@ class Adam(Optimizer):
         self.weight_decay = weight_decay
         self._m = {name: np.zeros_like(p) for name, p in self.params.items()}
         self._v = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self._flatten_moments()
+
+    # ------------------------------------------------------------------ one flat update
+    # When every parameter has one dtype, the moments live in two flat arrays and ``m``/``v`` hold views of them
+    # (still one live array per parameter), so a step over a full gradient dict is a handful of whole-vector
+    # operations instead of a dozen per parameter. Each operation is the one ``_update`` does, elementwise in the
+    # same order and dtype, so both paths give the same bits; a partial dict, a gradient of another dtype or a
+    # subclass that changes ``_update`` takes the per-parameter path.
+
+    def _flatten_moments(self):
+        """Move ``m``/``v`` into flat buffers (values kept) and lay out the step's scratch; no-op for mixed dtypes."""
+        self._flat = None
+        dtypes = {p.dtype for p in self.params.values()}
+        if len(dtypes) != 1:
+            return
+        dtype = dtypes.pop()
+        layout, offset = {}, 0
+        for name, p in self.params.items():
+            layout[name] = (offset, p.size, p.shape)
+            offset += p.size
+        flat_m, flat_v = np.empty(offset, dtype), np.empty(offset, dtype)
+        for flat, moments in ((flat_m, self._m), (flat_v, self._v)):
+            for name, (off, size, shape) in layout.items():
+                view = flat[off:off + size].reshape(shape)
+                view[...] = moments[name]
+                moments[name] = view
+        # ``names``: the parameters in flat order; ``g``/``g64``: the gradient, as the step's dtype and as float64
+        # (its views per name give global_norm's per-parameter dot products); ``t1``/``t2``: scratch
+        g = np.empty(offset, dtype)
+        g64 = np.empty(offset, np.float64)
+        self._flat = dict(dtype=dtype, layout=layout, names=list(layout), m=flat_m, v=flat_v, g=g, g64=g64,
+                          g64_views={name: g64[off:off + size] for name, (off, size, _) in layout.items()},
+                          t1=np.empty(offset, dtype), t2=np.empty(offset, dtype), source_names=None,
+                          shapes=[shape for _, _, shape in layout.values()])
+        # each parameter with its slice of the update (t1)
+        self._flat["params"] = [(self.params[name], self._flat["t1"][off:off + size].reshape(shape))
+                                for name, (off, size, shape) in layout.items()]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_flat"] = None       # views do not survive a copy or a pickle; rebuilt from the moments' values
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._flatten_moments()
+
+    def _from_source(self, grads):
+        """The flat vector behind ``grads`` (a compiled pass's :class:`~nflow_np.kernels.plan.FlatGradients`), when
+        its order, sizes, shapes and dtype are this optimizer's and every entry is still the array handed out;
+        else None. Read-only for the caller: the vector's slices are the caller's gradient arrays."""
+        source = getattr(grads, "flat_source", None)
+        if source is None or type(grads).__name__ != "FlatGradients":
+            return None
+        vector, names, views = source
+        flat = self._flat
+        if flat["source_names"] is not names:
+            # a program's name list: checked once against this optimizer's layout
+            if names != flat["names"] or vector.dtype != flat["dtype"] or vector.size != flat["g"].size:
+                return None
+            flat["source_names"] = names
+        if len(grads) != len(views):
+            return None
+        for view, name, shape in zip(views, names, flat["shapes"]):
+            if grads.get(name) is not view or view.shape != shape:
+                return None
+        return vector
+
+    def _flat_gradient(self, grads):
+        """The gradient as one vector in the flat order, or None when ``grads`` does not fit the flat step (a partial
+        or unknown name, a wrong shape, another dtype or not an ndarray: the per-parameter path checks and reports).
+        The vector may be the caller's (read it only)."""
+        flat = self._flat
+        if flat is None or type(self)._update is not Adam._update or type(self)._checked is not Optimizer._checked:
+            return None
+        vector = self._from_source(grads)
+        if vector is not None:
+            return vector
+        if len(grads) != len(flat["layout"]) or grads.keys() != flat["layout"].keys():
+            return None
+        dtype, parts = flat["dtype"], []
+        for name, (_, _, shape) in flat["layout"].items():
+            g = grads[name]
+            if type(g) is not np.ndarray or g.dtype != dtype or g.shape != shape:
+                return None
+            parts.append(g.reshape(-1))
+        return np.concatenate(parts, out=flat["g"])
+
+    def step(self, grads):
+        """Apply one update; returns the gradient's global norm before clipping."""
+        g = self._flat_gradient(grads)
+        if g is None:
+            return super().step(grads)
+        flat = self._flat
+        # global_norm's sum, bit for bit: float64 dot products per parameter, added in the dict's order
+        np.copyto(flat["g64"], g)
+        views, total = flat["g64_views"], 0.0
+        for name in grads:
+            view = views[name]
+            total += float(np.dot(view, view))
+        norm = float(np.sqrt(total))
+        if not np.isfinite(norm):
+            raise FloatingPointError(f"{type(self).__name__}.step: the gradient is not finite")
+        if self.clip_norm is not None and norm > self.clip_norm:
+            g = np.multiply(g, self.clip_norm / norm, out=flat["g"])
+        self.steps += 1
+        b1, b2 = self.betas
+        m, v, t1, t2 = flat["m"], flat["v"], flat["t1"], flat["t2"]
+        m *= b1
+        m += np.multiply(1.0 - b1, g, out=t1)
+        v *= b2
+        t1 = np.multiply(1.0 - b2, g, out=t1)
+        t1 *= g
+        v += t1
+        corr1 = 1.0 - b1 ** self.steps
+        corr2 = 1.0 - b2 ** self.steps
+        # (lr / corr1) * m / (sqrt(v / corr2) + eps), as _update computes it
+        t2 = np.divide(v, corr2, out=t2)
+        np.sqrt(t2, out=t2)
+        t2 += self.eps
+        t1 = np.multiply(self.lr / corr1, m, out=t1)
+        t1 /= t2
+        if self.weight_decay:
+            decay = self.lr * self.weight_decay
+            for param, update in flat["params"]:
+                param -= param * decay
+                param -= update
+        else:
+            for param, update in flat["params"]:
+                param -= update
+        return norm
 
     @property
     def m(self):
