@@ -131,6 +131,14 @@ def test_a_copied_adam_has_its_own_flat_state(how):
     assert a.steps == 2
 
 
+def test_a_shallow_copy_shares_the_state_as_before():
+    a = Adam(_params(np.float32).items(), lr=0.05)
+    twin = copy.copy(a)
+    assert twin.m["w"] is a.m["w"] and twin.params["w"] is a.params["w"]
+    twin.step(_grads(a.params, 0))
+    assert np.any(a.m["w"] != 0)
+
+
 def test_load_state_dict_reaches_the_flat_moments():
     a, b = _twins(np.float64, lr=0.05)
     a.step(_grads(a.params, 0))

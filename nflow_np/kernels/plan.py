@@ -4,7 +4,9 @@
 the flow, rebuilt when its structure changes) or ``None`` when a layer is not
 covered. A program owns no parameters: every call copies the flow's current
 ``params`` into its flat ``theta`` (a few microseconds), so optimizers and
-users keep updating the arrays they hold.
+users keep updating the arrays they hold. What it keeps between calls depends
+on nothing a user changes: the packed ``meta`` (repacked when a BatchNorm's
+mode or the compiled networks change) and a spare workspace per batch size.
 """
 
 import threading

@@ -350,12 +350,19 @@ class Adam(Optimizer):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_flat"] = None       # views do not survive a copy or a pickle; rebuilt from the moments' values
+        state["_flat"] = None       # views do not survive a deep copy or a pickle; rebuilt from the moments' values
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._m, self._v = dict(self._m), dict(self._v)
         self._flatten_moments()
+
+    def __copy__(self):
+        # a shallow copy shares the parameters and the moments with the original, flat buffers included
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        return twin
 
     def _from_source(self, grads):
         """The flat vector behind ``grads`` (a compiled pass's :class:`~nflow_np.kernels.plan.FlatGradients`), when
