@@ -100,6 +100,14 @@ def test_adam_falls_back_to_the_per_parameter_step():
         np.testing.assert_array_equal(p, before[k])
 
 
+def test_a_parameter_replaced_in_the_optimizer_is_the_one_stepped():
+    a, b = _twins(np.float64, lr=0.1)
+    for opt in (a, b):
+        opt.params["w"] = opt.params["w"] + 1.0
+    assert a.step(_grads(a.params, 0)) == Optimizer.step(b, _grads(b.params, 0))
+    _assert_same(a, b)
+
+
 def test_a_subclass_with_its_own_update_keeps_it():
     calls = []
 

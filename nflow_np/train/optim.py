@@ -392,6 +392,10 @@ class Adam(Optimizer):
         flat = self._flat
         if flat is None or type(self)._update is not Adam._update or type(self)._checked is not Optimizer._checked:
             return None
+        params = self.params
+        if len(params) != len(flat["params"]) or any(params.get(name) is not param for name, (param, _)
+                                                     in zip(flat["names"], flat["params"])):
+            return None     # ``params`` edited since: the per-parameter path steps what it holds now
         vector = self._from_source(grads)
         if vector is not None:
             return vector
