@@ -51,13 +51,16 @@ def _mm_numba(a, b, out):
     if n * k * m > SMALL_PRODUCT:
         np.dot(a, b, out)
         return
-    # a scalar accumulator per output stays in a register (stores to out might alias a or b)
+    # row i of out is built as a[i, 0] b[0] + a[i, 1] b[1] + ...: the inner loop runs along contiguous rows
+    # of b and out, so it vectorizes for any k (a dot product per output would run down b's columns)
     for i in range(n):
+        a0 = a[i, 0]
         for j in range(m):
-            acc = a[i, 0] * b[0, j]
-            for p in range(1, k):
-                acc += a[i, p] * b[p, j]
-            out[i, j] = acc
+            out[i, j] = a0 * b[0, j]
+        for p in range(1, k):
+            ap = a[i, p]
+            for j in range(m):
+                out[i, j] += ap * b[p, j]
 
 
 @numba_twin
@@ -84,12 +87,25 @@ def _mm_tn_numba(a, b, out):
     if n * k * m > SMALL_PRODUCT:
         np.dot(a.T, b, out)
         return
+    if m < 4:
+        # few columns: a dot product down the rows per output
+        for p in range(k):
+            for j in range(m):
+                acc = a[0, p] * b[0, j]
+                for i in range(1, n):
+                    acc += a[i, p] * b[i, j]
+                out[p, j] = acc
+        return
+    # out += a[i, p] b[i] row by row: the inner loop runs along contiguous rows of b and out
     for p in range(k):
+        a0 = a[0, p]
         for j in range(m):
-            acc = a[0, p] * b[0, j]
-            for i in range(1, n):
-                acc += a[i, p] * b[i, j]
-            out[p, j] = acc
+            out[p, j] = a0 * b[0, j]
+    for i in range(1, n):
+        for p in range(k):
+            ap = a[i, p]
+            for j in range(m):
+                out[p, j] += ap * b[i, j]
 
 
 @numba_twin
