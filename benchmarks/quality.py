@@ -120,7 +120,7 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="several seeds: each cell is the mean over them, and 'vs zuko' gets the standard "
                              "error of the paired per-seed differences")
-    parser.add_argument("--spline-parameterization", choices=["softplus", "bounded"], default="softplus",
+    parser.add_argument("--spline-parameterization", choices=["softplus", "bounded"], default="bounded",
                         help="how nflow_np's NSF and NSF-AR map their networks' outputs to bins and slopes")
     parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
     args = parser.parse_args()

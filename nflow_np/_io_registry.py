@@ -260,6 +260,8 @@ def _transform_build(c):
         raise ValueError(f"unknown transform kind {kind!r}; expected one of {sorted(TRANSFORMS)}")
     if kind == "affine":
         c["shift"] = _shift(c)
+    elif kind == "spline":
+        c["parameterization"] = _spline_parameterization(c)
     by_coordinate = c.pop("by_coordinate", TRANSFORMS[kind].by_coordinate)
     transform = TRANSFORMS[kind](**c)
     transform.by_coordinate = bool(by_coordinate)

@@ -184,7 +184,7 @@ def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=
 
 def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", *, autoregressive=False,
         batch_norm=False, act_norm=False, lu_linear=False, permute=None, context=0, init="random", rng=None,
-        dtype=np.float64, conditioner="mlp", embedding=None, parameterization="softplus"):
+        dtype=np.float64, conditioner="mlp", embedding=None, parameterization="bounded"):
     """Neural spline flow: rational-quadratic spline layers over a standard normal.
 
     Each layer transforms half of the coordinates (``autoregressive=False``:
@@ -194,9 +194,10 @@ def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", 
     layers) with a monotone spline of ``bins`` bins on ``[-bound, bound]``,
     the identity outside. Data should be standardized so that it lies mostly
     inside the bound. ``context=c``: a conditional flow. ``parameterization``:
-    how the conditioners' outputs map to bins and slopes, ``"softplus"`` (the
-    default) or ``"bounded"`` (soft-clipped logits and log-slopes; formulas in
-    :class:`~nflow_np.bijectors.RationalQuadraticSpline`).
+    how the conditioners' outputs map to bins and slopes, ``"bounded"`` (the
+    default: soft-clipped logits and log-slopes) or ``"softplus"`` (a floor plus
+    softmax widths, softplus slopes: the earlier default); formulas in
+    :class:`~nflow_np.bijectors.RationalQuadraticSpline`.
 
     References: Durkan, Bekasov, Murray and Papamakarios, "Neural Spline Flows", NeurIPS 2019.
     """

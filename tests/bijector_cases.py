@@ -319,13 +319,13 @@ CASES.update({
         lambda rng, dt: _randomized(SplineAutoregressive(3, (4,), "tanh", bins=4, bound=3.0, order=rng.permutation(3),
                                                          rng=rng, dtype=dt), rng),
         _vectors(3), dim=3),
-    "SplineCoupling(bounded)": Case(
+    "SplineCoupling(softplus)": Case(
         lambda rng, dt: _randomized(SplineCoupling([True, False, False, True], (6,), "tanh", bins=4, bound=3.0,
-                                                   parameterization="bounded", rng=rng, dtype=dt), rng),
+                                                   parameterization="softplus", rng=rng, dtype=dt), rng),
         _vectors(4), dim=4),
-    "SplineAutoregressive(bounded)": Case(
+    "SplineAutoregressive(softplus)": Case(
         lambda rng, dt: _randomized(SplineAutoregressive(3, (4,), "tanh", bins=4, bound=3.0, order=rng.permutation(3),
-                                                         parameterization="bounded", rng=rng, dtype=dt), rng),
+                                                         parameterization="softplus", rng=rng, dtype=dt), rng),
         _vectors(3), dim=3),
     "AdditiveCoupling": Case(
         lambda rng, dt: _randomized(AdditiveCoupling([True, True, False], (5,), "elu", rng=rng, dtype=dt), rng),

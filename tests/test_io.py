@@ -36,10 +36,10 @@ FLOWS = {
     "IAF": lambda dt: flows.IAF(2, n_layers=2, hidden=(5,), rng=5, dtype=dt),
     "NAF": lambda dt: flows.NAF(3, n_layers=2, hidden=(5,), sigmoid_units=3, act_norm=True, rng=6, dtype=dt),
     "BNAF": lambda dt: flows.BNAF(3, n_layers=2, hidden_factor=3, hidden_layers=1, rng=7, dtype=dt),
-    "NSF(bounded)": lambda dt: flows.NSF(3, n_layers=2, bins=4, hidden=(5,), parameterization="bounded", rng=6,
-                                         dtype=dt),
-    "NSF-AR(bounded)": lambda dt: flows.NSF(2, n_layers=2, bins=3, hidden=(4,), autoregressive=True,
-                                            parameterization="bounded", rng=7, dtype=dt),
+    "NSF(softplus)": lambda dt: flows.NSF(3, n_layers=2, bins=4, hidden=(5,), parameterization="softplus", rng=6,
+                                          dtype=dt),
+    "NSF-AR(softplus)": lambda dt: flows.NSF(2, n_layers=2, bins=3, hidden=(4,), autoregressive=True,
+                                             parameterization="softplus", rng=7, dtype=dt),
 }
 
 
@@ -739,15 +739,18 @@ def _spline_chain():
     from nflow_np.bijectors.autoregressive import SplineAutoregressive
     from nflow_np.bijectors.transforms import SplineTransform
     rng = np.random.default_rng(2)
-    layers = [SplineCoupling([True, False, True], (5,), bins=4, bound=2.0, rng=0),
-              SplineAutoregressive(3, (5,), bins=3, rng=1),
-              Coupling([False, True, True], SplineTransform(bins=5, bound=2.5), (4,), rng=2),
+    old = dict(parameterization="softplus")     # what files written before the option held
+    layers = [SplineCoupling([True, False, True], (5,), bins=4, bound=2.0, rng=0, **old),
+              SplineAutoregressive(3, (5,), bins=3, rng=1, **old),
+              Coupling([False, True, True], SplineTransform(bins=5, bound=2.5, **old), (4,), rng=2),
               nb.RationalQuadraticSpline(*(rng.normal(size=(3, n)) for n in (4, 4, 3)), bound=2.0)]
     return TransformedDistribution(MultivariateNormalDiag(np.zeros(3), np.ones(3)), nb.Chain(layers))
 
 
-@pytest.mark.parametrize("make", [lambda: flows.NSF(3, n_layers=2, bins=4, bound=2.0, hidden=(5,), rng=0),
-                                  lambda: flows.NSF(3, n_layers=2, bins=4, hidden=(5,), autoregressive=True, rng=1),
+@pytest.mark.parametrize("make", [lambda: flows.NSF(3, n_layers=2, bins=4, bound=2.0, hidden=(5,), rng=0,
+                                                    parameterization="softplus"),
+                                  lambda: flows.NSF(3, n_layers=2, bins=4, hidden=(5,), autoregressive=True, rng=1,
+                                                    parameterization="softplus"),
                                   _spline_chain], ids=["NSF", "NSF-AR", "every spline layer"])
 def test_spline_layers_saved_before_the_parameterization_option_load_as_softplus(tmp_path, make):
     """A file whose spline layers have no "parameterization" entry (written before it existed) loads them with the
@@ -791,6 +794,6 @@ def test_a_spline_parameterization_the_library_does_not_know_is_refused(tmp_path
     flow, _ = _trained_like(flows.NSF(3, n_layers=1, bins=3, hidden=(4,), rng=0))
     io.save(flow, tmp_path / "good.npz")
     spec, arrays = _contents(tmp_path / "good.npz")
-    text = json.dumps(spec).replace('"parameterization": "softplus"', '"parameterization": "cubic"')
+    text = json.dumps(spec).replace('"parameterization": "bounded"', '"parameterization": "cubic"')
     with pytest.raises(ValueError, match="parameterization must be one of"):
         io.load(_write(tmp_path / "bad.npz", json.loads(text), arrays))

@@ -257,10 +257,10 @@ FLOWS = {
     "nsf-ar": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8, 5), autoregressive=True,
                                    batch_norm=True, activation="elu", rng=0, dtype=dt),
     "naf": lambda dt: flows.NAF(3, n_layers=2, hidden=(7,), sigmoid_units=3, activation="tanh", rng=0, dtype=dt),
-    "nsf-bounded": lambda dt: flows.NSF(4, n_layers=2, bins=5, bound=3.0, hidden=(9,), parameterization="bounded",
+    "nsf-softplus": lambda dt: flows.NSF(4, n_layers=2, bins=5, bound=3.0, hidden=(9,), parameterization="softplus",
                                         rng=0, dtype=dt),
-    "nsf-ar-bounded": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8,), autoregressive=True,
-                                           parameterization="bounded", rng=0, dtype=dt),
+    "nsf-ar-softplus": lambda dt: flows.NSF(3, n_layers=2, bins=4, bound=3.0, hidden=(8,), autoregressive=True,
+                                           parameterization="softplus", rng=0, dtype=dt),
     # the frames with the transforms no ready-made flow uses
     "coupling-sigmoidal": lambda dt: frame_flow("coupling", "sigmoidal", 4, dt),
     "coupling-sinh": lambda dt: frame_flow("coupling", "sinh_arcsinh", 5, dt),
@@ -355,7 +355,7 @@ def test_program_calls_match_the_bijectors_and_compile_only_the_passes_used(kind
 
 
 @pytest.mark.parametrize("kind", ["realnvp-odd", "maf", "nice", "realnvp-bn", "maf-bn", "nsf", "nsf-ar", "naf",
-                                  "nsf-bounded", "nsf-ar-bounded"])
+                                  "nsf-softplus", "nsf-ar-softplus"])
 def test_fit_takes_the_same_steps_on_both_backends(kind):
     data = np.random.default_rng(4).standard_normal((300, FLOWS[kind](np.float64).event_shape[0])) * [1.0] + 0.5
     runs = {}

@@ -27,7 +27,7 @@ def compiled():
 
 
 # other settings of a transform, tested as cases of their own: name -> (transform, keywords)
-VARIANTS = {"spline(bounded)": ("spline", dict(bins=4, bound=2.0, parameterization="bounded"))}
+VARIANTS = {"spline(softplus)": ("spline", dict(bins=4, bound=2.0, parameterization="softplus"))}
 
 
 def reference(name):
@@ -71,7 +71,7 @@ def test_scalar_math_matches_the_reference(name, by_coordinate, dtype):
     n, m = 5, EDGES.size
     values = draw_values(name, rng, n, dtype)
     params = (0.8 * rng.standard_normal((n, m, per))).astype(dtype)
-    if name == "spline(bounded)":
+    if name == "spline(softplus)":
         # a row of large parameters, where the soft clips saturate (float32: less, its slopes of ~1e3 in bins of
         # ~1e-4 of 2B keep few digits; test_spline.py holds float64 to the reference at full saturation)
         top = 6.0 if dtype == np.float64 else 1.0

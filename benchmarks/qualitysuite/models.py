@@ -6,7 +6,7 @@ once per epoch and keep the best validation epoch. Architectures match layer
 for layer: ``layers`` transforms with ``hidden`` ReLU conditioners,
 alternating coupling masks (RealNVP, NICE, NSF) or alternating orders (MAF,
 NSF-AR), 8-bin splines on [-5, 5] (nflow_np's in the parameterization
-``Budget.spline_parameterization``, softplus by default). zuko's side uses its own classes
+``Budget.spline_parameterization``, bounded by default, as the library). zuko's side uses its own classes
 (``RealNVP``, ``NICE`` with its additive or spline univariate transform,
 ``MAF``, ``NSF``) with its own initialization and clamps; NICE on both sides
 ends with a learned diagonal scaling on the data side.
@@ -40,7 +40,7 @@ class Budget:
     lr: float = 1e-3
     seed: int = 0
     res_hidden: tuple = (32, 32)     # (width,) * blocks of the "-res" models' residual conditioners
-    spline_parameterization: str = "softplus"     # nflow_np's NSF and NSF-AR
+    spline_parameterization: str = "bounded"      # nflow_np's NSF and NSF-AR
 
 
 # ---------------------------------------------------------------------------

@@ -228,7 +228,7 @@ class SplineAutoregressive(Autoregressive):
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
                  min_bin_height=1e-3, min_derivative=1e-3, order=None, context=0, rng=None, dtype=np.float64,
-                 name=None, init="random", conditioner="mlp", parameterization="softplus"):
+                 name=None, init="random", conditioner="mlp", parameterization="bounded"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
                                     name or type(self).__name__, parameterization)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,

@@ -280,9 +280,9 @@ class SplineCoupling(Coupling):
     bins : int, default 8
     bound : float, default 5.0
     min_bin_width, min_bin_height, min_derivative : float, default 1e-3
-    parameterization : {"softplus", "bounded"}, default "softplus"
-        How the network's outputs map to bins and slopes: softmax widths with a
-        floor and softplus slopes, or softmax and exp of soft-clipped outputs
+    parameterization : {"bounded", "softplus"}, default "bounded"
+        How the network's outputs map to bins and slopes: softmax and exp of
+        soft-clipped outputs, or softmax widths with a floor and softplus slopes
         (formulas in :class:`~nflow_np.bijectors.RationalQuadraticSpline`).
 
     References: Durkan, Bekasov, Murray and Papamakarios, "Neural Spline
@@ -291,7 +291,7 @@ class SplineCoupling(Coupling):
 
     def __init__(self, mask, hidden=(64, 64), activation="relu", *, bins=8, bound=5.0, min_bin_width=1e-3,
                  min_bin_height=1e-3, min_derivative=1e-3, context=0, rng=None, dtype=np.float64, name=None,
-                 init="random", conditioner="mlp", parameterization="softplus"):
+                 init="random", conditioner="mlp", parameterization="bounded"):
         transform = SplineTransform(bins, bound, min_bin_width, min_bin_height, min_derivative,
                                     name or type(self).__name__, parameterization)
         super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,

@@ -165,14 +165,14 @@ class SplineTransform(Transform):
     :class:`~nflow_np.bijectors.RationalQuadraticSpline`. The density
     direction evaluates the spline, sampling inverts it in closed form. A
     coupling's network emits each coordinate's parameters contiguously.
-    ``parameterization``: ``"softplus"`` (the default) or ``"bounded"`` (soft-clipped
-    logits and log-slopes), the formulas there.
+    ``parameterization``: ``"bounded"`` (the default: soft-clipped logits and
+    log-slopes) or ``"softplus"``, the formulas there.
     """
 
     by_coordinate = True
 
     def __init__(self, bins=8, bound=5.0, min_bin_width=1e-3, min_bin_height=1e-3, min_derivative=1e-3,
-                 where="SplineTransform", parameterization="softplus"):
+                 where="SplineTransform", parameterization="bounded"):
         self.spline = SplineSettings(bins, bound, min_bin_width, min_bin_height, min_derivative, where,
                                      parameterization=parameterization)
         self.params_per_coordinate = self.spline.per_dim
