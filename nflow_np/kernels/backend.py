@@ -162,8 +162,11 @@ def _dispatcher(fn):
     # reassociation and fused multiply-add, so that dot products vectorize; NaN and inf keep
     # their meaning (no "nnan"/"ninf"), which the finiteness guards rely on. A function marked
     # ``strict_fp`` (the range reductions of :mod:`.vmath`) gets no "reassoc".
+    # ``inline_always``: Numba inlines the function's body into its callers (a transform's scalar step, so that the
+    # frames' loops over rows see straight-line code they can vectorize; LLVM declines to inline it on its own)
     flags = {"contract"} if getattr(fn, "strict_fp", False) else {"reassoc", "contract"}
-    return numba.njit(cache=True, error_model="numpy", fastmath=flags)(fn)
+    extra = {"inline": "always"} if getattr(fn, "inline_always", False) else {}
+    return numba.njit(cache=True, error_model="numpy", fastmath=flags, **extra)(fn)
 
 
 def load_numba():

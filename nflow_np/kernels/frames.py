@@ -27,11 +27,11 @@ import types
 
 import numpy as np
 
-from .entries import _block, _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, mlp_backward_at, \
+from .entries import _block, _caches, _row, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, mlp_backward_at, \
     mlp_forward_at
 from .mlp import activate_values
 from .residual import RESIDUAL
-from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_GCOND, W_GNET, W_ROW
+from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_G0, W_G1, W_GCOND, W_GNET, W_ROW
 
 __all__ = ["FRAMES", "specialize"]
 
@@ -70,12 +70,37 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
     for i in range(n):
         for j in range(a.size):
             zout[i, a[j]] = cond[i, j]
-        total = st[0]
-        for j in range(nb):
-            out, l = STEP(zin[i, b[j]], net, i, j * step, stride, st)  # noqa: F821
-            zout[i, b[j]] = out
-            total += l
-        ld[i] += total
+    COLUMNS(zin, zout, ld, net, b, step, stride, st, layout, w, n)  # noqa: F821
+
+
+def columns(zin, zout, ld, net, b, step, stride, st, layout, w, n):
+    """``zout[:, b[j]], ld += STEP(zin[:, b[j]], ...)`` for every transformed coordinate ``j``, running down the
+    rows one coordinate at a time on contiguous columns, so that the loop over rows vectorizes: the network output
+    transposed into the gradient block (free during a forward pass) and read through its transpose (row ``i``,
+    column ``c`` at ``c * n + i``), the coordinate's values and results in ``G0`` and ``G1``. The output is copied
+    back afterwards: a transform leaves values there for its VJP."""
+    width = net.shape[1]
+    net_t = w[n * layout[W_GNET]:n * (layout[W_GNET] + width)].reshape((width, n))
+    for c in range(width):
+        for i in range(n):
+            net_t[c, i] = net[i, c]
+    p = net_t.T
+    vcol = _row(w, n, layout[W_G0])
+    ocol = _row(w, n, layout[W_G1])
+    for j in range(b.size):
+        bj = b[j]
+        base = j * step
+        for i in range(n):
+            vcol[i] = zin[i, bj]
+        for i in range(n):
+            out, l = STEP(vcol[i], p, i, base, stride, st)  # noqa: F821
+            ocol[i] = out
+            ld[i] += l
+        for i in range(n):
+            zout[i, bj] = ocol[i]
+    for i in range(n):
+        for c in range(width):
+            net[i, c] = net_t[c, i]
 
 
 def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
@@ -107,13 +132,8 @@ def autoregressive_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, lay
     widths, cond, hid, net = _caches(f, idata, w, n)
     mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], zin, hid, net)
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
-    for i in range(n):
-        total = st[0]
-        for j in range(d):
-            out, l = STEP(zin[i, j], net, i, j, d, st)  # noqa: F821
-            zout[i, j] = out
-            total += l
-        ld[i] += total
+    # a MADE emits feature j's parameters at columns j, j + d, ...: coordinate j of d, base j, stride d
+    COLUMNS(zin, zout, ld, net, np.arange(d), 1, d, st, layout, w, n)  # noqa: F821
 
 
 def autoregressive_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
@@ -197,6 +217,7 @@ def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
     for lyr in range(n_hidden):
         goff[lyr + 1] = goff[lyr] + d + 1 + widths[lyr + 1]
     out = np.empty((n_out, n), dtype=x.dtype)
+    xcol = _row(w, n, layout[W_G0])
     # the transform reads row r's parameter q at out[q, r]: one row of the flat buffer, base r, stride n
     params = out.reshape((1, n_out * n))
     for k in range(d):
@@ -232,11 +253,16 @@ def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
                     src = feats[q]
                     for r in range(n):
                         acc[r] += wv * src[r]
+        # down the rows on contiguous columns (x's column copied to G0, free in a sampling pass), so it vectorizes
         for r in range(n):
-            value, l = STEP(x[r, i], params, 0, r, n, st)  # noqa: F821
-            y_t[i, r] = value
-            y[r, i] = value
+            xcol[r] = x[r, i]
+        yrow = y_t[i]
+        for r in range(n):
+            value, l = STEP(xcol[r], params, 0, r, n, st)  # noqa: F821
+            yrow[r] = value
             ld[r] += l
+        for r in range(n):
+            y[r, i] = yrow[r]
 
 
 # frame -> its entries in the order of the passes (density, sampling, backward), each with the transform
@@ -255,6 +281,14 @@ def specialize(frame, pass_, transform_name, module):
     if step is not None:
         bound["STEP"] = getattr(module, step)
     name = f"{frame}_{('density', 'sampling', 'backward')[pass_]}__{transform_name}"
+    if template is coupling_pass or template is autoregressive_density:
+        # the loop over rows, compiled on its own (small enough for LLVM to vectorize) with the step bound
+        bound["COLUMNS"] = _jit(_copy(columns, dict(bound), f"columns_{name}"))
+    return _copy(template, bound, name)
+
+
+def _copy(template, bound, name):
+    """``template`` with globals ``bound``, under ``name``."""
     fn = types.FunctionType(template.__code__, bound, name, template.__defaults__)
     fn.__qualname__ = name      # Numba names a function's disk cache after its qualified name
     fn.__module__ = template.__module__

@@ -70,11 +70,10 @@ def _pow2_64(k):
 def _exp32(x):
     f = np.float32
     # past these, exp is inf (or rounds to 0); clamped, k stays in [-150, 128] and each half of it is normal
-    x = f(89.0) if x > f(89.0) else x
-    x = f(-104.0) if x < f(-104.0) else x         # NaN passes both
+    x = max(min(x, f(89.0)), f(-104.0))         # NaN passes both
     t = x * f(1.44269504088896341)
     t = t if t == t else f(0.0)                  # NaN: any k will do, r is NaN
-    t = t + (f(0.5) if t >= f(0.0) else f(-0.5))
+    t = t + np.copysign(f(0.5), t)
     k = np.int32(t)                              # round to nearest
     kf = f(k)
     r = (x - kf * f(0.693359375)) - kf * f(-2.12194440e-4)    # x - k ln2, ln2 in two parts
@@ -95,11 +94,10 @@ def _exp32(x):
 @_strict()
 def _exp64(x):
     f = np.float64
-    x = f(710.0) if x > f(710.0) else x
-    x = f(-746.0) if x < f(-746.0) else x
+    x = max(min(x, f(710.0)), f(-746.0))
     t = x * f(1.44269504088896338700)
     t = t if t == t else f(0.0)
-    t = t + (f(0.5) if t >= f(0.0) else f(-0.5))
+    t = t + np.copysign(f(0.5), t)
     k = np.int32(t)
     kf = f(k)
     r = (x - kf * f(6.93147180369123816490e-01)) - kf * f(1.90821492927058770002e-10)
@@ -157,5 +155,5 @@ def tanh_(x):
     small = x if u == f(0.0) else small     # -0 stays -0 (the sum above gives +0)
     ax = abs(x)
     big = f(1.0) - f(2.0) / (exp_(f(2.0) * ax) + f(1.0))      # exp overflows to inf: big is 1
-    big = -big if x < f(0.0) else big
+    big = np.copysign(big, x)
     return small if ax < f(0.55) else big

@@ -12,7 +12,8 @@ Parameters per element: ``(shift, raw)``; ``clamp`` 0 means ``s = raw``. A pass 
 import math
 
 from ..backend import numba_twin
-from ..scalar import affine_density, affine_sampling, soft_clamp, soft_clamp_grad
+from ..scalar import soft_clamp_grad
+from ..vmath import exp_, tanh_
 from ..specs import AffineSpec
 
 SPEC = AffineSpec
@@ -27,25 +28,42 @@ def settings(c):
     return c[0], c[1], c[2], c[3]
 
 
-@numba_twin
+def _inline(fn):
+    """A scalar step the frames inline into their loops over rows (see :func:`~..backend.numba_twin`)."""
+    fn.inline_always = True
+    return numba_twin(fn)
+
+
+@_inline
+def _log_scale(raw, clamp, zero, one):
+    """:func:`~..scalar.soft_clamp` without a branch: both values are computed and one is chosen (vmath's tanh)."""
+    clamped = clamp * tanh_(raw / (clamp if clamp > zero else one))
+    return clamped if clamp > zero else raw
+
+
+@_inline
 def density(v, p, r, base, stride, st):
     """Leaves the clamped log-scale ``s`` in place of ``raw``."""
     zero, one, clamp, base_shift = st
-    s = soft_clamp(p[r, base + stride], clamp, zero)
+    s = _log_scale(p[r, base + stride], clamp, zero, one)
     p[r, base + stride] = s
-    if base_shift > zero:
-        return v * math.exp(-s) - p[r, base], -s
-    return affine_density(v, p[r, base], s), -s
+    e = exp_(-s)
+    shift = p[r, base]
+    in_base = v * e - shift
+    in_data = (v - shift) * e
+    return (in_base if base_shift > zero else in_data), -s
 
 
-@numba_twin
+@_inline
 def sampling(v, p, r, base, stride, st):
     zero, one, clamp, base_shift = st
-    s = soft_clamp(p[r, base + stride], clamp, zero)
+    s = _log_scale(p[r, base + stride], clamp, zero, one)
     p[r, base + stride] = s
-    if base_shift > zero:
-        return (v + p[r, base]) * math.exp(s), s
-    return affine_sampling(v, p[r, base], s), s
+    e = exp_(s)
+    shift = p[r, base]
+    in_base = (v + shift) * e
+    in_data = v * e + shift
+    return (in_base if base_shift > zero else in_data), s
 
 
 @numba_twin
