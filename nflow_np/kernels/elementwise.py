@@ -17,6 +17,7 @@ import numpy as np
 
 from .backend import numba_twin
 from .scalar import affine_density, affine_sampling, circular_wrap
+from .vmath import exp_
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -72,7 +73,7 @@ def actnorm_inverse_backward_numba(log_scale, x, gx, gld, gy, g_log_scale, g_shi
         g_shift[j] = 0.0
     for i in range(x.shape[0]):
         for j in range(d):
-            g = gx[i, j] * np.exp(-log_scale[j])
+            g = gx[i, j] * exp_(-log_scale[j])     # vmath's: this loop vectorizes
             gy[i, j] = g
             g_log_scale[j] -= gx[i, j] * x[i, j]
             g_shift[j] -= g
