@@ -2,7 +2,7 @@
 affine transform's and ActNorm's), the Adam update and the training loops' divergence rule; the frames'
 transforms are in :mod:`.transforms`.
 
-Every function here is plain Python on scalars (``math``, and :mod:`.vmath`'s ``exp_``), and each is
+Every function here is plain Python on scalars (``math`` only), and each is
 compiled twice from this one source: as a Numba CPU function (a
 :func:`~nflow_np.kernels.backend.numba_twin`, compiled with the kernels that
 call it) and as a CUDA device function (:func:`nflow_np.kernels.cuda.device.device_function`).
@@ -20,7 +20,6 @@ backward pass keeps.
 import math
 
 from .backend import numba_twin
-from .vmath import exp_
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
            "adam_moments", "adam_update", "loss_diverged", "loss_level", "circular_wrap"]
@@ -67,17 +66,14 @@ def soft_clamp_grad(s, clamp, zero, one):
 
 @numba_twin
 def affine_density(y, shift, s):
-    """The density direction of ``y = x exp(s) + shift``: ``x = (y - shift) exp(-s)`` (log-det ``-s``).
-
-    ``exp`` is :mod:`.vmath`'s, so that ActNorm's loop over a row's features vectorizes (a GPU gets its own
-    ``exp``)."""
-    return (y - shift) * exp_(-s)
+    """The density direction of ``y = x exp(s) + shift``: ``x = (y - shift) exp(-s)`` (log-det ``-s``)."""
+    return (y - shift) * math.exp(-s)
 
 
 @numba_twin
 def affine_sampling(x, shift, s):
-    """The sampling direction: ``y = x exp(s) + shift`` (log-det ``s``), ``exp`` as in :func:`affine_density`."""
-    return x * exp_(s) + shift
+    """The sampling direction: ``y = x exp(s) + shift`` (log-det ``s``)."""
+    return x * math.exp(s) + shift
 
 
 @numba_twin
