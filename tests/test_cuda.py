@@ -487,6 +487,38 @@ def test_transforms_become_device_functions_with_their_callees():
     assert all(type(v) is np.float32 for i, v in enumerate(st) if i != 12) and st[12] == 3     # K, an int
 
 
+@cuda_test
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vmath_functions_become_the_devices_own(dtype):
+    """vmath's CPU-only polynomials (bit tricks on the exponent) become the GPU's math.exp, math.tanh, math.log and
+    math.log1p, in the working dtype."""
+    from nflow_np.kernels import vmath
+    names = ("exp_", "tanh_", "log_", "log1p_")
+    refs = (np.exp, np.tanh, np.log, np.log1p)
+    fns = [device_mod.device_version(getattr(vmath, name)) for name in names]
+    for name, fn in zip(names, fns):
+        source = getattr(fn, "py_func", None) or fn.fn
+        assert source.__code__ is getattr(vmath, "_" + name.rstrip("_") + "_device").__code__, name
+    exp_d, tanh_d, log_d, log1p_d = fns
+
+    @cuda.jit
+    def apply(x, out):
+        i = cuda.grid(1)
+        if i < x.size:
+            out[0, i] = exp_d(x[i])
+            out[1, i] = tanh_d(x[i])
+            out[2, i] = log_d(x[i] + x[i] * x[i] + 1)      # positive arguments: math.log raises on 0 in Python
+            out[3, i] = log1p_d(x[i] * x[i])
+
+    x = np.linspace(-3, 3, 37).astype(dtype)
+    out = cuda.to_device(np.zeros((4, x.size), dtype=dtype))
+    apply[1, 64](cuda.to_device(x), out)
+    got = out.copy_to_host()
+    args = (x, x, x + x * x + 1, x * x)
+    for row, (ref, arg) in enumerate(zip(refs, args)):
+        close(got[row], ref(arg.astype(np.float64)).astype(dtype), dtype, names[row])
+
+
 # ---------------------------------------------------------------- training
 
 def two_moons(n, dtype):

@@ -121,7 +121,7 @@ def test_degree_groups_cover_every_unit_once():
 # ---------------------------------------------------------------- per-feature layers, reductions, Adam
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,d", [(1, 1), (6, 5)])
+@pytest.mark.parametrize("n,d", [(1, 1), (6, 5), (3, 37)])     # 37: vector lanes and a remainder
 def test_elementwise_twins(dtype, n, d):
     """Permutations against :class:`~nflow_np.bijectors.Permute`, ActNorm against
     :class:`~nflow_np.bijectors.ActNorm`, the normal's log-density against the standard normal's."""

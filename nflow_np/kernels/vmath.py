@@ -1,9 +1,10 @@
-"""Vectorizable ``exp`` and ``tanh`` for the compiled hot loops, float32 and float64.
+"""Vectorizable ``exp``, ``tanh``, ``log`` and ``log1p`` for the compiled hot loops, float32 and float64.
 
-Numba compiles ``math.exp`` and ``math.tanh`` inside a loop to one library call per element: the llvmlite
-wheels come without Intel's SVML, so nothing turns those calls into vector code. The functions here are
-plain arithmetic (range reduction, a polynomial, an exponent built from integer bits), with no call and no
-data-dependent branch, so LLVM vectorizes a loop that calls them (8 float32 or 4 float64 lanes with AVX2).
+Numba compiles ``math.exp``, ``math.tanh``, ``math.log`` and ``math.log1p`` inside a loop to one library call
+per element: the llvmlite wheels come without Intel's SVML, so nothing turns those calls into vector code. The
+functions here are plain arithmetic (range reduction, a polynomial, an exponent built from or read from integer
+bits), with no call and no data-dependent branch, so LLVM vectorizes a loop that calls them (8 float32 or 4
+float64 lanes with AVX2).
 
 Like :mod:`.scalar`, each function is plain Python on one scalar, compiled by Numba as a
 :func:`~nflow_np.kernels.backend.numba_twin`. The working dtype is the argument's: every constant is
@@ -11,18 +12,25 @@ Like :mod:`.scalar`, each function is plain Python on one scalar, compiled by Nu
 float32/float64 choice is a test on constants that the compiler folds away.
 
 Special values follow NumPy: NaN propagates, ``exp_(inf) = inf``, ``exp_(-inf) = 0``, ``exp_`` overflows to
-``inf`` and underflows through the subnormals to 0, ``tanh_`` saturates at +-1 and keeps the sign of -0.
+``inf`` and underflows through the subnormals to 0, ``tanh_`` saturates at +-1 and keeps the sign of -0;
+``log_(+-0) = -inf``, ``log_(inf) = inf``, ``log_`` of a negative number (``-inf`` included) is NaN, and subnormal
+arguments are exact to the exponent; ``log1p_(-1) = -inf``, ``log1p_`` below -1 is NaN, ``log1p_(inf) = inf``, and
+``log1p_(x) = x`` for ``|x| < 1e-30`` (zeros of either sign, subnormals).
 
 Error bounds (checked by ``tests/test_vmath.py`` against a long-double reference over the whole range):
 ``exp_`` and ``tanh_`` are within 2 ulp in float32 and in float64 (measured maxima over 4e6 samples: exp_ 0.89
-(float32) and 0.87 (float64) ulp, tanh_ 1.42 and 1.50 ulp).
+(float32) and 0.87 (float64) ulp, tanh_ 1.42 and 1.50 ulp); so are ``log_`` and ``log1p_`` (measured maxima over
+3e6 samples, every binade, ``python tests/measure_vmath_ulp.py``: log_ 0.80 (float32) and 0.79 (float64) ulp,
+log1p_ 0.82 and 0.80 ulp; on every float32 in [0.25, 4) for log_, in [-1, -2^-8] and [2^-8, 4) for log1p_, and
+on every 61st float32 bit pattern: 0.84 ulp for both).
 
-On a CUDA device these functions are replaced by ``math.exp``/``math.tanh``
+On a CUDA device these functions are replaced by ``math.exp``/``math.tanh``/``math.log``/``math.log1p``
 (:func:`nflow_np.kernels.cuda.device.device_version` follows ``device_twin``): the GPU's own versions are
 fast already, and the integer bit tricks below are CPU-only.
 
 The functions are compiled without ``reassoc`` (``strict_fp``): reassociation could fold the two-part
-``ln 2`` of the range reduction into one constant, or multiply the two exponent halves together first.
+``ln 2`` of the range reduction into one constant, multiply the two exponent halves together first, or cancel
+log1p's exact rounding error ``(a - (a + b)) + b`` to 0.
 """
 
 import math
@@ -31,7 +39,7 @@ import numpy as np
 
 from .backend import numba_twin
 
-__all__ = ["exp_", "tanh_"]
+__all__ = ["exp_", "tanh_", "log_", "log1p_"]
 
 
 def _strict(device=None):
@@ -50,6 +58,14 @@ def _exp_device(x):
 
 def _tanh_device(x):
     return math.tanh(x)
+
+
+def _log_device(x):
+    return math.log(x)
+
+
+def _log1p_device(x):
+    return math.log1p(x)
 
 
 # ---------------------------------------------------------------- exp
@@ -157,3 +173,101 @@ def tanh_(x):
     big = f(1.0) - f(2.0) / (exp_(f(2.0) * ax) + f(1.0))      # exp overflows to inf: big is 1
     big = np.copysign(big, x)
     return small if ax < f(0.55) else big
+
+
+# ---------------------------------------------------------------- log, log1p
+# x = 2^k m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact), s = f / (2 + f), so |s| <= 3 - 2 sqrt(2). Then
+#   log(m) = 2 atanh(s) = 2s + s R(s^2) = f - f^2/2 + s (f^2/2 + R(s^2))
+# (the last form is an identity: f - s f = 2s), and R(z) ~ z P(z), P fitted by tests/fit_vmath_log.py (a Remez
+# fit in long double of max |R - zP| over z <= 0.0295: 3 coefficients for float32, 7 for float64, a few hundredths
+# of an ulp before the rounding of the evaluation). k ln2 is added in two parts, the high one exact times k.
+
+@_strict()
+def _split32(x):
+    """``(m, k)``, ``x = 2^k m``, ``m`` in ``[sqrt(1/2), sqrt(2))``, ``k`` as float32, for a positive finite float32
+    ``x`` (subnormals included)."""
+    f = np.float32
+    sub = x < f(1.1754943508222875e-38)
+    x = x * f(8388608.0) if sub else x                       # 2^23: a subnormal becomes normal
+    # adding bits(1) - bits(sqrt(1/2)) carries into the exponent exactly when the significand is >= sqrt(2),
+    # and adding bits(sqrt(1/2)) to the low bits left makes m
+    ix = np.float32(x).view(np.int32) + np.int32(0x004afb0d)
+    k = (ix >> np.int32(23)) - np.int32(127)
+    m = np.int32((ix & np.int32(0x007fffff)) + np.int32(0x3f3504f3)).view(np.float32)
+    return m, f(k) - (f(23.0) if sub else f(0.0))
+
+
+@_strict()
+def _split64(x):
+    """``(m, k)`` for a positive finite float64 ``x``, as :func:`_split32`."""
+    f = np.float64
+    sub = x < f(2.2250738585072014e-308)
+    x = x * f(18014398509481984.0) if sub else x             # 2^54
+    ix = np.float64(x).view(np.int64) + np.int64(0x00095f619980c433)
+    k = np.int32(ix >> np.int64(52)) - np.int32(1023)        # int32: its conversion to float64 vectorizes
+    m = np.int64((ix & np.int64(0x000fffffffffffff)) + np.int64(0x3fe6a09e667f3bcd)).view(np.float64)
+    return m, f(k) - (f(54.0) if sub else f(0.0))
+
+
+@_strict()
+def _split(x):
+    """:func:`_split32` or :func:`_split64`, by the dtype of ``x``; ``(m, k)`` in that dtype."""
+    f = type(x)
+    if f(1.0) + f(1e-10) == f(1.0):             # float32 (folded at compile time)
+        m, k = _split32(np.float32(x))
+        return f(m), f(k)
+    m, k = _split64(np.float64(x))
+    return f(m), f(k)
+
+
+@_strict()
+def _log_plus(x, c):
+    """``log(x) + c`` in the dtype of ``x``, ``c`` a correction far below ``log(x)``'s ulp scale (0 for ``log``;
+    log1p's rounding error of ``1 + x``, over that sum); NumPy's values at 0, negative, infinite and NaN ``x``."""
+    f = type(x)
+    single = f(1.0) + f(1e-10) == f(1.0)
+    # the bit arithmetic on positive finite values only; the special values are chosen at the end
+    xs = x if (x > f(0.0)) & (x < f(np.inf)) else f(1.0)
+    m, k = _split(xs)
+    ln2_hi = f(0.693359375) if single else f(6.93147180369123816490e-01)
+    ln2_lo = f(-2.12194440e-4) if single else f(1.90821492927058770002e-10)
+    fm = m - f(1.0)
+    s = fm / (f(2.0) + fm)
+    z = s * s
+    if single:
+        p = f(0.29871729) * z + f(0.399775416)
+        p = p * z + f(0.666667759)
+    else:
+        p = f(0.14797978358868188) * z + f(0.15313832537647576)
+        p = p * z + f(0.1818357360389008)
+        p = p * z + f(0.22222198375469823)
+        p = p * z + f(0.28571428744574984)
+        p = p * z + f(0.39999999999403069)
+        p = p * z + f(0.66666666666667362)
+    hfsq = f(0.5) * fm * fm
+    r = k * ln2_hi + (fm - (hfsq - (s * (hfsq + z * p) + (k * ln2_lo + c))))
+    r = r if x < f(np.inf) else x               # inf, and NaN
+    r = r if x != f(0.0) else f(-np.inf)        # -0 too
+    return f(np.nan) if x < f(0.0) else r
+
+
+@_strict(_log_device)
+def log_(x):
+    """``log(x)`` in the dtype of ``x`` (float32 or float64), vectorizable; ``log(0) = -inf``, NaN below 0."""
+    f = type(x)
+    return _log_plus(x, f(0.0))
+
+
+@_strict(_log1p_device)
+def log1p_(x):
+    """``log(1 + x)`` in the dtype of ``x``, accurate for small ``|x|``: ``log(u) + e / u`` with ``u = 1 + x``
+    rounded and ``e = (1 + x) - u`` its rounding error, exact by Fast2Sum (larger operand first)."""
+    f = type(x)
+    big = x > f(1.0)                            # the larger operand first (below -1 the result is NaN anyway)
+    a = x if big else f(1.0)
+    b = f(1.0) if big else x                    # NaN: b, so u is NaN
+    u = a + b
+    e = (a - u) + b
+    c = e / u                                   # NaN or inf only where log(u) is chosen as a special value
+    r = _log_plus(u, c)
+    return x if abs(x) < f(1e-30) else r        # +-0 and the subnormals exactly (log1p(x) = x there)
