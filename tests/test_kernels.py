@@ -367,7 +367,9 @@ def test_fit_takes_the_same_steps_on_both_backends(kind):
                                           for m in flow.bijector.flatten() if hasattr(m, "running_var")]
                                          + [np.zeros(0)]),)
     (h_ref, p_ref, b_ref), (h_got, p_got, b_got) = runs["numpy"], runs["numba"]
-    np.testing.assert_allclose(b_got, b_ref, rtol=1e-9, atol=1e-12)
+    # the compiled affine steps use vmath's exp and tanh (within 2 ulp, libm's within 1): over 3 epochs the running
+    # statistics drift apart by about 1e-9 relative
+    np.testing.assert_allclose(b_got, b_ref, rtol=1e-8, atol=1e-12)
     assert h_got.steps == h_ref.steps and h_got.rejected_steps == h_ref.rejected_steps == 0
     np.testing.assert_allclose(h_got.train_loss, h_ref.train_loss, rtol=1e-9)
     np.testing.assert_allclose(h_got.val_loss, h_ref.val_loss, rtol=1e-9)

@@ -7,6 +7,9 @@ in the density direction.
 
 Parameters per element: ``(shift, raw)``; ``clamp`` 0 means ``s = raw``. A pass leaves ``s`` in place of
 ``raw``: the VJP reads it (its derivative is written through ``s``), and needs no ``tanh``.
+
+The two steps are inlined into the frames' loops over rows and computed without branches (both shift placements,
+then a choice; :mod:`..vmath`'s exp and tanh), so those loops vectorize.
 """
 
 import math
