@@ -474,9 +474,13 @@ def test_transforms_become_device_functions_with_their_callees():
     density = device_mod.device_version(affine.density)
     assert device_mod.device_version(affine.density) is density        # built once
     compiled = getattr(density, "py_func", None) or density.fn         # the GPU's dispatcher, or the simulator's
-    assert compiled.__globals__["soft_clamp"] is device_mod.device_version(scalar_ref.soft_clamp)
+    assert compiled.__globals__["_log_scale"] is device_mod.device_version(affine._log_scale)
     source = getattr(affine.density, "py_func", affine.density)
-    assert source.__globals__["soft_clamp"] is scalar_ref.soft_clamp     # the CPU's namespace is left alone
+    assert source.__globals__["_log_scale"] is affine._log_scale         # the CPU's namespace is left alone
+    sinh = transforms.module_for("sinh_arcsinh")
+    compiled = getattr(device_mod.device_version(sinh.density), "py_func", None) or \
+        device_mod.device_version(sinh.density).fn
+    assert compiled.__globals__["soft_clamp"] is device_mod.device_version(scalar_ref.soft_clamp)
     spline = transforms.module_for("spline")
     located = (getattr(device_mod.device_version(spline.density), "py_func", None)
                or device_mod.device_version(spline.density).fn)

@@ -12,11 +12,13 @@ bin (``K`` is small, and the parameters sit in cache).
 
 The ``"bounded"`` parameterization (``SplineSpec.parameterization``; flag
 ``st[13]``) is a branch of the same math, not a compiled variant of its own: a
-pass leaves the soft-clipped logits ``v = softclip(u, c_w)`` in place of the
-widths and heights, and the bin search and the VJP compute the softmax weights
-from them as they read them (the VJP also needs ``dv/du = (1 - |v| / c_w)^2``,
-which the weights alone do not give). Its widths are the plain softmax, so it
-runs with the floors 0 and the scales 1 in ``st[5], st[6], st[8], st[9]``.
+pass leaves ``e = exp(v - c_w)`` of the soft-clipped logits ``v = softclip(u,
+c_w)`` in place of the widths and heights. As ``|v| < c_w``, ``e`` lies in
+``(exp(-2 c_w), 1]``, so the softmax weights are ``e / sum(e)`` with no shift
+by the largest logit and no exponential after the pass; the VJP recovers
+``v = log(e) + c_w`` for ``dv/du = (1 - |v| / c_w)^2``, which the weights alone
+do not give. Its widths are the plain softmax, so it runs with the floors 0 and
+the scales 1 in ``st[5], st[6], st[8], st[9]``.
 
 ``st`` is ``(0, 1, 2, B, 2B, min_width, min_height, min_derivative,
 1 - min_width K, 1 - min_height K, c0, circular, K, bounded, c_w, c_d)``, the derived values
@@ -59,18 +61,12 @@ def _softclip(u, c):
 
 
 @numba_twin
-def _normalizer(p, r, base, stride, nbins):
-    """``(top, total)``: the largest of ``K`` logits and ``sum exp(v - top)``, so that the softmax weights are
-    ``exp(v - top) / total``."""
-    top = p[r, base]
+def _total(p, r, base, stride, nbins):
+    """``sum e`` over ``K`` prepared sizes of the bounded parameterization: their softmax weights are ``e / total``."""
+    total = p[r, base]
     for q in range(1, nbins):
-        v = p[r, base + q * stride]
-        if v > top:
-            top = v
-    total = top - top
-    for q in range(nbins):
-        total += math.exp(p[r, base + q * stride] - top)
-    return top, total
+        total += p[r, base + q * stride]
+    return total
 
 
 @numba_twin
@@ -112,12 +108,12 @@ def _softmax(p, r, base, stride, nbins):
 @numba_twin
 def _prepare(p, r, base, stride, st):
     """The element's widths and heights as softmax weights, in place (the derivatives stay raw); with the
-    bounded parameterization, as their soft-clipped logits."""
+    bounded parameterization, as ``exp(softclip(u) - c_w)``, their unnormalized weights."""
     nbins = st[12]
     if st[13] > st[0]:
         c = st[14]
         for q in range(2 * nbins):
-            p[r, base + q * stride] = _softclip(p[r, base + q * stride], c)
+            p[r, base + q * stride] = math.exp(_softclip(p[r, base + q * stride], c) - c)
         return
     _softmax(p, r, base, stride, nbins)
     _softmax(p, r, base + nbins * stride, stride, nbins)
@@ -156,13 +152,11 @@ def _locate(v, p, r, base, stride, st, inverse):
     zero, one, bound, two_bound, mw, mh, sw, sh, nbins = st[0], st[1], st[3], st[4], st[5], st[6], st[8], st[9], st[12]
     bh = base + nbins * stride
     bounded = st[13] > zero
-    top_w = zero
-    top_h = zero
-    total_w = one
-    total_h = one
-    if bounded:          # p holds the clipped logits: their softmax weights as they are read
-        top_w, total_w = _normalizer(p, r, base, stride, nbins)
-        top_h, total_h = _normalizer(p, r, bh, stride, nbins)
+    inv_w = one
+    inv_h = one
+    if bounded:          # p holds the unnormalized weights: normalized as they are read
+        inv_w = one / _total(p, r, base, stride, nbins)
+        inv_h = one / _total(p, r, bh, stride, nbins)
     cx = zero
     cy = zero
     x0 = -bound
@@ -175,8 +169,8 @@ def _locate(v, p, r, base, stride, st, inverse):
         pw = p[r, base + q * stride]
         ph = p[r, bh + q * stride]
         if bounded:
-            pw = math.exp(pw - top_w) / total_w
-            ph = math.exp(ph - top_h) / total_h
+            pw = pw * inv_w
+            ph = ph * inv_h
         cx += mw + sw * pw
         cy += mh + sh * ph
         if q + 1 == nbins:
@@ -241,15 +235,14 @@ def _solve(dist, h, s, da, db, zero, two):
 @numba_twin
 def _softmax_backward(p, gp, r, base, stride, nbins, k, g_left, g_right, scale, st):
     """From the gradients of bin ``k``'s two knots to those of the ``K`` unnormalized sizes (into ``gp``);
-    ``p`` holds their softmax weights, or (bounded) their clipped logits ``v``, whose weights are recomputed and
-    whose clip is chained through ``dv/du = (1 - |v| / c_w)^2``."""
+    ``p`` holds their softmax weights, or (bounded) their unnormalized weights ``e = exp(v - c_w)``, normalized
+    here, with the clip chained through ``dv/du = (1 - |v| / c_w)^2``, ``v = log(e) + c_w``."""
     zero, one, two_bound = st[0], st[1], st[4]
     bounded = st[13] > zero
     c = st[14]
-    top = zero
-    total = one
+    inv = one
     if bounded:
-        top, total = _normalizer(p, r, base, stride, nbins)
+        inv = one / _total(p, r, base, stride, nbins)
     if k < 1:
         g_left = zero              # x_0 = -B is fixed
     if k + 1 > nbins - 1:
@@ -261,22 +254,19 @@ def _softmax_backward(p, gp, r, base, stride, nbins, k, g_left, g_right, scale, 
             g += g_left
         if i <= k:
             g += g_right
-        w = p[r, base + i * stride]
-        if bounded:
-            w = math.exp(w - top) / total
-        mean += w * g
+        mean += p[r, base + i * stride] * inv * g
     for i in range(nbins):
         g = zero
         if i < k:
             g += g_left
         if i <= k:
             g += g_right
-        v = p[r, base + i * stride]
+        e = p[r, base + i * stride]
         if bounded:
-            a = one - abs(v) / c
-            gp[r, base + i * stride] = scale * (math.exp(v - top) / total) * two_bound * (g - mean) * (a * a)
+            a = one - abs(math.log(e) + c) / c
+            gp[r, base + i * stride] = scale * (e * inv) * two_bound * (g - mean) * (a * a)
         else:
-            gp[r, base + i * stride] = scale * v * two_bound * (g - mean)
+            gp[r, base + i * stride] = scale * e * two_bound * (g - mean)
 
 
 @numba_twin
