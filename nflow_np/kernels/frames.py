@@ -27,11 +27,12 @@ import types
 
 import numpy as np
 
-from .entries import _block, _caches, _row, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, mlp_backward_at, \
-    mlp_forward_at
+from .entries import _block, _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, _row, \
+    mlp_backward_at, mlp_forward_at
 from .mlp import activate_values
 from .residual import RESIDUAL
-from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_G0, W_G1, W_GCOND, W_GNET, W_ROW
+from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_G0, W_G1, W_GCOND, \
+    W_GNET, W_ROW
 
 __all__ = ["FRAMES", "specialize"]
 
