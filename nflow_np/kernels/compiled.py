@@ -146,6 +146,7 @@ def log_prob_rows(table, meta, clamps, theta, x, ctx, out, w, chunk, start, stop
         _load_rows(ctx, first, m, w, layout[W_CTX], layout[W_CTXW])
         ld = _row(w, m, layout[W_LD])
         ld[:] = 0.0
+        # theta as gtheta: no backward pass follows, which the frames read as leave to keep no caches
         _run(table, DENSITY, meta, clamps, theta, theta, w, m, d)
         for i in range(m):
             out[first + i] = ld[i]
@@ -164,7 +165,7 @@ def sample_rows(table, meta, clamps, theta, z, ctx, x, log_prob, w, chunk, start
         _load_rows(ctx, first, m, w, layout[W_CTX], layout[W_CTXW])
         ld = _row(w, m, layout[W_LD])
         ld[:] = 0.0
-        _run(table, SAMPLING, meta, clamps, theta, theta, w, m, d)
+        _run(table, SAMPLING, meta, clamps, theta, theta, w, m, d)      # theta as gtheta: as in log_prob_rows
         z0 = _block(w, m, layout[W_Z], d)
         for i in range(m):
             for j in range(d):

@@ -64,27 +64,106 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
     for i in range(n):
         for j in range(a.size):
             cond[i, j] = zin[i, a[j]]
-    mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
-    nb = b.size
-    step, stride = _layout(f, nb)
-    for i in range(n):
+    step, stride = _layout(f, b.size)
+    net_t = _by_unit(w, n, layout[W_GNET], widths[widths.size - 1])
+    # scoring and sampling (no gradient follows: the runner passes theta as gtheta) keep no caches, so a small
+    # plain network runs by unit, down the rows, straight into the transposed output the steps read
+    if theta.ctypes.data == gtheta.ctypes.data and f[F_ACT] < RESIDUAL and _small_network(widths):
+        cond_t = _by_unit(w, n, layout[W_GCOND], cond.shape[1])
+        _transpose(cond, cond_t)
+        _forward_by_unit(theta, f[F_THETA], widths, f[F_ACT], cond_t, hid, net_t)
+        _copy_columns(cond, a, zout)
+        STEPS(zin, zout, ld, net_t, b, step, stride, layout, w, st)  # noqa: F821
+        return
+    mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
+    _copy_columns(cond, a, zout)
+    _transpose(net, net_t)
+    STEPS(zin, zout, ld, net_t, b, step, stride, layout, w, st)  # noqa: F821
+    _transpose(net_t, net)      # the steps leave values there for the VJP
+
+
+# a network whose every product has at most this many weights runs by unit when scoring and sampling
+SMALL_NETWORK = 1024
+
+
+@_jit
+def _small_network(widths):
+    for k in range(widths.size - 1):
+        if widths[k] * widths[k + 1] > SMALL_NETWORK:
+            return False
+    return True
+
+
+@_jit
+def _by_unit(w, n, offset, width):
+    """A workspace block of ``width`` values per row, laid out by unit: ``(width, n)``."""
+    return w[n * offset:n * (offset + width)].reshape((width, n))
+
+
+@_jit
+def _transpose(src, dst):
+    """``dst = src.T`` for C-contiguous blocks."""
+    rows, cols = src.shape
+    for c in range(cols):
+        for i in range(rows):
+            dst[c, i] = src[i, c]
+
+
+@_jit
+def _copy_columns(cond, a, zout):
+    """The conditioning coordinates pass through: ``zout[:, a] = cond[:, :a.size]``."""
+    for i in range(cond.shape[0]):
         for j in range(a.size):
             zout[i, a[j]] = cond[i, j]
-    COLUMNS(zin, zout, ld, net, b, step, stride, st, layout, w, n)  # noqa: F821
 
 
-def columns(zin, zout, ld, net, b, step, stride, st, layout, w, n):
+@_jit
+def _forward_by_unit(theta, off, widths, act, inp_t, hid, out_t):
+    """The MLP on inputs laid out by unit (``inp_t``: ``(widths[0], n)``), every layer likewise, into ``out_t``:
+    each unit is a sum of scaled rows, ``W[0, u] x_0 + W[1, u] x_1 + ...``, then its bias, the order of
+    :func:`~.mlp.mlp_forward_numba`, with every inner loop running down the rows (so it vectorizes however
+    narrow the layer). ``hid`` holds the hidden layers by unit: not the cache a backward pass reads."""
+    n = inp_t.shape[1]
+    n_layers = widths.size - 1
+    p = off
+    hp = 0
+    src = inp_t
+    for layer in range(n_layers):
+        fi = widths[layer]
+        fo = widths[layer + 1]
+        if layer == n_layers - 1:
+            dst = out_t
+        else:
+            dst = hid[hp:hp + n * fo].reshape((fo, n))
+            hp += n * fo
+        for u in range(fo):
+            row = dst[u]
+            w0 = theta[p + u]
+            s0 = src[0]
+            for i in range(n):
+                row[i] = w0 * s0[i]
+            for q in range(1, fi):
+                wq = theta[p + q * fo + u]
+                sq = src[q]
+                for i in range(n):
+                    row[i] += wq * sq[i]
+            bu = theta[p + fi * fo + u]
+            for i in range(n):
+                row[i] += bu
+            if layer < n_layers - 1:
+                activate_values(row, act)
+        p += fi * fo + fo
+        src = dst
+
+
+def steps(zin, zout, ld, net_t, b, step, stride, layout, w, st):
     """``zout[:, b[j]], ld += STEP(zin[:, b[j]], ...)`` for every transformed coordinate ``j``, running down the
     rows one coordinate at a time on contiguous columns, so that the loop over rows vectorizes: the network output
-    transposed into the gradient block (free during a forward pass) and read through its transpose (row ``i``,
-    column ``c`` at ``c * n + i``), the coordinate's values and results in ``G0`` and ``G1``. The output is copied
-    back afterwards: a transform leaves values there for its VJP."""
-    width = net.shape[1]
-    net_t = w[n * layout[W_GNET]:n * (layout[W_GNET] + width)].reshape((width, n))
-    for c in range(width):
-        for i in range(n):
-            net_t[c, i] = net[i, c]
+    laid out by unit (``net_t``, in the gradient block, which a forward pass leaves free) is read through its
+    transpose (row ``i``, column ``c`` at ``c * n + i``), and the coordinate's values and results sit in ``G0``
+    and ``G1``."""
+    n = net_t.shape[1]
     p = net_t.T
     vcol = _row(w, n, layout[W_G0])
     ocol = _row(w, n, layout[W_G1])
@@ -99,9 +178,6 @@ def columns(zin, zout, ld, net, b, step, stride, st, layout, w, n):
             ld[i] += l
         for i in range(n):
             zout[i, bj] = ocol[i]
-    for i in range(n):
-        for c in range(width):
-            net[i, c] = net_t[c, i]
 
 
 def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
@@ -134,7 +210,10 @@ def autoregressive_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, lay
     mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], zin, hid, net)
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     # a MADE emits feature j's parameters at columns j, j + d, ...: coordinate j of d, base j, stride d
-    COLUMNS(zin, zout, ld, net, np.arange(d), 1, d, st, layout, w, n)  # noqa: F821
+    net_t = _by_unit(w, n, layout[W_GNET], net.shape[1])
+    _transpose(net, net_t)
+    STEPS(zin, zout, ld, net_t, np.arange(d), 1, d, layout, w, st)  # noqa: F821
+    _transpose(net_t, net)      # the steps leave values there for the VJP
 
 
 def autoregressive_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
@@ -284,7 +363,7 @@ def specialize(frame, pass_, transform_name, module):
     name = f"{frame}_{('density', 'sampling', 'backward')[pass_]}__{transform_name}"
     if template is coupling_pass or template is autoregressive_density:
         # the loop over rows, compiled on its own (small enough for LLVM to vectorize) with the step bound
-        bound["COLUMNS"] = _jit(_copy(columns, dict(bound), f"columns_{name}"))
+        bound["STEPS"] = _jit(_copy(steps, dict(bound), f"steps_{name}"))
     return _copy(template, bound, name)
 
 
