@@ -146,7 +146,7 @@ def log_prob_rows(table, meta, clamps, theta, x, ctx, out, w, chunk, start, stop
         _load_rows(ctx, first, m, w, layout[W_CTX], layout[W_CTXW])
         ld = _row(w, m, layout[W_LD])
         ld[:] = 0.0
-        # theta as gtheta: no backward pass follows, which the frames read as leave to keep no caches
+        # theta as gtheta: no backward pass follows, so the frames keep no caches (frames._scoring)
         _run(table, DENSITY, meta, clamps, theta, theta, w, m, d)
         for i in range(m):
             out[first + i] = ld[i]

@@ -67,9 +67,10 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     step, stride = _layout(f, b.size)
     net_t = _by_unit(w, n, layout[W_GNET], widths[widths.size - 1])
-    # scoring and sampling (no gradient follows: the runner passes theta as gtheta) keep no caches, so a small
-    # plain network runs by unit, down the rows, straight into the transposed output the steps read
-    if theta.ctypes.data == gtheta.ctypes.data and f[F_ACT] < RESIDUAL and _small_network(widths):
+    scoring = _scoring(theta, gtheta)
+    # scoring and sampling keep no caches, so a small plain network runs by unit, down the rows, straight into the
+    # transposed output the steps read
+    if scoring and f[F_ACT] < RESIDUAL and _small_network(widths):
         cond_t = _by_unit(w, n, layout[W_GCOND], cond.shape[1])
         _transpose(cond, cond_t)
         _forward_by_unit(theta, f[F_THETA], widths, f[F_ACT], cond_t, hid, net_t)
@@ -80,7 +81,15 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
     _copy_columns(cond, a, zout)
     _transpose(net, net_t)
     STEPS(zin, zout, ld, net_t, b, step, stride, layout, w, st)  # noqa: F821
-    _transpose(net_t, net)      # the steps leave values there for the VJP
+    if not scoring:
+        _transpose(net_t, net)      # the steps leave values there for the VJP
+
+
+@_jit
+def _scoring(theta, gtheta):
+    """Whether this pass scores or samples, with no backward pass to follow: the runner's loops then pass theta as
+    gtheta (:func:`~.compiled.log_prob_rows`, :func:`~.compiled.sample_rows`)."""
+    return theta.ctypes.data == gtheta.ctypes.data
 
 
 # a network whose every product has at most this many weights runs by unit when scoring and sampling
@@ -213,7 +222,8 @@ def autoregressive_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, lay
     net_t = _by_unit(w, n, layout[W_GNET], net.shape[1])
     _transpose(net, net_t)
     STEPS(zin, zout, ld, net_t, np.arange(d), 1, d, layout, w, st)  # noqa: F821
-    _transpose(net_t, net)      # the steps leave values there for the VJP
+    if not _scoring(theta, gtheta):
+        _transpose(net_t, net)      # the steps leave values there for the VJP
 
 
 def autoregressive_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):
