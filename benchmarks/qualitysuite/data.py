@@ -63,8 +63,8 @@ def toy(name, n_train, n_val, n_test, seed=0):
 def teacher_flow(dim, seed=0, layers=4, scale=0.07):
     """A spline coupling flow with random (non-identity) conditioners and random permutations between layers.
 
-    Everything random is drawn here, from its own seed, so the teacher does not change when the library's
-    initialization does."""
+    Everything random is drawn here, from its own seed, and the spline's parameterization is named, so the
+    teacher does not change when the library's initialization or defaults do."""
     from nflow_np.bijectors import Chain, Permute, SplineCoupling
     from nflow_np.bijectors.coupling import alternating_mask
     from nflow_np.distributions import MultivariateNormalDiag, TransformedDistribution
@@ -73,7 +73,8 @@ def teacher_flow(dim, seed=0, layers=4, scale=0.07):
     for i in range(layers):
         if i:
             stages.append(Permute(rng.permutation(dim)))
-        stages.append(SplineCoupling(alternating_mask(dim, i % 2), (32, 32), "relu", bins=8, bound=5.0, rng=0))
+        stages.append(SplineCoupling(alternating_mask(dim, i % 2), (32, 32), "relu", bins=8, bound=5.0, rng=0,
+                                     parameterization="softplus"))
     flow = TransformedDistribution(MultivariateNormalDiag(np.zeros(dim), np.ones(dim)), Chain(stages[::-1]))
     for name, value in flow.parameters():
         # every array drawn afresh, the output layers at ``scale``: 0.07 gives densities 0.2-0.6 nats per
