@@ -118,6 +118,45 @@ def test_degree_groups_cover_every_unit_once():
         at += d + 1 + width
 
 
+@pytest.mark.parametrize("d,hidden,per_feature", [(5, (7, 3), 2), (4, (16,), 3), (1, (4, 4), 2), (6, (), 2),
+                                                  (3, (2, 9, 5), 5)])
+def test_made_pack_index_packs_every_unmasked_weight_once(d, hidden, per_feature):
+    """MADE sampling multiplies packed blocks by prefixes of the layer below: the blocks must hold every unmasked
+    weight that can reach an output exactly once and no masked one, so each block product is the masked product restricted to its units."""
+    from nflow_np.nn.mlp import MaskedMLP
+
+    order = np.random.default_rng(d).permutation(d)
+    net = MaskedMLP(d, hidden, out_per_feature=per_feature, order=order, rng=0)
+    widths = (d,) + tuple(hidden) + (per_feature * d,)
+    off = 11                                     # the network's parameters start after someone else's
+    # a hidden unit of degree d (only when d == 1) feeds no output, and sampling leaves it out
+    feeds = [m * (deg < d) for m, deg in zip(net.masks, net.degrees[1:])] + net.masks[len(hidden):]
+    allowed = np.concatenate([np.zeros(off)] + [part for m in feeds for part in (m.ravel(), np.zeros(m.shape[1]))])
+    groups = plan.degree_groups(net.degrees, d)
+    index, block = plan.made_pack_index(off, widths, groups, np.argsort(order), d)
+    assert index.size == np.unique(index).size, "a weight packed twice"
+    assert np.all(allowed[index] == 1), "a masked weight packed"
+    assert sorted(index.tolist()) == np.flatnonzero(allowed).tolist(), "an unmasked weight left out"
+    assert 0 < block <= max(widths[i] * widths[i + 1] for i in range(len(widths) - 1)) or index.size == 0
+
+
+def test_made_sampling_runs_chunks_in_parallel():
+    """A MADE's sampling pass multiplies weight blocks small enough for OpenBLAS to keep on the calling thread, so
+    its chunks run on all threads at once even where its density pass (whole weight matrices) leaves threading to
+    BLAS."""
+    flow = perturbed(flows.MAF(8, n_layers=2, hidden=(64, 64), rng=0, dtype=np.float32))
+    program = plan.Program(flow)
+    assert not program.parallel_chunks
+    assert program.parallel_sampling
+    n = 8 * plan.CHUNK + 77                     # enough rows for two threads, and a short last chunk
+    s_ref, lp_ref = flow.sample_and_log_prob(n, rng=5, backend="numpy")
+    s_got, lp_got = flow.sample_and_log_prob(n, rng=5, backend="numba")
+    np.testing.assert_allclose(s_got, s_ref, **tol(np.float32))
+    np.testing.assert_allclose(lp_got, lp_ref, **tol(np.float32))
+    assert plan.Program(flows.RealNVP(8, n_layers=2, hidden=(64, 64), rng=0, dtype=np.float32)).parallel_sampling \
+        is False
+
+
 # ---------------------------------------------------------------- per-feature layers, reductions, Adam
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -250,6 +289,7 @@ FLOWS = {
     "nice": lambda dt: flows.NICE(3, hidden=(6,), activation="tanh", rng=0, dtype=dt),
     "maf": lambda dt: flows.MAF(5, n_layers=3, hidden=(9, 11), rng=0, dtype=dt),
     "maf-1d": lambda dt: flows.MAF(1, n_layers=2, hidden=(4,), act_norm=True, rng=0, dtype=dt),
+    "maf-linear": lambda dt: flows.MAF(4, n_layers=2, hidden=(), rng=0, dtype=dt),
     "realnvp-bn": lambda dt: flows.RealNVP(3, n_layers=3, hidden=(6,), batch_norm=True, rng=0, dtype=dt),
     "maf-bn": lambda dt: flows.MAF(4, n_layers=2, hidden=(5,), batch_norm=True, rng=0, dtype=dt),
     "nsf": lambda dt: flows.NSF(4, n_layers=3, bins=6, bound=3.0, hidden=(9,), permute="random", act_norm=True,

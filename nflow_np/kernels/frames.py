@@ -29,10 +29,10 @@ import numpy as np
 
 from .entries import _block, _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, _row, \
     mlp_backward_at, mlp_forward_at
-from .mlp import activate_values
+from .mlp import _mm_numba, activate_values
 from .residual import RESIDUAL
-from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PARAMS, F_THETA, W_D1, W_D2, W_G0, W_G1, W_GCOND, \
-    W_GNET, W_ROW
+from .program import F_A, F_ACT, F_B, F_CONSTS, F_FLAG, F_GROUPS, F_PACK, F_PARAMS, F_THETA, W_D1, W_D2, W_G0, \
+    W_G1, W_GCOND, W_GNET, W_ROW
 
 __all__ = ["FRAMES", "specialize"]
 
@@ -252,20 +252,22 @@ def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
     final: step ``k`` finishes them in each layer, then reads the ``P`` outputs
     of the order-``k`` coordinate. The whole loop costs one network pass instead
     of ``d`` (less: it skips the masked weights). Activations are kept
-    transposed, one contiguous row of ``n`` values per unit, so that the inner
-    loops run over the chunk's rows. ``groups`` lists each hidden layer's units
-    sorted by degree with CSR-style offsets (:func:`~.plan.degree_groups`);
-    the transposed weights go to the workspace's constant part.
+    transposed, one contiguous row of ``n`` values per unit, each layer's units
+    sorted by degree (``groups``, :func:`~.plan.degree_groups`) and the
+    coordinates in generation order, so that a unit of degree ``k`` reads a prefix
+    of the layer below: each step's group of units is one dense product
+    (:func:`~.mlp._mm_numba`, BLAS when large) of a weight block, packed by
+    :func:`~.plan.made_pack_index` into theta at ``F_PACK``, and that prefix.
     """
     fields, idata, layout, clamps, theta, gtheta, w = _frame(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size)
     x, y, ld = _pass_arrays(1, layout, w, layer, n, d)
     f = fields[layer]
     widths, cond, hid, net = _caches(f, idata, w, n)
     generation = _ints(idata, f[F_B])
+    st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     if f[F_ACT] >= RESIDUAL:
         # a residual MADE: its skip connections mix a unit's degree group with the layers before, so no unit is
         # final early; d network passes over the partly filled y, each fixing the next coordinate
-        st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
         y[:, :] = 0.0
         for k in range(d):
             i = generation[k]
@@ -276,83 +278,70 @@ def autoregressive_sampling(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
                 ld[r] += l
         return
     groups = idata[f[F_GROUPS]:]
-    scratch = w[n * layout[W_ROW]:]
-    act = f[F_ACT]
-    st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
+    packed = theta[f[F_PACK]:]
     n_hidden = widths.size - 2
-    last = widths.size - 2
     n_out = widths[widths.size - 1] // d
-    # transposed weights (one row per unit) and the parameter offsets of each layer
-    woff = np.empty(widths.size - 1, np.int64)
-    toff = np.empty(widths.size - 1, np.int64)
+    boff = np.empty(widths.size - 1, np.int64)     # each layer's bias offset in theta
+    hoff = np.zeros(n_hidden + 1, np.int64)         # each hidden layer's first unit in hid
+    goff = np.zeros(n_hidden + 1, np.int64)         # each hidden layer's entry in groups
     p = f[F_THETA]
-    t = 0
     for lyr in range(widths.size - 1):
-        fi = widths[lyr]
-        fo = widths[lyr + 1]
-        woff[lyr] = p
-        toff[lyr] = t
-        for u in range(fi):
-            for v in range(fo):
-                scratch[t + v * fi + u] = theta[p + u * fo + v]
-        p += fi * fo + fo
-        t += fi * fo
-    y_t = net.reshape(net.size)[:d * n].reshape((d, n))
-    y_t[:, :] = 0.0
-    hoff = np.zeros(n_hidden + 1, np.int64)
+        boff[lyr] = p + widths[lyr] * widths[lyr + 1]
+        p = boff[lyr] + widths[lyr + 1]
     for lyr in range(n_hidden):
         hoff[lyr + 1] = hoff[lyr] + widths[lyr + 1]
-    hid[:n * hoff[n_hidden]] = 0.0
-    goff = np.zeros(n_hidden + 1, np.int64)
-    for lyr in range(n_hidden):
         goff[lyr + 1] = goff[lyr] + d + 1 + widths[lyr + 1]
+    y_g = net.reshape(net.size)[:d * n].reshape((d, n))     # row k: the coordinate of order k
     out = np.empty((n_out, n), dtype=x.dtype)
-    xcol = _row(w, n, layout[W_G0])
-    # the transform reads row r's parameter q at out[q, r]: one row of the flat buffer, base r, stride n
-    params = out.reshape((1, n_out * n))
+    t = 0
     for k in range(d):
-        # the hidden units of degree k see only coordinates of order < k, all final by now
-        for lyr in range(n_hidden):
-            fi = widths[lyr]
-            fo = widths[lyr + 1]
-            prev = y_t if lyr == 0 else hid[n * hoff[lyr - 1]:n * hoff[lyr]].reshape((fi, n))
-            cur = hid[n * hoff[lyr]:n * hoff[lyr + 1]].reshape((fo, n))
-            g = goff[lyr]
-            for at in range(groups[g + k], groups[g + k + 1]):
-                u = groups[g + d + 1 + at]
-                row = cur[u]
-                row[:] = theta[woff[lyr] + fi * fo + u]
-                for q in range(fi):
-                    wv = scratch[toff[lyr] + u * fi + q]
-                    if wv != 0.0:    # masked connections are exact zeros: skip them
-                        src = prev[q]
-                        for r in range(n):
-                            row[r] += wv * src[r]
-                activate_values(row, act)
-        i = generation[k]
-        fi = widths[last]
-        fo = widths[last + 1]
-        feats = y_t if n_hidden == 0 else hid[n * hoff[n_hidden - 1]:n * hoff[n_hidden]].reshape((fi, n))
-        for q_out in range(n_out):
-            unit = i + q_out * d
-            acc = out[q_out]
-            acc[:] = theta[woff[last] + fi * fo + unit]
-            for q in range(fi):
-                wv = scratch[toff[last] + unit * fi + q]
-                if wv != 0.0:
-                    src = feats[q]
-                    for r in range(n):
-                        acc[r] += wv * src[r]
-        # down the rows on contiguous columns (x's column copied to G0, free in a sampling pass), so it vectorizes
-        for r in range(n):
-            xcol[r] = x[r, i]
-        yrow = y_t[i]
-        for r in range(n):
-            value, l = STEP(xcol[r], params, 0, r, n, st)  # noqa: F821
-            yrow[r] = value
-            ld[r] += l
-        for r in range(n):
-            y[r, i] = yrow[r]
+        for lyr in range(n_hidden + 1):
+            c = groups[goff[lyr - 1] + k + 1] if lyr > 0 else k      # the inputs' prefix (made_pack_index)
+            prev = y_g if lyr == 0 else _by_unit(hid, n, hoff[lyr - 1], widths[lyr])
+            lo = 0
+            if lyr < n_hidden:
+                lo = groups[goff[lyr] + k]
+                hi = groups[goff[lyr] + k + 1]
+                cur = _by_unit(hid, n, hoff[lyr] + lo, hi - lo)
+            else:
+                cur = out
+            t = _group_product(packed, t, c, prev, cur)
+            for s in range(cur.shape[0]):
+                if lyr < n_hidden:
+                    unit = groups[goff[lyr] + d + 1 + lo + s]
+                else:
+                    unit = generation[k] + s * d
+                row = cur[s]
+                bias = theta[boff[lyr] + unit]
+                for r in range(n):
+                    row[r] += bias
+                if lyr < n_hidden:
+                    activate_values(row, f[F_ACT])
+        # the order-k coordinate's step down the rows (its parameters: out[q, r]), then its values as row k
+        STEPS(x, y, ld, out, generation[k:k + 1], 1, 1, layout, w, st)  # noqa: F821
+        _copy_column(y, generation[k], y_g[k])
+
+
+@_jit
+def _copy_column(a, j, dst):
+    for r in range(dst.size):
+        dst[r] = a[r, j]
+
+
+@_jit
+def _group_product(packed, t, c, prev, cur):
+    """``cur = block @ prev[:c]``, the block of ``cur``'s rows by ``c`` packed at ``packed[t:]``; returns the next
+    block's offset. With no inputs (``c == 0``) the product is zero."""
+    rows, n = cur.shape
+    if rows == 0:
+        return t
+    if c == 0:
+        cur[:, :] = 0.0
+        return t
+    block = packed[t:t + rows * c].reshape((rows, c))
+    inputs = prev.reshape(prev.size)[:c * n].reshape((c, n))
+    _mm_numba(block, inputs, cur)
+    return t + rows * c
 
 
 # frame -> its entries in the order of the passes (density, sampling, backward), each with the transform
@@ -371,7 +360,7 @@ def specialize(frame, pass_, transform_name, module):
     if step is not None:
         bound["STEP"] = getattr(module, step)
     name = f"{frame}_{('density', 'sampling', 'backward')[pass_]}__{transform_name}"
-    if template is coupling_pass or template is autoregressive_density:
+    if template is not coupling_backward and template is not autoregressive_backward:
         # the loop over rows, compiled on its own (small enough for LLVM to vectorize) with the step bound
         bound["STEPS"] = _jit(_copy(steps, dict(bound), f"steps_{name}"))
     return _copy(template, bound, name)

@@ -28,13 +28,47 @@ CHUNK = 256
 SPARE_SIZES = 4
 SPARE_BYTES = 32 << 20
 # Up to this many multiply-adds per product, OpenBLAS runs a product on the calling thread, so
-# chunks can run on all threads at once; above it BLAS spreads each product over its own threads.
-BLAS_SINGLE_THREAD = 65536
+# chunks can run on all threads at once; above it BLAS spreads each product over its own threads
+# (OpenBLAS 0.3.31's sgemm: 10x64x256 and 16x64x256 take the same time on 1 and 2 threads, 64x64x256 not).
+BLAS_SINGLE_THREAD = 262144
 
 
-def weights_size(widths):
-    """Entries of a network's weight matrices: the autoregressive sampling entry keeps them transposed."""
-    return int(sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)))
+def made_pack_index(off, widths, groups, generation, d):
+    """Where in theta each packed weight of a MADE comes from, in the order its sampling entry reads them.
+
+    The sampling entry (:func:`~.frames.autoregressive_sampling`) keeps each
+    hidden layer's units sorted by degree (``groups``, :func:`degree_groups`) and
+    the coordinates in generation order. A unit of degree ``k`` then reads a
+    prefix of the layer below: the coordinates of order ``< k`` (first layer), or
+    the units of degree ``<= k``; so do the outputs of the order-``k`` coordinate.
+    For step ``k``, each hidden layer's units of degree ``k``, then the order-``k``
+    coordinate's outputs, get one row-major block (a row per unit, a column per
+    input of that prefix). Every weight in a block is unmasked, and every unmasked
+    weight is in a block, so a block times its prefix is the masked product.
+    Returns the indices and the largest block's size.
+    """
+    n_hidden = len(widths) - 2
+    n_out = widths[-1] // d
+    woff = np.cumsum([off] + [widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1)])
+    goff = np.cumsum([0] + [d + 1 + widths[i + 1] for i in range(n_hidden)])
+
+    def sorted_units(lyr):
+        return groups[goff[lyr] + d + 1:goff[lyr] + d + 1 + widths[lyr + 1]]
+
+    parts, block = [], 0
+    for k in range(d):
+        for lyr in range(n_hidden + 1):
+            if lyr == 0:
+                inputs = np.asarray(generation[:k])
+            else:
+                inputs = sorted_units(lyr - 1)[:groups[goff[lyr - 1] + k + 1]]
+            if lyr < n_hidden:
+                units = sorted_units(lyr)[groups[goff[lyr] + k]:groups[goff[lyr] + k + 1]]
+            else:
+                units = generation[k] + d * np.arange(n_out)
+            parts.append((woff[lyr] + inputs[None, :] * widths[lyr + 1] + units[:, None]).ravel())
+            block = max(block, parts[-1].size)
+    return np.concatenate(parts).astype(np.int64), block
 
 
 def network_code(net):
@@ -100,7 +134,10 @@ class Program:
         self.transforms = []   # each layer's transform name (None: not a frame)
         self.actnorms = []     # each ActNorm's state: compiled calls wait until it has seen data
         cache = [0]            # per-row cache floats so far
-        widest = {"net": 1, "cond": 1, "hidden": 1, "maf_scratch": 0, "weights": 1}
+        # "weights": the largest product per row of any pass; "sampling": of the sampling pass, where a MADE
+        # multiplies blocks of its weights (made_pack_index)
+        widest = {"net": 1, "cond": 1, "hidden": 1, "weights": 1, "sampling": 1}
+        made = []              # (layer index, parameter offset, widths, degree groups, generation) of each MADE
 
         def ints(values):
             off = len(idata)
@@ -129,6 +166,9 @@ class Program:
             widest["hidden"] = max([widest["hidden"]] + list(net.hidden))
             widest["net"] = max(widest["net"], widths[-1])
             widest["weights"] = max([widest["weights"]] + [widths[i] * widths[i + 1] for i in range(len(widths) - 1)])
+            if net.masks is None or net.residual:
+                widest["sampling"] = max([widest["sampling"]] + [widths[i] * widths[i + 1]
+                                                                 for i in range(len(widths) - 1)])
             return off, widths
 
         for b in self.layers:
@@ -157,8 +197,10 @@ class Program:
             elif isinstance(spec, specs.AutoregressiveSpec):
                 f[prog.F_A], f[prog.F_B] = ints([]), ints(spec.generation)
                 f[prog.F_GROUPS] = len(idata)
-                idata.extend(degree_groups(spec.net.degrees, d).tolist())
-                widest["maf_scratch"] = max(widest["maf_scratch"], weights_size(widths))
+                groups = degree_groups(spec.net.degrees, d)
+                idata.extend(groups.tolist())
+                if not spec.net.residual:
+                    made.append((len(ops), f[prog.F_THETA], widths, groups, np.asarray(spec.generation)))
                 widest["cond"] = max(widest["cond"], d)     # the backward keeps its direct gradients there
                 cache[0] += hidden_size(widths) + widths[-1]
                 op = prog.OP_AUTOREGRESSIVE
@@ -217,6 +259,16 @@ class Program:
                                  for v in arr.astype(self.dtype)]
             self.constants += [(base_at + k, value) for k, value in enumerate(values)]
             pmask.extend([1.0] * len(values))
+        # last, each MADE's weights packed by degree, gathered from the effective parameters by a sampling call
+        pack = []
+        for layer, off, widths, groups, generation in made:
+            self.fields[layer, prog.F_PACK] = len(pmask) + sum(p.size for p in pack)
+            index, block = made_pack_index(off, widths, groups, generation, d)
+            pack.append(index)
+            widest["sampling"] = max(widest["sampling"], block)
+        self._pack_src = np.concatenate(pack) if pack else np.zeros(0, np.int64)
+        self._pack_at = len(pmask)
+        pmask.extend([1.0] * self._pack_src.size)
         self.size = len(pmask)
         self.pmask = np.array(pmask, dtype=self.dtype)
         n_layers = len(ops)
@@ -229,10 +281,11 @@ class Program:
         caches_at = row
         row += cache[0]
         self.fields[:, prog.F_CACHE] += caches_at
-        layout = [offsets[k] for k in range(prog.W_ROW)] + [row, widest["maf_scratch"], self.n_params,
+        layout = [offsets[k] for k in range(prog.W_ROW)] + [row, self.n_params,
                                                              offsets[prog.W_CTX], c, self.base_kind, base_at]
         self.layout = np.array(layout, dtype=np.int64)
         self.parallel_chunks = CHUNK * widest["weights"] <= BLAS_SINGLE_THREAD
+        self.parallel_sampling = CHUNK * widest["sampling"] <= BLAS_SINGLE_THREAD
         # each slot's name in flow.parameters(), so gradients come back keyed like the optimizer's arrays
         by_id = {id(arr): name for name, arr in flow.parameters()}
         self.names = [by_id[id(params[key])] for params, key, _, _ in self.slots]
@@ -275,6 +328,7 @@ class Program:
                 raise ValueError(f"parameter {key!r} changed size from {size} to {arr.size}; rebuild the flow")
             theta[off:off + size] = arr.reshape(-1)
         theta[self._const_at] = self._const_values
+        theta[self._pack_at:] = 0.0
         return theta
 
     def write_back(self, theta, params=True):
@@ -297,7 +351,7 @@ class Program:
 
     # ------------------------------------------------------------------ buffers
     def workspace(self, rows, parts=1):
-        return np.empty((parts, rows * int(self.layout[prog.W_ROW]) + int(self.layout[prog.W_CONST])),
+        return np.empty((parts, rows * int(self.layout[prog.W_ROW])),
                         dtype=self.dtype)
 
     def _borrow_workspace(self, rows):
@@ -387,10 +441,10 @@ class Program:
         prefetch([(name, p, self.dtype.name) for p in passes for name in sorted(set(self.entry_names))]
                  + [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops])
 
-    def _geometry(self, n):
-        """``(parts, chunk)``: how many threads share ``n`` rows, and the rows per chunk."""
+    def _geometry(self, n, sampling=False):
+        """``(parts, chunk)``: how many threads share ``n`` rows (of a sampling pass), and the rows per chunk."""
         chunk = min(CHUNK, n)
-        if not self.parallel_chunks or n < 8 * CHUNK:
+        if not (self.parallel_sampling if sampling else self.parallel_chunks) or n < 8 * CHUNK:
             return 1, chunk
         import numba
         return max(1, min(numba.get_num_threads(), n // (4 * CHUNK))), chunk
@@ -402,10 +456,13 @@ class Program:
 
     def _rows(self, kernel, n, pass_, *arrays):
         """Run ``kernel`` over rows ``0..n`` in chunks, split over threads when the batch is large."""
-        parts, chunk = self._geometry(n)
+        from .compiled import SAMPLING
+        parts, chunk = self._geometry(n, pass_ == SAMPLING)
         table = self.table(pass_, loops=(kernel.__name__,))
         meta, clamps = self._arrays()
         theta = self._effective()
+        if pass_ == SAMPLING:
+            theta[self._pack_at:] = theta[self._pack_src]
         ws = self.workspace(chunk, parts)
         per_part = -(-n // parts)
         calls = [(table, meta, clamps, theta, *arrays, ws[k], chunk, k * per_part, min(n, (k + 1) * per_part))

@@ -10,6 +10,8 @@ walks with one loop over layers:
 ``idata``    int64: index arrays and network widths, each stored as ``[count, values...]``;
 ``theta``    the parameters, flat, in ``flow.parameters()``'s shapes; ``pmask``
              multiplies them (MADE masks; ones elsewhere) into ``theta_eff``;
+             after them, running statistics and constants, and last the MADE weights packed
+             by degree, which a sampling call gathers from ``theta_eff`` (zeros otherwise);
 ``layout``   int64: per-row offsets of the workspace regions (``W_*`` below).
 
 Supported layers: whatever lowers to a coupling or autoregressive frame with a transform of
@@ -19,7 +21,7 @@ appended to their network input), autoregressive
 layers not. Anything else makes :func:`compile_flow` raise
 :class:`Unsupported`, and callers run the bijectors' own NumPy passes.
 
-Workspace: ``ws`` is ``(parts, n * row + const)``: each part (a thread's
+Workspace: ``ws`` is ``(parts, n * row)``: each part (a thread's
 share of the rows) processes chunks of ``n`` rows; region ``k`` of a chunk
 starts at ``n * layout[k]``. ``Z_l`` (the input of density-order layer ``l``,
 ``Z_0`` the data and ``Z_L`` the base point) are kept for the backward, with
@@ -39,16 +41,17 @@ OP_NAMES = ("coupling", "autoregressive", "permute", "actnorm", "batchnorm", "ci
 # fields columns: parameter offset, widths, activation, index arrays a / b (an autoregressive layer: none /
 # its generation order), cache offset, a flag (a coupling: its network emits parameters by coordinate; a
 # BatchNorm: training mode), MADE's degree groups, the offset in theta of the transform's constants, and the
-# transform's parameters per coordinate (a circular shift: its number of angles)
-F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS, F_CONSTS, F_PARAMS = range(10)
-N_FIELDS = 10
-# layout entries (per-row offsets), the two totals, and the number of trainable entries of theta (the
+# transform's parameters per coordinate (a circular shift: its number of angles), and the offset in theta of a
+# MADE's weights packed by degree for sampling (:func:`~.plan.made_pack_index`)
+F_THETA, F_WIDTHS, F_ACT, F_A, F_B, F_CACHE, F_FLAG, F_GROUPS, F_CONSTS, F_PARAMS, F_PACK = range(11)
+N_FIELDS = 11
+# layout entries (per-row offsets), the row's total, and the number of trainable entries of theta (the
 # rest holds BatchNorm's running statistics, which the optimizer leaves alone)
-W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_CONST, W_PARAMS = range(12)
+W_Z, W_LD, W_G0, W_G1, W_GLD, W_GNET, W_GCOND, W_D1, W_D2, W_ROW, W_PARAMS = range(11)
 # the context block's per-row offset and width
-W_CTX, W_CTXW = 12, 13
+W_CTX, W_CTXW = 11, 12
 # the base distribution (BASE_*) and the offset in theta of its constants (a uniform box: the log-density inside,
 # then low, high, span and half, d each)
-W_BASE, W_BASEC = 14, 15
-N_LAYOUT = 16
+W_BASE, W_BASEC = 13, 14
+N_LAYOUT = 15
 BASE_NORMAL, BASE_UNIFORM = 0, 1
