@@ -555,15 +555,17 @@ def test_batchnorm_twins(dtype, n, d, batch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hidden, by_unit", [((8, 8), True), ((3,), True), ((40, 40), False)])
+@pytest.mark.parametrize("hidden, by_unit, trains_by_unit", [((8, 8), True, True), ((3,), True, True),
+                                                            ((24, 24), True, False), ((40, 40), False, False)])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
-def test_scoring_runs_small_networks_by_unit_as_the_reference_does(hidden, by_unit, activation, dtype):
+def test_small_networks_run_by_unit_as_the_reference_does(hidden, by_unit, trains_by_unit, activation, dtype):
     """Scoring and sampling run a small plain network by unit (every product down the rows) and a larger one by
-    row; both match the NumPy passes, with and without a context, and the NLL of a training pass (which keeps
-    the row-major caches) agrees with the scored density."""
+    row, and so does training with its own, smaller, bound (its backward keeps the forward's layout); all match
+    the NumPy passes, with and without a context: densities, samples, the NLL and its gradient."""
     from nflow_np.kernels import frames
     widths = np.array([2, *hidden, 4], np.int64)
-    assert frames._small_network(widths) == by_unit
+    assert frames._small_network(widths, frames.SMALL_NETWORK) == by_unit
+    assert frames._small_network(widths, frames.SMALL_TRAINING_NETWORK) == trains_by_unit
     rng = np.random.default_rng(5)
     for context in (0, 3):
         flow = perturbed(flows.RealNVP(4, n_layers=3, hidden=hidden, activation=activation, context=context,
@@ -577,5 +579,9 @@ def test_scoring_runs_small_networks_by_unit_as_the_reference_does(hidden, by_un
         s_got, lp_got = flow.sample_and_log_prob(300, context=c, rng=3, backend="numba")
         np.testing.assert_allclose(s_got, s_ref, **tol(dtype))
         np.testing.assert_allclose(lp_got, lp_ref, **tol(dtype))
-        loss, _ = value_and_grad(flow, x, backend="numba", context=c)
+        loss, grads = value_and_grad(flow, x, backend="numba", context=c)
+        loss_ref, grads_ref = value_and_grad(flow, x, backend="numpy", context=c)
+        np.testing.assert_allclose(loss, loss_ref, **tol(dtype))
+        for key in grads_ref:
+            close(grads[key], grads_ref[key], dtype, err_msg=key)
         np.testing.assert_allclose(loss, -got.astype(np.float64).mean(), **tol(dtype))
