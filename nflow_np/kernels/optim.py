@@ -9,7 +9,8 @@ learning rate halves); a step that would leave a parameter non-finite updates
 the moments and the step count (as the NumPy path does) but not the
 parameters, and halves the learning rate. ``status[0]`` says which
 (:data:`ACCEPTED`, :data:`REJECTED_GRADIENT`, :data:`REJECTED_OVERFLOW`).
-Returns the gradient's global norm.
+Returns the gradient's global norm. ``grad`` is spent: a step that computes new
+parameters leaves them in it.
 
 The reference is :class:`nflow_np.train.Adam` stepped under the NumPy path's
 guard (:func:`nflow_np.train.fit`), which the tests hold the compiled step to;
@@ -50,20 +51,21 @@ def adam_step_numba(theta, grad, m, v, hyper, state, status):
     corr1 = 1.0 - b1 ** state[0]
     corr2 = 1.0 - b2 ** state[0]
     step = lr / corr1
-    finite = True
-    # first pass: moments, and whether every new parameter is finite
+    # one pass: moments and new parameters, which wait in the spent gradient's slots until every one is known
+    # finite; the count of those that are not is a sum, so that the loop vectorizes
+    bad = 0.0
     for i in range(p):
         g = grad[i] * scale
         m[i], v[i] = adam_moments(g, m[i], v[i], b1, b2)
         new = adam_update(theta[i], m[i], v[i], lr, decay, step, corr2, eps)
-        if not abs(new) <= largest:
-            finite = False
-    if not finite:
+        grad[i] = new
+        bad += 0.0 if abs(new) <= largest else 1.0
+    if bad > 0.0:
         state[1] += 1
         hyper[0] *= 0.5
         status[0] = REJECTED_OVERFLOW
         return norm
     for i in range(p):
-        theta[i] = adam_update(theta[i], m[i], v[i], lr, decay, step, corr2, eps)
+        theta[i] = grad[i]
     status[0] = ACCEPTED
     return norm
