@@ -131,7 +131,8 @@ def test_made_pack_index_packs_every_unmasked_weight_once(d, hidden, per_feature
     off = 11                                     # the network's parameters start after someone else's
     # a hidden unit of degree d (only when d == 1) feeds no output, and sampling leaves it out
     feeds = [m * (deg < d) for m, deg in zip(net.masks, net.degrees[1:])] + net.masks[len(hidden):]
-    allowed = np.concatenate([np.zeros(off)] + [part for m in feeds for part in (m.ravel(), np.zeros(m.shape[1]))])
+    allowed = np.concatenate([np.zeros(off)] + [part for m in feeds
+                                                for part in (m.ravel(), np.zeros(m.shape[1]))])
     groups = plan.degree_groups(net.degrees, d)
     index, block = plan.made_pack_index(off, widths, groups, np.argsort(order), d)
     assert index.size == np.unique(index).size, "a weight packed twice"
@@ -564,8 +565,8 @@ def test_small_networks_run_by_unit_as_the_reference_does(hidden, by_unit, train
     the NumPy passes, with and without a context: densities, samples, the NLL and its gradient."""
     from nflow_np.kernels import frames
     widths = np.array([2, *hidden, 4], np.int64)
-    assert frames._small_network(widths, frames.SMALL_NETWORK) == by_unit
-    assert frames._small_network(widths, frames.SMALL_TRAINING_NETWORK) == trains_by_unit
+    assert frames._small_network(widths, mlp.SMALL_NETWORK) == by_unit
+    assert frames._small_network(widths, mlp.SMALL_TRAINING_NETWORK) == trains_by_unit
     rng = np.random.default_rng(5)
     for context in (0, 3):
         flow = perturbed(flows.RealNVP(4, n_layers=3, hidden=hidden, activation=activation, context=context,

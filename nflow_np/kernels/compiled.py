@@ -90,9 +90,9 @@ def compile_key(key):
         entry_address(index, pass_, dtype)
 
 
-def pack_meta(fields, idata, layout, theta_size, networks=(0, 0)):
+def pack_meta(fields, idata, layout, theta_size, networks=(0, 0, 0, 0)):
     """The ``meta`` array every entry reads (see :mod:`.entries`); ``networks`` are the addresses of the compiled
-    network forward and backward passes."""
+    network forward and backward passes, row-major and by unit."""
     n_layers = fields.shape[0]
     head = np.array([n_layers, HEAD + fields.size + idata.size + layout.size, theta_size, idata.size, *networks],
                     np.int64)

@@ -35,9 +35,11 @@ from numba import carray, types
 from numba.extending import intrinsic
 
 from . import elementwise as _elementwise
+from . import mlp as _mlp
 from . import normalization as _normalization
 from . import residual as _residual
 from .backend import load_numba
+from .residual import BY_UNIT
 from .program import F_A, F_B, F_CACHE, F_CONSTS, F_FLAG, F_PARAMS, F_THETA, F_WIDTHS, N_FIELDS, W_CTX, W_CTXW, \
     W_G0, W_G1, W_GLD, W_LD, W_Z
 
@@ -47,6 +49,8 @@ load_numba()
 # a frame's network: an MLP, or a residual network (activation code RESIDUAL and up)
 _mlp_forward = _residual.network_forward_numba
 _mlp_backward = _residual.network_backward_numba
+_mlp_forward_by_unit = _mlp.mlp_forward_by_unit_numba
+_mlp_backward_by_unit = _mlp.mlp_backward_by_unit_numba
 _actnorm_forward = _elementwise.actnorm_forward_numba
 _actnorm_inverse = _elementwise.actnorm_inverse_numba
 _actnorm_inverse_backward = _elementwise.actnorm_inverse_backward_numba
@@ -57,7 +61,8 @@ _circular_shift_backward = _elementwise.circular_shift_backward_numba
 _batchnorm_forward = _normalization.batchnorm_forward_numba
 _batchnorm_inverse = _normalization.batchnorm_inverse_numba
 _batchnorm_inverse_backward = _normalization.batchnorm_inverse_backward_numba
-HEAD = 6                      # meta: [layers, total, theta size, idata size, network forward, network backward]
+# meta: [layers, total, theta size, idata size, network forward, network backward, and the same two by unit]
+HEAD = 8
 DENSITY, SAMPLING, BACKWARD = 0, 1, 2
 PASSES = 3
 
@@ -101,18 +106,25 @@ def call_address(typingctx, address, args):
 
 
 @_jit
+def _rows(inp, act):
+    """The batch size of a network's input, ``(n, w)`` or, for an activation code from ``BY_UNIT``, ``(w, n)``."""
+    return inp.shape[1] if act >= BY_UNIT else inp.shape[0]
+
+
+@_jit
 def mlp_forward_at(meta_p, theta, off, widths, act, inp, hid, out):
-    """The network's forward pass (:func:`~.mlp.mlp_forward_numba`) through the program's compiled copy."""
-    address = carray(meta_p, (HEAD,))[4]
-    call_address(address, (theta, theta.size, off, widths, widths.size, act, inp, hid, out, inp.shape[0]))
+    """The network's forward pass (:func:`~.residual.network_forward_numba`, or from ``BY_UNIT``
+    :func:`~.mlp.mlp_forward_by_unit_numba`) through the program's compiled copy."""
+    address = carray(meta_p, (HEAD,))[6 if act >= BY_UNIT else 4]
+    call_address(address, (theta, theta.size, off, widths, widths.size, act, inp, hid, out, _rows(inp, act)))
 
 
 @_jit
 def mlp_backward_at(meta_p, theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2):
-    """The network's backward pass (:func:`~.mlp.mlp_backward_numba`) through the program's compiled copy."""
-    address = carray(meta_p, (HEAD,))[5]
+    """The network's backward pass through the program's compiled copy."""
+    address = carray(meta_p, (HEAD,))[7 if act >= BY_UNIT else 5]
     call_address(address, (theta, theta.size, off, widths, widths.size, act, inp, hid, gout, gin, gtheta, d1,
-                           d1.size, d2, d2.size, inp.shape[0]))
+                           d1.size, d2, d2.size, _rows(inp, act)))
 
 
 def network_forward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, out_p, n):
@@ -134,6 +146,27 @@ def network_backward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, h
                   carray(hid_p, (n * hidden,)), carray(gout_p, (n, widths[n_widths - 1])),
                   carray(gin_p, (n, widths[0])), carray(gtheta_p, (theta_size,)), carray(d1_p, (d1_size,)),
                   carray(d2_p, (d2_size,)))
+
+
+def network_forward_by_unit(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, out_p, n):
+    widths = carray(widths_p, (n_widths,))
+    hidden = 0
+    for k in range(1, n_widths - 1):
+        hidden += widths[k]
+    _mlp_forward_by_unit(carray(theta_p, (theta_size,)), off, widths, act - BY_UNIT, carray(inp_p, (widths[0], n)),
+                         carray(hid_p, (n * hidden,)), carray(out_p, (widths[n_widths - 1], n)))
+
+
+def network_backward_by_unit(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, gout_p, gin_p,
+                             gtheta_p, d1_p, d1_size, d2_p, d2_size, n):
+    widths = carray(widths_p, (n_widths,))
+    hidden = 0
+    for k in range(1, n_widths - 1):
+        hidden += widths[k]
+    _mlp_backward_by_unit(carray(theta_p, (theta_size,)), off, widths, act - BY_UNIT, carray(inp_p, (widths[0], n)),
+                          carray(hid_p, (n * hidden,)), carray(gout_p, (widths[n_widths - 1], n)),
+                          carray(gin_p, (widths[0], n)), carray(gtheta_p, (theta_size,)), carray(d1_p, (d1_size,)),
+                          carray(d2_p, (d2_size,)))
 
 
 @_jit
@@ -304,6 +337,7 @@ def circular_shift_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, la
 ENTRIES = {
     # the networks of the frames, one compiled copy per dtype that every frame entry calls (see mlp_forward_at)
     "network": (network_forward, network_forward, network_backward),
+    "network_by_unit": (network_forward_by_unit, network_forward_by_unit, network_backward_by_unit),
     "permute": (permute_density, permute_sampling, permute_backward),
     "actnorm": (actnorm_density, actnorm_sampling, actnorm_backward),
     "batchnorm": (batchnorm_density, batchnorm_sampling, batchnorm_backward),
@@ -326,9 +360,9 @@ def entry_function(name, pass_):
 def _signature(name, pass_, dtype):
     ptr = types.CPointer(numba.from_dtype(np.dtype(dtype)))
     i64, ints = types.int64, types.CPointer(types.int64)
-    if name == "network" and pass_ == BACKWARD:
+    if name.startswith("network") and pass_ == BACKWARD:
         return types.void(ptr, i64, i64, ints, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i64)
-    if name == "network":
+    if name.startswith("network"):
         return types.void(ptr, i64, i64, ints, i64, i64, ptr, ptr, ptr, i64)
     return types.void(ints, ptr, ptr, ptr, ptr, i64, i64, i64, i64)
 

@@ -29,9 +29,8 @@ import numpy as np
 
 from .entries import _block, _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, _row, \
     mlp_backward_at, mlp_forward_at
-from .mlp import _mm_numba, activate_values
-from .scalar import activation_grad
-from .residual import RESIDUAL
+from .mlp import SMALL_NETWORK, SMALL_TRAINING_NETWORK, _mm_numba, activate_values
+from .residual import BY_UNIT, RESIDUAL
 from .program import F_A, F_ACT, F_B, F_CACHE, F_CONSTS, F_FLAG, F_GROUPS, F_PACK, F_PARAMS, F_THETA, F_WIDTHS, \
     W_CTX, W_CTXW, W_D1, W_D2, W_G0, W_G1, W_GCOND, W_GNET, W_ROW
 
@@ -63,28 +62,28 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
     b = _ints(idata, f[F_B])
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     step, stride = _layout(f, b.size)
-    if _by_units(f, idata, SMALL_NETWORK if _scoring(theta, gtheta) else SMALL_TRAINING_NETWORK):
+    scoring = _scoring(theta, gtheta)
+    by_unit = _by_units(f, idata, SMALL_NETWORK if scoring else SMALL_TRAINING_NETWORK)
+    if by_unit:
         # a small plain network runs by unit, down the rows, its input, hidden layers and output (which the steps
         # read) kept by unit in the layer's caches, for the backward too (coupling_backward)
         widths, cond_t, hid, net_t = _caches_by_unit(f, idata, w, n)
         _gather_by_unit(zin, a, _block(w, n, layout[W_CTX], layout[W_CTXW]), cond_t)
-        _forward_by_unit(theta, f[F_THETA], widths, f[F_ACT], cond_t, hid, net_t)
+        mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT] + BY_UNIT, cond_t, hid, net_t)
+    else:
+        widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
         for i in range(n):
             for j in range(a.size):
-                zout[i, a[j]] = zin[i, a[j]]
-        STEPS(zin, zout, ld, net_t, b, step, stride, layout, w, st)  # noqa: F821
-        return
-    widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
+                cond[i, j] = zin[i, a[j]]
+        net_t = _by_unit(w, n, layout[W_GNET], widths[widths.size - 1])
+        mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
+        _transpose(net, net_t)
     for i in range(n):
         for j in range(a.size):
-            cond[i, j] = zin[i, a[j]]
-    net_t = _by_unit(w, n, layout[W_GNET], widths[widths.size - 1])
-    mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
-    _copy_columns(cond, a, zout)
-    _transpose(net, net_t)
+            zout[i, a[j]] = zin[i, a[j]]
     STEPS(zin, zout, ld, net_t, b, step, stride, layout, w, st)  # noqa: F821
-    if not _scoring(theta, gtheta):
-        _transpose(net_t, net)      # the steps leave values there for the VJP
+    if not (scoring or by_unit):
+        _transpose(net_t, _caches(f, idata, w, n)[3])      # the steps leave values there for the VJP
 
 
 @_jit
@@ -124,14 +123,6 @@ def _scoring(theta, gtheta):
     return theta.ctypes.data == gtheta.ctypes.data
 
 
-# a network whose every product has at most this many weights runs by unit when scoring and sampling
-SMALL_NETWORK = 1024
-# and when training: a backward pass follows, whose products by unit (dot products and sums of rows) beat the
-# row-major ones (BLAS from 8192 multiply-adds) up to about this size (a 2-D RealNVP's epoch at batch 256: hidden
-# (16, 16) 0.6x the time, (24, 24) level, (32, 32) 1.5x)
-SMALL_TRAINING_NETWORK = 512
-
-
 @_jit
 def _small_network(widths, limit):
     for k in range(widths.size - 1):
@@ -161,134 +152,6 @@ def _copy_columns(cond, a, zout):
     for i in range(cond.shape[0]):
         for j in range(a.size):
             zout[i, a[j]] = cond[i, j]
-
-
-@_jit
-def _forward_by_unit(theta, off, widths, act, inp_t, hid, out_t):
-    """The MLP on inputs laid out by unit (``inp_t``: ``(widths[0], n)``), every layer likewise, into ``out_t``:
-    each unit is a sum of scaled rows, ``W[0, u] x_0 + W[1, u] x_1 + ...``, then its bias, the order of
-    :func:`~.mlp.mlp_forward_numba`, with every inner loop running down the rows (so it vectorizes however
-    narrow the layer). ``hid`` holds the hidden layers by unit, the cache :func:`_backward_by_unit` reads."""
-    n = inp_t.shape[1]
-    n_layers = widths.size - 1
-    p = off
-    hp = 0
-    src = inp_t
-    for layer in range(n_layers):
-        fi = widths[layer]
-        fo = widths[layer + 1]
-        if layer == n_layers - 1:
-            dst = out_t
-        else:
-            dst = hid[hp:hp + n * fo].reshape((fo, n))
-            hp += n * fo
-        for u in range(fo):
-            row = dst[u]
-            _sum_of_rows(theta, p + u, fo, fi, src, row)
-            bu = theta[p + fi * fo + u]
-            for i in range(n):
-                row[i] += bu
-            if layer < n_layers - 1:
-                activate_values(row, act)
-        p += fi * fo + fo
-        src = dst
-
-
-@_jit
-def _backward_by_unit(theta, gtheta, off, widths, act, inp_t, hid, delta_t, gin_t, d1, d2):
-    """The backward of :func:`_forward_by_unit` (the reference: :func:`~.mlp.mlp_backward_numba`): from the output's
-    gradient ``delta_t``, the parameters' gradients into ``gtheta`` and the input's into ``gin_t``, all by unit.
-    A weight's gradient is a dot product down the rows; a unit's input gradient a sum of scaled rows; ``d1`` and
-    ``d2`` take turns holding the hidden layers' deltas."""
-    n = inp_t.shape[1]
-    n_layers = widths.size - 1
-    p = off
-    hp = 0
-    for layer in range(n_layers - 1):
-        p += widths[layer] * widths[layer + 1] + widths[layer + 1]
-        hp += n * widths[layer + 1]
-    delta = delta_t
-    use_d1 = True
-    for layer in range(n_layers - 1, -1, -1):
-        fi = widths[layer]
-        fo = widths[layer + 1]
-        if layer > 0:
-            hp -= n * fi
-            h_in = hid[hp:hp + n * fi].reshape((fi, n))
-        else:
-            h_in = inp_t
-        for q in range(fi):
-            hq = h_in[q]
-            for u in range(fo):
-                du = delta[u]
-                acc = hq[0] * du[0]
-                for i in range(1, n):
-                    acc += hq[i] * du[i]
-                gtheta[p + q * fo + u] = acc
-        for u in range(fo):
-            du = delta[u]
-            acc = du[0]
-            for i in range(1, n):
-                acc += du[i]
-            gtheta[p + fi * fo + u] = acc
-        if layer > 0:
-            buf = d1 if use_d1 else d2
-            use_d1 = not use_d1
-            back = buf[:n * fi].reshape((fi, n))
-        else:
-            back = gin_t[:fi]
-        for q in range(fi):
-            _sum_of_rows(theta, p + q * fo, 1, fo, delta, back[q])
-            if layer > 0:
-                _times_activation_grad(back[q], h_in[q], act)
-        delta = back
-        if layer > 0:
-            p -= widths[layer - 1] * fi + fi
-
-
-@_jit
-def _sum_of_rows(theta, at, step, count, rows, out):
-    """``out = theta[at] rows[0] + theta[at + step] rows[1] + ...`` (``count`` rows), added in that order, four rows
-    per pass over ``out``."""
-    n = out.size
-    w0 = theta[at]
-    r0 = rows[0]
-    for i in range(n):
-        out[i] = w0 * r0[i]
-    q = 1
-    while q + 4 <= count:
-        wa = theta[at + q * step]
-        wb = theta[at + (q + 1) * step]
-        wc = theta[at + (q + 2) * step]
-        wd = theta[at + (q + 3) * step]
-        sa = rows[q]
-        sb = rows[q + 1]
-        sc = rows[q + 2]
-        sd = rows[q + 3]
-        for i in range(n):
-            out[i] = out[i] + wa * sa[i] + wb * sb[i] + wc * sc[i] + wd * sd[i]
-        q += 4
-    while q < count:
-        wq = theta[at + q * step]
-        sq = rows[q]
-        for i in range(n):
-            out[i] += wq * sq[i]
-        q += 1
-
-
-@_jit
-def _times_activation_grad(delta, h, act):
-    """``delta *= act'`` written through the activation's output ``h``, choosing the activation outside the loop
-    (so that it vectorizes)."""
-    if act == 0:
-        for i in range(delta.size):
-            delta[i] *= activation_grad(h[i], 0, 0.0, 1.0)
-    elif act == 1:
-        for i in range(delta.size):
-            delta[i] *= activation_grad(h[i], 1, 0.0, 1.0)
-    else:
-        for i in range(delta.size):
-            delta[i] *= activation_grad(h[i], act, 0.0, 1.0)
 
 
 def steps(zin, zout, ld, net_t, b, step, stride, layout, w, st):
@@ -324,34 +187,35 @@ def coupling_backward(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n
     st = SETTINGS(theta[f[F_CONSTS]:])  # noqa: F821
     nb = b.size
     step, stride = _layout(f, nb)
-    if _by_units(f, idata, SMALL_TRAINING_NETWORK):
-        widths, cond_t, hid, net_t = _caches_by_unit(f, idata, w, n)
-        gnet, gcond, d1, d2 = _backward_buffers(layout, w, n, widths[widths.size - 1], widths[0])
-        gnet_t = _by_unit(w, n, layout[W_GNET], net_t.shape[0])
-        gcond_t = _by_unit(w, n, layout[W_GCOND], cond_t.shape[0])
-        # the outputs by unit, seen as one row: row r's parameter at unit c is at column c * n + r
-        p = net_t.reshape((1, net_t.size))
-        gp = gnet_t.reshape((1, gnet_t.size))
-        for j in range(nb):
-            bj = b[j]
-            for i in range(n):
-                gin[i, bj] = STEP_VJP(zin[i, bj], gout[i, bj], gld[i], p, gp, 0, j * step * n + i,  # noqa: F821
-                                      stride * n, st)
-        _backward_by_unit(theta, gtheta, f[F_THETA], widths, f[F_ACT], cond_t, hid, gnet_t, gcond_t, d1, d2)
+    widths, cond, hid, net = _caches(f, idata, w, n)
+    gnet, gcond, d1, d2 = _backward_buffers(layout, w, n, widths[widths.size - 1], widths[0])
+    by_unit = _by_units(f, idata, SMALL_TRAINING_NETWORK)
+    # row i's parameter q of coordinate j: p[i, j * step + q * stride] row-major, or, by unit (the network's output
+    # and its gradient read as one row each), p[0, (j * step + q * stride) * n + i]
+    p, gp = net, gnet
+    r_step, i_step, scale = 1, 0, 1
+    if by_unit:
+        p = net.reshape((1, net.size))
+        gp = gnet.reshape((1, gnet.size))
+        r_step, i_step, scale = 0, 1, n
+    for j in range(nb):
+        bj = b[j]
+        for i in range(n):
+            gin[i, bj] = STEP_VJP(zin[i, bj], gout[i, bj], gld[i], p, gp, i * r_step,  # noqa: F821
+                                  j * step * scale + i * i_step, stride * scale, st)
+    if by_unit:
+        gcond_t = _by_unit(w, n, layout[W_GCOND], cond.shape[1])
+        cond_t = _by_unit(w, n, f[F_CACHE], cond.shape[1])
+        mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT] + BY_UNIT, cond_t, hid,
+                        _by_unit(w, n, layout[W_GNET], net.shape[1]), gcond_t, gtheta, d1, d2)
         for i in range(n):
             for j in range(a.size):
                 gin[i, a[j]] = gout[i, a[j]] + gcond_t[j, i]
-        return
-    widths, cond, hid, net = _caches(f, idata, w, n)
-    gnet, gcond, d1, d2 = _backward_buffers(layout, w, n, widths[widths.size - 1], widths[0])
-    for i in range(n):
-        for j in range(nb):
-            gin[i, b[j]] = STEP_VJP(zin[i, b[j]], gout[i, b[j]], gld[i], net, gnet, i, j * step, stride,  # noqa: F821
-                                    st)
-    mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, gnet, gcond, gtheta, d1, d2)
-    for i in range(n):
-        for j in range(a.size):
-            gin[i, a[j]] = gout[i, a[j]] + gcond[i, j]
+    else:
+        mlp_backward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, gnet, gcond, gtheta, d1, d2)
+        for i in range(n):
+            for j in range(a.size):
+                gin[i, a[j]] = gout[i, a[j]] + gcond[i, j]
 
 
 def autoregressive_density(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d):

@@ -15,8 +15,11 @@ import numpy as np
 
 from . import program as prog
 from . import specs, transforms
-from .mlp import ACTIVATION_CODES, hidden_size
+from .mlp import ACTIVATION_CODES, SMALL_NETWORK, SMALL_TRAINING_NETWORK, hidden_size
 from .residual import RESIDUAL
+
+# the frames' network entries by layout: row-major, and by unit (frames._by_units)
+NETWORK_ENTRIES = ("network", "network_by_unit")
 
 __all__ = ["FlatGradients", "Program", "compile_flow", "program_for", "supports", "AdamExchange", "NumbaTrainer"]
 
@@ -171,9 +174,11 @@ class Program:
                                                                  for i in range(len(widths) - 1)])
             return off, widths
 
+        frame_nets = []        # each layer's (network spec, widths), or (None, None)
         for b in self.layers:
             f = [0] * prog.N_FIELDS
             clamp = 0.0
+            net_of_layer = (None, None)
             if b.dtype is not None and b.dtype != self.dtype:
                 raise prog.Unsupported(f"{b.name} has dtype {b.dtype}")
             spec = b.lower(d)
@@ -184,6 +189,7 @@ class Program:
                 if name is None:
                     raise prog.Unsupported(f"{b.name}: transform {type(spec.transform).__name__} is not compiled")
                 f[prog.F_THETA], widths = add_net(spec.net)
+                net_of_layer = (spec.net, widths)
                 f[prog.F_WIDTHS], f[prog.F_ACT] = ints(widths), network_code(spec.net)
                 f[prog.F_CACHE] = cache[0]
                 f[prog.F_PARAMS] = spec.transform.outputs_per_coordinate
@@ -228,9 +234,20 @@ class Program:
             self.transforms.append(name)
             fields.append(f)
             clamps.append(clamp)
+            frame_nets.append(net_of_layer)
 
         self.ops = np.array(ops, dtype=np.int64)
         self.fields = np.array(fields, dtype=np.int64).reshape(len(ops), prog.N_FIELDS)
+        # the layouts (indices into NETWORK_ENTRIES) of the frames' networks when scoring or sampling, and when
+        # training: a plain coupling network small enough runs by unit (frames._by_units)
+        self.network_layouts = (set(), set())
+        for op, (net, widths) in zip(ops, frame_nets):
+            if net is None:
+                continue
+            plain = op == prog.OP_COUPLING and not net.residual
+            for k, limit in enumerate((SMALL_NETWORK, SMALL_TRAINING_NETWORK)):
+                small = all(widths[i] * widths[i + 1] <= limit for i in range(len(widths) - 1))
+                self.network_layouts[k].add(1 if plain and small else 0)
         # in the parameters' dtype, so float32 programs evaluate tanh and exp in single precision
         self.clamps = np.array(clamps, dtype=self.dtype)
         self.idata = np.array(idata, dtype=np.int64)
@@ -381,8 +398,8 @@ class Program:
         compiled networks (:meth:`table` fills them in); the kernels only read it.
         """
         modes = tuple(int(spec.state.training) for _, spec in self.batchnorms)
-        networks = self.__dict__.get("_networks", (0, 0))
-        key = (modes, int(networks[0]), int(networks[1]))
+        networks = self.__dict__.get("_networks", (0, 0, 0, 0))
+        key = (modes,) + tuple(int(a) for a in networks)
         cached = self.__dict__.get("_meta")
         if cached is not None and cached[0] == key:
             return cached[1], self.clamps
@@ -409,10 +426,11 @@ class Program:
             for p in passes:
                 for layer, name in enumerate(self.entry_names):
                     table[layer, p] = compiled.entry_address(name, p, self.dtype)
-            networks = self.__dict__.setdefault("_networks", np.zeros(2, dtype=np.int64))
+            networks = self.__dict__.setdefault("_networks", np.zeros(4, dtype=np.int64))
             for name, p, _ in keys:
-                if name == "network":
-                    networks[int(p == compiled.BACKWARD)] = compiled.entry_address(name, p, self.dtype)
+                if name in NETWORK_ENTRIES:
+                    networks[2 * NETWORK_ENTRIES.index(name) + int(p == compiled.BACKWARD)] = \
+                        compiled.entry_address(name, p, self.dtype)
             done.update(loops)
         ready.add((passes, loops))
         return table
@@ -424,13 +442,17 @@ class Program:
         done = self.__dict__.get("_loops", set())
         keys = [(name, p, self.dtype.name) for p in passes for layer, name in enumerate(self.entry_names)
                 if table is None or not table[layer, p]]
-        if any(spec_name in self.transforms for spec_name in transforms.MODULES):
-            # the frames call their networks' compiled forward (density, sampling) and backward passes
-            networks = self.__dict__.get("_networks", np.zeros(2, dtype=np.int64))
-            keys += [("network", compiled.DENSITY, self.dtype.name) for p in passes
-                     if p != compiled.BACKWARD and not networks[0]]
-            keys += [("network", compiled.BACKWARD, self.dtype.name) for p in passes
-                     if p == compiled.BACKWARD and not networks[1]]
+        # the frames call their networks' compiled forward (density, sampling) and backward passes, each in the
+        # layout the frame runs it in (network_layouts)
+        networks = self.__dict__.get("_networks", np.zeros(4, dtype=np.int64))
+        training = compiled.BACKWARD in passes
+        needed = []
+        if compiled.SAMPLING in passes or (compiled.DENSITY in passes and not training):
+            needed += [(layout, compiled.DENSITY) for layout in self.network_layouts[0]]
+        if training:
+            needed += [(layout, p) for layout in self.network_layouts[1] for p in (compiled.DENSITY, compiled.BACKWARD)]
+        keys += [(NETWORK_ENTRIES[layout], p, self.dtype.name) for layout, p in needed
+                 if not networks[2 * layout + int(p == compiled.BACKWARD)]]
         keys += [(compiled.LOOPS.index(name), compiled.LOOP, self.dtype.name) for name in loops if name not in done]
         return list(dict.fromkeys(keys))
 

@@ -34,11 +34,14 @@ from .mlp import SMALL_PRODUCT, _act_grad_numba, _bias_act_numba, _mm_nt_numba, 
     activate_values, mlp_backward_numba, mlp_forward_numba
 from .scalar import activation_grad
 
-__all__ = ["RESIDUAL", "residual_blocks", "residual_forward_numba", "residual_backward_numba",
+__all__ = ["RESIDUAL", "BY_UNIT", "residual_blocks", "residual_forward_numba", "residual_backward_numba",
            "network_forward_numba", "network_backward_numba"]
 
 # activation codes from here on name a residual network with activation ``code - RESIDUAL``
 RESIDUAL = 8
+# and from here on an MLP with activation ``code - BY_UNIT``, laid out by unit (:mod:`.mlp`): a frame adds it to a
+# small network's code when it calls its network, which then runs the "network_by_unit" entries
+BY_UNIT = 16
 
 
 def residual_blocks(widths):

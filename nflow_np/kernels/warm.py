@@ -186,7 +186,7 @@ def _wait_for_background(keys):
 # callees (the passes of one entry name share its transform and frame code; the loops share the runner's
 # helpers) compile much faster in one process than in two, each of which would compile the shared code
 # again: keys are dealt in families. The first key of a family pays for the shared code. The networks'
-# forward and backward passes share almost nothing, so each is a family of its own.
+# forward and backward passes (row-major, or by unit) share almost nothing, so each is a family of its own.
 _FIRST = {2: 3.0, 0: 2.5, 1: 2.5, -1: 4.5}     # by pass (backward, density, sampling; -1: a loop)
 _MORE = {2: 2.0, 0: 1.5, 1: 0.8, -1: 0.7}
 _STARTUP = 0.6
@@ -196,8 +196,8 @@ def _family(key):
     """Keys compiled together: an entry name's passes, the loops, or one pass of the networks."""
     if key[1] == -1:
         return "loops"
-    if key[0] == "network":
-        return ("network", key[1])
+    if key[0] in ("network", "network_by_unit"):
+        return (key[0], key[1])
     return key[0]
 
 
