@@ -74,8 +74,8 @@ def test_backend_switch_scoping_and_errors():
                                       ((2, 3, 70, 5), 3)])
 @pytest.mark.parametrize("act", [0, 1, 2])
 def test_mlp_twins(dtype, widths, n, act):
-    """The network kernels against :class:`nflow_np.nn.MLP` with the same parameters: output, hidden activations,
-    input and parameter gradients."""
+    """The network kernels, row-major and by unit, against :class:`nflow_np.nn.MLP` with the same parameters:
+    output, hidden activations, input and parameter gradients."""
     rng = np.random.default_rng(len(widths) * 100 + n + act)
     net = reference_net(rng, widths, act, dtype)
     w = np.array(widths, dtype=np.int64)
@@ -98,6 +98,23 @@ def test_mlp_twins(dtype, widths, n, act):
     close(gin, ref_gin, dtype, "gin")
     close(gtheta[off:], flat({k: ref_grads[k] for k in net.params}), dtype, "gtheta")
     # the parameters before `off` belong to someone else: untouched
+    assert np.all(gtheta[:off] == 7.0)
+    # the same network laid out by unit (every array transposed, the hidden layers each a (width, n) block)
+    hid_t = np.zeros_like(hid)
+    out_t = np.zeros((widths[-1], n), dtype)
+    mlp.mlp_forward_by_unit_numba(theta, off, w, act, np.ascontiguousarray(inp.T), hid_t, out_t)
+    close(out_t.T, ref_out, dtype, "out by unit")
+    by_rows, at = [], 0
+    for width in widths[1:-1]:
+        by_rows.append(hid_t[at:at + n * width].reshape(width, n).T.ravel())
+        at += n * width
+    close(np.concatenate(by_rows) if by_rows else hid_t, hidden_activations(net, inp), dtype, "hid by unit")
+    gin_t, gtheta = np.zeros((widths[0], n), dtype), np.full(theta.size, 7.0, dtype)
+    mlp.mlp_backward_by_unit_numba(theta, off, w, act, np.ascontiguousarray(inp.T), hid_t,
+                                   np.ascontiguousarray(gout.T), gin_t, gtheta, np.zeros(scratch, dtype),
+                                   np.zeros(scratch, dtype))
+    close(gin_t.T, ref_gin, dtype, "gin by unit")
+    close(gtheta[off:], flat({k: ref_grads[k] for k in net.params}), dtype, "gtheta by unit")
     assert np.all(gtheta[:off] == 7.0)
 
 

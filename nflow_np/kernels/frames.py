@@ -78,9 +78,7 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
         net_t = _by_unit(w, n, layout[W_GNET], widths[widths.size - 1])
         mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT], cond, hid, net)
         _transpose(net, net_t)
-    for i in range(n):
-        for j in range(a.size):
-            zout[i, a[j]] = zin[i, a[j]]
+    _copy_columns(zin, a, zout)
     STEPS(zin, zout, ld, net_t, b, step, stride, layout, w, st)  # noqa: F821
     if not (scoring or by_unit):
         _transpose(net_t, _caches(f, idata, w, n)[3])      # the steps leave values there for the VJP
@@ -147,11 +145,11 @@ def _transpose(src, dst):
 
 
 @_jit
-def _copy_columns(cond, a, zout):
-    """The conditioning coordinates pass through: ``zout[:, a] = cond[:, :a.size]``."""
-    for i in range(cond.shape[0]):
+def _copy_columns(zin, a, zout):
+    """The conditioning coordinates pass through: ``zout[:, a] = zin[:, a]``."""
+    for i in range(zin.shape[0]):
         for j in range(a.size):
-            zout[i, a[j]] = cond[i, j]
+            zout[i, a[j]] = zin[i, a[j]]
 
 
 def steps(zin, zout, ld, net_t, b, step, stride, layout, w, st):
