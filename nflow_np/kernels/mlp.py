@@ -182,15 +182,21 @@ def mlp_forward_numba(theta, off, widths, act, inp, hid, out):
 
 
 @numba_twin
+def _last_layer(off, widths, n):
+    """The offsets of the last layer's parameters in theta and of its input's block in ``hid`` (``n`` rows)."""
+    p = off
+    hp = 0
+    for layer in range(widths.size - 2):
+        p += widths[layer] * widths[layer + 1] + widths[layer + 1]
+        hp += n * widths[layer + 1]
+    return p, hp
+
+
+@numba_twin
 def mlp_backward_numba(theta, off, widths, act, inp, hid, gout, gin, gtheta, d1, d2):
     n = inp.shape[0]
     n_layers = widths.size - 1
-    # parameter and hidden-block offsets of the last layer, walked backwards below
-    p = off
-    hp = 0
-    for layer in range(n_layers - 1):
-        p += widths[layer] * widths[layer + 1] + widths[layer + 1]
-        hp += n * widths[layer + 1]
+    p, hp = _last_layer(off, widths, n)     # walked backwards below
     delta = gout
     use_d1 = True
     for layer in range(n_layers - 1, -1, -1):
@@ -263,11 +269,7 @@ def mlp_backward_by_unit_numba(theta, off, widths, act, inp_t, hid, delta_t, gin
     ``d2`` take turns holding the hidden layers' deltas."""
     n = inp_t.shape[1]
     n_layers = widths.size - 1
-    p = off
-    hp = 0
-    for layer in range(n_layers - 1):
-        p += widths[layer] * widths[layer + 1] + widths[layer + 1]
-        hp += n * widths[layer + 1]
+    p, hp = _last_layer(off, widths, n)
     delta = delta_t
     use_d1 = True
     unit = widths.size // widths.size      # 1, not a literal: one compiled _sum_of_rows serves both passes
