@@ -70,13 +70,16 @@ def test_backend_switch_scoping_and_errors():
 # ---------------------------------------------------------------- MLP
 
 @pytest.mark.parametrize("dtype", DTYPES)
+# (6, 64, 64, 9) over 100 rows: medium products, which BLAS runs as blocks of rows (mlp.MEDIUM_PRODUCT)
 @pytest.mark.parametrize("widths,n", [((3, 5, 4), 7), ((1, 1, 1), 1), ((4, 2), 5), ((6, 40, 40, 9), 33),
-                                      ((2, 3, 70, 5), 3)])
+                                      ((2, 3, 70, 5), 3), ((6, 64, 64, 9), 100)])
 @pytest.mark.parametrize("act", [0, 1, 2])
 def test_mlp_twins(dtype, widths, n, act):
     """The network kernels, row-major and by unit, against :class:`nflow_np.nn.MLP` with the same parameters:
     output, hidden activations, input and parameter gradients."""
     rng = np.random.default_rng(len(widths) * 100 + n + act)
+    if n * 64 * 64 > mlp.BLAS_SINGLE_THREAD:
+        assert 1 < mlp._row_block(n, 64 * 64) < n
     net = reference_net(rng, widths, act, dtype)
     w = np.array(widths, dtype=np.int64)
     off = 3     # entries of theta before the network's: not read, not written

@@ -30,6 +30,14 @@ ACTIVATION_CODES = {"relu": 0, "tanh": 1, "elu": 2}
 # Matrix products of at most this many multiply-adds loop in compiled code; larger ones call BLAS,
 # whose per-call overhead (about a microsecond) they amortize.
 SMALL_PRODUCT = 8192
+# Up to this many multiply-adds per product, OpenBLAS runs a product on the calling thread (OpenBLAS 0.3.31's sgemm:
+# 10x64x256 and 16x64x256 take the same time on 1 and 2 threads, 64x64x256 not) ...
+BLAS_SINGLE_THREAD = 262144
+# ... and a product above it and up to this size runs as blocks of rows under that bound, so that it stays there too:
+# at these sizes OpenBLAS's hand-off to its second thread costs more than it saves, and that thread spins between
+# products, taking a core from the compiled code (40% of the samples of a W2, W4 or W7 step on 2 threads; a W4 step
+# took 0.95-1.05 ms with one BLAS thread against 1.07-1.12 ms with two, W7 3.7-3.9 against 4.3-5.7)
+MEDIUM_PRODUCT = 1 << 21
 # A frame's plain network whose every product has at most this many weights runs by unit (mlp_forward_by_unit_numba)
 # when scoring and sampling, and at most the second when training: a backward pass follows, whose products by unit
 # (dot products and sums of rows) beat the row-major ones (BLAS from SMALL_PRODUCT) up to about that size (a 2-D
@@ -50,12 +58,24 @@ def param_count(widths):
 # ---------------------------------------------------------------- compiled kernels
 
 @numba_twin
+def _row_block(n, per_row):
+    """Rows per BLAS call for a product of ``n`` rows of ``per_row`` multiply-adds: all of them, or for a medium
+    product (up to :data:`MEDIUM_PRODUCT`) as many as keep a call on the calling thread."""
+    if n * per_row <= BLAS_SINGLE_THREAD or n * per_row > MEDIUM_PRODUCT:
+        return n
+    return max(1, BLAS_SINGLE_THREAD // per_row)
+
+
+@numba_twin
 def _mm_numba(a, b, out):
     """out = a @ b."""
     n, k = a.shape
     m = b.shape[1]
     if n * k * m > SMALL_PRODUCT:
-        np.dot(a, b, out)
+        rows = _row_block(n, k * m)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            np.dot(a[r0:r1], b, out[r0:r1])
         return
     # row i of out is built as a[i, 0] b[0] + a[i, 1] b[1] + ...: the inner loop runs along contiguous rows
     # of b and out, so it vectorizes for any k (a dot product per output would run down b's columns)
@@ -75,7 +95,10 @@ def _mm_nt_numba(a, b, out):
     n, k = a.shape
     m = b.shape[0]
     if n * k * m > SMALL_PRODUCT:
-        np.dot(a, b.T, out)
+        rows = _row_block(n, k * m)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            np.dot(a[r0:r1], b.T, out[r0:r1])
         return
     for i in range(n):
         for j in range(m):
@@ -91,7 +114,17 @@ def _mm_tn_numba(a, b, out):
     n, k = a.shape
     m = b.shape[1]
     if n * k * m > SMALL_PRODUCT:
-        np.dot(a.T, b, out)
+        rows = _row_block(n, k * m)
+        np.dot(a[:rows].T, b[:rows], out)
+        if rows < n:
+            # a sum over the rows: each further block's product is added
+            part = np.empty_like(out)
+            for r0 in range(rows, n, rows):
+                r1 = min(n, r0 + rows)
+                np.dot(a[r0:r1].T, b[r0:r1], part)
+                for i in range(k):
+                    for j in range(m):
+                        out[i, j] += part[i, j]
         return
     if m < 4:
         # few columns: a dot product down the rows per output

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import program as prog
 from . import specs, transforms
-from .mlp import ACTIVATION_CODES, SMALL_NETWORK, SMALL_TRAINING_NETWORK, hidden_size
+from .mlp import ACTIVATION_CODES, BLAS_SINGLE_THREAD, SMALL_NETWORK, SMALL_TRAINING_NETWORK, hidden_size
 from .residual import RESIDUAL
 
 # the frames' network entries by layout: row-major, and by unit (frames._by_units)
@@ -30,10 +30,8 @@ CHUNK = 256
 # sizes) for up to this many sizes, each up to this many bytes
 SPARE_SIZES = 4
 SPARE_BYTES = 32 << 20
-# Up to this many multiply-adds per product, OpenBLAS runs a product on the calling thread, so
-# chunks can run on all threads at once; above it BLAS spreads each product over its own threads
-# (OpenBLAS 0.3.31's sgemm: 10x64x256 and 16x64x256 take the same time on 1 and 2 threads, 64x64x256 not).
-BLAS_SINGLE_THREAD = 262144
+# Chunks can run on all threads at once when every product of a chunk stays on the calling thread
+# (mlp.BLAS_SINGLE_THREAD); above it BLAS spreads each product over its own threads.
 
 
 def made_pack_index(off, widths, groups, generation, d):
