@@ -127,11 +127,18 @@ def mlp_backward_at(meta_p, theta, off, widths, act, inp, hid, gout, gin, gtheta
                            d1.size, d2, d2.size, _rows(inp, act)))
 
 
+@_jit
+def _hidden(widths):
+    """Entries per row of a network's ``hid`` buffer (:func:`~.mlp.hidden_size`)."""
+    hidden = 0
+    for k in range(1, widths.size - 1):
+        hidden += widths[k]
+    return hidden
+
+
 def network_forward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, out_p, n):
     widths = carray(widths_p, (n_widths,))
-    hidden = 0
-    for k in range(1, n_widths - 1):
-        hidden += widths[k]
+    hidden = _hidden(widths)
     _mlp_forward(carray(theta_p, (theta_size,)), off, widths, act, carray(inp_p, (n, widths[0])),
                  carray(hid_p, (n * hidden,)), carray(out_p, (n, widths[n_widths - 1])))
 
@@ -139,9 +146,7 @@ def network_forward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hi
 def network_backward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, gout_p, gin_p, gtheta_p,
                      d1_p, d1_size, d2_p, d2_size, n):
     widths = carray(widths_p, (n_widths,))
-    hidden = 0
-    for k in range(1, n_widths - 1):
-        hidden += widths[k]
+    hidden = _hidden(widths)
     _mlp_backward(carray(theta_p, (theta_size,)), off, widths, act, carray(inp_p, (n, widths[0])),
                   carray(hid_p, (n * hidden,)), carray(gout_p, (n, widths[n_widths - 1])),
                   carray(gin_p, (n, widths[0])), carray(gtheta_p, (theta_size,)), carray(d1_p, (d1_size,)),
@@ -150,9 +155,7 @@ def network_backward(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, h
 
 def network_forward_by_unit(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, out_p, n):
     widths = carray(widths_p, (n_widths,))
-    hidden = 0
-    for k in range(1, n_widths - 1):
-        hidden += widths[k]
+    hidden = _hidden(widths)
     _mlp_forward_by_unit(carray(theta_p, (theta_size,)), off, widths, act - BY_UNIT, carray(inp_p, (widths[0], n)),
                          carray(hid_p, (n * hidden,)), carray(out_p, (widths[n_widths - 1], n)))
 
@@ -160,9 +163,7 @@ def network_forward_by_unit(theta_p, theta_size, off, widths_p, n_widths, act, i
 def network_backward_by_unit(theta_p, theta_size, off, widths_p, n_widths, act, inp_p, hid_p, gout_p, gin_p,
                              gtheta_p, d1_p, d1_size, d2_p, d2_size, n):
     widths = carray(widths_p, (n_widths,))
-    hidden = 0
-    for k in range(1, n_widths - 1):
-        hidden += widths[k]
+    hidden = _hidden(widths)
     _mlp_backward_by_unit(carray(theta_p, (theta_size,)), off, widths, act - BY_UNIT, carray(inp_p, (widths[0], n)),
                           carray(hid_p, (n * hidden,)), carray(gout_p, (widths[n_widths - 1], n)),
                           carray(gin_p, (widths[0], n)), carray(gtheta_p, (theta_size,)), carray(d1_p, (d1_size,)),
@@ -210,9 +211,7 @@ def _caches(f, idata, w, n):
     """A network layer's widths and its kept blocks (``cond``, ``hid``, ``net``)."""
     widths = _ints(idata, f[F_WIDTHS])
     na = widths[0] if idata[f[F_A]] > 0 else 0
-    hidden = 0
-    for k in range(1, widths.size - 1):
-        hidden += widths[k]
+    hidden = _hidden(widths)
     c = f[F_CACHE]
     cond = _block(w, n, c, na)
     hid = w[n * (c + na):n * (c + na + hidden)]

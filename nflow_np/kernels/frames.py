@@ -27,8 +27,8 @@ import types
 
 import numpy as np
 
-from .entries import _block, _caches, _frame, _grads, _ints, _jit, _network_caches, _pass_arrays, _row, \
-    mlp_backward_at, mlp_forward_at
+from .entries import _block, _caches, _frame, _grads, _hidden, _ints, _jit, _network_caches, _pass_arrays, \
+    _row, mlp_backward_at, mlp_forward_at
 from .mlp import SMALL_NETWORK, SMALL_TRAINING_NETWORK, _mm_numba, activate_values
 from .residual import BY_UNIT, RESIDUAL
 from .program import F_A, F_ACT, F_B, F_CACHE, F_CONSTS, F_FLAG, F_GROUPS, F_PACK, F_PARAMS, F_THETA, F_WIDTHS, \
@@ -70,6 +70,7 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
         widths, cond_t, hid, net_t = _caches_by_unit(f, idata, w, n)
         _gather_by_unit(zin, a, _block(w, n, layout[W_CTX], layout[W_CTXW]), cond_t)
         mlp_forward_at(meta_p, theta, f[F_THETA], widths, f[F_ACT] + BY_UNIT, cond_t, hid, net_t)
+        net = net_t         # the layer's cache: the steps leave their values for the VJP in place
     else:
         widths, cond, hid, net = _network_caches(f, idata, layout, w, n)
         for i in range(n):
@@ -81,7 +82,7 @@ def coupling_pass(meta_p, clamps_p, theta_p, gtheta_p, w_p, w_size, layer, n, d)
     _copy_columns(zin, a, zout)
     STEPS(zin, zout, ld, net_t, b, step, stride, layout, w, st)  # noqa: F821
     if not (scoring or by_unit):
-        _transpose(net_t, _caches(f, idata, w, n)[3])      # the steps leave values there for the VJP
+        _transpose(net_t, net)      # the steps leave values there for the VJP
 
 
 @_jit
@@ -97,7 +98,7 @@ def _caches_by_unit(f, idata, w, n):
     widths, cond, hid, net = _caches(f, idata, w, n)
     c = f[F_CACHE]
     return (widths, _by_unit(w, n, c, cond.shape[1]), hid,
-            _by_unit(w, n, c + cond.shape[1] + hid.size // max(n, 1), net.shape[1]))
+            _by_unit(w, n, c + cond.shape[1] + _hidden(widths), net.shape[1]))
 
 
 @_jit

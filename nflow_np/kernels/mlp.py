@@ -183,11 +183,21 @@ def _bias_act_numba(z, b, act):
 
 @numba_twin
 def _act_grad_numba(delta, h, act):
-    """delta *= act'(.) written through the activation's output h."""
+    """delta *= act'(.) written through the activation's output h, choosing the activation outside the loops (so
+    that they vectorize)."""
     n, m = delta.shape
-    for i in range(n):
-        for j in range(m):
-            delta[i, j] *= activation_grad(h[i, j], act, 0.0, 1.0)
+    if act == 0:
+        for i in range(n):
+            for j in range(m):
+                delta[i, j] *= activation_grad(h[i, j], 0, 0.0, 1.0)
+    elif act == 1:
+        for i in range(n):
+            for j in range(m):
+                delta[i, j] *= activation_grad(h[i, j], 1, 0.0, 1.0)
+    else:
+        for i in range(n):
+            for j in range(m):
+                delta[i, j] *= activation_grad(h[i, j], act, 0.0, 1.0)
 
 
 @numba_twin
@@ -336,8 +346,8 @@ def mlp_backward_by_unit_numba(theta, off, widths, act, inp_t, hid, delta_t, gin
             back = gin_t[:fi]
         for q in range(fi):
             _sum_of_rows(theta, p + q * fo, unit, fo, delta, back[q])
-            if layer > 0:
-                _times_activation_grad(back[q], h_in[q], act)
+        if layer > 0:
+            _act_grad_numba(back, h_in, act)
         delta = back
         if layer > 0:
             p -= widths[layer - 1] * fi + fi
@@ -372,17 +382,3 @@ def _sum_of_rows(theta, at, step, count, rows, out):
             out[i] += wq * sq[i]
         q += 1
 
-
-@numba_twin
-def _times_activation_grad(delta, h, act):
-    """``delta *= act'`` written through the activation's output ``h``, choosing the activation outside the loop
-    (so that it vectorizes)."""
-    if act == 0:
-        for i in range(delta.size):
-            delta[i] *= activation_grad(h[i], 0, 0.0, 1.0)
-    elif act == 1:
-        for i in range(delta.size):
-            delta[i] *= activation_grad(h[i], 1, 0.0, 1.0)
-    else:
-        for i in range(delta.size):
-            delta[i] *= activation_grad(h[i], act, 0.0, 1.0)
