@@ -7,6 +7,8 @@
     python benchmarks/quality.py --sides nflow_np --models NSF NSF-res --res-hidden 40 40
                                                        # residual conditioners: 2 blocks of width 40
     python benchmarks/quality.py --models NSF NSF-AR --spline-parameterization bounded
+    python benchmarks/quality.py --seeds 1 2 3 --peer-cache zuko.json
+                                                       # reuse zuko's cells from an earlier run
 
 Data sets (``qualitysuite/data.py``): the 2-D toys with their exact
 densities, random teacher flows in 4-32 dimensions, an 8-D Student-t and an
@@ -19,13 +21,22 @@ defaults to 5 transforms with (64, 64) ReLU conditioners, 20 epochs, batch
 the density p is known (the gap to the entropy, with less noise); ``vs zuko``
 is nflow_np's NLL minus zuko's (negative: nflow_np better); ``s/ep`` the training time per epoch
 (compilation and validation included).
+
+zuko's side does not depend on nflow_np's code, so ``--peer-cache FILE``
+keeps each of its cells (test NLL, KL, seconds) under a key made of the data
+set, model, seed, budget, a hash of the split's arrays and the zuko and torch
+versions; a later run with the same key reads the cell instead of training.
+A change to the data, the budget or the peer's version makes a new key.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +59,40 @@ def _paired(results):
     return diffs, mean, math.sqrt(var / len(diffs))
 
 
-def run(names, models, sides, budget, size, seeds, out=None):
+class PeerCache:
+    """zuko's finished cells in a JSON file, keyed by everything that decides them (see the module's doc)."""
+
+    def __init__(self, path):
+        import torch
+        import zuko
+        self.path = path
+        self.versions = f"zuko {zuko.__version__}, torch {torch.__version__}"
+        self.cells = {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.cells = json.load(f)
+
+    def key(self, split, model, budget):
+        digest = hashlib.sha256()
+        for part in (split.train, split.val, split.test):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        b = budget.__dict__
+        fields = {k: b[k] for k in ("layers", "hidden", "epochs", "batch", "lr", "seed")}
+        return json.dumps([split.name, model, fields, digest.hexdigest()[:16], self.versions], default=list)
+
+    def get(self, key):
+        return self.cells.get(key)
+
+    def put(self, key, cell):
+        self.cells[key] = {k: cell[k] for k in ("nll", "kl", "entropy", "seconds")}
+        if self.path:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.cells, f, indent=0)
+            os.replace(tmp, self.path)
+
+
+def run(names, models, sides, budget, size, seeds, out=None, peer_cache=None):
     print(f"# budget: {budget.layers} transforms, hidden {budget.hidden} (residual: {budget.res_hidden}), "
           f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}; "
           f"nflow_np splines {budget.spline_parameterization}", flush=True)
@@ -63,7 +107,7 @@ def run(names, models, sides, budget, size, seeds, out=None):
     for name in names:
         for model in models:
             results = {s: [] for s in sides}
-            entropy = None
+            entropies = {}       # per seed: each seed draws its own data (and its own teacher)
             for seed in seeds:
                 if (name, seed) not in splits:
                     splits = {k: v for k, v in splits.items() if k[0] == name}     # one data set's at a time
@@ -74,9 +118,18 @@ def run(names, models, sides, budget, size, seeds, out=None):
                     if side == "zuko" and model.endswith(RESIDUAL):
                         results[side].append({"nll": float("nan"), "kl": None})     # nflow_np's conditioners only
                         continue
-                    cell = run_cell(split, model, side, b)
+                    if side == "zuko" and peer_cache is not None:
+                        key = peer_cache.key(split, model, b)
+                        cell = peer_cache.get(key)
+                        if cell is None:
+                            cell = run_cell(split, model, side, b)
+                            peer_cache.put(key, cell)
+                    else:
+                        cell = run_cell(split, model, side, b)
                     results[side].append(cell)
-                    entropy = cell["entropy"]
+                    entropies[seed] = cell["entropy"]
+            known = [e for e in entropies.values() if e is not None]
+            entropy = sum(known) / len(known) if known else None
             history = results[sides[0]][0].get("history")
             n_params = getattr(history, "n_params", None)
             row = f"{name:13s}{model:12s}{'-' if n_params is None else n_params:>8}{_fmt(entropy)}"
@@ -123,9 +176,12 @@ if __name__ == "__main__":
     parser.add_argument("--spline-parameterization", choices=["softplus", "bounded"], default="bounded",
                         help="how nflow_np's NSF and NSF-AR map their networks' outputs to bins and slopes")
     parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
+    parser.add_argument("--peer-cache", metavar="FILE",
+                        help="read zuko's cells from this JSON file when their key matches, and add new ones")
     args = parser.parse_args()
     budget = Budget(layers=args.layers, hidden=tuple(args.hidden), epochs=3 if args.quick else args.epochs,
                     batch=args.batch, lr=args.lr, res_hidden=tuple(args.res_hidden),
                     spline_parameterization=args.spline_parameterization)
     run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds,
-        out=args.out)
+        out=args.out, peer_cache=PeerCache(args.peer_cache) if args.peer_cache and "zuko" in args.sides
+        else None)
