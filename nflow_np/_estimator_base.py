@@ -106,7 +106,14 @@ class _ParamsMixin:
                 "batch_size": _check_int(self.batch_size, "batch_size", 1), "lr": float(lr),
                 "validation_fraction": float(fraction),
                 "patience": _check_int(self.patience, "patience", 1, allow_none=True), "dtype": dtype,
-                "lr_schedule": self.lr_schedule}
+                "lr_schedule": self.lr_schedule, "average": self._average()}
+
+    def _average(self):
+        from .train._average import check_average
+        try:
+            return check_average(self.average, "FlowDensity") or None
+        except TypeError as exc:       # every constructor parameter is refused in fit with a ValueError
+            raise ValueError(str(exc)) from None
 
     # ------------------------------------------------------------------ model files
     @staticmethod
@@ -123,7 +130,7 @@ class _ParamsMixin:
         for key in ("n_layers", "epochs", "batch_size", "patience"):
             if isinstance(out[key], numbers.Integral):
                 out[key] = int(out[key])
-        for key in ("lr", "validation_fraction", "contamination"):
+        for key in ("lr", "validation_fraction", "contamination", "average"):
             if isinstance(out.get(key), numbers.Real) and not isinstance(out[key], (bool, np.bool_)):
                 out[key] = float(out[key])
         if isinstance(out.get("conditional"), np.bool_):

@@ -60,6 +60,7 @@ def _merge_histories(previous, current):
     merged = copy.copy(current)
     merged.train_loss = list(previous.train_loss) + list(current.train_loss)
     merged.val_loss = list(previous.val_loss) + list(current.val_loss)
+    merged.averaged = list(getattr(previous, "averaged", [])) + list(getattr(current, "averaged", []))
     merged.lr = list(previous.lr) + list(current.lr)
     merged.steps = previous.steps + current.steps
     merged.rejected_steps = previous.rejected_steps + current.rejected_steps

@@ -45,7 +45,7 @@ class FlowOutlierDetector(FlowDensity):
     Parameters
     ----------
     flow, n_layers, hidden, epochs, batch_size, lr, validation_fraction, patience, dtype, random_state, \
-lr_schedule, conditional
+lr_schedule, conditional, average
         As for :class:`FlowDensity`.
     contamination : "auto" or float in (0, 0.5], default "auto"
         The fraction of the training data taken to be outliers.
@@ -79,10 +79,11 @@ lr_schedule, conditional
 
     def __init__(self, flow="realnvp", n_layers=4, hidden=(64, 64), epochs=100, batch_size=256, lr=1e-3,
                  validation_fraction=0.1, patience=None, dtype="float64", random_state=None, lr_schedule=None,
-                 conditional=False, contamination="auto"):
+                 conditional=False, contamination="auto", average=0.99):
         super().__init__(flow=flow, n_layers=n_layers, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
                          validation_fraction=validation_fraction, patience=patience, dtype=dtype,
-                         random_state=random_state, lr_schedule=lr_schedule, conditional=conditional)
+                         random_state=random_state, lr_schedule=lr_schedule, conditional=conditional,
+                         average=average)
         self.contamination = contamination
 
     def __sklearn_tags__(self):

@@ -114,6 +114,12 @@ class FlowDensity(_ParamsMixin):
         budgets on the quality suite: a flow is still far from converged after
         100 epochs, and a decaying rate gives up progress (``cosine`` cost 0.07
         nats on two-moons and 0.24 on the 8-D mixture, ``benchmarks/quality.py``).
+    average : float in [0, 1) or None, default 0.99
+        Polyak averaging (:func:`nflow_np.train.fit`'s ``average``): a moving
+        average of the parameters, scored beside them at every validation; the
+        better one competes for the kept epoch. Needs a validation part
+        (``validation_fraction > 0``); None turns it off. On the quality
+        suite it lowered held-out NLL by about 0.01-0.07 nats.
     conditional : bool, default False
         Learn p(x | y) from ``fit(X, y)`` (see above). False: ``y`` is ignored
         by ``fit`` and ``score``, as scikit-learn's density estimators do.
@@ -160,7 +166,7 @@ class FlowDensity(_ParamsMixin):
 
     def __init__(self, flow="realnvp", n_layers=4, hidden=(64, 64), epochs=100, batch_size=256, lr=1e-3,
                  validation_fraction=0.1, patience=None, dtype="float64", random_state=None, lr_schedule=None,
-                 conditional=False):
+                 conditional=False, average=0.99):
         # scikit-learn's contract: store the parameters untouched; fit validates them
         self.flow = flow
         self.n_layers = n_layers
@@ -174,6 +180,7 @@ class FlowDensity(_ParamsMixin):
         self.random_state = random_state
         self.lr_schedule = lr_schedule
         self.conditional = conditional
+        self.average = average
 
     def __sklearn_tags__(self):
         # Called by scikit-learn only, so scikit-learn is importable here; the package never imports it otherwise.
@@ -352,7 +359,8 @@ class FlowDensity(_ParamsMixin):
         try:
             history = train_fit(flow, Z, epochs=params["epochs"], batch_size=params["batch_size"], optimizer=optimizer,
                                 validation_data=Z_val, patience=params["patience"], rng=rng, callback=on_epoch,
-                                lr_schedule=params["lr_schedule"], context=C, validation_context=C_val)
+                                lr_schedule=params["lr_schedule"], average=params["average"], context=C,
+                                validation_context=C_val)
         except BaseException as exc:
             # train_fit has put the flow back to its best epoch so far (as it came when none was kept, which on
             # resume is the fitted flow itself), in evaluation mode: keep that fit, then let the exception go on

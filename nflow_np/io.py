@@ -383,6 +383,8 @@ def _history_from_json(data, where):
                 raise ValueError(f"{where}: the stored training history's {key!r} must be a number; got "
                                  f"{str(value)[:80]!r}")
             kwargs[key] = np.nan if value is None else float(value)
+    if "averaged" in kwargs:      # stored as numbers, as every list is: 1 where the average won
+        kwargs["averaged"] = [bool(v == 1.0) for v in kwargs["averaged"]]
     return History(**kwargs)
 
 

@@ -550,6 +550,29 @@ def test_fit_on_the_device_matches_numpy(dtype):
     np.testing.assert_allclose(nll[1], nll[0], rtol=rtol)
     assert (got.steps, got.rejected_steps, got.best_epoch) == (ref.steps, ref.rejected_steps, ref.best_epoch)
     assert got.lr == ref.lr
+    assert got.averaged == ref.averaged and len(ref.averaged) == 4     # fit's default moving average
+
+
+@cuda_test
+def test_the_moving_average_on_the_device_is_the_cpus_through_divergences():
+    """average=0.7 with a learning rate that blows up: the device moves its average after accepted steps and starts
+    it again after a step the divergence rule undid, as the NumPy path does; the state kept is the same."""
+    data = two_moons(60, np.float64)
+    data = (data - data.mean(0)) / data.std(0)
+    runs = []
+    for backend in ("numpy", "cuda"):
+        flow = flows.MAF(2, n_layers=2, hidden=(4,), rng=0)
+        history = fit(flow, data, epochs=4, batch_size=10, lr=1e3, validation_data=data[:20], rng=0,
+                      backend=backend, average=0.7)
+        runs.append((history, dict(flow.parameters())))
+    (ref, ref_params), (got, got_params) = runs
+    assert ref.diverged_steps > 0 and any(ref.averaged)
+    assert got.averaged == ref.averaged
+    assert (got.steps, got.rejected_steps, got.diverged_steps, got.best_epoch) == \
+        (ref.steps, ref.rejected_steps, ref.diverged_steps, ref.best_epoch)
+    np.testing.assert_allclose(got.val_loss, ref.val_loss, rtol=1e-7)
+    for k in ref_params:
+        close(got_params[k], ref_params[k], np.float64, k)
 
 
 @cuda_test

@@ -173,6 +173,7 @@ def test_input_validation():
     ("hidden", (8, -1), "hidden must be a tuple of positive ints"), ("lr", -1.0, "lr must be a positive"),
     ("validation_fraction", 1.0, r"validation_fraction must lie in \[0, 1\)"), ("dtype", "int8", "dtype must be"),
     ("patience", 0, "patience must be an int >= 1 or None"), ("epochs", 2.5, "epochs must be an int"),
+    ("average", 1.0, r"average must lie in \[0, 1\)"), ("average", "0.9", "average must be a float"),
 ])
 def test_parameters_are_validated_in_fit(param, value, message):
     est = FlowDensity(**{param: value})   # __init__ stores anything
@@ -189,6 +190,7 @@ def test_pickle_and_model_file_round_trip(tmp_path):
         assert np.array_equal(twin.sample(9, random_state=1), est.sample(9, random_state=1))
         assert twin.history_.train_loss == est.history_.train_loss
         assert twin.history_.best_epoch == est.history_.best_epoch
+        assert twin.history_.averaged == est.history_.averaged and len(est.history_.averaged) == est.history_.epochs
         assert twin.optimizer_state_["steps"] == est.optimizer_state_["steps"] == est.history_.steps
         assert all(np.array_equal(twin.optimizer_state_[m][name], est.optimizer_state_[m][name])
                    for m in ("m", "v") for name in est.optimizer_state_[m])

@@ -31,6 +31,8 @@ from .program import BASE_NORMAL, N_FIELDS, N_LAYOUT, W_BASE, W_BASEC, W_CTX, W_
 _normal_log_prob = _elementwise.normal_log_prob_numba
 _uniform_log_prob = _elementwise.uniform_log_prob_numba
 _adam_step = _optim.adam_step_numba
+_average_step = _optim.average_step_numba
+_average_restart = _optim.average_restart_numba
 _loss_diverged = _scalar.loss_diverged
 _loss_level = _scalar.loss_level
 ACCEPTED = _optim.ACCEPTED
@@ -77,7 +79,7 @@ def compile_loop(index, dtype):
         nll_grad(table, meta, clamps, theta, theta, rows, ctx, vec, vec)
     else:
         train_epoch(table, meta, clamps, theta, theta, theta, rows, ctx, np.zeros(0, np.int64), 1, vec, vec, vec,
-                    vec, np.zeros(7), np.zeros(2, np.int64), np.zeros(0), np.zeros(3), vec)
+                    vec, np.zeros(7), np.zeros(2, np.int64), np.zeros(0), np.zeros(3), vec, vec, np.zeros(2))
 
 
 def compile_key(key):
@@ -222,10 +224,12 @@ def nll_grad(table, meta, clamps, theta_eff, pmask, x, ctx, w, gtheta):
 
 @_jit_nogil
 def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, batch_size, w, gtheta, m, v, hyper,
-                state, losses, watch, prev):
+                state, losses, watch, prev, avg, average):
     """One epoch of Adam steps over ``data[order]`` in batches; ``losses[k]`` NaN marks a rejected step, +inf a
     step rejected by the divergence rule (:func:`.scalar.loss_diverged` on ``watch``), which also puts ``theta``
-    back to ``prev``: where the last loss that passed was measured (both kept by the caller across epochs)."""
+    back to ``prev``: where the last loss that passed was measured (both kept by the caller across epochs).
+    With ``average[0] > 0`` every accepted step also moves the parameters' moving average ``avg``
+    (:func:`.optim.average_step_numba`), and a step the divergence rule undid starts it again at ``theta``."""
     n_data, d = data.shape
     layout = _layout(meta)
     status = np.zeros(1, np.int64)
@@ -255,6 +259,8 @@ def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, 
             state[1] += 1
             hyper[0] *= 0.5
             losses[k] = np.inf
+            if average[0] > 0.0:
+                _average_restart(theta[:avg.size], avg, average)
         elif np.isfinite(loss):
             watch[0], watch[1], watch[2] = _loss_level(float(loss), watch[0], watch[1], watch[2])
             for q in range(theta.size):
@@ -262,6 +268,8 @@ def train_epoch(table, meta, clamps, theta, theta_eff, pmask, data, ctx, order, 
             _adam_step(theta[:p], gtheta[:p], m[:p], v[:p], hyper, state, status)
             if status[0] == ACCEPTED:
                 losses[k] = loss
+                if average[0] > 0.0:
+                    _average_step(theta[:avg.size], avg, average)
         else:
             state[1] += 1
             hyper[0] *= 0.5

@@ -20,7 +20,7 @@ the status codes, which only the compiled step reports, are tested on their own.
 import numpy as np
 
 from .backend import numba_twin
-from .scalar import adam_moments, adam_update
+from .scalar import adam_moments, adam_update, average_decay, average_update
 
 # a step's outcome; REJECTED_DIVERGED is the training loops' divergence rule (:func:`.scalar.loss_diverged`), decided
 # before the step reaches Adam
@@ -69,3 +69,21 @@ def adam_step_numba(theta, grad, m, v, hyper, state, status):
         theta[i] = grad[i]
     status[0] = ACCEPTED
     return norm
+
+
+@numba_twin
+def average_step_numba(theta, avg, average):
+    """The parameters' moving average after an accepted step (:func:`.scalar.average_decay`); ``average`` is float64
+    ``[beta, count]``, and the count moves on."""
+    decay = average_decay(average[1], average[0])
+    for i in range(theta.size):
+        avg[i] = average_update(float(avg[i]), float(theta[i]), decay)
+    average[1] += 1.0
+
+
+@numba_twin
+def average_restart_numba(theta, avg, average):
+    """The moving average started again at ``theta`` (after a step the divergence rule undid)."""
+    for i in range(theta.size):
+        avg[i] = theta[i]
+    average[1] = 0.0

@@ -635,6 +635,9 @@ class NumbaTrainer:
         # over from epoch to epoch
         self.watch = np.zeros(3, dtype=np.float64)
         self.prev = np.zeros(size, dtype=program.dtype)
+        # the parameters' moving average (fit's ``average``) and its [decay cap, count]; a cap of 0 keeps it off
+        self.avg = np.zeros(program.n_params, dtype=program.dtype)
+        self.average = np.zeros(2, dtype=np.float64)
         self.ws = program.workspace(batch_size)[0]
         self.batch_size = batch_size
         self.state = np.zeros(2, dtype=np.int64)
@@ -657,6 +660,15 @@ class NumbaTrainer:
         """The flat state where the last loss that passed the divergence rule was measured."""
         return self.prev.copy()
 
+    def start_average(self, beta):
+        """Start the parameters' moving average at the flow's parameters, its decay capped at ``beta``."""
+        self.avg[:] = self.program.theta()[:self.program.n_params]
+        self.average[:] = (beta, 0.0)
+
+    def averaged(self):
+        """The parameters' moving average, flat (the first ``n_params`` entries of a state vector)."""
+        return self.avg.copy()
+
     def epoch(self, data, order, context=None):
         """Run one epoch over ``data[order]`` (and ``context[order]``); returns the per-step losses (NaN where a
         step was rejected, +inf where the divergence rule rejected it)."""
@@ -668,7 +680,7 @@ class NumbaTrainer:
         losses = np.empty(-(-len(data) // self.batch_size), dtype=np.float64)
         train_epoch(program.table(DENSITY, BACKWARD), *program._arrays(), theta, self.theta_eff, program.pmask, data,
                     program.context_rows(context, len(data)), order, self.batch_size, self.ws, self.gtheta, self.m,
-                    self.v, hyper, self.state, losses, self.watch, self.prev)
+                    self.v, hyper, self.state, losses, self.watch, self.prev, self.avg, self.average)
         program.write_back(theta)
         self.adam.write(self.m, self.v, hyper[0], self.state[0])
         return losses

@@ -22,7 +22,7 @@ import math
 from .backend import numba_twin
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
-           "adam_moments", "adam_update", "loss_diverged", "loss_level", "circular_wrap"]
+           "adam_moments", "adam_update", "average_decay", "average_update", "loss_diverged", "loss_level", "circular_wrap"]
 
 
 @numba_twin
@@ -86,6 +86,25 @@ def adam_moments(g, m, v, beta1, beta2):
 def adam_update(theta, m, v, lr, weight_decay, step, corr2, eps):
     """The new parameter: decoupled weight decay, then ``step m / (sqrt(v / corr2) + eps)`` (``step = lr / corr1``)."""
     return theta - theta * (lr * weight_decay) - step * m / (math.sqrt(v / corr2) + eps)
+
+
+# The training loops' moving average of the parameters (``fit(average=...)``): after the ``count``-th accepted
+# step (counting from 0), ``avg += (1 - decay) (theta - avg)`` with ``decay = min(beta, (1 + count) / (10 + count))``.
+# The warm-up (as TensorFlow's ExponentialMovingAverage with ``num_updates``) makes the average span about the last
+# tenth of a short run instead of dragging the starting point along; ``beta`` caps the span at about
+# ``1 / (1 - beta)`` steps. The arithmetic is float64 whatever the parameters' dtype.
+
+
+@numba_twin
+def average_decay(count, beta):
+    """The moving average's decay at its ``count``-th update: ``min(beta, (1 + count) / (10 + count))``."""
+    return min(beta, (1.0 + count) / (10.0 + count))
+
+
+@numba_twin
+def average_update(avg, theta, decay):
+    """One coordinate of the moving average moved towards ``theta``: ``avg + (1 - decay) (theta - avg)``."""
+    return avg + (1.0 - decay) * (theta - avg)
 
 
 # The divergence rule of the training loops (every backend applies it, from this one source). A loss is

@@ -14,6 +14,7 @@ so the held-out set is the same in every epoch without an index over the whole d
 import numpy as np
 
 from .._validation import as_float_array, is_dask_array
+from ._average import ParameterAverage
 from ._guard import Snapshot, Watch
 from .loops import _begin, _compiled_epoch, _compiled_trainer, _numpy_epoch, modules, run_epochs, run_fit
 
@@ -203,7 +204,7 @@ def _as_stream(data, where, argname):
 
 
 def fit_streamed(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
-                 callback, progress, clip_norm, context, validation_context, schedule=None):
+                 callback, progress, clip_norm, context, validation_context, schedule=None, average=0.0):
     """:func:`nflow_np.train.fit` for streamed data (arguments checked as there; the backend already set)."""
     from .._validation import as_generator
     rng = as_generator(rng)
@@ -246,9 +247,10 @@ def fit_streamed(flow, data, epochs, batch_size, lr, optimizer, validation_data,
     initialized = [(m, m.initialized) for m in modules(flow) if hasattr(m, "initialized")]
     trainer = _compiled_trainer(flow, optimizer, batch_size)
     watch = Watch()
+    averaged = ParameterAverage(average, flow, trainer) if average and valid is not None else None
     return run_fit(flow, history, best, initial, initialized, progress,
                    lambda: _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_rows, patience,
-                                   rng, callback, progress, history, snapshot, best, watch, schedule),
+                                   rng, callback, progress, history, snapshot, best, watch, schedule, averaged),
                    lambda: "")
 
 
@@ -281,7 +283,7 @@ class _OneRow:
 
 
 def _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_rows, patience, rng, callback,
-            progress, history, snapshot, best, watch, schedule=None):
+            progress, history, snapshot, best, watch, schedule=None, average=None):
     """The epochs of a streamed fit: buffer after buffer of shuffled blocks, with fit's bookkeeping."""
     kept = {"probe": None}
 
@@ -294,7 +296,7 @@ def _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_r
                                                         history, c)
             else:
                 step_losses, diverged = _numpy_epoch(flow, optimizer, x, order, batch_size, snapshot, history, c,
-                                                     watch)
+                                                     watch, average)
             losses.extend(step_losses)
             first_diverged = first_diverged or (k == 0 and diverged)
             if k == 0:
@@ -315,6 +317,6 @@ def _epochs(flow, optimizer, trainer, train, valid, epochs, batch_size, buffer_r
 
     run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, history, snapshot, best, watch,
                schedule, run_epoch, (lambda: _stream_nll(flow, valid, batch_size)) if valid is not None else None,
-               probe_loss)
+               probe_loss, average)
 
 

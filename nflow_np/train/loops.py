@@ -10,6 +10,7 @@ from .._validation import as_float_array, as_generator
 from ..kernels.backend import backend as use_backend
 from ..kernels.backend import resolve_backend
 from ..kernels.scalar import loss_diverged
+from ._average import ParameterAverage, check_average
 from ._guard import Snapshot, Watch, guarded_step, plain, restore_kept, verified_state
 from .losses import _check_flow, nll_and_grad
 from .optim import Adam, Optimizer, _clip_norm, _real
@@ -28,11 +29,15 @@ class History:
     counts those of them rejected by the divergence rule (see :func:`fit`);
     ``target_rejected_steps`` those of ``fit_to_target`` rejected because the
     target's log-density was not finite at a sample; ``best_epoch`` is the
-    epoch whose parameters were kept.
+    epoch whose parameters were kept. With ``fit``'s ``average``, ``averaged``
+    says per validated epoch whether the parameters' moving average scored
+    better than the parameters themselves (``val_loss`` holds the better score,
+    and that state is the epoch's candidate for keeping).
     """
 
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
+    averaged: list = field(default_factory=list)
     lr: list = field(default_factory=list)
     steps: int = 0
     rejected_steps: int = 0
@@ -125,7 +130,7 @@ def _rows_context(flow, context, data, where, argname):
 
 def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, validation_data=None,
         validation_split=0.0, patience=None, rng=None, callback=None, progress=False, clip_norm=None, backend=None,
-        context=None, validation_context=None, lr_schedule=None):
+        context=None, validation_context=None, lr_schedule=None, average=0.99):
     """Fit ``flow`` to ``data`` by maximum likelihood with mini-batches.
 
     Parameters
@@ -177,6 +182,16 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
         (:class:`~nflow_np.train.schedules.CosineDecay`, with optional warm-up),
         ``"plateau"`` halves it when the validation loss stalls
         (:class:`~nflow_np.train.schedules.ReduceOnPlateau`). Default: constant.
+    average : float in [0, 1) or None
+        Keep a moving average of the parameters (Polyak averaging), moved
+        after every accepted step with decay ``min(average, (1 + t) / (10 + t))``
+        at its ``t``-th update, on every backend. At every validation both the
+        epoch's parameters and their average are scored, and the better one
+        competes for the kept state (``History.averaged`` says per epoch
+        whether the average won). Used only with validation data; ``None`` or
+        0 turns it off. Default 0.99: an average over about the last 100
+        steps, which on the quality suite lowered held-out NLL by about 0.01
+        nats (``docs/performance.rst``).
 
     Returns
     -------
@@ -217,13 +232,15 @@ def fit(flow, data, *, epochs=100, batch_size=64, lr=1e-3, optimizer=None, valid
     _check_flow(flow, "fit")
     _check_fit_arguments(epochs, lr, callback, clip_norm)
     schedule = as_schedule(lr_schedule, "fit")
+    average = check_average(average, "fit")
     from ._stream import fit_streamed, streams
     with use_backend(resolve_backend(backend, "fit")):
         if streams(data):
             return fit_streamed(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split,
-                                patience, rng, callback, progress, clip_norm, context, validation_context, schedule)
+                                patience, rng, callback, progress, clip_norm, context, validation_context, schedule,
+                                average)
         return _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng,
-                    callback, progress, clip_norm, context, validation_context, schedule)
+                    callback, progress, clip_norm, context, validation_context, schedule, average)
 
 
 def _check_fit_arguments(epochs, lr, callback, clip_norm):
@@ -272,7 +289,7 @@ def _check_validation_data(validation_data, data, flow):
 
 
 def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validation_split, patience, rng, callback,
-         progress, clip_norm, context, validation_context, schedule=None):
+         progress, clip_norm, context, validation_context, schedule=None, average=0.0):
     rng = as_generator(rng)
     data = as_float_array(data, flow.dtype, "fit", "data")
     if data.ndim == 0:
@@ -304,10 +321,11 @@ def _fit(flow, data, epochs, batch_size, lr, optimizer, validation_data, validat
     if trainer is not None:
         data = np.ascontiguousarray(data.reshape(len(data), -1))
     watch = Watch()
+    averaged = ParameterAverage(average, flow, trainer) if average and validation_data is not None else None
     return run_fit(flow, history, best, initial, initialized, progress,
                    lambda: _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs,
                                    batch_size, patience, rng, callback, progress, history, snapshot, best, watch,
-                                   schedule),
+                                   schedule, averaged),
                    lambda: f"largest |value| here {float(np.max(np.abs(data))):.3g}")
 
 
@@ -342,7 +360,7 @@ def run_fit(flow, history, best, initial, initialized, progress, run, describe_s
 
 
 def _epochs(flow, optimizer, trainer, data, context, validation_data, validation_context, epochs, batch_size,
-            patience, rng, callback, progress, history, snapshot, best, watch, schedule=None):
+            patience, rng, callback, progress, history, snapshot, best, watch, schedule=None, average=None):
     """The epochs of :func:`fit`: in-memory rows, shuffled from ``rng`` every epoch."""
     kept = {}
 
@@ -350,7 +368,7 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
         order = kept["order"] = rng.permutation(len(data))
         if trainer is not None:
             return _compiled_epoch(flow, trainer, data, order, batch_size, history, context)
-        return _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context, watch)
+        return _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context, watch, average)
 
     def validate():
         return _safe_nll(flow, validation_data, batch_size, validation_context)
@@ -363,16 +381,17 @@ def _epochs(flow, optimizer, trainer, data, context, validation_data, validation
             return _safe_nll(flow, data[probe], len(probe), None if context is None else context[probe])
 
     run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, history, snapshot, best, watch,
-               schedule, run_epoch, validate if validation_data is not None else None, probe_loss)
+               schedule, run_epoch, validate if validation_data is not None else None, probe_loss, average)
 
 
 def run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, history, snapshot, best, watch,
-               schedule, run_epoch, validate, probe_loss):
+               schedule, run_epoch, validate, probe_loss, average=None):
     """Epochs with :func:`fit`'s bookkeeping, whatever the data's source.
 
     ``run_epoch(epoch)`` trains one epoch and returns the accepted steps' losses and whether its first step was
     rejected by the divergence rule; ``validate()`` (None without validation data) scores the epoch;
-    ``probe_loss()`` is a fresh loss on some training rows, taken after the last epoch.
+    ``probe_loss()`` is a fresh loss on some training rows, taken after the last epoch. ``average`` (a
+    :class:`~nflow_np.train._average.ParameterAverage`, with validation only) is scored beside the parameters.
     """
     best_loss = np.inf
     since_best = 0
@@ -394,8 +413,17 @@ def run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, h
         history.train_loss.append(train_loss)
         history.lr.append(optimizer.lr)
         score = train_loss
+        use_average = False
         if validate is not None:
             score = validate()
+            if average is not None:
+                with average.swapped_in():
+                    averaged_score = validate()
+                # NaN never wins; a tie keeps the parameters themselves
+                use_average = bool(averaged_score < score or (np.isfinite(averaged_score) and np.isnan(score)))
+                if use_average:
+                    score = averaged_score
+                history.averaged.append(use_average)
             history.val_loss.append(score)
         else:
             verified = verified_state(trainer, snapshot, watch)
@@ -404,7 +432,11 @@ def run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, h
         if np.isfinite(score) and score < best_loss:
             best_loss, since_best = score, 0
             history.best_epoch = epoch
-            best.save()
+            if use_average:
+                with average.swapped_in():
+                    best.save()
+            else:
+                best.save()
         else:
             since_best += 1
         if progress:
@@ -429,8 +461,9 @@ def run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, h
 _PROBE_ROWS = 64
 
 
-def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None, watch=None):
-    """The accepted steps' losses, and whether the first step was rejected by the divergence rule."""
+def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, context=None, watch=None, average=None):
+    """The accepted steps' losses, and whether the first step was rejected by the divergence rule; ``average``
+    (when given) moves after every accepted step and starts again after a step the divergence rule undid."""
     losses = []
     first_diverged = False
     for i in range(0, len(data), batch_size):
@@ -449,6 +482,11 @@ def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, co
             accepted = guarded_step(optimizer, loss, grads, snapshot, history, watch)
         if accepted:
             losses.append(loss)
+        if average is not None:
+            if accepted:
+                average.update()
+            elif history.diverged_steps > diverged:
+                average.restart()
         if i == 0:
             first_diverged = history.diverged_steps > diverged
     return losses, first_diverged

@@ -32,9 +32,9 @@ from ..optim import ACCEPTED, REJECTED_DIVERGED, REJECTED_GRADIENT, REJECTED_OVE
 from .device import blocks, cuda, dummy, family, geometry, jit, launch, launch_rows, scratch_or_default
 from .elementwise import fill_cuda
 from .reduce import SQUARE, vector_sum
-from .scalar import adam_moments, adam_update, loss_diverged, loss_level
+from .scalar import adam_moments, adam_update, average_decay, average_update, loss_diverged, loss_level
 
-__all__ = ["adam_step_cuda", "guarded_adam_step_cuda"]
+__all__ = ["adam_step_cuda", "guarded_adam_step_cuda", "average_step_cuda"]
 
 LOSS, NORM_SQUARED, OVERFLOW = range(3)
 VERDICT = 3         # watch[VERDICT]: 1.0 when this step's loss diverged
@@ -122,6 +122,41 @@ def _kernels(ft, geom):
                 losses[k] = math.inf if diverged else (scalars[LOSS] if accepted else math.nan)
 
     return judge, moments_and_candidates, commit
+
+
+@family
+def _average_kernels(ft, geom):
+
+    @jit
+    def move(theta, avg, average, status):
+        # every thread reads the count; only the bookkeeping launch after this one changes it
+        i = cuda.grid(1)
+        if i >= theta.size:
+            return
+        if status[0] == ACCEPTED:
+            avg[i] = average_update(float(avg[i]), float(theta[i]), average_decay(average[1], average[0]))
+        elif status[0] == REJECTED_DIVERGED:
+            avg[i] = theta[i]
+
+    @jit
+    def count(average, status):
+        if cuda.grid(1) != 0:
+            return
+        if status[0] == ACCEPTED:
+            average[1] += 1.0
+        elif status[0] == REJECTED_DIVERGED:
+            average[1] = 0.0
+
+    return move, count
+
+
+def average_step_cuda(theta, avg, average, status):
+    """The twin of :func:`nflow_np.kernels.optim.average_step_numba` (after an accepted step, by ``status``) and of
+    ``average_restart_numba`` (after a step the divergence rule undid), on device arrays; ``average`` is float64
+    ``[beta, count]``."""
+    kernels = _average_kernels(theta.dtype)
+    launch_rows(kernels[0], theta.size, theta, avg, average, status)
+    launch(kernels[1], 1, 1)(average, status)
 
 
 def guarded_adam_step_cuda(theta, grad, m, v, hyper, state, status, scalars, losses=None, k=-1, work=None,

@@ -32,7 +32,7 @@ from .device import Scratch, as_device, cuda, empty, is_device_array
 from .elementwise import copy_tail_cuda, gather_rows_cuda, masked_copy_cuda, nll_head_cuda, normal_log_prob_cuda, \
     philox_normal_cuda
 from .flow import SUPPORTED_OPS, Layer, Workspace, density_backward, density_pass, sampling_pass
-from .optim import guarded_adam_step_cuda
+from .optim import average_step_cuda, guarded_adam_step_cuda
 from .reduce import vector_sum
 from .torus import philox_uniform_cuda, uniform_log_prob_cuda, uniform_nll_head_cuda
 
@@ -259,6 +259,10 @@ class DeviceTrainer:
         self.watch = cuda.to_device(np.zeros(4, np.float64))
         self.prev = cuda.to_device(np.zeros(size, dtype))
         self.params = (self.theta[:p], runner.gtheta[:p], self.m[:p], self.v[:p])
+        # the parameters' moving average (fit's ``average``) and its [decay cap, count]; a cap of 0 keeps it off
+        self.avg = empty(max(p, 1), dtype)
+        self.average = np.zeros(2, np.float64)
+        self.average_device = cuda.to_device(self.average)
         # the trainer's own: freed with it after the fit, where the runner lives as long as the flow
         self.workspace = Workspace(runner.layers, runner.d, self.batch_size, dtype, keep=True)
         self._data = (None, None)
@@ -278,6 +282,18 @@ class DeviceTrainer:
     def kept_state(self):
         """The flat state where the last loss that passed the divergence rule was measured."""
         return self.prev.copy_to_host()
+
+    def start_average(self, beta):
+        """Start the parameters' moving average at the flow's parameters, its decay capped at ``beta``."""
+        p = self.n_params
+        if p:
+            self.avg[:p].copy_to_device(np.ascontiguousarray(self.program.theta()[:p]))
+        self.average[:] = (beta, 0.0)
+        self.average_device.copy_to_device(self.average)
+
+    def averaged(self):
+        """The parameters' moving average, flat (the first ``n_params`` entries of a state vector)."""
+        return self.avg.copy_to_host()[:self.n_params]
 
     def epoch(self, data, order, context=None):
         """Run one epoch over ``data[order]``; returns the per-step losses (NaN where a step was rejected, +inf
@@ -307,6 +323,8 @@ class DeviceTrainer:
             copy_tail_cuda(runner.theta, self.theta, self.n_params)   # running statistics moved by the pass
             guarded_adam_step_cuda(*self.params, self.hyper, self.state, self.status, self.scalars, losses, k,
                                    runner.work, watch=self.watch, full=self.theta, prev=self.prev)
+            if self.average[0] > 0.0 and self.n_params:
+                average_step_cuda(self.params[0], self.avg[:self.n_params], self.average_device, self.status)
         program.write_back(self.theta.copy_to_host())
         self.adam.write(self.m.copy_to_host(), self.v.copy_to_host(), self.hyper.copy_to_host()[0],
                         self.state.copy_to_host()[0])
