@@ -22,7 +22,8 @@ import math
 from .backend import numba_twin
 
 __all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "affine_density", "affine_sampling",
-           "adam_moments", "adam_update", "average_decay", "average_update", "loss_diverged", "loss_level", "circular_wrap"]
+           "adam_moments", "adam_update", "average_decay", "average_update", "loss_diverged", "loss_level",
+           "circular_wrap"]
 
 
 @numba_twin
