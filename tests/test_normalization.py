@@ -404,3 +404,22 @@ def test_constructor_validation():
         BatchNorm(3, momentum=1.5)
     with pytest.raises(ValueError, match="eps"):
         BatchNorm(3, eps=0.0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fit_starts_actnorm_from_many_rows_not_one_batch(backend):
+    """fit initializes ActNorm from up to ACTNORM_INIT_ROWS rows of its first epoch's order (here all 3000), on
+    every backend, so the start does not carry one small batch's sampling error; a learning rate of 1e-12 leaves
+    the start in place."""
+    from nflow_np import flows
+    from nflow_np.train import fit
+    from nflow_np.train.loops import ACTNORM_INIT_ROWS
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 3)) * [1.0, 3.0, 0.2] + [0.5, -2.0, 7.0]
+    assert len(x) <= ACTNORM_INIT_ROWS
+    flow = flows.NICE(3, n_layers=2, hidden=(8,), rng=0)
+    actnorm = flow.bijector.bijectors[0]
+    assert isinstance(actnorm, ActNorm) and not actnorm.initialized
+    fit(flow, x, epochs=1, batch_size=50, lr=1e-12, rng=0, backend=backend, average=None)
+    np.testing.assert_allclose(actnorm.params["shift"], x.mean(0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(actnorm.params["log_scale"], np.log(x.std(0) + 1e-6), rtol=1e-9, atol=1e-9)

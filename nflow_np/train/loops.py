@@ -466,6 +466,7 @@ def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, co
     (when given) moves after every accepted step and starts again after a step the divergence rule undid."""
     losses = []
     first_diverged = False
+    _initialize_actnorms(flow, data, order, batch_size, context)
     for i in range(0, len(data), batch_size):
         rows = order[i:i + batch_size]
         batch = data[rows]
@@ -492,14 +493,29 @@ def _numpy_epoch(flow, optimizer, data, order, batch_size, snapshot, history, co
     return losses, first_diverged
 
 
-def _compiled_epoch(flow, trainer, data, order, batch_size, history, context=None):
-    for actnorm in trainer.program.actnorms:
-        if not actnorm.initialized:
-            # as on the NumPy path: ActNorm takes its statistics from the first batch it sees
-            first = order[:batch_size]
+# ActNorm's data-dependent start takes its statistics from up to this many rows of the first epoch's order (at
+# least one batch), on every backend. From a batch of 512 rows each feature's scale starts about 3% off, which costs
+# about 1e-3 nats per feature that a short fit does not win back (0.05 nats per 64-D digit for NICE on the quality
+# suite); from 8192 rows, about 1e-4.
+ACTNORM_INIT_ROWS = 8192
+
+
+def _initialize_actnorms(flow, data, order, batch_size, context=None):
+    """Initialize the flow's ActNorm layers that have seen no data from the first ``ACTNORM_INIT_ROWS`` rows of
+    ``order`` (at least one batch): one data-to-base pass, in the training mode the epoch runs in."""
+    if not any(hasattr(m, "initialized") and not m.initialized for m in modules(flow)):
+        return
+    first = order[:max(batch_size, ACTNORM_INIT_ROWS)]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
             flow.bijector._inverse_and_log_det(data[first], *flow.bijector._context_args(
                 None if context is None else context[first]))
-            break
+        except (ValueError, FloatingPointError):
+            pass        # a pass that overflows initializes what it reached; the steps' guards handle the rest
+
+
+def _compiled_epoch(flow, trainer, data, order, batch_size, history, context=None):
+    _initialize_actnorms(flow, data, order, batch_size, context)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         step_losses = trainer.epoch(data, order, context)
     accepted = np.isfinite(step_losses)
