@@ -413,16 +413,19 @@ def run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, h
         history.train_loss.append(train_loss)
         history.lr.append(optimizer.lr)
         score = train_loss
-        use_average = False
+        saved = False
         if validate is not None:
             score = validate()
             if average is not None:
                 with average.swapped_in():
                     averaged_score = validate()
-                # NaN never wins; a tie keeps the parameters themselves
-                use_average = bool(averaged_score < score or (np.isfinite(averaged_score) and np.isnan(score)))
-                if use_average:
-                    score = averaged_score
+                    # NaN never wins; a tie keeps the parameters themselves
+                    use_average = bool(averaged_score < score or (np.isfinite(averaged_score) and np.isnan(score)))
+                    if use_average:
+                        score = averaged_score
+                        if np.isfinite(score) and score < best_loss:
+                            best.save()     # the epoch's state to keep, taken while the flow holds it
+                            saved = True
                 history.averaged.append(use_average)
             history.val_loss.append(score)
         else:
@@ -432,10 +435,7 @@ def run_epochs(flow, optimizer, trainer, epochs, patience, callback, progress, h
         if np.isfinite(score) and score < best_loss:
             best_loss, since_best = score, 0
             history.best_epoch = epoch
-            if use_average:
-                with average.swapped_in():
-                    best.save()
-            else:
+            if not saved:
                 best.save()
         else:
             since_best += 1
