@@ -18,7 +18,7 @@ from .bijectors import (
 from .bijectors.block_autoregressive import BlockNeuralAutoregressive
 from .bijectors import Householder, Planar, Radial, RandomRotation
 from .bijectors import CircularShift, CircularSplineAutoregressive, CircularSplineCoupling
-from .bijectors.transforms import TRANSFORMS
+from .bijectors.transforms import CLAMP_SHAPES, TRANSFORMS
 from .distributions import (
     GaussianMixture, MultivariateNormalDiag, Normal, StudentT, TransformedDistribution, Uniform,
 )
@@ -161,7 +161,7 @@ def _coupling_config(obj):
     config.update(mask=obj.mask.tolist(), hidden=list(obj.net.hidden), activation=obj.net.activation,
                   context=obj.context_size, conditioner=obj.conditioner)
     if isinstance(obj, AffineCoupling):
-        config.update(log_scale_clamp=obj.log_scale_clamp, shift=obj.transform.shift)
+        config.update(_affine_config(obj.transform))
     if isinstance(obj, SplineCoupling):
         config.update(_layer_spline_config(obj))
     return config
@@ -202,8 +202,7 @@ def _context(c):
 def _coupling_build(cls):
     def build(c, a):
         _check_net(a, "net.", c["hidden"], int(np.count_nonzero(c["mask"])) + _context(c), _conditioner(c))
-        extra = {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)} if cls is AffineCoupling \
-            else {}
+        extra = _affine_kwargs(c) if cls is AffineCoupling else {}
         if cls is SplineCoupling:
             extra = _layer_spline_kwargs(c)
         # rng=0: the initial weights are overwritten, a fixed seed just skips drawing OS entropy
@@ -220,7 +219,7 @@ def _made_config(obj):
     if isinstance(made, SplineAutoregressive):
         config.update(_layer_spline_config(made))
     else:
-        config.update(log_scale_clamp=made.log_scale_clamp, shift=made.transform.shift)
+        config.update(_affine_config(made.transform))
     return config
 
 
@@ -228,8 +227,7 @@ def _made_build(cls):
     def build(c, a):
         prefix = "bijector.net." if cls is InverseAutoregressive else "net."
         _check_net(a, prefix, c["hidden"], c["features"] + _context(c), _conditioner(c))
-        extra = _layer_spline_kwargs(c) if cls is SplineAutoregressive else \
-            {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c)}
+        extra = _layer_spline_kwargs(c) if cls is SplineAutoregressive else _affine_kwargs(c)
         return cls(int(c["features"]), tuple(c["hidden"]), c["activation"], order=np.array(c["order"], dtype=np.int64),
                    context=_context(c), rng=0, dtype=c["dtype"], name=c["name"], conditioner=_conditioner(c), **extra)
     return build
@@ -253,13 +251,30 @@ def _shift(c):
     return shift
 
 
+def _clamp_shape(c):
+    # affine layers saved before the clamp's shape was an option clamp with a tanh
+    shape = c.get("clamp_shape", "tanh")
+    if shape not in CLAMP_SHAPES:
+        raise ValueError(f"an affine layer's clamp_shape must be one of {CLAMP_SHAPES}; got {shape!r}")
+    return shape
+
+
+def _affine_config(transform):
+    """An affine layer's clamp, its shape and the shift's placement, as constructor keywords."""
+    return dict(log_scale_clamp=transform.clamp, shift=transform.shift, clamp_shape=transform.clamp_shape)
+
+
+def _affine_kwargs(c):
+    return {"log_scale_clamp": _clamp(c["log_scale_clamp"]), "shift": _shift(c), "clamp_shape": _clamp_shape(c)}
+
+
 def _transform_build(c):
     c = dict(c)
     kind = c.pop("kind", None)
     if kind not in TRANSFORMS:
         raise ValueError(f"unknown transform kind {kind!r}; expected one of {sorted(TRANSFORMS)}")
     if kind == "affine":
-        c["shift"] = _shift(c)
+        c["shift"], c["clamp_shape"] = _shift(c), _clamp_shape(c)
     elif kind == "spline":
         c["parameterization"] = _spline_parameterization(c)
     by_coordinate = c.pop("by_coordinate", TRANSFORMS[kind].by_coordinate)

@@ -121,7 +121,7 @@ def _coupling_flow(layer_cls, dim, n_layers, hidden, activation, where, *, batch
 
 def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=False, act_norm=False,
             lu_linear=False, permute=None, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64,
-            conditioner="mlp", embedding=None):
+            conditioner="mlp", embedding=None, clamp_shape="rational"):
     """RealNVP: affine couplings with alternating masks over a standard normal.
 
     ``batch_norm`` / ``act_norm`` / ``lu_linear`` insert those layers between
@@ -133,7 +133,7 @@ def RealNVP(dim, n_layers=4, hidden=(8, 8), activation="relu", *, batch_norm=Fal
     return _coupling_flow(AffineCoupling, dim, n_layers, hidden, activation, "RealNVP", batch_norm=batch_norm,
                           act_norm=act_norm, lu_linear=lu_linear, permute=permute, rng=rng, dtype=dtype,
                           log_scale_clamp=log_scale_clamp, context=context, init=init, conditioner=conditioner,
-                          embedding=embedding)
+                          embedding=embedding, clamp_shape=clamp_shape)
 
 
 def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=True,
@@ -157,7 +157,7 @@ def NICE(dim, n_layers=4, hidden=(64, 64), activation="relu", *, batch_norm=Fals
 
 def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False, act_norm=False,
         lu_linear=False, log_scale_clamp=3.0, context=0, init="random", rng=None, dtype=np.float64, conditioner="mlp",
-        embedding=None):
+        embedding=None, clamp_shape="rational"):
     """MAF: masked autoregressive layers with the order reversed between layers.
 
     Density evaluation takes one network call per layer; sampling ``dim`` calls per layer.
@@ -167,11 +167,11 @@ def MAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, batch_norm=False
     return _autoregressive_flow(MaskedAutoregressive, dim, n_layers, hidden, activation, "MAF",
                                 batch_norm=batch_norm, act_norm=act_norm, lu_linear=lu_linear, rng=rng, dtype=dtype,
                                 log_scale_clamp=log_scale_clamp, context=context, init=init,
-                                conditioner=conditioner, embedding=embedding)
+                                conditioner=conditioner, embedding=embedding, clamp_shape=clamp_shape)
 
 
 def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, init="random",
-        rng=None, dtype=np.float64, conditioner="mlp", embedding=None):
+        rng=None, dtype=np.float64, conditioner="mlp", embedding=None, clamp_shape="rational"):
     """IAF: inverse autoregressive layers; sampling takes one network call per layer (variational inference).
 
     References: Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow", 2016.
@@ -179,7 +179,7 @@ def IAF(dim, n_layers=5, hidden=(64, 64), activation="relu", *, log_scale_clamp=
     return _autoregressive_flow(InverseAutoregressive, dim, n_layers, hidden, activation, "IAF",
                                 batch_norm=False, act_norm=False, lu_linear=False, rng=rng, dtype=dtype,
                                 log_scale_clamp=log_scale_clamp, context=context, init=init,
-                                conditioner=conditioner, embedding=embedding)
+                                conditioner=conditioner, embedding=embedding, clamp_shape=clamp_shape)
 
 
 def NSF(dim, n_layers=5, bins=8, bound=5.0, hidden=(64, 64), activation="relu", *, autoregressive=False,

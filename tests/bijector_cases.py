@@ -306,6 +306,14 @@ CASES.update({
     "MaskedAutoregressive(data shift)": Case(
         lambda rng, dt: _randomized(MaskedAutoregressive(3, (6,), "tanh", shift="data", rng=rng, dtype=dt), rng),
         _vectors(3), dim=3),
+    "AffineCoupling(rational clamp)": Case(
+        lambda rng, dt: _randomized(AffineCoupling([True, False, False, True], (6,), "tanh", log_scale_clamp=1.5,
+                                                   clamp_shape="rational", rng=rng, dtype=dt), rng),
+        _vectors(4), dim=4),
+    "MaskedAutoregressive(rational clamp)": Case(
+        lambda rng, dt: _randomized(MaskedAutoregressive(3, (6,), "tanh", log_scale_clamp=1.5, clamp_shape="rational",
+                                                         rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
     "AffineCoupling(unclamped)": Case(
         lambda rng, dt: _randomized(AffineCoupling([False, True], (4,), "silu", log_scale_clamp=None,
                                                    rng=rng, dtype=dt), rng),

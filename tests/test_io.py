@@ -30,6 +30,9 @@ FLOWS = {
                                                     act_norm=True, lu_linear=True, permute="random", rng=0,
                                                     dtype=dt),
     "RealNVP(unclamped)": lambda dt: flows.RealNVP(2, n_layers=2, hidden=(4,), log_scale_clamp=None, rng=1, dtype=dt),
+    "RealNVP(rational clamp)": lambda dt: flows.RealNVP(2, n_layers=2, hidden=(4,), clamp_shape="rational", rng=1,
+                                                        dtype=dt),
+    "MAF(rational clamp)": lambda dt: flows.MAF(3, n_layers=2, hidden=(5,), clamp_shape="rational", rng=3, dtype=dt),
     "NICE": lambda dt: flows.NICE(4, n_layers=3, hidden=(6,), activation="elu", rng=2, dtype=dt),
     "MAF": lambda dt: flows.MAF(3, n_layers=2, hidden=(6, 6), activation="silu", batch_norm=True, rng=3, dtype=dt),
     "MAF(1-D)": lambda dt: flows.MAF(1, n_layers=2, hidden=(4,), rng=4, dtype=dt),
@@ -788,6 +791,56 @@ def test_spline_layers_saved_before_the_parameterization_option_load_as_softplus
     bounded = io.load(tmp_path / "bounded.npz")
     assert np.array_equal(bounded.log_prob(x), flow.log_prob(x))
     assert not np.allclose(bounded.log_prob(x), loaded.log_prob(x))
+
+
+def _affine_chain(clamp_shape):
+    """Every kind of affine layer: a coupling, a MAF and an IAF layer, and a frame holding an affine transform."""
+    from nflow_np.bijectors import Coupling
+    from nflow_np.bijectors.transforms import AffineTransform
+    layers = [nb.AffineCoupling([True, False, True], (5,), log_scale_clamp=1.0, clamp_shape=clamp_shape, rng=0),
+              nb.MaskedAutoregressive(3, (5,), log_scale_clamp=1.0, clamp_shape=clamp_shape, rng=1),
+              nb.InverseAutoregressive(3, (4,), log_scale_clamp=1.0, clamp_shape=clamp_shape, rng=2),
+              Coupling([False, True, True], AffineTransform(1.0, clamp_shape=clamp_shape), (4,), rng=3)]
+    return TransformedDistribution(MultivariateNormalDiag(np.zeros(3), np.ones(3)), nb.Chain(layers))
+
+
+def _affine_shapes(flow):
+    return [getattr(b, "bijector", b).transform.clamp_shape for b in flow.bijector.bijectors]
+
+
+def test_affine_layers_saved_before_the_clamp_shape_option_load_with_the_tanh(tmp_path):
+    """A file whose affine layers have no "clamp_shape" entry (written before it existed) loads them with the tanh
+    clamp they were trained with, bit for bit; a rational layer records its shape and round-trips it."""
+    flow, x = _trained_like(_affine_chain("tanh"), seed=4)
+    io.save(flow, tmp_path / "new.npz")
+    spec, arrays = _contents(tmp_path / "new.npz")
+    text = json.dumps(spec)
+    assert text.count('"clamp_shape": "tanh"') == 4
+    old = json.loads(text.replace(', "clamp_shape": "tanh"', ""))
+    assert "clamp_shape" not in json.dumps(old)
+    loaded = io.load(_write(tmp_path / "old.npz", old, arrays))
+    assert _affine_shapes(loaded) == ["tanh"] * 4
+    assert np.array_equal(loaded.log_prob(x), flow.log_prob(x))
+    # the same weights in rational layers: recorded, round-tripped, and a different density
+    rational = _affine_chain("rational")
+    for (_, dst), (_, src) in zip(rational.parameters(), flow.parameters()):
+        dst[...] = src
+    io.save(rational, tmp_path / "rational.npz")
+    back = io.load(tmp_path / "rational.npz")
+    assert _affine_shapes(back) == ["rational"] * 4
+    assert np.array_equal(back.log_prob(x), rational.log_prob(x))
+    assert not np.allclose(back.log_prob(x), loaded.log_prob(x))
+
+
+def test_a_clamp_shape_the_library_does_not_know_is_refused(tmp_path):
+    io.save(flows.RealNVP(3, n_layers=1, hidden=(4,), rng=0), tmp_path / "good.npz")
+    spec, arrays = _contents(tmp_path / "good.npz")
+    text = json.dumps(spec)
+    assert '"clamp_shape": "' in text
+    bad = json.loads(text.replace('"clamp_shape": "tanh"', '"clamp_shape": "cubic"').replace(
+        '"clamp_shape": "rational"', '"clamp_shape": "cubic"'))
+    with pytest.raises(ValueError, match="clamp_shape must be one of"):
+        io.load(_write(tmp_path / "bad.npz", bad, arrays))
 
 
 def test_a_spline_parameterization_the_library_does_not_know_is_refused(tmp_path):

@@ -27,7 +27,9 @@ def compiled():
 
 
 # other settings of a transform, tested as cases of their own: name -> (transform, keywords)
-VARIANTS = {"spline(softplus)": ("spline", dict(bins=4, bound=2.0, parameterization="softplus"))}
+VARIANTS = {"spline(softplus)": ("spline", dict(bins=4, bound=2.0, parameterization="softplus")),
+            "affine(rational)": ("affine", dict(clamp_shape="rational", log_scale_clamp=2.5)),
+            "affine(rational, data shift)": ("affine", dict(clamp_shape="rational", shift="data"))}
 
 
 def reference(name):
@@ -76,6 +78,9 @@ def test_scalar_math_matches_the_reference(name, by_coordinate, dtype):
         # ~1e-4 of 2B keep few digits; test_spline.py holds float64 to the reference at full saturation)
         top = 6.0 if dtype == np.float64 else 1.0
         params[1] = rng.choice([-1.0, 1.0], (m, per)) * 10.0 ** rng.uniform(0.0, top, (m, per))
+    if name.startswith("affine"):
+        # raw log-scales far out, where the clamps saturate: both the tanh's and the rational one's
+        params[1, :, 1] = rng.choice([-1.0, 1.0], m) * 10.0 ** rng.uniform(0.0, 3.0, m)
     st = module.settings(np.array(module.constants(made.lower()), dtype=dtype))
     # the network output the frames read: by coordinate (j * P + q) or by parameter (q * m + j)
     net = params.reshape(n, m * per) if by_coordinate else np.ascontiguousarray(params.transpose(0, 2, 1)).reshape(

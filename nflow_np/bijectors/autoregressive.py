@@ -146,7 +146,8 @@ class MaskedAutoregressive(Autoregressive):
     Data ``y`` and base ``x`` are related by ``y_i = x_i * exp(s_i) + t_i`` with
     ``(t_i, s_i)`` functions of ``y_<i`` (in the autoregressive ``order``): the
     density direction is ``x = (y - t(y)) * exp(-s(y))``, log-det ``-sum(s(y))``.
-    The log-scale is soft-clamped, ``s = c * tanh(raw / c)``, as in ``AffineCoupling``.
+    The log-scale is soft-clamped, ``s = raw / (1 + |raw| / c)`` (or ``c tanh(raw / c)`` with
+    ``clamp_shape="tanh"``), as in ``AffineCoupling``.
     An :class:`Autoregressive` with an :class:`~nflow_np.bijectors.transforms.AffineTransform`;
     other parameters as there.
 
@@ -155,8 +156,10 @@ class MaskedAutoregressive(Autoregressive):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp"):
-        transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift)
+                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp",
+                 clamp_shape="rational"):
+        transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift,
+                                    clamp_shape=clamp_shape)
         super().__init__(features, transform, hidden, activation, order=order, context=context, rng=rng,
                          dtype=dtype, name=name, init=init, conditioner=conditioner)
         self.log_scale_clamp = transform.clamp
@@ -197,10 +200,12 @@ class InverseAutoregressive(Invert):
     """
 
     def __init__(self, features, hidden=(64, 64), activation="relu", *, order=None, log_scale_clamp=3.0,
-                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp"):
+                 context=0, rng=None, dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp",
+                 clamp_shape="rational"):
         super().__init__(MaskedAutoregressive(features, hidden, activation, order=order,
                                               log_scale_clamp=log_scale_clamp, context=context, rng=rng,
-                                              dtype=dtype, init=init, shift=shift, conditioner=conditioner),
+                                              dtype=dtype, init=init, shift=shift, conditioner=conditioner,
+                                              clamp_shape=clamp_shape),
                          name=name or "InverseAutoregressive")
         self.features = self.bijector.features
 

@@ -241,10 +241,12 @@ class AdditiveCoupling(Coupling):
 class AffineCoupling(Coupling):
     """RealNVP's affine coupling: ``y_b = x_b * exp(s(x_a)) + t(x_a)``, ``y_a = x_a``; log-det ``sum(s)``.
 
-    The log-scale is soft-clamped, ``s = c * tanh(raw / c)`` with
+    The log-scale is soft-clamped, ``s = raw / (1 + |raw| / c)`` with
     ``c = log_scale_clamp`` (3 by default): one layer scales by at most
     ``e^c`` either way, so a bad step cannot blow the scales up to inf/NaN,
-    while small log-scales pass through almost unchanged. ``None`` disables it.
+    while small log-scales pass through almost unchanged. ``None`` disables it;
+    ``clamp_shape="tanh"`` clamps with ``s = c tanh(raw / c)`` instead (see
+    :class:`~nflow_np.bijectors.transforms.AffineTransform`).
     A :class:`Coupling` with an :class:`~nflow_np.bijectors.transforms.AffineTransform`;
     other parameters as there, ``context`` included.
 
@@ -253,8 +255,9 @@ class AffineCoupling(Coupling):
     """
 
     def __init__(self, mask, hidden=(64, 64), activation="relu", *, log_scale_clamp=3.0, context=0, rng=None,
-                 dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp"):
-        transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift)
+                 dtype=np.float64, name=None, init="random", shift="base", conditioner="mlp", clamp_shape="rational"):
+        transform = AffineTransform(log_scale_clamp, name or type(self).__name__, shift=shift,
+                                    clamp_shape=clamp_shape)
         super().__init__(mask, transform, hidden, activation, context=context, rng=rng, dtype=dtype, name=name,
                          init=init, conditioner=conditioner)
         self.log_scale_clamp = transform.clamp

@@ -71,10 +71,12 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class AffineSpec:
-    """``s = clamp tanh(raw / clamp)`` (``clamp`` 0: ``s = raw``); 2 outputs per coordinate. Sampling is
-    ``y = (x + t) exp(s)`` with ``base_shift`` (the shift in the base space), else ``y = x exp(s) + t``."""
+    """``s = clamp tanh(raw / clamp)``, or ``raw / (1 + |raw| / clamp)`` with ``rational`` (``clamp`` 0:
+    ``s = raw``); 2 outputs per coordinate. Sampling is ``y = (x + t) exp(s)`` with ``base_shift`` (the shift in
+    the base space), else ``y = x exp(s) + t``."""
     clamp: float = 0.0
     base_shift: bool = False
+    rational: bool = False
     outputs_per_coordinate = 2
 
 
