@@ -95,7 +95,7 @@ class PeerCache:
 def run(names, models, sides, budget, size, seeds, out=None, peer_cache=None):
     print(f"# budget: {budget.layers} transforms, hidden {budget.hidden} (residual: {budget.res_hidden}), "
           f"{budget.epochs} epochs, batch {budget.batch}, lr {budget.lr}; data {size}; seeds {seeds}; "
-          f"nflow_np splines {budget.spline_parameterization}", flush=True)
+          f"nflow_np splines {budget.spline_parameterization}, affine clamp {budget.clamp_shape}", flush=True)
     header = f"{'data':13s}{'model':12s}{'params':>8s}{'entropy':>9s}" + "".join(
         f"{s + ' NLL':>13s}{'KL':>8s}{'s/ep':>7s}" for s in sides) + (
         f"{'vs zuko':>9s}" + (f"{'+-se':>7s}" if len(seeds) > 1 else "") if len(sides) == 2 else "")
@@ -175,13 +175,15 @@ if __name__ == "__main__":
                              "error of the paired per-seed differences")
     parser.add_argument("--spline-parameterization", choices=["softplus", "bounded"], default="bounded",
                         help="how nflow_np's NSF and NSF-AR map their networks' outputs to bins and slopes")
+    parser.add_argument("--clamp-shape", choices=["rational", "tanh"], default="rational",
+                        help="the log-scale clamp of nflow_np's RealNVP and MAF")
     parser.add_argument("--out", help="also write every cell's per-seed NLLs to this JSON file")
     parser.add_argument("--peer-cache", metavar="FILE",
                         help="read zuko's cells from this JSON file when their key matches, and add new ones")
     args = parser.parse_args()
     budget = Budget(layers=args.layers, hidden=tuple(args.hidden), epochs=3 if args.quick else args.epochs,
                     batch=args.batch, lr=args.lr, res_hidden=tuple(args.res_hidden),
-                    spline_parameterization=args.spline_parameterization)
+                    spline_parameterization=args.spline_parameterization, clamp_shape=args.clamp_shape)
     run(args.datasets, args.models, args.sides, budget, "quick" if args.quick else "full", args.seeds,
         out=args.out, peer_cache=PeerCache(args.peer_cache) if args.peer_cache and "zuko" in args.sides
         else None)

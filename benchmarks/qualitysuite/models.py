@@ -6,7 +6,8 @@ once per epoch and keep the best validation epoch. Architectures match layer
 for layer: ``layers`` transforms with ``hidden`` ReLU conditioners,
 alternating coupling masks (RealNVP, NICE, NSF) or alternating orders (MAF,
 NSF-AR), 8-bin splines on [-5, 5] (nflow_np's in the parameterization
-``Budget.spline_parameterization``, bounded by default, as the library). zuko's side uses its own classes
+``Budget.spline_parameterization``, bounded by default, as the library; the affine flows with the log-scale
+clamp ``Budget.clamp_shape``, rational by default, as the library). zuko's side uses its own classes
 (``RealNVP``, ``NICE`` with its additive or spline univariate transform,
 ``MAF``, ``NSF``) with its own initialization and clamps; NICE on both sides
 ends with a learned diagonal scaling on the data side.
@@ -41,6 +42,7 @@ class Budget:
     seed: int = 0
     res_hidden: tuple = (32, 32)     # (width,) * blocks of the "-res" models' residual conditioners
     spline_parameterization: str = "bounded"      # nflow_np's NSF and NSF-AR
+    clamp_shape: str = "rational"                 # nflow_np's RealNVP and MAF: their log-scale clamp
 
 
 # ---------------------------------------------------------------------------
@@ -53,12 +55,14 @@ def nflow_model(model, dim, budget, **overrides):
         model = model[:-len(RESIDUAL)]
         common.update(hidden=budget.res_hidden, conditioner="resnet")
     common.update(overrides)
+    affine = dict(clamp_shape=budget.clamp_shape)
+    affine.update(common)
     if model == "RealNVP":
-        return flows.RealNVP(dim, **common)
+        return flows.RealNVP(dim, **affine)
     if model == "NICE":
         return flows.NICE(dim, **common)
     if model == "MAF":
-        return flows.MAF(dim, **common)
+        return flows.MAF(dim, **affine)
     spline = dict(bins=8, bound=5.0, parameterization=budget.spline_parameterization)
     if model == "NSF":
         return flows.NSF(dim, **spline, **common)
