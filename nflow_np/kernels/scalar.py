@@ -21,10 +21,9 @@ import math
 
 from .backend import numba_twin
 
-__all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "rational_clamp",
-           "rational_clamp_grad", "affine_density", "affine_sampling",
-           "adam_moments", "adam_update", "average_decay", "average_update", "loss_diverged", "loss_level",
-           "circular_wrap"]
+__all__ = ["activate", "activation_grad", "soft_clamp", "soft_clamp_grad", "rational_clamp_grad", "affine_density",
+           "affine_sampling", "adam_moments", "adam_update", "average_decay", "average_update", "loss_diverged",
+           "loss_level", "circular_wrap"]
 
 
 @numba_twin
@@ -67,17 +66,10 @@ def soft_clamp_grad(s, clamp, zero, one):
 
 
 @numba_twin
-def rational_clamp(raw, clamp, zero, one):
-    """The rational soft clamp ``s = raw / (1 + |raw| / clamp)`` (``clamp <= 0``: ``s = raw``).
-
-    Like :func:`soft_clamp` it is odd, has slope 1 at 0 and tends to ``+-clamp``, but its slope decays like
-    ``raw^-2`` instead of exponentially, so a log-scale far out still gets a gradient."""
-    return raw / (one + abs(raw) / clamp) if clamp > zero else raw
-
-
-@numba_twin
 def rational_clamp_grad(s, clamp, zero, one):
-    """``ds/draw`` of :func:`rational_clamp` through the clamped value ``s``: ``(1 - |s| / clamp)^2``."""
+    """``ds/draw`` of the rational soft clamp ``s = raw / (1 + |raw| / clamp)`` (the affine transform's), written
+    through ``s``: ``(1 - |s| / clamp)^2``. Like :func:`soft_clamp` that clamp is odd, has slope 1 at 0 and tends
+    to ``+-clamp``, but its slope decays like ``raw^-2`` instead of exponentially."""
     if clamp > zero:
         q = one - abs(s) / clamp
         return q * q

@@ -40,8 +40,8 @@ def _inline(fn):
 
 @_inline
 def _log_scale(raw, clamp, rational, zero, one):
-    """:func:`~..scalar.soft_clamp` or :func:`~..scalar.rational_clamp` without a branch: every value is computed
-    and one is chosen (vmath's tanh)."""
+    """:func:`~..scalar.soft_clamp` or the rational clamp ``raw / (1 + |raw| / clamp)`` without a branch: every
+    value is computed and one is chosen (vmath's tanh)."""
     c = clamp if clamp > zero else one
     clamped = clamp * tanh_(raw / c)
     squeezed = raw / (one + abs(raw) / c)
