@@ -314,6 +314,14 @@ CASES.update({
         lambda rng, dt: _randomized(MaskedAutoregressive(3, (6,), "tanh", log_scale_clamp=1.5, clamp_shape="rational",
                                                          rng=rng, dtype=dt), rng),
         _vectors(3), dim=3),
+    "AffineCoupling(tanh clamp)": Case(
+        lambda rng, dt: _randomized(AffineCoupling([False, True, True], (5,), "tanh", log_scale_clamp=1.5,
+                                                   clamp_shape="tanh", rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
+    "MaskedAutoregressive(tanh clamp)": Case(
+        lambda rng, dt: _randomized(MaskedAutoregressive(3, (6,), "tanh", log_scale_clamp=1.5, clamp_shape="tanh",
+                                                         rng=rng, dtype=dt), rng),
+        _vectors(3), dim=3),
     "AffineCoupling(unclamped)": Case(
         lambda rng, dt: _randomized(AffineCoupling([False, True], (4,), "silu", log_scale_clamp=None,
                                                    rng=rng, dtype=dt), rng),

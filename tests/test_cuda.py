@@ -415,6 +415,7 @@ def transform_for(name, frame):
     return {"affine": lambda: bijectors.AffineTransform(log_scale_clamp=3.0 if coupling else None),
             "affine(rational)": lambda: bijectors.AffineTransform(log_scale_clamp=1.0 if coupling else 2.0,
                                                                   clamp_shape="rational"),
+            "affine(tanh)": lambda: bijectors.AffineTransform(log_scale_clamp=1.0, clamp_shape="tanh"),
             "additive": bijectors.AdditiveTransform,
             # bound 1.5: the test points fall inside the spline, outside it and on both ends
             "spline": lambda: bijectors.SplineTransform(bins=3 if coupling else 4, bound=1.5),
@@ -442,7 +443,8 @@ def frame_flow(frame, name, dtype, d=3):
 
 @cuda_test
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", list(transforms.MODULES) + ["spline(softplus)", "affine(rational)"])
+@pytest.mark.parametrize("name", list(transforms.MODULES) + ["spline(softplus)", "affine(rational)",
+                                                               "affine(tanh)"])
 @pytest.mark.parametrize("frame", ["coupling", "autoregressive"])
 def test_frames_on_the_device_match_numpy(frame, name, dtype):
     """Every transform in both frames, against the bijectors' NumPy passes: log_prob, sampling, the NLL gradient."""

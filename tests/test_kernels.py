@@ -311,6 +311,8 @@ FLOWS = {
                                                  log_scale_clamp=1.0, rng=0, dtype=dt),
     "maf-rational": lambda dt: flows.MAF(3, n_layers=2, hidden=(7,), clamp_shape="rational", log_scale_clamp=1.0,
                                          rng=0, dtype=dt),
+    "realnvp-tanh": lambda dt: flows.RealNVP(3, n_layers=2, hidden=(8,), clamp_shape="tanh", log_scale_clamp=1.0,
+                                             rng=0, dtype=dt),
     "nice": lambda dt: flows.NICE(3, hidden=(6,), activation="tanh", rng=0, dtype=dt),
     "maf": lambda dt: flows.MAF(5, n_layers=3, hidden=(9, 11), rng=0, dtype=dt),
     "maf-1d": lambda dt: flows.MAF(1, n_layers=2, hidden=(4,), act_norm=True, rng=0, dtype=dt),

@@ -29,7 +29,8 @@ def compiled():
 # other settings of a transform, tested as cases of their own: name -> (transform, keywords)
 VARIANTS = {"spline(softplus)": ("spline", dict(bins=4, bound=2.0, parameterization="softplus")),
             "affine(rational)": ("affine", dict(clamp_shape="rational", log_scale_clamp=2.5)),
-            "affine(rational, data shift)": ("affine", dict(clamp_shape="rational", shift="data"))}
+            "affine(rational, data shift)": ("affine", dict(clamp_shape="rational", shift="data")),
+            "affine(tanh)": ("affine", dict(clamp_shape="tanh"))}
 
 
 def reference(name):
