@@ -694,9 +694,6 @@ def test_an_exception_from_a_callback_leaves_the_best_epoch(backend):
 
 
 def test_ctrl_c_mid_epoch_leaves_the_best_epoch_in_evaluation_mode(monkeypatch):
-    import os
-    import signal
-
     x = datasets.two_moons(200, rng=0)
     flow = flows.RealNVP(2, n_layers=2, hidden=(8,), batch_norm=True, rng=0)
     real, calls, kept = fit_module.nll_and_grad, [], {}
@@ -704,7 +701,9 @@ def test_ctrl_c_mid_epoch_leaves_the_best_epoch_in_evaluation_mode(monkeypatch):
     def sigint_in_the_third_epoch(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2 * 5 + 3:
-            os.kill(os.getpid(), signal.SIGINT)
+            # what Python's SIGINT handler raises, raised here directly: in one full run a SIGINT sent with
+            # os.kill did not arrive before the fit ended (the test passed alone), so the signal is not relied on
+            raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     def remember_the_best(epoch, history):
