@@ -33,10 +33,14 @@ def table(name):
     return getattr(datasets, TABLES[name])().data.astype(np.float64)
 
 
-def split(name, x, seed):
+def resolution(x):
+    """Each column's smallest step between distinct values."""
+    return np.array([np.min(np.diff(np.unique(column))) for column in x.T])
+
+
+def split(name, x, step, seed):
     rng = np.random.default_rng(seed)
-    resolution = np.array([np.min(np.diff(np.unique(column))) for column in x.T])
-    x = (x + rng.uniform(-0.5, 0.5, x.shape) * resolution)[rng.permutation(len(x))].astype(np.float32)
+    x = (x + rng.uniform(-0.5, 0.5, x.shape) * step)[rng.permutation(len(x))].astype(np.float32)
     a, b = int(0.8 * len(x)), int(0.9 * len(x))
     return Split(name, x[:a], x[a:b], x[b:])
 
@@ -45,10 +49,11 @@ def main(names, models, shapes, seeds, epochs, batch):
     print(f"# 5 layers, hidden (64, 64), {epochs} epochs, batch {batch}, lr 1e-3; seeds {seeds}", flush=True)
     for name in names:
         x = table(name)
+        step = resolution(x)
         for model in models:
             gaps = {shape: [] for shape in (shapes if model in AFFINE else shapes[:1])}
             for seed in seeds:
-                part = split(name, x, seed)
+                part = split(name, x, step, seed)
                 budget = Budget(layers=5, hidden=(64, 64), epochs=epochs, batch=batch, lr=1e-3, seed=seed)
                 peer = run_cell(part, model, "zuko", budget)["nll"]
                 for shape in gaps:

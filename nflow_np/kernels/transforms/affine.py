@@ -42,9 +42,9 @@ def _inline(fn):
 def _log_scale(raw, clamp, rational, zero, one):
     """:func:`~..scalar.soft_clamp` or the rational clamp ``raw / (1 + |raw| / clamp)`` without a branch: every
     value is computed and one is chosen (vmath's tanh)."""
-    c = clamp if clamp > zero else one
-    clamped = clamp * tanh_(raw / c)
-    squeezed = raw / (one + abs(raw) / c)
+    q = raw / (clamp if clamp > zero else one)
+    clamped = clamp * tanh_(q)
+    squeezed = raw / (one + abs(q))
     chosen = squeezed if rational > zero else clamped
     return chosen if clamp > zero else raw
 
